@@ -1,0 +1,246 @@
+"""Working precisions: a registry of dtypes with their facts, input casting and accumulation.
+
+Every number smcheck reports is "in" one of these precisions. Two knobs are explicit:
+
+* ``accum`` - the dtype a reduction (a sum over classes) accumulates in. Every partial sum is
+  rounded to ``accum``: we never call ``ndarray.sum`` on a 16-bit array, because numpy's float16
+  ``sum`` secretly accumulates in float32 while ml_dtypes' bfloat16 ``sum`` really rounds (5000
+  ones sum to 256). :func:`accumulate` does a pairwise tree, as a GPU block reduction does.
+* ``cast`` - how an input is rounded to the working dtype: ``"ieee"`` (round to nearest, overflow
+  to inf - or to NaN for float8_e4m3fn, which has no inf) or ``"saturate"`` (finite values beyond
+  the largest finite number are clamped to it, as FP8 training recipes do).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from .errors import UsageError
+
+__all__ = [
+    "PRECISIONS",
+    "CastReport",
+    "Precision",
+    "accumulate",
+    "cast",
+    "get_precision",
+    "resolve_accum",
+]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Facts about one working dtype (all values are exact float64 numbers)."""
+
+    name: str
+    dtype: np.dtype
+    bits: int
+    mantissa_bits: int  # explicit + implicit significand bits (float32: 24)
+    eps: float  # 2**(1 - mantissa_bits): spacing of numbers just above 1
+    max: float  # largest finite value
+    smallest_normal: float
+    smallest_subnormal: float
+    has_inf: bool
+    default_accum: str  # name of the accumulation dtype used when the user names none
+
+    @property
+    def ln_max(self) -> float:
+        """exp(z) overflows in this dtype iff z > ln(max) (up to the last rounding)."""
+        return math.log(self.max)
+
+    @property
+    def ln_smallest_subnormal(self) -> float:
+        """exp(z) underflows to 0 in this dtype for z below about this value."""
+        return math.log(self.smallest_subnormal)
+
+    def ulp(self, x: np.ndarray) -> np.ndarray:
+        """Spacing of this dtype at |x| (float64 array): 2**(e - p + 1), floored at the subnormal step.
+
+        For x in [2**e, 2**(e+1)) the spacing is 2**(e - mantissa_bits + 1); for |x| below the
+        smallest normal it is the smallest subnormal. inf/NaN give NaN.
+        """
+        a = np.abs(np.asarray(x, dtype=np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            _, e = np.frexp(a)  # a = f * 2**e with f in [0.5, 1)
+            spacing = np.ldexp(1.0, e - self.mantissa_bits)
+        spacing = np.maximum(spacing, self.smallest_subnormal)
+        return np.where(np.isfinite(a), spacing, np.nan)
+
+
+def _make(name: str, dtype: type, finfo: object, default_accum: str) -> Precision:
+    nmant = int(finfo.nmant)  # type: ignore[attr-defined]
+    return Precision(
+        name=name,
+        dtype=np.dtype(dtype),
+        bits=int(finfo.bits),  # type: ignore[attr-defined]
+        mantissa_bits=nmant + 1,
+        eps=float(finfo.eps),  # type: ignore[attr-defined]
+        max=float(finfo.max),  # type: ignore[attr-defined]
+        smallest_normal=float(finfo.smallest_normal),  # type: ignore[attr-defined]
+        smallest_subnormal=float(finfo.smallest_subnormal),  # type: ignore[attr-defined]
+        has_inf=name != "float8_e4m3fn",
+        default_accum=default_accum,
+    )
+
+
+PRECISIONS: dict[str, Precision] = {
+    "float64": _make("float64", np.float64, np.finfo(np.float64), "float64"),
+    "float32": _make("float32", np.float32, np.finfo(np.float32), "float32"),
+    "float16": _make("float16", np.float16, np.finfo(np.float16), "float32"),
+    "bfloat16": _make(
+        "bfloat16", ml_dtypes.bfloat16, ml_dtypes.finfo(ml_dtypes.bfloat16), "float32"
+    ),
+    "float8_e4m3fn": _make(
+        "float8_e4m3fn", ml_dtypes.float8_e4m3fn, ml_dtypes.finfo(ml_dtypes.float8_e4m3fn), "float32"
+    ),
+    "float8_e5m2": _make(
+        "float8_e5m2", ml_dtypes.float8_e5m2, ml_dtypes.finfo(ml_dtypes.float8_e5m2), "float32"
+    ),
+}
+
+_ALIASES = {
+    "f64": "float64",
+    "double": "float64",
+    "f32": "float32",
+    "single": "float32",
+    "f16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float8_e4m3fn",
+    "e4m3": "float8_e4m3fn",
+    "float8": "float8_e4m3fn",
+    "e5m2": "float8_e5m2",
+}
+
+
+def get_precision(dtype: str | np.dtype | type | Precision) -> Precision:
+    """Look a working precision up by name (``"float16"``, ``"bf16"``...) or numpy dtype."""
+    if isinstance(dtype, Precision):
+        return dtype
+    if isinstance(dtype, str):
+        key = _ALIASES.get(dtype.lower(), dtype.lower())
+        if key in PRECISIONS:
+            return PRECISIONS[key]
+        raise UsageError(f"unknown dtype {dtype!r}; expected one of: {', '.join(PRECISIONS)}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise UsageError(f"unknown dtype {dtype!r}") from exc
+    for p in PRECISIONS.values():
+        if p.dtype == dt:
+            return p
+    raise UsageError(f"dtype {dt} is not a supported working precision ({', '.join(PRECISIONS)})")
+
+
+def resolve_accum(working: Precision, accum: str | np.dtype | Precision | None) -> Precision:
+    """The accumulation precision: the named one, else float32 for 16/8-bit types, else working."""
+    if accum is None:
+        return PRECISIONS[working.default_accum]
+    return get_precision(accum)
+
+
+@dataclass(frozen=True)
+class CastReport:
+    """What rounding the input to the working dtype did (reported apart from algorithm error)."""
+
+    dtype: str
+    mode: str
+    values: int
+    changed: int  # values not exactly representable (rounded)
+    max_abs_change: float  # over values finite before and after
+    max_rel_change: float
+    overflowed: int  # finite before, inf/NaN after (ieee mode)
+    saturated: int  # finite before, clamped to +-max (saturate mode)
+    flushed_to_zero: int  # nonzero before, zero after
+
+
+def cast(
+    x: np.ndarray, precision: Precision, mode: str = "ieee"
+) -> tuple[np.ndarray, CastReport]:
+    """Round ``x`` to the working dtype; returns the rounded array and a :class:`CastReport`.
+
+    ``mode="ieee"`` rounds to nearest-even and overflows to inf (NaN for float8_e4m3fn);
+    ``mode="saturate"`` first clamps finite values to [-max, max]. inf and NaN inputs are kept
+    as they are (they are input findings, not rounding) - except that float8_e4m3fn cannot hold
+    inf, so inf becomes NaN there in both modes.
+
+    >>> import numpy as np
+    >>> y, rep = cast(np.array([1.0, 70000.0]), get_precision("float16"))
+    >>> y.tolist(), rep.overflowed
+    ([1.0, inf], 1)
+    >>> y, rep = cast(np.array([1.0, 70000.0]), get_precision("float16"), mode="saturate")
+    >>> y.tolist(), rep.saturated
+    ([1.0, 65504.0], 1)
+    """
+    if mode not in ("ieee", "saturate"):
+        raise UsageError(f"unknown cast mode {mode!r}; expected 'ieee' or 'saturate'")
+    src = np.asarray(x)
+    if src.dtype == precision.dtype:
+        n = int(src.size)
+        return src, CastReport(precision.name, mode, n, 0, 0.0, 0.0, 0, 0, 0)
+    wide = src.astype(np.float64)
+    finite_before = np.isfinite(wide)
+    saturated = 0
+    if mode == "saturate":
+        over = finite_before & (np.abs(wide) > precision.max)
+        saturated = int(np.count_nonzero(over))
+        if saturated:
+            wide = np.where(over, np.copysign(precision.max, wide), wide)
+    # overflow in the cast is the finding we count below, not noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = wide.astype(precision.dtype)
+    back = out.astype(np.float64)
+    finite_after = np.isfinite(back)
+    both = finite_before & finite_after
+    diff = np.where(both, np.abs(back - wide), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(both & (wide != 0), diff / np.abs(wide), 0.0)
+    report = CastReport(
+        dtype=precision.name,
+        mode=mode,
+        values=int(src.size),
+        changed=int(np.count_nonzero(diff)),
+        max_abs_change=float(diff.max(initial=0.0)),
+        max_rel_change=float(rel.max(initial=0.0)),
+        overflowed=int(np.count_nonzero(finite_before & ~finite_after)),
+        saturated=saturated,
+        flushed_to_zero=int(np.count_nonzero(both & (wide != 0) & (back == 0))),
+    )
+    return out, report
+
+
+def accumulate(x: np.ndarray, accum: Precision) -> np.ndarray:
+    """Sum over the last axis with every partial sum rounded to ``accum`` (pairwise tree).
+
+    The terms are converted to ``accum`` (exact when ``accum`` is at least as wide), padded with
+    zeros (exact) to a power of two, and added in halves: ``s[j] = x[j] + x[j + h]`` - the
+    order a GPU block reduction uses. Each ``+`` is one numpy operation on arrays of ``accum``
+    dtype, so it is rounded once to ``accum``: for float16/bfloat16/float8 numpy/ml_dtypes
+    compute the sum in float32 and round it, which is correctly rounded because float32 has
+    more than 2p + 2 bits.
+
+    >>> import numpy as np, ml_dtypes
+    >>> ones = np.ones((1, 5000), dtype=ml_dtypes.bfloat16)
+    >>> float(accumulate(ones, get_precision("bfloat16"))[0])  # 5000 rounds to 4992 in bfloat16
+    4992.0
+    >>> float(accumulate(ones, get_precision("float32"))[0])
+    5000.0
+    """
+    a = np.asarray(x).astype(accum.dtype, copy=False)
+    n = a.shape[-1]
+    if n == 0:
+        return np.zeros(a.shape[:-1], dtype=accum.dtype)
+    size = 1 << (n - 1).bit_length()
+    if size != n:
+        pad = np.zeros((*a.shape[:-1], size - n), dtype=accum.dtype)
+        a = np.concatenate([a, pad], axis=-1)
+    # overflow of a partial sum is a finding (the caller flags inf), not noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        while size > 1:
+            size //= 2
+            a = a[..., :size] + a[..., size : 2 * size]
+    return a[..., 0]
