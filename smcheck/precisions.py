@@ -58,7 +58,7 @@ class Precision:
         return math.log(self.smallest_subnormal)
 
     def ulp(self, x: np.ndarray) -> np.ndarray:
-        """Spacing of this dtype at |x| (float64 array): 2**(e - p + 1), floored at the subnormal step.
+        """Spacing of this dtype at |x| (float64), floored at the subnormal step.
 
         For x in [2**e, 2**(e+1)) the spacing is 2**(e - mantissa_bits + 1); for |x| below the
         smallest normal it is the smallest subnormal. inf/NaN give NaN.
@@ -95,7 +95,10 @@ PRECISIONS: dict[str, Precision] = {
         "bfloat16", ml_dtypes.bfloat16, ml_dtypes.finfo(ml_dtypes.bfloat16), "float32"
     ),
     "float8_e4m3fn": _make(
-        "float8_e4m3fn", ml_dtypes.float8_e4m3fn, ml_dtypes.finfo(ml_dtypes.float8_e4m3fn), "float32"
+        "float8_e4m3fn",
+        ml_dtypes.float8_e4m3fn,
+        ml_dtypes.finfo(ml_dtypes.float8_e4m3fn),
+        "float32",
     ),
     "float8_e5m2": _make(
         "float8_e5m2", ml_dtypes.float8_e5m2, ml_dtypes.finfo(ml_dtypes.float8_e5m2), "float32"
@@ -158,9 +161,7 @@ class CastReport:
     flushed_to_zero: int  # nonzero before, zero after
 
 
-def cast(
-    x: np.ndarray, precision: Precision, mode: str = "ieee"
-) -> tuple[np.ndarray, CastReport]:
+def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.ndarray, CastReport]:
     """Round ``x`` to the working dtype; returns the rounded array and a :class:`CastReport`.
 
     ``mode="ieee"`` rounds to nearest-even and overflows to inf (NaN for float8_e4m3fn);

@@ -1,0 +1,237 @@
+"""The public numerics API: :func:`cross_entropy` and :func:`reference`.
+
+Both round the logits to the working dtype first (``cast``) so that a method and the reference
+see exactly the same numbers: the error reported is the method's, not the input rounding's
+(that is in ``.cast_report``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError, UsageError
+from .methods import METHODS
+from .precisions import CastReport, Precision, cast, get_precision, resolve_accum
+from .reference import ReferenceOutput, reference_block
+
+__all__ = [
+    "CrossEntropyResult",
+    "ReferenceResult",
+    "cross_entropy",
+    "prepare",
+    "reference",
+]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Logits rounded to the working dtype, labels checked; shared by methods and reference."""
+
+    x: np.ndarray  # (N, C) in the working dtype
+    labels: np.ndarray | None  # (N,) int64 as given (ignored rows keep ignore_index)
+    safe_labels: np.ndarray | None  # ignored rows replaced by 0, for indexing
+    ignored: np.ndarray  # (N,) bool
+    finite_input: np.ndarray  # (N,) bool: every logit of the row is finite
+    working: Precision
+    cast_report: CastReport
+
+
+def prepare(
+    logits: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    dtype: str | np.dtype | Precision | None = None,
+    cast_mode: str = "ieee",
+    ignore_index: int = -100,
+) -> Prepared:
+    """Round logits to the working dtype and validate labels (``InputError`` naming the row)."""
+    x = np.asarray(logits)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise InputError(f"logits must be 2-D (rows, classes), got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise InputError("logits have 0 classes")
+    if dtype is None and x.dtype.kind not in "fV":
+        raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
+    working = get_precision(x.dtype if dtype is None else dtype)
+    xr, report = cast(x, working, cast_mode)
+    n, c = xr.shape
+    if labels is None:
+        ignored = np.zeros(n, dtype=bool)
+        safe = None
+        lab = None
+    else:
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != n:
+            raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
+        if lab.dtype.kind not in "iu":
+            if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+                lab = lab.astype(np.int64)
+            else:
+                raise InputError(f"labels must be integers, got dtype {lab.dtype}")
+        lab = lab.astype(np.int64)
+        ignored = lab == ignore_index
+        bad = ~ignored & ((lab < 0) | (lab >= c))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise InputError(
+                f"row {row}: label {int(lab[row])} is outside [0, {c})"
+                f" (and is not ignore_index {ignore_index})"
+            )
+        safe = np.where(ignored, 0, lab)
+    finite = np.isfinite(xr).all(axis=1)
+    return Prepared(xr, lab, safe, ignored, finite, working, report)
+
+
+@dataclass(frozen=True)
+class CrossEntropyResult:
+    """One method's loss, gradient and per-row flags, in the working dtype.
+
+    With labels: ``loss`` (N,), ``grad`` (N, C). Label-free: ``loss`` (N, C) = -log p_k for every
+    class k and ``grad`` None. Ignored rows (``ignore_index``) have loss 0 and gradient 0, as
+    PyTorch's ``reduction="none"``. Flags are False on ignored rows and on rows with non-finite
+    input (those are input findings, see ``finite_input``).
+    """
+
+    method: str
+    dtype: str
+    accum: str
+    loss: np.ndarray
+    grad: np.ndarray | None
+    overflow: np.ndarray
+    underflow: np.ndarray
+    finite_input: np.ndarray
+    ignored: np.ndarray
+    cast_report: CastReport
+
+    @property
+    def nonfinite_loss(self) -> np.ndarray:
+        """Rows (label-free: row/class pairs) whose loss is NaN or inf."""
+        return ~np.isfinite(self.loss)
+
+    @property
+    def nonfinite_grad(self) -> np.ndarray:
+        """Rows whose gradient holds a NaN or inf."""
+        if self.grad is None:
+            raise ValueError("no gradient in label-free mode")
+        return ~np.isfinite(self.grad).all(axis=1)
+
+
+def run_method(name: str, prep: Prepared, accum: Precision) -> CrossEntropyResult:
+    """Run one registered method on prepared input."""
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
+    out = METHODS[name](prep.x, prep.safe_labels, prep.working, accum)
+    ok = prep.finite_input & ~prep.ignored
+    loss, grad = out.loss, out.grad
+    if prep.ignored.any():
+        loss = loss.copy()
+        loss[prep.ignored] = 0
+        if grad is not None:
+            grad = grad.copy()
+            grad[prep.ignored] = 0
+    under = out.underflow & (ok if out.underflow.ndim == 1 else ok[:, None])
+    return CrossEntropyResult(
+        method=name,
+        dtype=prep.working.name,
+        accum=accum.name,
+        loss=loss,
+        grad=grad,
+        overflow=out.overflow & ok,
+        underflow=under,
+        finite_input=prep.finite_input,
+        ignored=prep.ignored,
+        cast_report=prep.cast_report,
+    )
+
+
+def cross_entropy(
+    logits: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    method: str = "fused",
+    dtype: str | np.dtype | Precision | None = None,
+    accum: str | np.dtype | Precision | None = None,
+    cast: str = "ieee",
+    ignore_index: int = -100,
+) -> CrossEntropyResult:
+    """Per-row softmax cross-entropy and its gradient, computed by ``method`` in ``dtype``.
+
+    ``dtype=None`` uses the array's own dtype; the logits are first rounded to ``dtype``
+    (``cast="ieee"`` or ``"saturate"``). Sums accumulate in ``accum`` (default float32 for
+    16/8-bit types, else the working dtype). ``labels=None`` gives the label-free loss matrix.
+
+    >>> import numpy as np
+    >>> r = cross_entropy(np.array([[0.0, -800.0, 1.0]]), np.array([1]), method="fused")
+    >>> r.loss.tolist(), r.grad.round(16).tolist()
+    ([801.3132616875182], [[0.2689414213699951, -1.0, 0.7310585786300049]])
+    """
+    prep = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
+    return run_method(method, prep, resolve_accum(prep.working, accum))
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """High-precision loss and gradient (float64 arrays; add ``*_lo`` for the full value).
+
+    ``precision`` says which arithmetic produced them. Ignored rows have loss 0 and gradient 0.
+    """
+
+    loss: np.ndarray
+    loss_lo: np.ndarray | None
+    grad: np.ndarray | None
+    grad_lo: np.ndarray | None
+    prob: np.ndarray
+    precision: str
+    dtype: str
+    ignored: np.ndarray
+    finite_input: np.ndarray
+
+
+def reference_of(prep: Prepared) -> ReferenceOutput:
+    """Reference on prepared input (ignored rows computed with label 0; callers mask them)."""
+    return reference_block(prep.x, prep.safe_labels, prep.working)
+
+
+def reference(
+    logits: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    dtype: str | np.dtype | Precision | None = None,
+    cast: str = "ieee",
+    ignore_index: int = -100,
+) -> ReferenceResult:
+    """The reference loss and gradient of the logits rounded to ``dtype``.
+
+    Accurate to eps(dtype) * 2**-20 (relative for the loss, absolute for the gradient):
+    float64 arithmetic with exact shifts for float32 and narrower, binary128 for float64.
+
+    >>> import numpy as np
+    >>> r = reference(np.array([[0.0, -800.0, 1.0]]), np.array([1]))
+    >>> r.precision, r.loss.tolist()
+    ('binary128 (numpy-quaddtype)', [801.3132616875182])
+    """
+    prep = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
+    out = reference_of(prep)
+    loss, loss_lo, grad, grad_lo = out.loss, out.loss_lo, out.grad, out.grad_lo
+    if prep.ignored.any():
+        loss = np.where(prep.ignored, 0.0, loss)
+        loss_lo = None if loss_lo is None else np.where(prep.ignored, 0.0, loss_lo)
+        if grad is not None:
+            grad = np.where(prep.ignored[:, None], 0.0, grad)
+        if grad_lo is not None:
+            grad_lo = np.where(prep.ignored[:, None], 0.0, grad_lo)
+    return ReferenceResult(
+        loss,
+        loss_lo,
+        grad,
+        grad_lo,
+        out.prob,
+        out.precision,
+        prep.working.name,
+        prep.ignored,
+        prep.finite_input,
+    )

@@ -1,0 +1,291 @@
+"""The softmax cross-entropy formulations, each computed in the working precision.
+
+Precision rule, the same for every method (T = working dtype, A = accumulation dtype):
+
+* every elementwise operation takes T operands and its result is rounded to T (``exp``, ``-``,
+  ``*``, ``log``...; numpy/ml_dtypes evaluate 16/8-bit ops in float32 and round once, which is
+  correctly rounded for +, -, *, / since float32 has more than 2p + 2 bits);
+* a sum over classes accumulates in A (:func:`smcheck.precisions.accumulate`, a pairwise tree
+  with every partial sum rounded to A), and its result stays in A for the one operation that
+  consumes it (the division of a softmax, the ``log`` of a log-sum-exp), whose result is then
+  rounded to T - what a fused GPU softmax kernel does with its float32 accumulator.
+
+Each method takes ``x`` (N, C) already rounded to T and labels ``y`` (N,) (or ``None`` for the
+label-free mode, where every class is a label and the loss is the whole row ``-log p_k``) and
+returns a :class:`MethodOutput`. Flags are per row:
+
+* ``overflow`` - an intermediate became +-inf although the row's input is finite;
+* ``underflow`` - the method's probability of the true class is exactly 0 (for finite input the
+  exact one is always positive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .precisions import Precision, accumulate
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "MethodOutput", "MethodFn"]
+
+#: Block width (classes) of the ``online`` method: one block is what a GPU thread block loads.
+ONLINE_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """Raw output of one method on one block of rows (arrays in the working dtype)."""
+
+    loss: np.ndarray  # (N,) or (N, C) label-free
+    grad: np.ndarray | None  # (N, C); None label-free
+    overflow: np.ndarray  # (N,) bool
+    underflow: np.ndarray  # (N,) bool, or (N, C) label-free
+
+
+MethodFn = Callable[[np.ndarray, np.ndarray | None, Precision, Precision], MethodOutput]
+
+
+def _rows(n: int) -> np.ndarray:
+    return np.arange(n)
+
+
+def _inf_rows(*arrays: np.ndarray) -> np.ndarray:
+    """Rows (axis 0) in which any of the arrays holds +-inf."""
+    out: np.ndarray | None = None
+    for a in arrays:
+        r = np.isinf(a)
+        if r.ndim > 1:
+            r = r.any(axis=tuple(range(1, r.ndim)))
+        out = r if out is None else out | r
+    assert out is not None
+    return out
+
+
+def _softmax_div(e: np.ndarray, s: np.ndarray, t: Precision) -> np.ndarray:
+    """p = e / s: the division runs in the accumulation dtype of ``s``, the result rounded to T."""
+    return (e.astype(s.dtype) / s[:, None]).astype(t.dtype)
+
+
+def _chained_backward(
+    p: np.ndarray, y: np.ndarray, t: Precision, a: Precision
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward through two separate layers (the seed article's "separate layers").
+
+    The log-loss layer sends g = dL/dp with g_y = -1/p_y (T) and 0 elsewhere; the softmax layer
+    returns p * (g - <p, g>), with <p, g> accumulated in A. Once p_y underflows to 0, g_y = -inf
+    and p_y * g_y = 0 * inf = NaN: the whole gradient row becomes NaN.
+    Returns (grad, g_y).
+    """
+    n = p.shape[0]
+    rows = _rows(n)
+    p_y = p[rows, y]
+    g_y = np.divide(t.dtype.type(-1.0), p_y).astype(t.dtype)  # -1/p_y, rounded to T
+    g = np.zeros_like(p)
+    g[rows, y] = g_y
+    dot = accumulate(p * g, a)  # <p, g> in A
+    diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)  # g - <p, g>, rounded to T
+    return p * diff, g_y
+
+
+def naive(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+    """Unshifted softmax, then a separate log-loss layer; gradient chained through both.
+
+    p = exp(z) / sum(exp(z)) (exp in T, sum in A, division in A rounded to T);
+    loss = -log(p_y) (T); gradient as in :func:`_chained_backward`.
+    exp(z) overflows as soon as some z > ln(max) of T (11.09 in float16), and then p = inf/inf
+    = NaN. The seed's example z = [1000, 1] breaks it even in float64:
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> f64 = get_precision("float64")
+    >>> out = naive(np.array([[1000.0, 1.0]]), np.array([0]), f64, f64)
+    >>> out.loss.tolist(), bool(out.overflow[0])
+    ([nan], True)
+    """
+    # overflow and 0*inf below are the findings this tool counts, not noise
+    with np.errstate(all="ignore"):
+        e = np.exp(x)
+        s = accumulate(e, a)
+        p = _softmax_div(e, s, t)
+        forward_inf = _inf_rows(e, s, p)
+        if y is None:
+            loss = -np.log(p)
+            return MethodOutput(loss, None, forward_inf, p == 0)
+        rows = _rows(x.shape[0])
+        p_y = p[rows, y]
+        loss = -np.log(p_y)
+        grad, g_y = _chained_backward(p, y, t, a)
+    overflow = forward_inf | (np.isinf(g_y) & (p_y != 0))
+    return MethodOutput(loss, grad, overflow, p_y == 0)
+
+
+def shifted(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+    """Max-shifted (stable) softmax, then a separate log-loss layer; chained gradient.
+
+    d = z - max(z) (T); p = exp(d) / sum(exp(d)) (exp in T, sum in A, division in A -> T);
+    loss = -log(p_y) (T). The shift removes the overflow, but when p_y underflows to 0 the loss
+    is +inf and the chained gradient is NaN - the seed's [0, -800, 1], label 1:
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> f64 = get_precision("float64")
+    >>> out = shifted(np.array([[0.0, -800.0, 1.0]]), np.array([1]), f64, f64)
+    >>> out.loss.tolist(), bool(np.isnan(out.grad).all()), bool(out.underflow[0])
+    ([inf], True, True)
+    """
+    # underflow of p_y, log(0) and 0*inf are findings, not noise
+    with np.errstate(all="ignore"):
+        m = x.max(axis=1)
+        d = x - m[:, None]
+        e = np.exp(d)
+        s = accumulate(e, a)
+        p = _softmax_div(e, s, t)
+        forward_inf = _inf_rows(d, e, s, p)
+        if y is None:
+            return MethodOutput(-np.log(p), None, forward_inf, p == 0)
+        rows = _rows(x.shape[0])
+        p_y = p[rows, y]
+        loss = -np.log(p_y)
+        grad, g_y = _chained_backward(p, y, t, a)
+    overflow = forward_inf | (np.isinf(g_y) & (p_y != 0))
+    return MethodOutput(loss, grad, overflow, p_y == 0)
+
+
+def fused(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+    """Fused softmax-loss (what frameworks do): loss = log(sum(exp(z - m))) - (z_y - m).
+
+    d = z - m (T); s = sum(exp(d)) (exp in T, sum in A); lse = log(s) (in A, rounded to T);
+    loss = lse - d_y (T); grad = p - onehot(y) with p = exp(d) / s (division in A -> T) and
+    the label entry p_y - 1 (T). Finite on finite input, but a confident row's loss rounds to
+    exactly 0 once s rounds to 1 (margin >= 17 in float32, 40 in float64):
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> f64 = get_precision("float64")
+    >>> fused(np.array([[0.0, -800.0, 1.0]]), np.array([1]), f64, f64).loss.tolist()
+    [801.3132616875182]
+    >>> fused(np.array([[40.0, 0.0]]), np.array([0]), f64, f64).loss.tolist()
+    [0.0]
+    """
+    # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
+    with np.errstate(all="ignore"):
+        m = x.max(axis=1)
+        d = x - m[:, None]
+        e = np.exp(d)
+        s = accumulate(e, a)
+        lse = np.log(s).astype(t.dtype)
+        p = _softmax_div(e, s, t)
+        forward_inf = _inf_rows(d, e, s, p)
+        if y is None:
+            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+        rows = _rows(x.shape[0])
+        loss = lse - d[rows, y]
+        grad = p.copy()
+        grad[rows, y] = p[rows, y] - t.dtype.type(1.0)
+    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+
+
+def log1p(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+    """Fused loss in log1p form (Blanchard, Higham & Higham 2021; scipy's logsumexp >= 1.15).
+
+    With k = argmax(z) and s' = sum_{j != k} exp(z_j - m) (exp in T, sum in A):
+    loss = log1p(s') - (z_y - m) (log1p in A rounded to T, then T). The gradient is p - onehot(y)
+    with p = exp(d) / (1 + s') (A -> T), except that when y is at the max its entry is
+    -sum_{j != y} p_j, evaluated as -s' / (1 + s') in A: no cancellation in 1 - p_y. A confident
+    row keeps its tiny loss where :func:`fused` rounds it to 0:
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> f64 = get_precision("float64")
+    >>> float(log1p(np.array([[40.0, 0.0]]), np.array([0]), f64, f64).loss[0])
+    4.248354255291589e-18
+    """
+    # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
+    with np.errstate(all="ignore"):
+        n = x.shape[0]
+        rows = _rows(n)
+        m = x.max(axis=1)
+        k = x.argmax(axis=1)
+        d = x - m[:, None]
+        e = np.exp(d)
+        rest = e.copy()
+        rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
+        s_rest = accumulate(rest, a)
+        s = s_rest + a.dtype.type(1.0)  # in A
+        lse = np.log1p(s_rest).astype(t.dtype)
+        p = _softmax_div(e, s, t)
+        forward_inf = _inf_rows(d, e, s, p)
+        if y is None:
+            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+        d_y = d[rows, y]
+        loss = lse - d_y
+        grad = p.copy()
+        at_max = d_y == 0  # ties: exp(z_k - m) = exp(z_y - m) = 1, so s' is also sum_{j != y}
+        label_entry = np.where(
+            at_max, (-(s_rest / s)).astype(t.dtype), p[rows, y] - t.dtype.type(1.0)
+        )
+        grad[rows, y] = label_entry
+    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+
+
+def online(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+    """One pass with a running max and a rescaled running sum (Milakov & Gimelshein 2018).
+
+    Classes are read in blocks of ``ONLINE_BLOCK``; for each block b with max m_b (T):
+    m' = max(m, m_b); s = s * exp(m - m') + sum_b exp(z - m') (differences and exp in T, the
+    running sum and its rescaling in A). An all -inf prefix keeps s = 0 instead of computing
+    exp(-inf - -inf) = NaN. Then loss = log(s) - (z_y - m) and grad = exp(z - m) / s - onehot(y)
+    as in :func:`fused` (a second pass, as the backward kernel does).
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> f32 = get_precision("float32")
+    >>> z = np.array([[-np.inf] * 200 + [0.0, 1.0]], dtype=np.float32)
+    >>> float(online(z, np.array([201]), f32, f32).loss[0])  # log(1 + e^-1)
+    0.31326165795326233
+    """
+    n, c = x.shape
+    one_t = t.dtype.type(1.0)
+    m = np.full(n, -np.inf, dtype=t.dtype)
+    s = np.zeros(n, dtype=a.dtype)
+    seen_inf = np.zeros(n, dtype=bool)
+    # overflowing shifts are findings; -inf - -inf is guarded explicitly below
+    with np.errstate(all="ignore"):
+        for start in range(0, c, ONLINE_BLOCK):
+            block = x[:, start : start + ONLINE_BLOCK]
+            m_new = np.maximum(m, block.max(axis=1))
+            live = m_new != -np.inf  # still all -inf so far: nothing to add, nothing to rescale
+            same = m == m_new
+            scale = np.where(same, one_t, np.exp(m - m_new))  # m == m_new: exp(0) exactly
+            db = block - m_new[:, None]
+            eb = np.where(live[:, None], np.exp(db), t.dtype.type(0.0))
+            s = np.where(live, s * scale.astype(a.dtype) + accumulate(eb, a), s)
+            seen_inf |= _inf_rows(db, eb, s)
+            m = m_new
+        d = x - m[:, None]
+        e = np.exp(d)
+        lse = np.log(s).astype(t.dtype)
+        p = _softmax_div(e, s, t)
+        forward_inf = seen_inf | _inf_rows(d, e, p)
+        if y is None:
+            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+        rows = _rows(n)
+        loss = lse - d[rows, y]
+        grad = p.copy()
+        grad[rows, y] = p[rows, y] - one_t
+    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+
+
+#: Every formulation, by name. Order is the order reports list them in.
+METHODS: dict[str, MethodFn] = {
+    "naive": naive,
+    "shifted": shifted,
+    "fused": fused,
+    "log1p": log1p,
+    "online": online,
+}
+
+#: What ``eval`` runs unless told otherwise (``all`` adds the rest).
+DEFAULT_METHODS: tuple[str, ...] = ("naive", "shifted", "fused", "log1p")

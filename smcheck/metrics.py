@@ -1,0 +1,104 @@
+"""Per-row error measures: plain functions of (method output, reference), all in float64.
+
+The reference may be a double-double (``hi + lo``, for float64 work); differences are formed as
+``(value - hi) - lo`` - exact in the first step when value and hi are within a factor 2
+(Sterbenz), so errors far below one ulp of float64 are measured correctly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .precisions import Precision
+
+__all__ = [
+    "bits_of_error",
+    "condition_number",
+    "grad_abs_err",
+    "grad_rel_err",
+    "loss_abs_err",
+    "loss_rel_err",
+    "loss_ulp_err",
+]
+
+
+def _diff(value: np.ndarray, hi: np.ndarray, lo: np.ndarray | None) -> np.ndarray:
+    v = np.asarray(value).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf: a non-finite value, reported apart
+        d = v - hi
+        if lo is not None:
+            d = d - lo
+    return d
+
+
+def loss_abs_err(loss: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None) -> np.ndarray:
+    """|L - L*|; NaN where either is non-finite (those rows are counted, not measured)."""
+    d = np.abs(_diff(loss, ref, ref_lo))
+    both = np.isfinite(np.asarray(loss, dtype=np.float64)) & np.isfinite(ref)
+    return np.where(both, d, np.nan)
+
+
+def loss_rel_err(loss: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None) -> np.ndarray:
+    """|L - L*| / |L*|, with 0/0 = 0 (C = 1: both exactly 0) and x/0 = inf; NaN if non-finite.
+
+    >>> float(loss_rel_err(np.array([1.5]), np.array([1.0]))[0])
+    0.5
+    """
+    err = loss_abs_err(loss, ref, ref_lo)
+    den = np.abs(ref)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(den > 0, err / np.where(den > 0, den, 1.0), np.where(err == 0, 0.0, np.inf))
+    return np.where(np.isnan(err), np.nan, rel)
+
+
+def loss_ulp_err(
+    loss: np.ndarray, ref: np.ndarray, working: Precision, ref_lo: np.ndarray | None = None
+) -> np.ndarray:
+    """|L - L*| in units of the working dtype's spacing at L* (ulps); NaN if non-finite.
+
+    >>> from smcheck.precisions import get_precision
+    >>> float(loss_ulp_err(np.array([1.0 + 2**-10]), np.array([1.0]), get_precision("float16"))[0])
+    1.0
+    """
+    err = loss_abs_err(loss, ref, ref_lo)
+    return err / working.ulp(ref)
+
+
+def bits_of_error(ulps: np.ndarray) -> np.ndarray:
+    """Herbie-style bits of error: log2(ulps + 1) (0 when exact, 1 at one ulp)."""
+    return np.log2(np.asarray(ulps, dtype=np.float64) + 1.0)
+
+
+def grad_abs_err(grad: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None) -> np.ndarray:
+    """Per row max_j |g_j - g*_j|; inf where the method's gradient row is non-finite."""
+    d = np.abs(_diff(grad, ref, ref_lo))
+    with np.errstate(invalid="ignore"):
+        m = np.max(np.where(np.isnan(d), np.inf, d), axis=1)
+    ref_bad = ~np.isfinite(ref).all(axis=1)
+    return np.where(ref_bad, np.nan, m)
+
+
+def grad_rel_err(grad: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None) -> np.ndarray:
+    """Per row normwise ||g - g*||_2 / ||g*||_2 (||g*|| > 0 whenever C >= 2); inf if non-finite."""
+    d = _diff(grad, ref, ref_lo)
+    with np.errstate(invalid="ignore", over="ignore"):
+        num = np.sqrt(np.sum(np.where(np.isnan(d), np.inf, d) ** 2, axis=1))
+        den = np.sqrt(np.sum(ref**2, axis=1))
+    ref_bad = ~np.isfinite(ref).all(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0.0, np.inf))
+    return np.where(ref_bad, np.nan, rel)
+
+
+def condition_number(x: np.ndarray, ref_grad: np.ndarray, ref_loss: np.ndarray) -> np.ndarray:
+    """kappa = sum_i |z_i| |dL/dz_i| / |L|: relative error the problem itself forces, per eps.
+
+    A method that rounds its inputs' relative perturbations of size eps can be off by about
+    kappa * eps without being unstable. inf when L = 0 and some z_i |g_i| != 0.
+    """
+    z = np.asarray(x).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        num = np.sum(np.abs(z) * np.abs(ref_grad), axis=1)
+    den = np.abs(ref_loss)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0, np.inf))

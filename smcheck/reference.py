@@ -1,0 +1,141 @@
+"""The high-precision reference: loss and gradient of the *same rounded inputs*.
+
+Formulas (z already rounded to the working dtype, m = max z, k = argmax z (first),
+s' = sum_{j != k} exp(z_j - m), s = 1 + s'):
+
+* loss   = (m - z_y) + log1p(s')                       (log1p form: no cancellation)
+* p_j    = exp(z_j - m) / s
+* grad_j = p_j - [j == y], except grad_y = -s'/s (= -sum_{j != y} p_j) when z_y = m.
+
+Precision used:
+
+* working dtype float32 or narrower: float64 arithmetic. Every shift z_j - m is made exact with
+  an error-free transformation (TwoSum): exp(d + r) = exp(d) * (1 + r) to first order, so the
+  only errors left are a few float64 roundings - relative error below 1e-15, far under the
+  required eps(working) * 2**-20 (1.1e-13 for float32).
+* working dtype float64: IEEE binary128 through numpy-quaddtype (113-bit significand, SLEEF's
+  exp/log1p). The result is returned as a double-double: ``loss + loss_lo`` (and
+  ``grad + grad_lo``), both float64 arrays, so errors of a float64 method can be measured
+  below its own ulp.
+
+Rows whose input holds NaN or +inf give NaN; -inf logits are masked classes (probability 0),
+a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .precisions import Precision
+
+__all__ = ["ReferenceOutput", "reference_block", "reference_precision_name"]
+
+try:  # binary128; needed only when the working dtype is float64
+    import numpy_quaddtype as _nq
+
+    _QUAD: np.dtype | None = np.dtype(_nq.QuadPrecDType(backend="sleef"))
+except ImportError:  # pragma: no cover - numpy-quaddtype is a hard dependency
+    _QUAD = None
+
+
+@dataclass(frozen=True)
+class ReferenceOutput:
+    """Reference values for one block of rows (float64; ``*_lo`` add the low parts)."""
+
+    loss: np.ndarray  # (N,) or (N, C) label-free
+    loss_lo: np.ndarray | None
+    grad: np.ndarray | None  # (N, C); None label-free
+    grad_lo: np.ndarray | None
+    prob: np.ndarray  # (N, C) softmax probabilities (float64, rounded once)
+    prob_rest: np.ndarray  # (N,) s'/s = sum of p_j over j != argmax (float64)
+    precision: str
+
+
+def reference_precision_name(working: Precision) -> str:
+    """Which arithmetic the reference uses for this working dtype."""
+    if working.mantissa_bits > 24:
+        return "binary128 (numpy-quaddtype)"
+    return "float64 with exact shifts (TwoSum)"
+
+
+def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d, r with d = fl(a - b) and a - b = d + r exactly (Knuth's TwoSum; finite inputs)."""
+    d = a - b
+    bb = a - d
+    r = (a - (d + bb)) + (bb - b)
+    return d, np.where(np.isfinite(r), r, 0.0)
+
+
+def _core(
+    z: np.ndarray, y: np.ndarray | None, exact_shift: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Loss, grad, prob, prob_rest in the arithmetic of ``z`` (float64 or binary128)."""
+    n = z.shape[0]
+    rows = np.arange(n)
+    m = z.max(axis=1)
+    k = z.argmax(axis=1)
+    if exact_shift:
+        d, r = _two_diff(z, m[:, None])
+        e = np.exp(d)
+        e = e + e * r  # exp(d + r) to first order; |r| <= ulp(d)/2 so r**2 is negligible
+    else:
+        d = z - m[:, None]
+        e = np.exp(d)
+    rest = e.copy()
+    rest[rows, k] = 0
+    s_rest = rest.sum(axis=1)
+    s = s_rest + 1
+    prob = e / s[:, None]
+    prob_rest = s_rest / s
+    lse = np.log1p(s_rest)
+    if y is None:
+        loss = (m[:, None] - z) + lse[:, None]
+        return loss, None, prob, prob_rest
+    z_y = z[rows, y]
+    loss = (m - z_y) + lse
+    grad = prob.copy()
+    grad[rows, y] = np.where(z_y == m, -prob_rest, prob[rows, y] - 1)
+    return loss, grad, prob, prob_rest
+
+
+def _split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """binary128 -> (hi, lo) float64 with hi + lo = q to ~2**-106 relative."""
+    hi = q.astype(np.float64)
+    finite = np.isfinite(hi)
+    lo = np.where(finite, (q - np.where(finite, hi, 0).astype(q.dtype)).astype(np.float64), 0.0)
+    return hi, lo
+
+
+def reference_block(x: np.ndarray, y: np.ndarray | None, working: Precision) -> ReferenceOutput:
+    """Reference loss and gradient of ``x`` (N, C), values already rounded to ``working``.
+
+    ``y`` (N,) holds valid class indices (ignored rows must be replaced by any valid index by the
+    caller), or is ``None`` for the label-free mode (loss (N, C) = -log p_k for every k).
+    """
+    name = reference_precision_name(working)
+    # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if working.mantissa_bits <= 24:
+            z = np.asarray(x).astype(np.float64)
+            loss, grad, prob, prob_rest = _core(z, y, exact_shift=True)
+            return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
+        if _QUAD is None:  # pragma: no cover
+            raise RuntimeError("numpy-quaddtype is required for a float64 reference")
+        zq = np.asarray(x).astype(np.float64).astype(_QUAD)
+        loss_q, grad_q, prob_q, rest_q = _core(zq, y, exact_shift=False)
+        loss, loss_lo = _split(loss_q)
+        if grad_q is None:
+            grad = grad_lo = None
+        else:
+            grad, grad_lo = _split(grad_q)
+        return ReferenceOutput(
+            loss,
+            loss_lo,
+            grad,
+            grad_lo,
+            prob_q.astype(np.float64),
+            rest_q.astype(np.float64),
+            name,
+        )
