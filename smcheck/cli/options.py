@@ -1,0 +1,264 @@
+"""Click option helpers shared by the commands (eval, gradcheck, sweep).
+
+Each helper returns a decorator, so a command reads as its list of options::
+
+    @cli.command("eval")
+    @dtype_options()
+    @format_option()
+    @output_option()
+    @color_option()
+    @gate_options()
+    def eval_cmd(...): ...
+
+and :func:`emit` / :func:`exit_code` / :func:`wants_color` are the three lines every command ends
+with. Nothing here computes numbers; values are parsed and validated, never interpreted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import UsageError
+from ..methods import DEFAULT_METHODS, METHODS
+from ..precisions import PRECISIONS
+from ..render.common import use_color
+
+__all__ = [
+    "FAIL_ON_CHOICES",
+    "FORMATS",
+    "color_option",
+    "dtype_options",
+    "emit",
+    "exit_code",
+    "format_option",
+    "gate_options",
+    "methods_option",
+    "output_option",
+    "parse_csv_choices",
+    "parse_methods",
+    "wants_color",
+    "workers_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Every report format a command may offer (a command may offer a subset).
+FORMATS: tuple[str, ...] = ("table", "json", "markdown", "github", "junit")
+
+#: Checks that ``--fail-on`` can turn into failures.
+FAIL_ON_CHOICES: tuple[str, ...] = ("overflow", "underflow", "nonfinite")
+
+
+def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply click decorators so that ``--help`` lists them in the order given."""
+
+    def apply(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def parse_csv_choices(value: str, allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``, each checked against ``allowed`` (order kept, no repeats).
+
+    ``""`` and ``"none"`` give ``()``. Raises :class:`UsageError` naming the bad item.
+
+    >>> parse_csv_choices("overflow, nonfinite", FAIL_ON_CHOICES, "--fail-on")
+    ('overflow', 'nonfinite')
+    """
+    items = [v.strip().lower() for v in value.split(",") if v.strip()]
+    if items == ["none"]:
+        return ()
+    out: list[str] = []
+    for item in items:
+        if item not in allowed:
+            expected = ", ".join(allowed)
+            raise UsageError(f"{what}: unknown value {item!r}; expected one of: {expected}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def parse_methods(value: str, what: str = "--methods") -> tuple[str, ...]:
+    """Method list: names from ``METHODS``, ``default`` (the default set) or ``all``, in registry
+    order.
+
+    >>> parse_methods("fused,naive")
+    ('naive', 'fused')
+    >>> parse_methods("all") == tuple(METHODS)
+    True
+    """
+    chosen: set[str] = set()
+    for item in (v.strip().lower() for v in value.split(",") if v.strip()):
+        if item == "all":
+            chosen.update(METHODS)
+        elif item == "default":
+            chosen.update(DEFAULT_METHODS)
+        elif item in METHODS:
+            chosen.add(item)
+        else:
+            raise UsageError(
+                f"{what}: unknown method {item!r}; expected one of: "
+                f"{', '.join(METHODS)}, default, all"
+            )
+    return tuple(m for m in METHODS if m in chosen)
+
+
+def dtype_options(
+    default_help: str = "the file's float dtype (float32 for text)",
+) -> Callable[[F], F]:
+    """``--dtype``, ``--accum``, ``--cast``: the working precision and how inputs are rounded."""
+    names = ", ".join(PRECISIONS)
+    return _compose(
+        click.option(
+            "--dtype",
+            metavar="DTYPE",
+            default=None,
+            help=f"Working precision ({names}; aliases f16, bf16, fp8...). "
+            f"Default: {default_help}.",
+        ),
+        click.option(
+            "--accum",
+            metavar="DTYPE",
+            default=None,
+            help="Accumulation dtype of the sums over classes. Default: float32 for 16/8-bit "
+            "types, else the working dtype.",
+        ),
+        click.option(
+            "--cast",
+            "cast_mode",
+            type=click.Choice(["ieee", "saturate"]),
+            default="ieee",
+            show_default=True,
+            help="How logits are rounded to the working dtype: overflow to inf, or clamp to +-max.",
+        ),
+    )
+
+
+def methods_option(default: str = ",".join(DEFAULT_METHODS)) -> Callable[[F], F]:
+    """``--methods LIST`` (comma-separated; ``all`` adds every registered method)."""
+    return click.option(
+        "--methods",
+        metavar="LIST",
+        default=default,
+        show_default=True,
+        help=f"Comma-separated formulations to run ({', '.join(METHODS)}; 'all' runs every one).",
+    )
+
+
+def format_option(choices: Sequence[str] = FORMATS, default: str = "table") -> Callable[[F], F]:
+    """``--format`` / ``-f``: which pure renderer turns the report into text."""
+    return click.option(
+        "--format",
+        "-f",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=default,
+        show_default=True,
+        help="Report format.",
+    )
+
+
+def output_option() -> Callable[[F], F]:
+    """``--output`` / ``-o FILE``: write the report there atomically instead of to stdout."""
+    return click.option(
+        "--output",
+        "-o",
+        metavar="FILE",
+        default=None,
+        help="Write the report to FILE (atomically; never onto an input file) instead of stdout.",
+    )
+
+
+def color_option() -> Callable[[F], F]:
+    """``--color auto|always|never`` (auto: NO_COLOR beats FORCE_COLOR beats 'is a terminal')."""
+    return click.option(
+        "--color",
+        type=click.Choice(["auto", "always", "never"]),
+        default="auto",
+        show_default=True,
+        help="Colour the table: auto follows NO_COLOR, then FORCE_COLOR, then whether the output "
+        "is a terminal.",
+    )
+
+
+def workers_option() -> Callable[[F], F]:
+    """``--workers N``: threads that process row chunks (numpy releases the GIL in its loops)."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Threads processing row chunks in parallel. Default: the number of CPU cores.",
+    )
+
+
+def gate_options(
+    default_gate: str = "fused", default_fail_on: str = "overflow,nonfinite"
+) -> Callable[[F], F]:
+    """The CI gate: ``--gate``, ``--max-loss-ulp``, ``--max-grad-err``, ``--fail-on``,
+    ``--exit-zero``. Threshold defaults are None: the analysis picks them per dtype."""
+    return _compose(
+        click.option(
+            "--gate",
+            metavar="LIST",
+            default=default_gate,
+            show_default=True,
+            help="Comma-separated methods whose failure fails the run (exit 1); 'none' gates "
+            "nothing, 'all' every method run.",
+        ),
+        click.option(
+            "--max-loss-ulp",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="Largest loss error a gated method may have, in ulps of max(|loss|, 1) of the "
+            "working dtype. Default: 4 + log2(classes) * eps(accum) / eps(dtype).",
+        ),
+        click.option(
+            "--max-grad-err",
+            type=click.FloatRange(min=0),
+            default=None,
+            help="Largest absolute gradient error (max over entries) a gated method may have. "
+            "Default: the loss budget times eps(dtype).",
+        ),
+        click.option(
+            "--fail-on",
+            metavar="LIST",
+            default=default_fail_on,
+            show_default=True,
+            help=f"Which findings fail a gated method ({', '.join(FAIL_ON_CHOICES)}; 'none').",
+        ),
+        click.option(
+            "--exit-zero",
+            is_flag=True,
+            help="Exit 0 even when a gated check fails (bad input still exits 2).",
+        ),
+    )
+
+
+def wants_color(choice: str, stream: Any = None) -> bool:
+    """Resolve ``--color`` for ``stream`` (default stdout) with :func:`use_color`."""
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return use_color(choice, bool(isatty and isatty()), os.environ)
+
+
+def emit(text: str, output: str | None, inputs: Iterable[str | None] = ()) -> None:
+    """Write the report: to stdout, or atomically to ``output`` (refused if it is an input)."""
+    if output is None or output == "-":
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    from ..output import write_atomic
+
+    write_atomic(output, text, inputs=[i for i in inputs if i])
+
+
+def exit_code(ok: bool, exit_zero: bool) -> int:
+    """0 when every gated check passed (or ``--exit-zero``), else 1 (findings)."""
+    return 0 if ok or exit_zero else 1
