@@ -197,8 +197,9 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     back = out.astype(np.float64)
     finite_after = np.isfinite(back)
     both = finite_before & finite_after
-    diff = np.where(both, np.abs(back - wide), 0.0)
+    # inf - inf on non-finite cells is masked out by `both`
     with np.errstate(divide="ignore", invalid="ignore"):
+        diff = np.where(both, np.abs(back - wide), 0.0)
         rel = np.where(both & (wide != 0), diff / np.abs(wide), 0.0)
     report = CastReport(
         dtype=precision.name,

@@ -90,6 +90,13 @@ def _core(
     prob = e / s[:, None]
     prob_rest = s_rest / s
     lse = np.log1p(s_rest)
+    # NaN or +inf anywhere makes the row undefined (inf - inf); say so with NaN everywhere
+    undefined = (np.isnan(z) | (z == np.inf)).any(axis=1)
+    if undefined.any():
+        nan = np.zeros((), dtype=z.dtype) / 0
+        prob[undefined] = nan
+        prob_rest = np.where(undefined, nan, prob_rest)
+        lse = np.where(undefined, nan, lse)
     if y is None:
         loss = (m[:, None] - z) + lse[:, None]
         return loss, None, prob, prob_rest

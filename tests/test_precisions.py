@@ -1,0 +1,112 @@
+"""Dtype registry facts, casting modes and accumulation that really rounds."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from smcheck.errors import UsageError
+from smcheck.precisions import PRECISIONS, accumulate, cast, get_precision, resolve_accum
+
+# Exact facts from IEEE 754 / the OCP FP8 spec, written out independently of numpy's finfo.
+FACTS = {
+    # name: (mantissa bits incl. implicit, max, smallest normal, smallest subnormal)
+    "float64": (53, (2 - 2.0**-52) * 2.0**1023, 2.0**-1022, 2.0**-1074),
+    "float32": (24, (2 - 2.0**-23) * 2.0**127, 2.0**-126, 2.0**-149),
+    "float16": (11, 65504.0, 2.0**-14, 2.0**-24),
+    "bfloat16": (8, (2 - 2.0**-7) * 2.0**127, 2.0**-126, 2.0**-133),
+    "float8_e4m3fn": (4, 448.0, 2.0**-6, 2.0**-9),
+    "float8_e5m2": (3, 57344.0, 2.0**-14, 2.0**-16),
+}
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+def test_registry_facts(name: str) -> None:
+    p = PRECISIONS[name]
+    bits, mx, normal, sub = FACTS[name]
+    assert p.mantissa_bits == bits
+    assert p.eps == 2.0 ** (1 - bits)
+    assert p.max == mx and p.smallest_normal == normal and p.smallest_subnormal == sub
+    assert p.ln_max == pytest.approx(math.log(mx), rel=1e-15)
+    assert p.ln_smallest_subnormal == pytest.approx(math.log(sub), rel=1e-15)
+    assert p.default_accum == ("float32" if p.bits <= 16 else name)
+
+
+def test_registry_completeness() -> None:
+    assert set(PRECISIONS) == set(FACTS)
+
+
+def test_lookup_by_alias_and_dtype() -> None:
+    assert get_precision("bf16").name == "bfloat16"
+    assert get_precision(np.float16).name == "float16"
+    assert get_precision(ml_dtypes.float8_e5m2).name == "float8_e5m2"
+    with pytest.raises(UsageError, match="unknown dtype 'float7'"):
+        get_precision("float7")
+    with pytest.raises(UsageError):
+        get_precision(np.int32)
+
+
+def test_ulp() -> None:
+    f16 = get_precision("float16")
+    assert f16.ulp(np.array([1.0]))[0] == 2.0**-10
+    assert f16.ulp(np.array([1.5]))[0] == 2.0**-10
+    assert f16.ulp(np.array([2.0]))[0] == 2.0**-9
+    assert f16.ulp(np.array([1e-8]))[0] == 2.0**-24  # subnormal step
+    assert get_precision("float64").ulp(np.array([1.0]))[0] == 2.0**-52
+
+
+def test_bfloat16_accumulation_really_rounds() -> None:
+    # ml_dtypes' own bfloat16 sum of 5000 ones stagnates at 256 (sequential); our pairwise tree
+    # rounds each partial sum: every partial is a power of two until 4096 + 904 = 5000 -> 4992
+    ones = np.ones((1, 5000), dtype=ml_dtypes.bfloat16)
+    assert float(accumulate(ones, get_precision("bfloat16"))[0]) == 4992.0
+    assert float(accumulate(ones, get_precision("float32"))[0]) == 5000.0
+
+
+def test_float16_accumulation_is_not_numpys_hidden_float32() -> None:
+    # numpy's float16 sum accumulates in float32 internally; ours rounds each addition to float16
+    x = np.full((1, 4096), 0.1, dtype=np.float16)
+    f16 = float(accumulate(x, get_precision("float16"))[0])
+    f32 = float(accumulate(x, get_precision("float32"))[0])
+    exact = 4096 * float(np.float16(0.1))
+    assert f32 == pytest.approx(exact, rel=1e-6)
+    # float16 spacing at 409.5 is 0.25: the tree sums of equal terms are exact until then
+    assert abs(f16 - exact) <= 0.25
+    x = np.array([[2048.0, 1.0]], dtype=np.float16)  # 2049 is not a float16 (spacing 2)
+    assert float(accumulate(x, get_precision("float16"))[0]) == 2048.0
+    assert float(accumulate(x, get_precision("float32"))[0]) == 2049.0
+
+
+def test_accumulation_overflow_is_inf() -> None:
+    x = np.array([[60000.0, 60000.0]], dtype=np.float16)
+    assert np.isinf(accumulate(x, get_precision("float16"))[0])
+    assert float(accumulate(x, get_precision("float32"))[0]) == 120000.0
+
+
+def test_resolve_accum_defaults() -> None:
+    assert resolve_accum(get_precision("float16"), None).name == "float32"
+    assert resolve_accum(get_precision("float64"), None).name == "float64"
+    assert resolve_accum(get_precision("float16"), "float16").name == "float16"
+
+
+def test_cast_modes() -> None:
+    f16 = get_precision("float16")
+    y, rep = cast(np.array([1.0, 70000.0, -70000.0, 1e-9, 0.1]), f16)
+    assert y.tolist()[:4] == [1.0, math.inf, -math.inf, 0.0]
+    assert rep.overflowed == 2 and rep.flushed_to_zero == 1 and rep.saturated == 0
+    assert rep.max_rel_change == 1.0  # 1e-9 flushed to zero
+    _, rep = cast(np.array([1.0, 0.1]), f16)
+    assert rep.max_rel_change == pytest.approx(abs(float(np.float16(0.1)) - 0.1) / 0.1)
+    assert rep.changed == 1
+    y, rep = cast(np.array([1.0, 70000.0, -70000.0]), f16, mode="saturate")
+    assert y.tolist() == [1.0, 65504.0, -65504.0] and rep.saturated == 2 and rep.overflowed == 0
+    e4 = get_precision("float8_e4m3fn")
+    y, rep = cast(np.array([500.0, 1.0]), e4)
+    assert math.isnan(float(y[0])) and rep.overflowed == 1  # no inf in e4m3fn: NaN
+    y, rep = cast(np.array([500.0, np.inf]), e4, mode="saturate")
+    assert float(y[0]) == 448.0 and math.isnan(float(y[1]))
+    with pytest.raises(UsageError):
+        cast(np.array([1.0]), f16, mode="clip")
