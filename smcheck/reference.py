@@ -60,12 +60,17 @@ def reference_precision_name(working: Precision) -> str:
     return "float64 with exact shifts (TwoSum)"
 
 
-def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """d, r with d = fl(a - b) and a - b = d + r exactly (Knuth's TwoSum; finite inputs)."""
-    d = a - b
+def _two_diff_residual(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """r with a - b = d + r exactly, where d = fl(a - b) (Knuth's TwoSum; finite entries).
+
+    Written with in-place operations: this runs on every logit of every row.
+    """
     bb = a - d
-    r = (a - (d + bb)) + (bb - b)
-    return d, np.where(np.isfinite(r), r, 0.0)
+    r = d + bb
+    np.subtract(a, r, out=r)  # a - (d + bb)
+    np.subtract(bb, b, out=bb)  # bb - b
+    np.add(r, bb, out=r)
+    return r
 
 
 def _core(
@@ -76,18 +81,21 @@ def _core(
     rows = np.arange(n)
     m = z.max(axis=1)
     k = z.argmax(axis=1)
-    if exact_shift:
-        d, r = _two_diff(z, m[:, None])
-        e = np.exp(d)
-        e = e + e * r  # exp(d + r) to first order; |r| <= ulp(d)/2 so r**2 is negligible
-    else:
-        d = z - m[:, None]
-        e = np.exp(d)
-    rest = e.copy()
-    rest[rows, k] = 0
-    s_rest = rest.sum(axis=1)
+    e = z - m[:, None]
+    r = _two_diff_residual(z, m[:, None], e) if exact_shift else None
+    np.exp(e, out=e)
+    if r is not None:
+        # exp(d + r) = exp(d) (1 + r) to first order; |r| <= ulp(d)/2 so r**2 is negligible.
+        # Non-finite rows give a NaN residual: they are NaN by definition below anyway.
+        np.multiply(r, e, out=r)
+        np.add(e, np.where(np.isnan(r), 0.0, r), out=e)
+    # s' excludes the argmax term exp(0) = 1: zero it for the sum, then put it back
+    e_k = e[rows, k].copy()
+    e[rows, k] = 0
+    s_rest = e.sum(axis=1)
+    e[rows, k] = e_k
     s = s_rest + 1
-    prob = e / s[:, None]
+    prob = np.divide(e, s[:, None], out=e)
     prob_rest = s_rest / s
     lse = np.log1p(s_rest)
     # NaN or +inf anywhere makes the row undefined (inf - inf); say so with NaN everywhere
