@@ -191,9 +191,39 @@ class ReferenceResult:
     finite_input: np.ndarray
 
 
-def reference_of(prep: Prepared) -> ReferenceOutput:
-    """Reference on prepared input (ignored rows computed with label 0; callers mask them)."""
-    return reference_block(prep.x, prep.safe_labels, prep.working)
+#: Logits per block of the reference: binary128 temporaries of one block stay near 100 MB.
+REFERENCE_BLOCK_ELEMENTS = 1 << 22
+
+
+def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS) -> ReferenceOutput:
+    """Reference on prepared input, block of rows by block of rows (ignored rows are computed
+    with label 0; callers mask them). Only one block is ever held in high precision."""
+    n, c = prep.x.shape
+    step = max(1, block_elements // max(c, 1))
+    if n <= step:
+        return reference_block(prep.x, prep.safe_labels, prep.working)
+    parts = [
+        reference_block(
+            prep.x[i : i + step],
+            None if prep.safe_labels is None else prep.safe_labels[i : i + step],
+            prep.working,
+        )
+        for i in range(0, n, step)
+    ]
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return ReferenceOutput(
+        loss=np.concatenate([p.loss for p in parts]),
+        loss_lo=cat("loss_lo"),
+        grad=cat("grad"),
+        grad_lo=cat("grad_lo"),
+        prob=np.concatenate([p.prob for p in parts]),
+        prob_rest=np.concatenate([p.prob_rest for p in parts]),
+        precision=parts[0].precision,
+    )
 
 
 def reference(

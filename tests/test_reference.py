@@ -70,3 +70,16 @@ def test_pluskid_reference() -> None:
     r = reference(np.array([[0.0, -800.0, 1.0]]), np.array([1]))
     assert r.loss[0] == 801.3132616875182
     np.testing.assert_array_equal(r.grad[0], [0.2689414213699951, -1.0, 0.7310585786300049])
+
+
+def test_reference_in_row_blocks_equals_one_shot() -> None:
+    from smcheck.core import reference_of
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 11)) * 20
+    y = rng.integers(0, 11, 37)
+    prep = prepare(x, y, dtype="float64")
+    whole = reference_of(prep)
+    blocks = reference_of(prep, block_elements=50)  # 4 rows per block
+    for name in ("loss", "loss_lo", "grad", "grad_lo", "prob", "prob_rest"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(blocks, name))
