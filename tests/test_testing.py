@@ -1,0 +1,227 @@
+"""smcheck.testing: the assertions raise on broken losses, pass on the reference, name the rows."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from smcheck import InputError, UsageError, reference
+from smcheck.precisions import PRECISIONS, get_precision
+from smcheck.testing import (
+    WORST_ROWS,
+    assert_matches_reference,
+    assert_stable,
+    default_thresholds,
+)
+
+ALL_DTYPES = list(PRECISIONS)
+
+
+def _logits(n: int, c: int, scale: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, scale, (n, c)), rng.integers(0, c, n)
+
+
+def _rounded_reference(z: np.ndarray, y: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference loss and gradient, each rounded once to the working dtype: a perfect
+    kernel (error <= half an ulp)."""
+    p = get_precision(dtype)
+    r = reference(z, y, dtype=dtype)
+    assert r.grad is not None
+    loss = r.loss if r.loss_lo is None else r.loss + r.loss_lo
+    grad = r.grad if r.grad_lo is None else r.grad + r.grad_lo
+    return loss.astype(p.dtype), grad.astype(p.dtype)
+
+
+def _table_rows(message: str) -> list[list[str]]:
+    """Data rows of the tables in a report: lines starting with a row index."""
+    return [line.split() for line in message.splitlines() if re.match(r"^\s+\d+\s", line)]
+
+
+# --- default thresholds -------------------------------------------------------------------------
+
+
+def test_default_thresholds_follow_the_rounding_count() -> None:
+    # 4 ulps for the ~4 roundings in T, + log2(C) roundings of the sum in A (in ulps of T)
+    loss16, grad16 = default_thresholds(1024, "float16")
+    assert loss16 == 4 + 10 * 2.0**-23 / 2.0**-10
+    assert grad16 == loss16 * 2.0**-10
+    loss32, _ = default_thresholds(1024, "float32")
+    assert loss32 == 14.0  # sums in float32 too: 10 ulps for the tree
+    assert default_thresholds(1024, "float16", accum="float16")[0] == 14.0
+    assert default_thresholds(1, "bfloat16")[0] == 4.0
+
+
+# --- assert_stable ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("method", ["fused", "log1p", "online"])
+def test_stable_methods_pass_with_default_thresholds(dtype: str, method: str) -> None:
+    # the defaults are a gate: no false alarm on stable methods over typical and extreme rows
+    z, y = _logits(300, 200, 3.0)
+    z[:10] *= 1000  # confident rows: loss ~ 1e-300 or ~ 1e4
+    z[10:20] += 5000 if get_precision(dtype).max > 1e5 else 200  # far from 0, no overflow
+    assert_stable(z, y, dtype=dtype, methods=(method,))
+
+
+def test_naive_float16_above_ln_max_raises_naming_the_row() -> None:
+    # exp(z) overflows float16 above ln(65504) = 11.09: naive gives NaN, fused does not
+    z, y = _logits(8, 5, 1.0)
+    z[3, 2] = 11.5
+    z[6, y[6]] = 11.0  # below the threshold: exp(11) = 59874 still fits
+    assert_stable(z, y, dtype="float16", methods=("fused",))
+    with pytest.raises(AssertionError) as info:
+        assert_stable(z, y, dtype="float16", methods=("naive", "fused"))
+    msg = str(info.value)
+    assert msg.startswith("smcheck: 1 check failed in float16 (accum float32), 8 rows x 5 classes")
+    assert "naive: non-finite loss/gradient or overflow in 1 of 8 rows" in msg
+    assert "fused" not in msg
+    rows = _table_rows(msg)
+    assert rows[0][:3] == ["3", str(y[3]), "11.5"]
+    assert rows[0][3] == "inf" and rows[0][-2:] == ["non-finite", "loss"]  # p_y = x / inf = 0
+
+
+def test_stable_thresholds_can_be_tightened() -> None:
+    # fused in bfloat16 over 4096 classes, sums in bfloat16: real rounding error shows
+    z, y = _logits(64, 4096, 2.0)
+    assert_stable(z, y, dtype="bfloat16", accum="bfloat16")
+    with pytest.raises(AssertionError, match=r"loss error > max_loss_ulp = 0\.1 ulps"):
+        assert_stable(z, y, dtype="bfloat16", accum="bfloat16", max_loss_ulp=0.1)
+    with pytest.raises(AssertionError, match=r"gradient error > max_grad_err = 1e-06"):
+        assert_stable(z, y, dtype="bfloat16", max_grad_err=1e-6)
+
+
+def test_stable_report_lists_worst_rows_first_and_counts_all() -> None:
+    z, y = _logits(40, 6, 1.0)
+    z[::2, 1] = 30.0  # 20 overflowing rows in float16
+    with pytest.raises(AssertionError) as info:
+        assert_stable(z, y, dtype="float16", methods=("naive",))
+    msg = str(info.value)
+    assert "in 20 of 40 rows; first:" in msg
+    rows = _table_rows(msg)
+    assert [int(r[0]) for r in rows] == [0, 2, 4, 6, 8][:WORST_ROWS]
+
+
+def test_chunking_gives_the_same_report() -> None:
+    z, y = _logits(500, 50, 1.0, seed=3)
+    z[7::37, 0] = 20.0  # float16 overflow for naive in 14 rows spread over the chunks
+    y[7::37] = 0
+    messages = []
+    for memory in (64 * 2**20, 1):  # one chunk; one row per chunk
+        with pytest.raises(AssertionError) as info:
+            assert_stable(z, y, dtype="float16", methods=("naive", "shifted"), memory=memory)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert "in 14 of 500 rows" in messages[0]
+
+
+def test_ignored_and_nonfinite_input_rows_are_skipped() -> None:
+    z, y = _logits(6, 4, 1.0)
+    z[1, 0] = 50.0  # would break naive, but the row is ignored
+    y[1] = -100
+    z[2, 3] = np.nan  # no defined answer: not checked
+    z[4, 2] = -np.inf  # a masked class: checked, finite
+    assert_stable(z, y, dtype="float16", methods=("naive", "fused"))
+    with pytest.raises(InputError, match=r"^row 1: label -100 is outside \[0, 4\)"):
+        assert_stable(z, y, dtype="float16", ignore_index=-1)
+    y[1] = 0
+    with pytest.raises(AssertionError, match="in 1 of 5 rows"):
+        assert_stable(z, y, dtype="float16", methods=("naive",))
+
+
+def test_label_errors_name_the_global_row_when_chunked() -> None:
+    z, y = _logits(10, 4, 1.0)
+    y[7] = 4
+    with pytest.raises(InputError, match=r"^row 7: label 4 is outside \[0, 4\)"):
+        assert_stable(z, y, dtype="float32", memory=1)
+    with pytest.raises(InputError, match=r"^row 7: label 4"):
+        assert_matches_reference(np.zeros(10), z, y, dtype="float32", memory=1)
+
+
+def test_bad_arguments_are_usage_errors_not_assertions() -> None:
+    z, y = _logits(3, 4, 1.0)
+    with pytest.raises(UsageError, match="unknown method 'fast'"):
+        assert_stable(z, y, dtype="float16", methods=("fast",))
+    with pytest.raises(UsageError, match="unknown dtype"):
+        assert_stable(z, y, dtype="float12")
+    with pytest.raises(InputError, match=r"labels have shape \(2,\), expected \(3,\)"):
+        assert_stable(z, y[:2], dtype="float16")
+    with pytest.raises(InputError, match="row 1: label 9"):
+        assert_stable(z, np.array([0, 9, 1]), dtype="float16")
+
+
+# --- assert_matches_reference -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_reference_rounded_to_the_working_dtype_passes(dtype: str) -> None:
+    z, y = _logits(200, 33, 4.0, seed=1)
+    z[:5] *= 500
+    loss, grad = _rounded_reference(z, y, dtype)
+    assert_matches_reference(loss, z, y, dtype=dtype, grad=grad)
+    assert_matches_reference(loss, z, y, dtype=dtype)  # loss only
+
+
+def test_loss_off_by_64_ulps_raises_naming_the_row() -> None:
+    z, y = _logits(50, 10, 2.0, seed=2)
+    loss, grad = _rounded_reference(z, y, "float16")
+    # 64 ulps of max(|L|, 1) in float16, added in float64 then rounded once: exact here
+    unit = float(get_precision("float16").ulp(max(abs(float(loss[17])), 1.0)))
+    loss[17] = np.float16(float(loss[17]) + 64 * unit)
+    with pytest.raises(AssertionError) as info:
+        assert_matches_reference(loss, z, y, dtype="float16", grad=grad)
+    msg = str(info.value)
+    assert "kernel: loss error > max_ulp = 4 ulps of max(|L*|, 1) in 1 of 50 rows" in msg
+    assert "grad" not in msg.split("\n", 1)[1]  # only the loss check failed
+    (row,) = _table_rows(msg)
+    assert row[:3] == ["17", str(y[17]), f"{np.float16(z[17].max()):.8g}"]
+    assert 63.5 <= float(row[-1]) <= 64.5  # the shift plus the rounding of the reference
+    assert_matches_reference(loss, z, y, dtype="float16", max_ulp=65)
+
+
+def test_gradient_missing_the_onehot_term_raises() -> None:
+    z, y = _logits(20, 8, 1.0, seed=4)
+    loss, _ = _rounded_reference(z, y, "float32")
+    r = reference(z, y, dtype="float32")
+    softmax_only = r.prob.astype(np.float32)  # p instead of p - onehot(y)
+    with pytest.raises(AssertionError) as info:
+        assert_matches_reference(loss, z, y, dtype="float32", grad=softmax_only)
+    msg = str(info.value)
+    assert "kernel: gradient error > max_grad_err" in msg and "in 20 of 20 rows; worst:" in msg
+    rows = _table_rows(msg)
+    assert len(rows) == WORST_ROWS
+    for row in rows:  # worst entry is the label's: error exactly 1 (p_y vs p_y - 1)
+        i = int(row[0])
+        assert int(row[1]) == y[i] and int(row[3]) == y[i]
+        assert math.isclose(float(row[-1]), 1.0, rel_tol=1e-6)
+
+
+def test_nonfinite_kernel_output_and_inf_reference() -> None:
+    z = np.array([[0.0, -np.inf, 1.0], [0.0, 2.0, 1.0], [3.0, 1.0, 0.0]])
+    y = np.array([1, 0, 2])  # row 0: label on a masked class, the loss is +inf
+    loss, grad = _rounded_reference(z, y, "float32")
+    assert loss[0] == np.inf
+    assert_matches_reference(loss, z, y, dtype="float32", grad=grad)
+    finite_where_inf = loss.copy()
+    finite_where_inf[0] = 1e30
+    with pytest.raises(AssertionError, match="non-finite loss/gradient or overflow in 1 of 3"):
+        assert_matches_reference(finite_where_inf, z, y, dtype="float32")
+    nan_grad = grad.copy()
+    nan_grad[2, 1] = np.nan
+    with pytest.raises(AssertionError) as info:
+        assert_matches_reference(loss, z, y, dtype="float32", grad=nan_grad)
+    (row,) = _table_rows(str(info.value))
+    assert row[0] == "2" and row[-2:] == ["non-finite", "gradient"]
+
+
+def test_matches_reference_shape_errors() -> None:
+    z, y = _logits(4, 3, 1.0)
+    loss, grad = _rounded_reference(z, y, "float32")
+    with pytest.raises(InputError, match=r"loss has shape \(3,\), expected \(4,\)"):
+        assert_matches_reference(loss[:3], z, y, dtype="float32")
+    with pytest.raises(InputError, match=r"grad has shape \(4, 2\), expected \(4, 3\)"):
+        assert_matches_reference(loss, z, y, dtype="float32", grad=grad[:, :2])
