@@ -123,8 +123,8 @@ def _open_source(
     name = os.fspath(given)
     if name == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
-        data = _read_stream(stream, "stdin", max_bytes)
-        return _Source(name, None, data, _sniff(data[:8]))
+        piped = _read_stream(stream, "stdin", max_bytes)
+        return _Source(name, None, piped, _sniff(piped[:8]))
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -133,11 +133,11 @@ def _open_source(
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{name}: is a directory, expected a .npy, .npz or text file")
+    data: bytes | None = None
     try:
         with open(name, "rb") as f:  # read only: an input is never opened for writing
             if stat.S_ISREG(st.st_mode):
                 head = f.read(8)
-                data = None
             else:  # a pipe such as bash's <(...): it can be read once only, so keep the bytes
                 data = _read_stream(f, name, max_bytes)
                 head = data[:8]
@@ -277,7 +277,9 @@ def _read_npy_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, n
             )
     except InputError:
         raise
-    except _CORRUPT as exc:
+    except Exception as exc:
+        # numpy tokenizes and literal_evals the header text: on hostile bytes that raises
+        # ValueError, SyntaxError, tokenize.TokenError, ... - every one of them means "bad header"
         raise InputError(f"{where}: bad or truncated .npy header ({_short(exc)})") from None
     dtype = np.dtype(dtype)
     if any(int(d) < 0 for d in shape):  # numpy checks the type of each dimension, not its sign
@@ -360,13 +362,16 @@ class _Npz:
             )
             self.zip = zipfile.ZipFile(target)
             infos = [i for i in self.zip.infolist() if not i.is_dir()]
-        except _CORRUPT as exc:
+        except Exception as exc:
+            # on damaged bytes zipfile raises BadZipFile but also IndexError, struct.error,
+            # UnicodeDecodeError, ...: each means the archive cannot be read
             raise InputError(f"{self.name}: not a readable .npz archive ({_short(exc)})") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             self.members[key] = info
         if not self.members:
+            self.zip.close()
             raise InputError(f"{self.name}: the .npz archive holds no arrays")
 
     def keys_text(self) -> str:
@@ -393,7 +398,7 @@ class _Npz:
                 return _npy_from_stream(fp, info.file_size, where, self.max_bytes)  # type: ignore[arg-type]
         except InputError:
             raise
-        except _CORRUPT as exc:
+        except Exception as exc:  # zipfile/zlib on a damaged member: see __init__
             raise InputError(f"{where}: cannot read the member ({_short(exc)})") from None
 
     def close(self) -> None:
@@ -520,14 +525,23 @@ def _sniff_delimiter(first: str) -> str | None:
 def _split(
     lines: list[str], delimiter: str | None, name: str, numbers: list[int]
 ) -> list[list[str]]:
+    """Cells of each line. Quotes are honoured within a line only: a number file has no
+    multi-line quoted fields, and one row per line keeps the line numbers in messages right."""
     if delimiter is None:
         # whitespace-separated: no quoting rules beyond dropping quotes around a cell
         return [[c.strip("\"'") for c in line.split()] for line in lines]
     try:
         rows = list(csv.reader(lines, delimiter=delimiter, quotechar='"', strict=False))
-    except csv.Error as exc:
-        # csv reports the record it failed on; with one line per record that is our index
-        raise InputError(f"{name}: cannot split into cells ({_short(exc)})") from None
+    except csv.Error:
+        rows = []
+    if len(rows) != len(lines):
+        # an unbalanced quote made csv join lines into one record: split line by line instead
+        rows = []
+        for line, number in zip(lines, numbers, strict=True):
+            try:
+                rows.append(next(csv.reader([line], delimiter=delimiter, strict=False), []))
+            except csv.Error as exc:
+                raise InputError(f"{name} line {number}: cannot split ({_short(exc)})") from None
     return [[c.strip().strip('"').strip() for c in row] for row in rows]
 
 
@@ -618,10 +632,8 @@ def _parse_numbers(table: _Table, columns: list[int], what: str) -> tuple[np.nda
                 _bad_cell(table, i // width, columns[i % width], cell, what)
         # not reached while _NUMBER and float() agree; still an InputError, never a crash
         raise InputError(f"{table.name}: cannot read the cells as numbers ({what})")
-    overflowed = 0
-    for i in np.flatnonzero(np.isinf(values)):
-        if "inf" not in cells[i].lower():  # '1e400': float() gave inf without saying so
-            overflowed += 1
+    # '1e400' is a finite number that float() turned into inf without a word: count those
+    overflowed = sum("inf" not in cells[int(i)].lower() for i in np.flatnonzero(np.isinf(values)))
     return values.reshape(n, width), overflowed
 
 
@@ -798,7 +810,7 @@ def _validate_labels(
     bad = np.flatnonzero(~ok)
     if bad.size:
         i = int(bad[0])
-        v = _label_text(values[i])
+        v = str(int(values[i])) if values.dtype.kind in "iu" else _label_text(values[i])
         if values[i] < 0:
             raise InputError(
                 f"{where} {at(i)}: label {v} is negative and is not ignore_index "
@@ -893,6 +905,11 @@ def load_input(
         raise InputError(
             f"{name}: logits_key {logits_key!r} given but this is {_KIND_WORDS[src.kind]}, "
             "not an .npz"
+        )
+    if labels is None and labels_key is not None and src.kind != "npz":
+        raise InputError(
+            f"{name}: labels_key {labels_key!r} given but this is {_KIND_WORDS[src.kind]}, "
+            "not an .npz (and no labels file was given)"
         )
     if label_column is not None and src.kind != "text":
         raise InputError(
@@ -992,8 +1009,7 @@ def _pick_logits_key(
         notes.append(f"{npz.name}: its only array {others[0]!r} taken as the logits")
         return others[0]
     raise InputError(
-        f"{npz.name}: no 'logits' array and more than one candidate; it holds: "
-        f"{npz.keys_text()} (name one with logits_key)"
+        f"{npz.name}: no 'logits' array; it holds: {npz.keys_text()} (name one with logits_key)"
     )
 
 

@@ -48,7 +48,10 @@ def save_npz(directory: Path, name: str, compressed: bool = False, **arrays: np.
     """An .npz at directory/name exactly, with the given arrays as members."""
     path = directory / name
     with open(path, "wb") as f:
-        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        if compressed:
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+        else:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
 
 
@@ -104,6 +107,11 @@ def _npy_with_header(d: Path, name: str, header: bytes, version: bytes = b"\x01\
     return write(d, name, b"\x93NUMPY" + version + len(header).to_bytes(2, "little") + header)
 
 
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 def _zip(d: Path, name: str, members: dict[str, bytes]) -> Path:
     path = d / name
     with zipfile.ZipFile(path, "w") as zf:
@@ -115,9 +123,7 @@ def _zip(d: Path, name: str, members: dict[str, bytes]) -> Path:
 BAD_BUILDERS: dict[str, Callable[[Path], BadInput]] = {
     # files
     "missing": lambda d: BadInput(d / "nope.npy", expect=("nope.npy", "no such file")),
-    "directory": lambda d: BadInput(
-        (d / "adir").mkdir() or d / "adir", expect=("adir", "is a directory")
-    ),
+    "directory": lambda d: BadInput(_mkdir(d / "adir"), expect=("adir", "is a directory")),
     "empty_file": lambda d: _bad(d, "empty.csv", b"", "is empty"),
     # .npy
     "npy_pickle": lambda d: BadInput(
@@ -524,7 +530,7 @@ def test_text_parse_speed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_npy_float_dtypes_kept_and_memory_mapped(tmp_path: Path, dtype: type) -> None:
-    values = GOOD_LOGITS.astype(dtype)
+    values: np.ndarray = GOOD_LOGITS.astype(dtype)
     path = save_npy(tmp_path, "f.npy", values)
     got = load_input(path)
     assert isinstance(got.logits, np.memmap)
@@ -555,7 +561,7 @@ def test_npy_big_endian_converted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16, np.bool_])
 def test_npy_integer_and_bool_become_float64(tmp_path: Path, dtype: type) -> None:
-    values = np.array([[0, 1, 1], [1, 0, 1]], dtype=dtype)
+    values: np.ndarray = np.array([[0, 1, 1], [1, 0, 1]], dtype=dtype)
     got = load_input(save_npy(tmp_path, "i.npy", values))
     assert got.logits.dtype == np.float64 and got.file_dtype == np.dtype(dtype).name
     np.testing.assert_array_equal(got.logits, values.astype(np.float64))

@@ -52,7 +52,7 @@ def test_refuses_to_overwrite_an_input(tmp_path: Path) -> None:
     link.symlink_to(data)
     hard = tmp_path / "hard.csv"
     os.link(data, hard)
-    spellings = [
+    spellings: list[str | Path] = [
         data,
         str(data),
         tmp_path / "sub" / ".." / "logits.csv",
