@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, UsageError
-from .methods import METHODS
+from .methods import METHODS, MethodFn
 from .precisions import CastReport, Precision, cast, get_precision, resolve_accum
 from .reference import ReferenceOutput, reference_block
 
@@ -120,11 +120,21 @@ class CrossEntropyResult:
         return ~np.isfinite(self.grad).all(axis=1)
 
 
+def get_method(name: str) -> MethodFn:
+    """A core method (:data:`METHODS`) or a framework one (``torch``, ``jax``) by name."""
+    from .frameworks import FRAMEWORK_METHODS
+
+    if name in METHODS:
+        return METHODS[name]
+    if name in FRAMEWORK_METHODS:
+        return FRAMEWORK_METHODS[name]
+    known = ", ".join([*METHODS, *FRAMEWORK_METHODS])
+    raise UsageError(f"unknown method {name!r}; expected one of: {known}")
+
+
 def run_method(name: str, prep: Prepared, accum: Precision) -> CrossEntropyResult:
     """Run one registered method on prepared input."""
-    if name not in METHODS:
-        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    out = METHODS[name](prep.x, prep.safe_labels, prep.working, accum)
+    out = get_method(name)(prep.x, prep.safe_labels, prep.working, accum)
     ok = prep.finite_input & ~prep.ignored
     loss, grad = out.loss, out.grad
     if prep.ignored.any():
