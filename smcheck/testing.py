@@ -61,7 +61,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .core import Prepared, prepare, reference_of, run_method
-from .engine import chunk_rows_for
 from .errors import InputError, UsageError
 from .methods import METHODS
 from .metrics import loss_abs_err
@@ -136,7 +135,9 @@ class _Check:
 
 
 def _chunks(n: int, n_classes: int, memory: int) -> Iterator[slice]:
-    step = chunk_rows_for(n_classes, 1, False, memory)
+    # a row costs about 24 float64 arrays of C values: the reference's ~10, one method's
+    # temporaries and the error arrays here
+    step = max(1, memory // (24 * 8 * n_classes))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
 
