@@ -718,3 +718,51 @@ def test_inputs_unchanged_after_loading(tmp_path: Path) -> None:
     load_input(paths[1], write(tmp_path, "l.txt", "0\n1\n2\n0\n"))
     load_input(paths[2])
     assert [sha256(p) for p in paths] == before
+
+
+def test_labels_key_without_any_npz_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"labels_key 'y' given .* not an \.npz"):
+        load_input(write(tmp_path, "t.csv", "1,2\n"), labels_key="y")
+
+
+def test_npz_with_only_labels_has_no_logits(tmp_path: Path) -> None:
+    path = save_npz(tmp_path, "lab.npz", labels=np.array([0, 1]))
+    with pytest.raises(InputError, match=r"no 'logits' array; it holds: 'labels'"):
+        load_input(path)
+
+
+def test_labels_npz_with_single_array(tmp_path: Path) -> None:
+    logits = save_npy(tmp_path, "l.npy", GOOD_LOGITS)
+    got = load_input(logits, save_npz(tmp_path, "y.npz", targets=np.array([0, 1, 2, 0])))
+    assert got.labels is not None and got.labels.tolist() == [0, 1, 2, 0]
+    assert got.labels_name == str(tmp_path / "y.npz")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_named_pipe_is_read_once(tmp_path: Path) -> None:
+    # bash's <(...) hands over a pipe: it can be read only once, so it is read as a stream
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b"1,2\n3,4\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        got = load_input(fifo)
+    finally:
+        writer.join(timeout=5)
+    assert got.logits.tolist() == [[1, 2], [3, 4]]
+
+
+def test_messages_are_one_line_without_the_traceback_chain(tmp_path: Path) -> None:
+    # 'from None' everywhere: the CLI prints str(exc), and a chained cause would only confuse
+    bad = make_bad_files(tmp_path)
+    for case in ("npy_bad_header", "npz_corrupt", "missing"):
+        with pytest.raises(InputError) as info:
+            bad[case].load()
+        assert info.value.__cause__ is None and info.value.__suppress_context__
