@@ -17,6 +17,7 @@ and ``column M`` as an editor shows them. The rules are listed in ``docs/validat
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -124,7 +125,7 @@ def _open_source(
     if name == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
         piped = _read_stream(stream, "stdin", max_bytes)
-        return _Source(name, None, piped, _sniff(piped[:8]))
+        return _Source("stdin", None, piped, _sniff(piped[:8]))
     try:
         st = os.stat(name)
     except FileNotFoundError:
@@ -171,7 +172,7 @@ def _read_stream(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
             raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
         if not chunk:
             break
-        if not chunks and b"\x00" in chunk and not _is_container(chunk):
+        if not chunks and b"\x00" in chunk and not _is_container(chunk) and not _is_utf16(chunk):
             # stop at once: /dev/zero or a binary blob would otherwise be read up to max_bytes
             raise InputError(f"{name}: looks binary (NUL bytes), expected .npy, .npz or text")
         chunks.append(chunk)
@@ -182,6 +183,10 @@ def _read_stream(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
     if not data:
         raise InputError(f"{name}: is empty, expected a .npy, .npz or text file")
     return data
+
+
+def _is_utf16(head: bytes) -> bool:
+    return head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
 
 
 def _is_container(head: bytes) -> bool:
@@ -207,8 +212,7 @@ def _file_bytes(src: _Source, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise InputError(
                 f"{src.name}: {size} bytes is over the max_bytes limit of {max_bytes} for "
-                f"{'text' if src.kind == 'text' else 'this'} input; save the logits as .npy "
-                "(memory-mapped, no limit)"
+                "text input; save large inputs as .npy (memory-mapped, no limit)"
             )
         with open(src.path, "rb") as f:
             return f.read()
@@ -496,15 +500,20 @@ class _Table:
 
 
 def _decode(data: bytes, name: str) -> str:
-    if b"\x00" in data:
+    """Text from bytes: UTF-8 (a BOM is dropped), or UTF-16 when it starts with its BOM
+    (what Windows PowerShell's ``>`` writes)."""
+    encoding = "utf-8"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif b"\x00" in data:
         raise InputError(f"{name}: looks binary (NUL bytes), expected .npy, .npz or text")
     try:
-        text = data.decode("utf-8")
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n" if encoding == "utf-8" else b"\n\x00") + 1
         raise InputError(
-            f"{name} line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); expected "
-            ".npy, .npz or UTF-8 text"
+            f"{name} line {line}: not {encoding.upper()} text (byte {data[exc.start]:#04x}); "
+            "expected .npy, .npz or UTF-8 text"
         ) from None
     return text.removeprefix("\ufeff")  # a byte-order mark some editors write
 
@@ -984,7 +993,7 @@ def load_input(
     return LoadedInput(
         logits=arr2d,
         labels=labels_out,
-        logits_name=name,
+        logits_name=os.fspath(logits),
         labels_name=labels_name,
         file_dtype=file_dtype,
         original_shape=original_shape,

@@ -182,6 +182,16 @@ def test_arbitrary_bytes(fuzz_dir: Path, data: bytes) -> None:
 
 
 @FUZZ
+@given(data=st.one_of(st.binary(max_size=256), csv_bytes(), npy_files(), npz_files()))
+def test_stdin(data: bytes) -> None:
+    try:
+        got = load_input("-", stdin=io.BytesIO(data), max_bytes=MAX_BYTES)
+    except InputError:
+        return
+    assert got.logits.ndim == 2 and got.logits_name == "-"
+
+
+@FUZZ
 @given(data=csv_bytes(), label_column=st.sampled_from([None, 0, -1, 2, "y", "0"]))
 def test_near_valid_csv(fuzz_dir: Path, data: bytes, label_column: str | int | None) -> None:
     path = fuzz_dir / "near.csv"

@@ -766,3 +766,16 @@ def test_messages_are_one_line_without_the_traceback_chain(tmp_path: Path) -> No
         with pytest.raises(InputError) as info:
             bad[case].load()
         assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_utf16_text_with_bom(tmp_path: Path) -> None:
+    # Windows PowerShell's `>` writes UTF-16LE with a BOM
+    path = write(tmp_path, "ps.csv", "a,b\r\n1,2\r\n3,4\r\n".encode("utf-16"))
+    assert load_input(path).logits.tolist() == [[1, 2], [3, 4]]
+
+
+def test_stdin_messages_say_stdin_but_name_stays_dash() -> None:
+    got = load_input("-", stdin=io.BytesIO(b"1,2\n"))
+    assert got.logits_name == "-"
+    with pytest.raises(InputError, match=r"^stdin line 2: has 1 cells"):
+        load_input("-", stdin=io.BytesIO(b"1,2\n3\n"))
