@@ -580,14 +580,19 @@ def _read_table(data: bytes, name: str) -> _Table:
     if any(_is_header_cell(c) for c in rows[0]):
         header, header_line = rows[0], numbers[0]
         rows, numbers = rows[1:], numbers[1:]
-        if header and header[-1] == "" and delimiter is not None:
-            header = header[:-1]
         shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
         notes.append(f"{name} line {header_line} read as a header: {shown}")
+        if header[0] == "" and len(header) > 1:
+            notes.append(
+                f"{name}: column 1 has no name in the header - a pandas index written by "
+                "to_csv? It is read as a logit column (write with index=False)"
+            )
     if not rows:
         raise InputError(f"{name}: has a header (line {header_line}) but no data rows")
     if delimiter is not None and all(row and row[-1] == "" for row in rows) and len(rows[0]) > 1:
         rows = [row[:-1] for row in rows]  # a delimiter at the end of every line
+    if header is not None and len(header) == len(rows[0]) + 1 and header[-1] == "":
+        header = header[:-1]  # the header line ends with a delimiter too
     return _Table(name, rows, numbers, header, header_line, delimiter, notes)
 
 

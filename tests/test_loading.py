@@ -779,3 +779,14 @@ def test_stdin_messages_say_stdin_but_name_stays_dash() -> None:
     assert got.logits_name == "-"
     with pytest.raises(InputError, match=r"^stdin line 2: has 1 cells"):
         load_input("-", stdin=io.BytesIO(b"1,2\n3\n"))
+
+
+def test_header_with_empty_last_name_keeps_its_column(tmp_path: Path) -> None:
+    got = load_input(write(tmp_path, "h.csv", "a,b,\n1,2,3\n"))
+    assert got.logits.tolist() == [[1, 2, 3]]
+
+
+def test_pandas_index_column_gets_a_note(tmp_path: Path) -> None:
+    got = load_input(write(tmp_path, "pd.csv", ",a,b\n0,1.5,2\n1,3,4\n"))
+    assert got.logits.tolist() == [[0, 1.5, 2], [1, 3, 4]]
+    assert any("pandas index" in n for n in got.notes)
