@@ -1,0 +1,220 @@
+"""The chunk kernel and its merge: exact sums, histogram quantiles, extremes, chunk invariance."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from smcheck.engine import (
+    FULL_GRAD_CLASSES,
+    HIST_BINS,
+    RANDOM_GRAD_LABELS,
+    EngineConfig,
+    ExactSum,
+    Extreme,
+    MethodStats,
+    _hist,
+    chunk_rows_for,
+    grad_labels,
+    hist_quantile,
+    run,
+)
+from smcheck.precisions import get_precision
+
+
+def exact(values: np.ndarray) -> Fraction:
+    """Independent exact sum: Fraction of every float64 (Python's exact rationals)."""
+    return sum((Fraction(float(v)) for v in values), Fraction(0))
+
+
+# ---------------------------------------------------------------- ExactSum
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1e16, 1.0, -1e16],
+        [1e308, 1e308, -1e308, -1e308, 5e-324],  # would overflow in float64
+        [0.1] * 10,
+        [5e-324, -5e-324, 2.2250738585072014e-308, 1e-320],  # subnormals
+        [-3.5, -0.25, 2.0**-60, 2.0**60],
+        [],
+    ],
+)
+def test_exact_sum_is_exact(values: list[float]) -> None:
+    v = np.array(values, dtype=np.float64)
+    s = ExactSum.of(v)
+    assert s.value() == exact(v)
+    assert s.count == len(values)
+
+
+def test_exact_sum_random_cancellation_and_merge_order() -> None:
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal(5000) * np.exp2(rng.integers(-60, 60, 5000))
+    v = np.concatenate([v, -v[:2500]])  # heavy cancellation
+    whole = ExactSum.of(v)
+    assert whole.value() == exact(v)
+    parts = [ExactSum.of(v[i : i + 777]) for i in range(0, v.size, 777)]
+    fwd = parts[0]
+    for p in parts[1:]:
+        fwd = fwd + p
+    back = parts[-1]
+    for p in reversed(parts[:-1]):
+        back = p + back
+    assert fwd == back == whole
+    # correctly rounded, as math.fsum is
+    assert float(whole.value()) == math.fsum(v.tolist())
+
+
+# ---------------------------------------------------------------- histogram quantiles
+
+
+def test_hist_quantile_bound_against_exact_order_statistics() -> None:
+    rng = np.random.default_rng(5)
+    v = np.abs(rng.standard_normal(10001)) * np.exp2(rng.integers(-30, 10, 10001))
+    v[:1000] = 0.0
+    h = _hist(v)
+    assert h.shape == (HIST_BINS,) and int(h.sum()) == v.size
+    srt = np.sort(v)
+    for q in (0.0, 0.05, 0.5, 0.9, 0.99, 1.0):
+        exact_q = srt[int(math.floor(q * (v.size - 1)))]
+        got = hist_quantile(h, q)
+        assert got is not None
+        if exact_q == 0:
+            assert got == 0.0
+        else:
+            # the documented bound: got <= exact < got * (1 + 2**-5)
+            assert got <= exact_q < got * (1 + 2**-5)
+
+
+def test_hist_quantile_edges() -> None:
+    assert hist_quantile(np.zeros(HIST_BINS, np.int64), 0.5) is None
+    assert hist_quantile(_hist(np.array([np.inf, np.inf])), 0.5) == math.inf
+    assert hist_quantile(_hist(np.array([np.nan, 0.5])), 0.5) == 0.5  # NaN is not binned
+    assert hist_quantile(_hist(np.array([1.0, 2.0])), 0.5) == 1.0  # the lower median
+
+
+# ---------------------------------------------------------------- extremes
+
+
+def test_extreme_ties_go_to_the_lowest_row_and_merge_commutes() -> None:
+    a = Extreme.of(np.array([1.0, 3.0, 3.0]), np.array([10, 11, 12]))
+    assert (a.value, a.row) == (3.0, 11)
+    b = Extreme.of(np.array([3.0, np.inf, np.nan]), np.array([5, 6, 7]))
+    assert (b.value, b.row) == (3.0, 5)  # inf/NaN are counted elsewhere, not maxima
+    assert a + b == b + a == b
+    empty = Extreme.of(np.array([np.nan]), np.array([0]))
+    assert math.isnan(empty.value) and empty + a == a and a + empty == a
+
+
+# ---------------------------------------------------------------- label-free gradient labels
+
+
+def test_grad_labels_all_classes_when_few() -> None:
+    x = np.arange(12.0).reshape(3, 4)
+    rows, cols = grad_labels(x, 0)
+    assert rows.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert cols.tolist() == [0, 1, 2, 3] * 3
+
+
+def test_grad_labels_subset_is_deterministic_and_contains_argmax_argmin() -> None:
+    rng = np.random.default_rng(0)
+    c = FULL_GRAD_CLASSES + 50
+    x = rng.standard_normal((20, c))
+    rows, cols = grad_labels(x, 100)
+    for r in range(20):
+        mine = set(cols[rows == r].tolist())
+        assert int(np.argmax(x[r])) in mine and int(np.argmin(x[r])) in mine
+        assert 2 <= len(mine) <= 2 + RANDOM_GRAD_LABELS
+    keys = rows * c + cols
+    assert np.all(np.diff(keys) > 0)  # sorted, no repeats
+    # the same rows seen in another chunking get the same classes
+    r2, c2 = grad_labels(x[7:], 107)
+    assert set(zip((r2 + 7).tolist(), c2.tolist(), strict=True)) == {
+        (r, k) for r, k in zip(rows.tolist(), cols.tolist(), strict=True) if r >= 7
+    }
+
+
+def test_chunk_rows_for_respects_the_budget() -> None:
+    assert chunk_rows_for(32000, 4, False, 64 * 2**20) == 64 * 2**20 // (24 * 8 * 32000)
+    assert chunk_rows_for(10**7, 4, False, 2**20) == 1  # one row at least
+    assert chunk_rows_for(1000, 4, True, 2**26) < chunk_rows_for(1000, 4, False, 2**26)
+
+
+# ---------------------------------------------------------------- chunk invariance
+
+
+def _same(a: MethodStats, b: MethodStats) -> bool:
+    for f in a.__dataclass_fields__:
+        x, y = getattr(a, f), getattr(b, f)
+        if isinstance(x, np.ndarray):
+            if not np.array_equal(x, y):
+                return False
+        elif isinstance(x, Extreme):
+            same_value = x.value == y.value or (math.isnan(x.value) and math.isnan(y.value))
+            if (x.row, x.col) != (y.row, y.col) or not same_value:
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("label_free", [False, True])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_run_is_identical_for_any_chunking_and_worker_count(label_free: bool, dtype: str) -> None:
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((97, 40)) * 7).astype(np.float32)
+    x[3, 2] = np.nan
+    y = rng.integers(0, 40, 97)
+    y[5] = -100
+    t = get_precision(dtype)
+    cfg = EngineConfig(t, get_precision("float32"), ("naive", "shifted", "fused", "log1p"))
+    lab = None if label_free else y
+    ref = run(x, lab, cfg, chunk_rows=97)
+    for rows, workers in ((1, 1), (10, 2), (33, 3)):
+        got = run(x, lab, cfg, chunk_rows=rows, workers=workers)
+        assert got.input == ref.input
+        for m in cfg.methods:
+            assert _same(got.methods[m], ref.methods[m]), (m, rows, workers)
+        for k, v in ref.worst.cols.items():
+            assert np.array_equal(got.worst.cols[k], v, equal_nan=True), k
+
+
+def test_progress_and_per_row_blocks_come_in_row_order() -> None:
+    x = np.random.default_rng(1).standard_normal((25, 6)).astype(np.float32)
+    cfg = EngineConfig(get_precision("float32"), get_precision("float32"), ("fused",))
+    seen: list[tuple[int, int]] = []
+    starts: list[int] = []
+    run(
+        x,
+        np.zeros(25, np.int64),
+        cfg,
+        chunk_rows=4,
+        workers=2,
+        progress=lambda d, t: seen.append((d, t)),
+        per_row=lambda b: starts.append(int(b.row[0])),
+    )
+    assert seen == [(min(i + 4, 25), 25) for i in range(0, 25, 4)]
+    assert starts == list(range(0, 25, 4))
+
+
+def test_method_counts_against_an_independent_count() -> None:
+    # float16: exp(z) overflows for z > ln(65504) = 11.09; rows with one logit of 12 overflow
+    x = np.zeros((50, 5), dtype=np.float16)
+    over_rows = [2, 3, 17, 40, 41, 49]
+    x[over_rows, 1] = 12.0
+    x[:, 4] = 11.0  # exp(11) = 59874 < 65504: not an overflow by itself
+    y = np.zeros(50, np.int64)
+    y[over_rows[:2]] = 1  # label on the overflowing class: p_y = inf/inf = NaN
+    cfg = EngineConfig(get_precision("float16"), get_precision("float32"), ("naive", "fused"))
+    st = run(x, y, cfg, chunk_rows=7)
+    assert st.input.rows_over_ln_max == len(over_rows)
+    assert st.methods["naive"].overflow == len(over_rows)
+    assert st.methods["naive"].nan_loss == 2
+    assert st.methods["naive"].inf_loss == 4  # p_y = 1/inf = 0: -log 0 = inf
+    assert st.methods["naive"].nonfinite_grad == len(over_rows)
+    assert st.methods["fused"].overflow == 0 and st.methods["fused"].nan_loss == 0
+    assert st.methods["fused"].measured == 50
