@@ -7,17 +7,23 @@ analysis from the library, renders the report with a pure renderer and picks the
 * 1 - a gated check failed (findings)
 * 2 - bad usage or bad input: one line on stderr naming the file, row/column and problem
 * 3 - internal error (a bug in smcheck: please report it)
+
+Settings from ``[tool.smcheck]`` in the nearest ``pyproject.toml`` or a ``smcheck.toml`` (see
+:mod:`smcheck.config`) become click's ``default_map`` in the group callback: a file value
+replaces an option's built-in default, and the command line still wins over both.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import __version__
-from ..errors import SmcheckError
+from ..config import OptionSpec, Settings, display_path, load_settings, normalize_key
+from ..errors import SmcheckError, UsageError
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -53,15 +59,92 @@ class SmcheckGroup(click.Group):
             ctx.exit(EXIT_INTERNAL)
 
 
+#: Commands whose options a config file cannot set (``config`` only reports the others).
+UNCONFIGURABLE = frozenset({"config"})
+
+
+def _key_of(param: click.Parameter) -> str:
+    """The name a config file uses for an option: its long flag without ``--``."""
+    long = [o for o in param.opts if o.startswith("--")]
+    return normalize_key(long[0][2:] if long else str(param.name))
+
+
+def _builtin_default(param: click.Parameter, cmd: click.Command) -> Any:
+    """The option's own default (not a config file's): a context without a default_map."""
+    value = param.get_default(click.Context(cmd), call=True)
+    # click >= 8.2 gives a private UNSET sentinel for options declared without a default
+    plain = (str, int, float, bool, list, tuple, type(None))
+    return value if isinstance(value, plain) else None
+
+
+def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
+    """What a config file may set: every visible option of every command, by its long name."""
+    specs: dict[str, dict[str, OptionSpec]] = {}
+    for name, cmd in group.commands.items():
+        if name in UNCONFIGURABLE:
+            continue
+        opts: dict[str, OptionSpec] = {}
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.hidden or p.name is None:
+                continue
+            key = _key_of(p)
+            opts[key] = OptionSpec(key, p.name, bool(p.multiple), _builtin_default(p, cmd))
+        specs[name] = opts
+    return specs
+
+
+def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> None:
+    """Convert each file value as the command line would, so a bad one names the file."""
+    assert settings.path is not None or not settings.default_map
+    for name, values in settings.default_map.items():
+        params = {p.name: p for p in group.commands[name].params}
+        for param_name, value in values.items():
+            param = params[param_name]
+            try:
+                param.type_cast_value(ctx, value)
+            except click.BadParameter as exc:
+                assert settings.path is not None
+                where = settings.origin[name][param_name]
+                raise UsageError(
+                    f"{display_path(settings.path)}: {_key_of(param)} = {value!r} in {where}: "
+                    f"{exc.message}"
+                ) from exc
+
+
 @click.group(cls=SmcheckGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="smcheck")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read settings from FILE (a smcheck.toml, or a pyproject.toml's [tool.smcheck]). "
+    "Default: the nearest smcheck.toml or pyproject.toml with [tool.smcheck], from the current "
+    "directory up.",
+)
+@click.option("--no-config", is_flag=True, help="Ignore config files: built-in defaults only.")
 @click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks of internal errors.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, config_file: Path | None, no_config: bool, debug: bool) -> None:
     """Audit softmax cross-entropy numerics: loss and gradient of each formulation, in the
     precision you name, against a high-precision reference."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if no_config and config_file is not None:
+        raise UsageError("--config and --no-config exclude each other")
+    group = ctx.command
+    assert isinstance(group, click.Group)
+    specs = option_specs(group)
+    settings = Settings(None) if no_config else load_settings(specs, config=config_file)
+    _check_types(ctx, group, settings)
+    ctx.obj["settings"] = settings
+    ctx.obj["option_specs"] = specs
+    # the file replaces built-in defaults; a default_map given by the caller (tests) wins
+    merged = {name: dict(values) for name, values in settings.default_map.items()}
+    for name, values in (ctx.default_map or {}).items():
+        merged.setdefault(name, {}).update(values)
+    ctx.default_map = merged
 
 
 def _register() -> None:

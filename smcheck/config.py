@@ -1,0 +1,271 @@
+"""Project configuration: ``[tool.smcheck]`` in ``pyproject.toml``, or a ``smcheck.toml``.
+
+Pure: files in, a table of defaults out. The CLI (the only module that knows click) describes
+its commands' options as :class:`OptionSpec` and hands the result to click as ``default_map``,
+so the command line always wins over the file.
+
+Where the settings come from:
+
+* ``--config FILE`` if given (a ``pyproject.toml`` is read for its ``[tool.smcheck]`` table,
+  any other file is the table itself);
+* else the nearest of these, walking up from the current directory to the filesystem root:
+  ``smcheck.toml``, then ``pyproject.toml`` *with* a ``[tool.smcheck]`` table (a
+  ``pyproject.toml`` without one is passed over, so a sub-package's pyproject does not hide
+  the project's settings);
+* else nothing: every option keeps its built-in default.
+
+Format: top-level keys set an option of every command that has it; a table named after a
+command overrides them for that command. Keys are option names, with dashes or underscores::
+
+    [tool.smcheck]
+    dtype = "float16"
+    methods = ["fused", "log1p"]    # a list is the same as "fused,log1p"
+
+    [tool.smcheck.eval]
+    max-loss-ulp = 8
+    format = "markdown"
+
+An unknown key, a table for an unknown command, or a key that no command has is a
+:class:`~smcheck.errors.UsageError` naming the key and the file (exit 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = [
+    "CONFIG_NAMES",
+    "Effective",
+    "OptionSpec",
+    "Settings",
+    "display_path",
+    "effective",
+    "find_config",
+    "load_settings",
+    "normalize_key",
+    "read_table",
+    "resolve",
+]
+
+#: File names looked for in each directory, in this order.
+CONFIG_NAMES: tuple[str, ...] = ("smcheck.toml", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of one command, as the configuration sees it.
+
+    ``key`` is the name written in the file (the long flag without ``--``: ``max-loss-ulp``);
+    ``param`` the name the command receives (click's ``default_map`` key: ``max_loss_ulp``,
+    ``fmt`` for ``--format``); ``multiple`` marks a repeatable option: a list stays a list and a
+    single value becomes a list of one (for other options a list is joined with commas, the
+    form ``--methods`` and ``--gate`` take).
+    """
+
+    key: str
+    param: str
+    multiple: bool = False
+    default: Any = None  # the built-in default, shown by ``smcheck config``
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective file settings: click's ``default_map`` and where each value came from."""
+
+    path: Path | None  # the file read, or None
+    default_map: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: command -> param -> the table that set it, e.g. "[tool.smcheck.eval]"
+    origin: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def normalize_key(key: str) -> str:
+    """``max_loss_ulp``, ``Max-Loss-Ulp`` -> ``max-loss-ulp``: the form keys are matched in."""
+    return key.strip().lower().replace("_", "-")
+
+
+def display_path(path: Path) -> str:
+    """The path relative to the current directory when that is shorter (``../pyproject.toml``)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return rel if len(rel) < len(str(path)) else str(path)
+
+
+def _table_name(path: Path, command: str | None = None) -> str:
+    base = "tool.smcheck" if path.name == "pyproject.toml" else ""
+    name = ".".join(p for p in (base, command) if p)
+    return f"[{name}]" if name else "top level"
+
+
+def read_table(path: Path, *, required: bool = True) -> dict[str, Any] | None:
+    """The smcheck table of ``path``: ``[tool.smcheck]`` of a pyproject.toml, else the file.
+
+    A pyproject.toml without the table gives None when not ``required`` (discovery walks on)
+    and a :class:`UsageError` when it is (the user named that file).
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise UsageError(f"config file {display_path(path)} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise UsageError(f"config file {display_path(path)} is a directory") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{display_path(path)}: invalid TOML: {exc}") from exc
+    if path.name != "pyproject.toml":
+        return data
+    table = data.get("tool", {}).get("smcheck") if isinstance(data.get("tool"), dict) else None
+    if table is None:
+        if required:
+            raise UsageError(f"{display_path(path)} has no [tool.smcheck] table")
+        return None
+    if not isinstance(table, dict):
+        raise UsageError(f"{display_path(path)}: tool.smcheck must be a table")
+    return table
+
+
+def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest config file at or above ``start`` and its smcheck table, or None."""
+    for directory in (start, *start.parents):
+        for name in CONFIG_NAMES:
+            candidate = directory / name
+            if candidate.is_file():
+                table = read_table(candidate, required=False)
+                if table is not None:
+                    return candidate, table
+    return None
+
+
+def _unknown(path: Path, where: str, key: str, choices: list[str], what: str) -> UsageError:
+    hint = difflib.get_close_matches(key, choices, n=1)
+    also = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {', '.join(choices)}"
+    return UsageError(f"{display_path(path)}: unknown {what} {key!r} in {where}{also}")
+
+
+def _value(spec: OptionSpec, value: Any, path: Path, where: str) -> Any:
+    if isinstance(value, dict):
+        raise UsageError(
+            f"{display_path(path)}: {spec.key} in {where} must be a value, not a table"
+        )
+    if spec.multiple:  # a repeatable option: one value is a list of one
+        return value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def resolve(
+    table: Mapping[str, Any], path: Path, commands: Mapping[str, Mapping[str, OptionSpec]]
+) -> Settings:
+    """Turn a smcheck table into click's ``default_map``, checking every key.
+
+    ``commands`` maps each configurable command to its options, keyed by
+    :func:`normalize_key` of the option name (the long flag without ``--``).
+    Top-level keys apply to every command that has the option; a command's table overrides
+    them. Raises :class:`UsageError` naming the key and the file for anything unknown.
+
+    >>> specs = {"eval": {"dtype": OptionSpec("dtype", "dtype")},
+    ...          "sweep": {"dtype": OptionSpec("dtype", "dtype"),
+    ...                    "steps": OptionSpec("steps", "steps")}}
+    >>> s = resolve({"dtype": "float16", "sweep": {"dtype": "bf16"}}, Path("smcheck.toml"), specs)
+    >>> s.default_map
+    {'eval': {'dtype': 'float16'}, 'sweep': {'dtype': 'bf16'}}
+    >>> resolve({"step": 3}, Path("smcheck.toml"), specs)
+    Traceback (most recent call last):
+    ...
+    smcheck.errors.UsageError: smcheck.toml: unknown key 'step' in top level; did you mean 'steps'?
+    """
+    default_map: dict[str, dict[str, Any]] = {name: {} for name in commands}
+    origin: dict[str, dict[str, str]] = {name: {} for name in commands}
+    all_keys = sorted({k for opts in commands.values() for k in opts})
+    top = _table_name(path)
+    per_command: list[tuple[str, Mapping[str, Any]]] = []
+    for raw_key, value in table.items():
+        if isinstance(value, dict):
+            if raw_key not in commands:
+                raise _unknown(path, top, raw_key, sorted(commands), "command table")
+            per_command.append((raw_key, value))
+            continue
+        key = normalize_key(raw_key)
+        owners = [name for name, opts in commands.items() if key in opts]
+        if not owners:
+            raise _unknown(path, top, raw_key, all_keys, "key")
+        for name in owners:
+            spec = commands[name][key]
+            default_map[name][spec.param] = _value(spec, value, path, top)
+            origin[name][spec.param] = top
+    for name, sub in per_command:
+        where = _table_name(path, name)
+        for raw_key, value in sub.items():
+            key = normalize_key(raw_key)
+            if key not in commands[name]:
+                raise _unknown(path, where, raw_key, sorted(commands[name]), f"{name} option")
+            spec = commands[name][key]
+            default_map[name][spec.param] = _value(spec, value, path, where)
+            origin[name][spec.param] = where
+    return Settings(
+        path,
+        {k: v for k, v in default_map.items() if v},
+        {k: v for k, v in origin.items() if v},
+    )
+
+
+def load_settings(
+    commands: Mapping[str, Mapping[str, OptionSpec]],
+    *,
+    config: Path | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Read ``config`` (or the nearest config file above ``cwd``) and :func:`resolve` it."""
+    if config is not None:
+        table = read_table(config, required=True)
+        assert table is not None
+        return resolve(table, config, commands)
+    found = find_config((cwd or Path.cwd()).resolve())
+    if found is None:
+        return Settings(None)
+    return resolve(found[1], found[0], commands)
+
+
+@dataclass(frozen=True)
+class Effective:
+    """One option's effective default and its source (``default`` or ``file:PATH [TABLE]``)."""
+
+    command: str
+    key: str
+    value: Any
+    source: str
+
+
+def effective(
+    settings: Settings, commands: Mapping[str, Mapping[str, OptionSpec]]
+) -> list[Effective]:
+    """Every option of every command with the value it gets when the command line is silent.
+
+    >>> specs = {"eval": {"dtype": OptionSpec("dtype", "dtype"),
+    ...                   "top": OptionSpec("top", "top_k", default=10)}}
+    >>> s = resolve({"dtype": "float16"}, Path("smcheck.toml"), specs)
+    >>> [(e.key, e.value, e.source) for e in effective(s, specs)]
+    [('dtype', 'float16', 'file:smcheck.toml top level'), ('top', 10, 'default')]
+    """
+    out = []
+    for name, opts in commands.items():
+        values = settings.default_map.get(name, {})
+        origin = settings.origin.get(name, {})
+        for spec in opts.values():
+            if spec.param in values:
+                assert settings.path is not None
+                where = f"file:{display_path(settings.path)} {origin[spec.param]}"
+                out.append(Effective(name, spec.key, values[spec.param], where))
+            else:
+                out.append(Effective(name, spec.key, spec.default, "default"))
+    return out
