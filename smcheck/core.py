@@ -7,13 +7,21 @@ see exactly the same numbers: the error reported is the method's, not the input 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError, UsageError
-from .methods import METHODS, MethodFn
-from .precisions import CastReport, Precision, cast, get_precision, resolve_accum
+from .methods import METHODS, LossTargets, MethodFn
+from .precisions import (
+    CastReport,
+    Precision,
+    accumulate,
+    cast,
+    get_precision,
+    resolve_accum,
+)
 from .reference import ReferenceOutput, reference_block
 
 __all__ = [
@@ -36,6 +44,50 @@ class Prepared:
     finite_input: np.ndarray  # (N,) bool: every logit of the row is finite
     working: Precision
     cast_report: CastReport
+    # Loss options folded into per-class coefficients (see :func:`loss_coefficients`); None for
+    # the plain integer-label loss. Rounded once to the working dtype; the methods and the
+    # reference both use these same values.
+    coeff: np.ndarray | None = None
+    weight: np.ndarray | None = None  # (C,) class weights as given (float64)
+    label_smoothing: float = 0.0
+    soft_targets: np.ndarray | None = None  # (N, C) probabilities as given (float64)
+
+    @property
+    def mean_denominator(self) -> float:
+        """What ``reduction="mean"`` divides by, as PyTorch: the summed weight of the counted
+        rows' labels (their count without weights); N for soft targets."""
+        if self.soft_targets is not None:
+            return float(self.x.shape[0])
+        counted = ~self.ignored
+        if self.weight is None or self.safe_labels is None:
+            return float(np.count_nonzero(counted))
+        return math.fsum(self.weight[self.safe_labels[counted]])
+
+
+def loss_coefficients(
+    n: int,
+    c: int,
+    labels: np.ndarray | None,
+    ignored: np.ndarray,
+    weight: np.ndarray | None,
+    label_smoothing: float,
+    soft: np.ndarray | None,
+) -> np.ndarray:
+    """Per-row, per-class coefficients c_ik with loss_i = sum_k c_ik (-log p_ik) (float64).
+
+    Integer labels (PyTorch's CrossEntropyLoss): c = (1 - eps) w_y onehot(y) + (eps / C) w;
+    soft targets t: c = w * ((1 - eps) t + eps / C); ignored rows: c = 0. The gradient is then
+    dL_i/dz_ij = p_ij sum_k c_ik - c_ij.
+    """
+    w = np.ones(c) if weight is None else weight
+    if soft is not None:
+        return w[None, :] * ((1 - label_smoothing) * soft + label_smoothing / c)
+    assert labels is not None
+    coeff = np.broadcast_to((label_smoothing / c) * w, (n, c)).copy()
+    rows = np.arange(n)
+    coeff[rows, labels] += (1 - label_smoothing) * w[labels]
+    coeff[ignored] = 0
+    return coeff
 
 
 def prepare(
@@ -45,8 +97,14 @@ def prepare(
     dtype: str | np.dtype | Precision | None = None,
     cast_mode: str = "ieee",
     ignore_index: int = -100,
+    weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
 ) -> Prepared:
-    """Round logits to the working dtype and validate labels (``InputError`` naming the row)."""
+    """Round logits to the working dtype and validate labels (``InputError`` naming the row).
+
+    ``labels`` are class indices (N,), or soft targets (N, C) of non-negative probabilities;
+    ``weight`` (C,) and ``label_smoothing`` in [0, 1] are PyTorch's ``CrossEntropyLoss`` options.
+    """
     x = np.asarray(logits)
     if x.ndim == 1:
         x = x[None, :]
@@ -59,6 +117,23 @@ def prepare(
     working = get_precision(x.dtype if dtype is None else dtype)
     xr, report = cast(x, working, cast_mode)
     n, c = xr.shape
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    w = None
+    if weight is not None:
+        w = np.asarray(weight, dtype=np.float64)
+        if w.shape != (c,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise InputError(f"weight must be {c} finite non-negative numbers, got shape {w.shape}")
+    soft = None
+    if labels is not None and np.ndim(labels) == 2:
+        soft = np.asarray(labels, dtype=np.float64)
+        if soft.shape != (n, c):
+            raise InputError(f"soft targets have shape {soft.shape}, expected ({n}, {c})")
+        bad = ~np.isfinite(soft) | (soft < 0)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            raise InputError(f"row {row}: soft targets must be finite and non-negative")
+        labels = None
     if labels is None:
         ignored = np.zeros(n, dtype=bool)
         safe = None
@@ -83,7 +158,14 @@ def prepare(
             )
         safe = np.where(ignored, 0, lab)
     finite = np.isfinite(xr).all(axis=1)
-    return Prepared(xr, lab, safe, ignored, finite, working, report)
+    coeff = None
+    if soft is not None or w is not None or label_smoothing > 0:
+        full = loss_coefficients(n, c, safe, ignored, w, label_smoothing, soft)
+        with np.errstate(over="ignore"):  # a weight beyond T's range is T's inf: a finding
+            coeff = full.astype(working.dtype)
+    return Prepared(
+        xr, lab, safe, ignored, finite, working, report, coeff, w, label_smoothing, soft
+    )
 
 
 @dataclass(frozen=True)
@@ -106,6 +188,22 @@ class CrossEntropyResult:
     finite_input: np.ndarray
     ignored: np.ndarray
     cast_report: CastReport
+    mean_denominator: float = math.nan
+
+    def reduced(self, reduction: str = "mean", convention: str = "torch") -> float:
+        """The loss reduced in the working precision: the sum accumulated in ``accum`` and
+        rounded to T; the mean is that sum divided (in ``accum``) by :attr:`mean_denominator`
+        and rounded to T. See :func:`reduce_total` for ``convention``."""
+        t, a = get_precision(self.dtype), get_precision(self.accum)
+        total = accumulate(self.loss.reshape(1, -1), a)[0]
+        return reduce_total(
+            float(total.astype(t.dtype)),
+            float(total),
+            self.mean_denominator,
+            reduction,
+            convention,
+            t,
+        )
 
     @property
     def nonfinite_loss(self) -> np.ndarray:
@@ -134,7 +232,14 @@ def get_method(name: str) -> MethodFn:
 
 def run_method(name: str, prep: Prepared, accum: Precision) -> CrossEntropyResult:
     """Run one registered method on prepared input."""
-    out = get_method(name)(prep.x, prep.safe_labels, prep.working, accum)
+    fn = get_method(name)
+    if prep.coeff is None:
+        out = fn(prep.x, prep.safe_labels, prep.working, accum)
+    else:
+        targets = LossTargets(
+            prep.coeff, prep.weight, prep.label_smoothing, prep.soft_targets, prep.safe_labels
+        )
+        out = fn(prep.x, prep.safe_labels, prep.working, accum, targets)
     ok = prep.finite_input & ~prep.ignored
     loss, grad = out.loss, out.grad
     if prep.ignored.any():
@@ -155,7 +260,37 @@ def run_method(name: str, prep: Prepared, accum: Precision) -> CrossEntropyResul
         finite_input=prep.finite_input,
         ignored=prep.ignored,
         cast_report=prep.cast_report,
+        mean_denominator=prep.mean_denominator,
     )
+
+
+def reduce_total(
+    total_t: float,
+    total: float,
+    denominator: float,
+    reduction: str,
+    convention: str = "torch",
+    working: Precision | None = None,
+) -> float:
+    """Apply ``reduction`` ("sum" or "mean") to a summed loss.
+
+    ``total_t`` is the sum as the caller reports it, ``total`` the unrounded one the mean divides.
+    With no counted row (every label ignored) PyTorch's mean is NaN (0/0) and optax's
+    convention is 0: ``convention="torch"|"jax"`` picks which.
+    """
+    if reduction == "sum":
+        return total_t
+    if reduction != "mean":
+        raise UsageError(f"unknown reduction {reduction!r}; expected 'none', 'sum' or 'mean'")
+    if convention not in ("torch", "jax"):
+        raise UsageError(f"unknown convention {convention!r}; expected 'torch' or 'jax'")
+    if denominator == 0:
+        return math.nan if convention == "torch" else 0.0
+    mean = total / denominator
+    if working is None:
+        return mean
+    with np.errstate(over="ignore"):
+        return float(np.array(mean).astype(working.dtype))
 
 
 def cross_entropy(
@@ -167,19 +302,31 @@ def cross_entropy(
     accum: str | np.dtype | Precision | None = None,
     cast: str = "ieee",
     ignore_index: int = -100,
+    weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
 ) -> CrossEntropyResult:
     """Per-row softmax cross-entropy and its gradient, computed by ``method`` in ``dtype``.
 
     ``dtype=None`` uses the array's own dtype; the logits are first rounded to ``dtype``
     (``cast="ieee"`` or ``"saturate"``). Sums accumulate in ``accum`` (default float32 for
-    16/8-bit types, else the working dtype). ``labels=None`` gives the label-free loss matrix.
+    16/8-bit types, else the working dtype). ``labels=None`` gives the label-free loss matrix;
+    ``labels`` of shape (N, C) are soft targets. ``weight`` and ``label_smoothing`` are
+    PyTorch's; ``result.reduced("mean")`` applies a reduction as PyTorch does.
 
     >>> import numpy as np
     >>> r = cross_entropy(np.array([[0.0, -800.0, 1.0]]), np.array([1]), method="fused")
     >>> r.loss.tolist(), r.grad.round(16).tolist()
     ([801.3132616875182], [[0.2689414213699951, -1.0, 0.7310585786300049]])
     """
-    prep = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
+    prep = prepare(
+        logits,
+        labels,
+        dtype=dtype,
+        cast_mode=cast,
+        ignore_index=ignore_index,
+        weight=weight,
+        label_smoothing=label_smoothing,
+    )
     return run_method(method, prep, resolve_accum(prep.working, accum))
 
 
@@ -199,6 +346,13 @@ class ReferenceResult:
     dtype: str
     ignored: np.ndarray
     finite_input: np.ndarray
+    mean_denominator: float = math.nan
+
+    def reduced(self, reduction: str = "mean", convention: str = "torch") -> float:
+        """The exact reduction (math.fsum of the double-double losses), rounded to float64."""
+        parts = [self.loss] if self.loss_lo is None else [self.loss, self.loss_lo]
+        total = math.fsum(np.concatenate([p.ravel() for p in parts]))
+        return reduce_total(total, total, self.mean_denominator, reduction, convention)
 
 
 #: Logits per block of the reference: binary128 temporaries of one block stay near 100 MB.
@@ -211,12 +365,13 @@ def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS)
     n, c = prep.x.shape
     step = max(1, block_elements // max(c, 1))
     if n <= step:
-        return reference_block(prep.x, prep.safe_labels, prep.working)
+        return reference_block(prep.x, prep.safe_labels, prep.working, prep.coeff)
     parts = [
         reference_block(
             prep.x[i : i + step],
             None if prep.safe_labels is None else prep.safe_labels[i : i + step],
             prep.working,
+            None if prep.coeff is None else prep.coeff[i : i + step],
         )
         for i in range(0, n, step)
     ]
@@ -243,6 +398,8 @@ def reference(
     dtype: str | np.dtype | Precision | None = None,
     cast: str = "ieee",
     ignore_index: int = -100,
+    weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
 ) -> ReferenceResult:
     """The reference loss and gradient of the logits rounded to ``dtype``.
 
@@ -254,7 +411,15 @@ def reference(
     >>> r.precision, r.loss.tolist()
     ('binary128 (numpy-quaddtype)', [801.3132616875182])
     """
-    prep = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
+    prep = prepare(
+        logits,
+        labels,
+        dtype=dtype,
+        cast_mode=cast,
+        ignore_index=ignore_index,
+        weight=weight,
+        label_smoothing=label_smoothing,
+    )
     out = reference_of(prep)
     loss, loss_lo, grad, grad_lo = out.loss, out.loss_lo, out.grad, out.grad_lo
     if prep.ignored.any():
@@ -274,4 +439,5 @@ def reference(
         prep.working.name,
         prep.ignored,
         prep.finite_input,
+        prep.mean_denominator,
     )

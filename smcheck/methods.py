@@ -28,7 +28,7 @@ import numpy as np
 
 from .precisions import Precision, accumulate
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "MethodOutput", "MethodFn"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "LossTargets", "MethodOutput", "MethodFn"]
 
 #: Block width (classes) of the ``online`` method: one block is what a GPU thread block loads.
 ONLINE_BLOCK = 128
@@ -44,7 +44,7 @@ class MethodOutput:
     underflow: np.ndarray  # (N,) bool, or (N, C) label-free
 
 
-MethodFn = Callable[[np.ndarray, np.ndarray | None, Precision, Precision], MethodOutput]
+MethodFn = Callable[..., MethodOutput]  # (x, y, working, accum, targets=None) -> MethodOutput
 
 
 def _rows(n: int) -> np.ndarray:
@@ -89,7 +89,76 @@ def _chained_backward(
     return p * diff, g_y
 
 
-def naive(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+@dataclass(frozen=True)
+class LossTargets:
+    """PyTorch's loss options folded into per-class coefficients (see ``core.loss_coefficients``).
+
+    loss_i = sum_k c_ik (-log p_ik) over the classes with c_ik != 0 (a gather: a class with a
+    zero coefficient contributes nothing, even where -log p is inf); the gradient is
+    p_ij sum_k c_ik - c_ij. ``coeff`` is in the working dtype.
+    """
+
+    coeff: np.ndarray
+    weight: np.ndarray | None = None
+    label_smoothing: float = 0.0
+    soft: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def _weighted_loss(nll: np.ndarray, coeff: np.ndarray, t: Precision, a: Precision) -> np.ndarray:
+    """sum_k c_k nll_k: products rounded to T, summed in A, the sum rounded to T."""
+    terms = np.where(coeff != 0, coeff * nll, t.dtype.type(0.0))
+    return accumulate(terms, a).astype(t.dtype)
+
+
+def _weighted_fused(
+    nll: np.ndarray,
+    p: np.ndarray,
+    targets: LossTargets,
+    t: Precision,
+    a: Precision,
+    forward_inf: np.ndarray,
+    argmax_fix: tuple[np.ndarray, np.ndarray] | None = None,
+) -> MethodOutput:
+    """Loss and gradient p * sum(c) - c of the fused family with coefficients.
+
+    ``argmax_fix`` = (k, s'/s in A) makes the argmax entry -c_k s'/s + p_k (sum(c) - c_k),
+    free of the cancellation in p_k sum(c) - c_k (the log1p method).
+    """
+    c = targets.coeff
+    loss = _weighted_loss(nll, c, t, a)
+    total = accumulate(c, a)  # sum_k c_k in A
+    grad = (p.astype(a.dtype) * total[:, None]).astype(t.dtype) - c
+    if argmax_fix is not None:
+        k, rest_ratio = argmax_fix
+        rows = _rows(p.shape[0])
+        c_k = c[rows, k].astype(a.dtype)
+        p_k = p[rows, k].astype(a.dtype)
+        grad[rows, k] = (-c_k * rest_ratio + p_k * (total - c_k)).astype(t.dtype)
+    return MethodOutput(loss, grad, forward_inf, ((p == 0) & (c != 0)).any(axis=1))
+
+
+def _weighted_chained(
+    p: np.ndarray, targets: LossTargets, t: Precision, a: Precision, forward_inf: np.ndarray
+) -> MethodOutput:
+    """Separate layers with coefficients: loss = sum c_k (-log p_k); the log-loss layer sends
+    g_k = -c_k / p_k (T, only where c_k != 0) and the softmax layer returns p (g - <p, g>)."""
+    c = targets.coeff
+    loss = _weighted_loss(-np.log(p), c, t, a)
+    g = np.where(c != 0, np.divide(-c, p).astype(t.dtype), t.dtype.type(0.0))
+    dot = accumulate(p * g, a)
+    diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
+    overflow = forward_inf | (np.isinf(g) & (p != 0)).any(axis=1)
+    return MethodOutput(loss, p * diff, overflow, ((p == 0) & (c != 0)).any(axis=1))
+
+
+def naive(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """Unshifted softmax, then a separate log-loss layer; gradient chained through both.
 
     p = exp(z) / sum(exp(z)) (exp in T, sum in A, division in A rounded to T);
@@ -110,6 +179,8 @@ def naive(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
         s = accumulate(e, a)
         p = _softmax_div(e, s, t)
         forward_inf = _inf_rows(e, s, p)
+        if targets is not None:
+            return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
             loss = -np.log(p)
             return MethodOutput(loss, None, forward_inf, p == 0)
@@ -121,7 +192,13 @@ def naive(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
     return MethodOutput(loss, grad, overflow, p_y == 0)
 
 
-def shifted(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+def shifted(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """Max-shifted (stable) softmax, then a separate log-loss layer; chained gradient.
 
     d = z - max(z) (T); p = exp(d) / sum(exp(d)) (exp in T, sum in A, division in A -> T);
@@ -143,6 +220,8 @@ def shifted(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> 
         s = accumulate(e, a)
         p = _softmax_div(e, s, t)
         forward_inf = _inf_rows(d, e, s, p)
+        if targets is not None:
+            return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
             return MethodOutput(-np.log(p), None, forward_inf, p == 0)
         rows = _rows(x.shape[0])
@@ -153,7 +232,13 @@ def shifted(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> 
     return MethodOutput(loss, grad, overflow, p_y == 0)
 
 
-def fused(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+def fused(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """Fused softmax-loss (what frameworks do): loss = log(sum(exp(z - m))) - (z_y - m).
 
     d = z - m (T); s = sum(exp(d)) (exp in T, sum in A); lse = log(s) (in A, rounded to T);
@@ -178,6 +263,8 @@ def fused(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
         forward_inf = _inf_rows(d, e, s, p)
+        if targets is not None:
+            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
             return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
         rows = _rows(x.shape[0])
@@ -187,7 +274,13 @@ def fused(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
     return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
 
 
-def log1p(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+def log1p(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """Fused loss in log1p form (Blanchard, Higham & Higham 2021; scipy's logsumexp >= 1.15).
 
     With k = argmax(z) and s' = sum_{j != k} exp(z_j - m) (exp in T, sum in A):
@@ -217,6 +310,9 @@ def log1p(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
         lse = np.log1p(s_rest).astype(t.dtype)
         p = _softmax_div(e, s, t)
         forward_inf = _inf_rows(d, e, s, p)
+        if targets is not None:
+            fix = (k, s_rest / s)
+            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)
         if y is None:
             return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
         d_y = d[rows, y]
@@ -230,7 +326,13 @@ def log1p(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> Me
     return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
 
 
-def online(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+def online(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """One pass with a running max and a rescaled running sum (Milakov & Gimelshein 2018).
 
     Classes are read in blocks of ``ONLINE_BLOCK``; for each block b with max m_b (T):
@@ -270,6 +372,8 @@ def online(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> M
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
         forward_inf = seen_inf | _inf_rows(d, e, p)
+        if targets is not None:
+            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
             return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
         rows = _rows(n)

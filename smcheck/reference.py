@@ -74,7 +74,7 @@ def _two_diff_residual(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarra
 
 
 def _core(
-    z: np.ndarray, y: np.ndarray | None, exact_shift: bool
+    z: np.ndarray, y: np.ndarray | None, exact_shift: bool, coeff: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Loss, grad, prob, prob_rest in the arithmetic of ``z`` (float64 or binary128)."""
     n = z.shape[0]
@@ -105,6 +105,18 @@ def _core(
         prob[undefined] = nan
         prob_rest = np.where(undefined, nan, prob_rest)
         lse = np.where(undefined, nan, lse)
+    if coeff is not None:
+        # loss_i = sum_k c_ik (-log p_ik): non-negative terms (classes with c = 0 skipped, as a
+        # gather would), so the sum is accurate; gradient p * sum(c) - c, and at the argmax
+        # -c_k s'/s + p_k (sum(c) - c_k), free of cancellation
+        nll = (m[:, None] - z) + lse[:, None]
+        zero = np.zeros((), dtype=z.dtype)
+        loss = np.where(coeff != 0, coeff * nll, zero).sum(axis=1)
+        total = coeff.sum(axis=1)
+        grad = prob * total[:, None] - coeff
+        c_k = coeff[rows, k]
+        grad[rows, k] = -c_k * prob_rest + prob[rows, k] * (total - c_k)
+        return loss, grad, prob, prob_rest
     if y is None:
         loss = (m[:, None] - z) + lse[:, None]
         return loss, None, prob, prob_rest
@@ -123,23 +135,29 @@ def _split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-def reference_block(x: np.ndarray, y: np.ndarray | None, working: Precision) -> ReferenceOutput:
+def reference_block(
+    x: np.ndarray, y: np.ndarray | None, working: Precision, coeff: np.ndarray | None = None
+) -> ReferenceOutput:
     """Reference loss and gradient of ``x`` (N, C), values already rounded to ``working``.
 
     ``y`` (N,) holds valid class indices (ignored rows must be replaced by any valid index by the
     caller), or is ``None`` for the label-free mode (loss (N, C) = -log p_k for every k).
+    ``coeff`` (N, C), the loss options folded into coefficients (already rounded to the working
+    dtype), replaces ``y``: loss_i = sum_k c_ik (-log p_ik).
     """
     name = reference_precision_name(working)
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if working.mantissa_bits <= 24:
             z = np.asarray(x).astype(np.float64)
-            loss, grad, prob, prob_rest = _core(z, y, exact_shift=True)
+            c64 = None if coeff is None else np.asarray(coeff).astype(np.float64)
+            loss, grad, prob, prob_rest = _core(z, y, exact_shift=True, coeff=c64)
             return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
         if _QUAD is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required for a float64 reference")
         zq = np.asarray(x).astype(np.float64).astype(_QUAD)
-        loss_q, grad_q, prob_q, rest_q = _core(zq, y, exact_shift=False)
+        cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(_QUAD)
+        loss_q, grad_q, prob_q, rest_q = _core(zq, y, exact_shift=False, coeff=cq)
         loss, loss_lo = _split(loss_q)
         if grad_q is None:
             grad = grad_lo = None
