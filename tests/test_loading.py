@@ -86,6 +86,18 @@ class BadInput:
     def load(self) -> LoadedInput:
         return load_input(self.logits, self.labels, **self.options)
 
+    def cli_args(self) -> list[str] | None:
+        """The same input as ``smcheck eval`` arguments, or None when an option has no flag
+        (``max_bytes``)."""
+        args = [str(self.logits)]
+        if self.labels is not None:
+            args += ["--labels", str(self.labels)]
+        for key, value in self.options.items():
+            if key not in ("logits_key", "labels_key", "label_column", "ignore_index"):
+                return None
+            args += ["--" + key.replace("_", "-"), str(value)]
+        return args
+
 
 GOOD_LOGITS = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0], [0.5, -1.0, 2.5]])
 
@@ -339,8 +351,13 @@ BAD_BUILDERS: dict[str, Callable[[Path], BadInput]] = {
 
 
 def make_bad_files(tmp_path: Path) -> dict[str, BadInput]:
-    """Every bad input of BAD_BUILDERS, written under tmp_path."""
-    return {name: build(tmp_path) for name, build in BAD_BUILDERS.items()}
+    """Every bad input of BAD_BUILDERS, each written in its own directory under tmp_path."""
+    files = {}
+    for name, build in BAD_BUILDERS.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        files[name] = build(directory)
+    return files
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -362,6 +379,13 @@ def test_bad_input_raises_one_line_input_error(tmp_path: Path, case: str) -> Non
 def test_make_bad_files_builds_every_case(tmp_path: Path) -> None:
     files = make_bad_files(tmp_path)
     assert set(files) == set(BAD_BUILDERS)
+    for bad in files.values():  # built side by side, each case still fails as it should
+        with pytest.raises(InputError) as info:
+            bad.load()
+        assert all(part in str(info.value) for part in bad.expect)
+    args = files["label_column_text"].cli_args()
+    assert args is not None and args[1:] == ["--label-column", "y"]
+    assert files["npz_zip_bomb"].cli_args() is None
 
 
 def test_zip_bomb_is_small_on_disk_and_refused_before_inflating(tmp_path: Path) -> None:
