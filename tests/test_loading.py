@@ -412,6 +412,13 @@ def test_unreadable_file(tmp_path: Path) -> None:
         path.chmod(0o644)
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux /proc")
+def test_read_error_is_an_input_error() -> None:
+    # /proc/self/mem opens but fails to read at offset 0 (EIO): an OSError while reading
+    with pytest.raises(InputError, match=r"/proc/self/mem: cannot read"):
+        load_input("/proc/self/mem")
+
+
 def test_label_column_and_labels_file_conflict(tmp_path: Path) -> None:
     path = write(tmp_path, "x.csv", "1,2\n")
     with pytest.raises(UsageError, match="not both"):
