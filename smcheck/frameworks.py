@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
-from .methods import MethodFn, MethodOutput
+from .methods import LossTargets, MethodFn, MethodOutput
 from .precisions import Precision
 
 __all__ = ["FRAMEWORK_METHODS", "framework_device"]
@@ -54,11 +54,18 @@ def _torch_device(torch: Any) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def torch_method(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
+def torch_method(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
     """``torch.nn.functional.cross_entropy`` and its autograd gradient, in the working dtype.
 
-    Values travel through float32 (exact for every supported 16-bit type) because torch cannot
-    wrap ml_dtypes arrays.
+    Loss options go to PyTorch as its own ``weight``, ``label_smoothing`` and soft (probability)
+    targets, each rounded to the working dtype. Values travel through float32 or float64 (exact
+    for every supported type) because torch cannot wrap ml_dtypes arrays.
     """
     torch = _need("torch", "torch")
     tdt = _torch_dtype(torch, t)
@@ -71,24 +78,48 @@ def torch_method(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision
 
     with torch.no_grad():
         prob = back(torch.softmax(z, dim=1))
-    if y is None:
+    if y is None and targets is None:  # label-free: the whole -log softmax row
         with torch.no_grad():
             loss_np = back(-torch.log_softmax(z, dim=1))
         inf_rows = np.isinf(loss_np.astype(np.float64)).any(axis=1)
         return MethodOutput(loss_np, None, inf_rows, prob == 0)
+
+    def to_t(v: np.ndarray) -> Any:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(v).astype(wide))).to(dev).to(tdt)
+
     z.requires_grad_(True)
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-    loss = torch.nn.functional.cross_entropy(z, yt, reduction="none")
+    kwargs: dict[str, Any] = {}
+    if targets is not None and targets.soft is not None:
+        target = to_t(targets.soft.astype(t.dtype))
+    else:
+        target = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
+    if targets is not None:
+        if targets.weight is not None:
+            kwargs["weight"] = to_t(targets.weight.astype(t.dtype))
+        kwargs["label_smoothing"] = targets.label_smoothing
+    loss = torch.nn.functional.cross_entropy(z, target, reduction="none", **kwargs)
     loss.backward(torch.ones_like(loss))
     loss_np, grad_np = back(loss), back(z.grad)
     overflow = np.isinf(loss_np.astype(np.float64)) | np.isinf(grad_np.astype(np.float64)).any(
         axis=1
     )
+    if targets is not None:
+        return MethodOutput(loss_np, grad_np, overflow, ((prob == 0) & (targets.coeff != 0)).any(1))
     return MethodOutput(loss_np, grad_np, overflow, prob[np.arange(len(y)), y] == 0)
 
 
-def jax_method(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) -> MethodOutput:
-    """``optax.softmax_cross_entropy_with_integer_labels`` and ``jax.vjp``, in the working dtype."""
+def jax_method(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None = None,
+) -> MethodOutput:
+    """``optax.softmax_cross_entropy_with_integer_labels`` and ``jax.vjp``, in the working dtype.
+
+    With loss options, ``optax.softmax_cross_entropy(z, c)`` on the coefficients
+    c = w * smooth_labels(targets) (optax has no class weights; this is its documented way).
+    """
     jax = _need("jax", "jax")
     optax = _need("optax", "jax")
     if t.name == "float64":
@@ -96,20 +127,29 @@ def jax_method(x: np.ndarray, y: np.ndarray | None, t: Precision, a: Precision) 
     jnp = jax.numpy
     z = jnp.asarray(x)
     prob = np.asarray(jax.nn.softmax(z, axis=-1))
-    if y is None:
+    if y is None and targets is None:  # label-free: the whole -log softmax row
         loss = np.asarray(-jax.nn.log_softmax(z, axis=-1))
         return MethodOutput(loss, None, np.isinf(loss).any(axis=1), prob == 0)
-    labels = jnp.asarray(np.asarray(y, dtype=np.int32))
+    if targets is not None:
+        coeff = jnp.asarray(targets.coeff)
 
-    def per_row(logits: Any) -> Any:
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        def per_row(logits: Any) -> Any:
+            return optax.softmax_cross_entropy(logits, coeff)
+
+    else:
+        labels = jnp.asarray(np.asarray(y, dtype=np.int32))
+
+        def per_row(logits: Any) -> Any:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
     loss_j, pullback = jax.vjp(per_row, z)
     (grad_j,) = pullback(jnp.ones_like(loss_j))
     loss = np.asarray(loss_j).astype(t.dtype)
     grad = np.asarray(grad_j).astype(t.dtype)
-    p_y = prob[np.arange(len(y)), np.asarray(y)]
     overflow = np.isinf(loss.astype(np.float64)) | np.isinf(grad.astype(np.float64)).any(axis=1)
+    if targets is not None:
+        return MethodOutput(loss, grad, overflow, ((prob == 0) & (targets.coeff != 0)).any(1))
+    p_y = prob[np.arange(len(y)), np.asarray(y)]
     return MethodOutput(loss, grad, overflow, p_y.astype(np.float64) == 0)
 
 

@@ -70,3 +70,21 @@ def test_missing_framework_names_the_extra() -> None:
 
     with pytest.raises(UsageError, match=r"pip install 'smcheck-xent\[torch\]'"):
         _need("no_such_module_smcheck", "torch")
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_framework_methods_with_loss_options(framework: str, dtype: str) -> None:
+    pytest.importorskip("torch" if framework == "torch" else "optax")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 12)) * 3
+    y = rng.integers(0, 12, 8)
+    w = rng.uniform(0.5, 2.0, 12)
+    soft = rng.dirichlet(np.ones(12), 8)
+    p = get_precision(dtype)
+    for labels, kw in ((y, {"weight": w, "label_smoothing": 0.1}), (soft, {"weight": w})):
+        r = cross_entropy(x, labels, method=framework, dtype=dtype, **kw)
+        ref = reference(x, labels, dtype=dtype, **kw)
+        scale = 1 + np.abs(ref.loss) + 2 * 12
+        assert np.all(np.abs(r.loss.astype(np.float64) - ref.loss) <= 16 * p.eps * scale)
+        assert np.all(np.abs(r.grad.astype(np.float64) - ref.grad) <= 16 * p.eps * 2 * 12)
