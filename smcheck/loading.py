@@ -124,6 +124,8 @@ def _open_source(
     name = os.fspath(given)
     if name == "-":
         stream = stdin if stdin is not None else sys.stdin.buffer
+        if stream.isatty():  # reading would wait for typing: almost surely a forgotten pipe
+            raise InputError("stdin ('-') is a terminal; pipe the logits in, e.g. cat x.csv |")
         piped = _read_stream(stream, "stdin", max_bytes)
         return _Source("stdin", None, piped, _sniff(piped[:8]))
     try:

@@ -821,3 +821,13 @@ def test_pandas_index_column_gets_a_note(tmp_path: Path) -> None:
     got = load_input(write(tmp_path, "pd.csv", ",a,b\n0,1.5,2\n1,3,4\n"))
     assert got.logits.tolist() == [[0, 1.5, 2], [1, 3, 4]]
     assert any("pandas index" in n for n in got.notes)
+
+
+class _Terminal(io.BytesIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_stdin_terminal_is_refused_instead_of_waiting() -> None:
+    with pytest.raises(InputError, match="terminal"):
+        load_input("-", stdin=_Terminal(b"1,2\n"))
