@@ -1,0 +1,168 @@
+"""Speed and memory of ``smcheck eval`` against baselines timed in the same process run.
+
+Usage::
+
+    python benchmarks/bench_eval.py                   # 4096 x 32000 float32, 5 runs each
+    python benchmarks/bench_eval.py --rows 512 --runs 3 --memory-gb 0.25,1
+    python benchmarks/bench_eval.py --memory-gb 1,4   # the issue's 1 GB and 4 GB files
+
+It writes the logits (standard normal * 3, seed 0) and random labels to a temporary directory,
+then prints a table of median wall times and ratios:
+
+* ``torch``: one ``torch.nn.functional.cross_entropy`` forward + backward in float32 on the
+  whole array (skipped with a note when torch is not installed);
+* ``scipy``: ``scipy.special.logsumexp(axis=1)`` (skipped when scipy is missing);
+* ``numpy``: a plain max-shifted cross-entropy (loss and gradient) in float32;
+* ``smcheck eval`` (float32, float16 and bfloat16 working dtypes) as a subprocess of the CLI,
+  default methods, JSON output - so interpreter start-up and file reading are included.
+
+Peak resident memory of each CLI run comes from ``os.wait4``'s rusage of that child alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def median_time(fn: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_cli(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one ``smcheck`` CLI run in a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smcheck", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"smcheck {' '.join(args)} exited {code}: {err}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def numpy_ce(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = x.max(axis=1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(y))
+    loss = np.log(s[:, 0]) - (x[rows, y] - m[:, 0])
+    grad = e / s
+    grad[rows, y] -= 1
+    return loss, grad
+
+
+def write_npy(path: Path, rows: int, classes: int, seed: int = 0) -> None:
+    """Write standard-normal * 3 float32 logits without holding them all in memory."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, classes))
+    rng = np.random.default_rng(seed)
+    step = max(1, (64 << 20) // (4 * classes))
+    for i in range(0, rows, step):
+        n = min(step, rows - i)
+        out[i : i + n] = (rng.standard_normal((n, classes), dtype=np.float32)) * 3
+    out.flush()
+    del out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--classes", type=int, default=32000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--memory-gb", default="", help="comma list of file sizes for the RSS test")
+    args = ap.parse_args()
+    rows, classes = args.rows, args.classes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        logits, labels = d / "logits.npy", d / "labels.npy"
+        write_npy(logits, rows, classes)
+        y = np.random.default_rng(1).integers(0, classes, rows)
+        np.save(labels, y)
+        x = np.load(logits)
+        results: list[tuple[str, float | None, str]] = []
+
+        try:
+            import torch
+
+            torch.set_num_threads(os.cpu_count() or 1)
+            xt = torch.from_numpy(x)
+            yt = torch.from_numpy(y)
+
+            def torch_ce() -> None:
+                z = xt.clone().requires_grad_(True)
+                torch.nn.functional.cross_entropy(z, yt).backward()
+
+            results.append(("torch cross_entropy fwd+bwd (float32)", median_time(torch_ce, 5), ""))
+        except ImportError:
+            results.append(("torch cross_entropy fwd+bwd (float32)", None, "torch not installed"))
+        try:
+            from scipy.special import logsumexp
+
+            t = median_time(lambda: logsumexp(x, axis=1), 5)
+            results.append(("scipy.special.logsumexp(axis=1)", t, ""))
+        except ImportError:
+            results.append(("scipy.special.logsumexp(axis=1)", None, "scipy not installed"))
+        results.append(("numpy max-shifted CE + grad", median_time(lambda: numpy_ce(x, y), 5), ""))
+        del x
+
+        rss: dict[str, float] = {}
+        for dtype in ("float32", "float16", "bfloat16"):
+            cli = ["eval", str(logits), "--labels", str(labels), "--dtype", dtype]
+            cli += ["--format", "json"]
+            times = []
+            for _ in range(args.runs):
+                wall, peak = run_cli(cli)
+                times.append(wall)
+                rss[dtype] = max(rss.get(dtype, 0.0), peak)
+            results.append((f"smcheck eval --dtype {dtype}", statistics.median(times), ""))
+
+        base = results[0][1]
+        f32 = results[3][1]
+        print(
+            f"logits {rows} x {classes} float32 ({rows * classes * 4 / 1e6:.0f} MB), "
+            f"{os.cpu_count()} cores, median of {args.runs} runs"
+        )
+        print(f"{'what':44s} {'seconds':>9s} {'/torch':>8s} {'/float32':>9s}")
+        for name, t, note in results:
+            if t is None:
+                print(f"{name:44s} {'-':>9s}   ({note})")
+                continue
+            vs_torch = f"{t / base:8.2f}" if base else "       -"
+            vs_f32 = f"{t / f32:9.2f}" if name.startswith("smcheck") and f32 else ""
+            print(f"{name:44s} {t:9.3f} {vs_torch} {vs_f32}")
+        for dtype, mb in rss.items():
+            print(f"peak RSS smcheck eval --dtype {dtype}: {mb:.0f} MB")
+
+        for gb in [float(v) for v in args.memory_gb.split(",") if v]:
+            big = d / f"big_{gb}.npy"
+            n = int(gb * 2**30 / (4 * classes))
+            write_npy(big, n, classes, seed=2)
+            lab = d / f"big_{gb}_labels.npy"
+            np.save(lab, np.random.default_rng(3).integers(0, classes, n))
+            wall, peak = run_cli(["eval", str(big), "--labels", str(lab), "--format", "json"])
+            print(f"{gb:g} GB file ({n} rows): {wall:.1f} s, peak RSS {peak:.0f} MB")
+            big.unlink()
+
+
+if __name__ == "__main__":
+    main()
