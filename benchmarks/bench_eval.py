@@ -123,7 +123,6 @@ def main() -> None:
         except ImportError:
             results.append(("scipy.special.logsumexp(axis=1)", None, "scipy not installed"))
         results.append(("numpy max-shifted CE + grad", median_time(lambda: numpy_ce(x, y), 5), ""))
-        del x
 
         rss: dict[str, float] = {}
         for dtype in ("float32", "float16", "bfloat16"):
