@@ -1,0 +1,173 @@
+"""``smcheck sweep``: the stability map (parse, sweep, render, plot, exit code)."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import UsageError
+from ..methods import METHODS
+from ..render.sweep import RENDERERS
+from ..sweep import CASES, DEFAULT_SCALES_SPEC, SweepConfig, default_jobs, parse_scales, sweep
+from . import EXIT_FINDINGS, EXIT_OK, cli
+from .options import (
+    color_option,
+    emit,
+    format_option,
+    output_option,
+    parse_csv_choices,
+    parse_methods,
+    wants_color,
+)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """Repeated and comma-separated option values, flattened."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@cli.command("sweep")
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    metavar="DTYPE",
+    help="Working precision to sweep (repeatable or comma-separated). "
+    "Default: float16, bfloat16, float32, float64.",
+)
+@click.option(
+    "--accum",
+    metavar="DTYPE",
+    default=None,
+    help="Accumulation dtype of the sums over classes, or 'working' for each working dtype "
+    "itself. Default: float32 for 16/8-bit types, else the working dtype.",
+)
+@click.option(
+    "--classes",
+    multiple=True,
+    metavar="C",
+    help="Class count (repeatable or comma-separated, each >= 2). Default: 10, 32000.",
+)
+@click.option(
+    "--scales",
+    metavar="SPEC",
+    default=DEFAULT_SCALES_SPEC,
+    show_default=True,
+    help="Logit scales (= the largest logit): a list '1,10,100' or 'LO:HI:N' log-spaced points.",
+)
+@click.option(
+    "--case",
+    "cases",
+    multiple=True,
+    metavar="CASE",
+    help=f"Synthetic case (repeatable or comma-separated: {', '.join(CASES)}). Default: all.",
+)
+@click.option(
+    "--methods",
+    metavar="LIST",
+    default="all",
+    show_default=True,
+    help=f"Comma-separated formulations ({', '.join(METHODS)}; 'default', 'all').",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per cell. Default: about 1024 logits a cell (64 rows at C=10, 1 at C=32000).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the base patterns.")
+@click.option(
+    "--max-bits",
+    type=click.FloatRange(min=0),
+    default=4.0,
+    show_default=True,
+    help="A loss error of more bits than this beyond its condition number is a precision break.",
+)
+@click.option(
+    "--tol",
+    type=click.FloatRange(min=1e-6, max=0.5),
+    default=0.01,
+    show_default=True,
+    help="Bisection stops when a break is bracketed to within this relative width.",
+)
+@click.option(
+    "--gate",
+    metavar="LIST",
+    default="none",
+    show_default=True,
+    help="Comma-separated methods that must not break anywhere in the grid (else exit 1).",
+)
+@click.option("--plot", metavar="FILE", help="Also draw error-vs-scale curves to FILE.png|.svg.")
+@format_option(tuple(RENDERERS))
+@output_option()
+@color_option()
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes. Default: the CPU cores available (at most 8).",
+)
+def sweep_cmd(
+    dtypes: tuple[str, ...],
+    accum: str | None,
+    classes: tuple[str, ...],
+    scales: str,
+    cases: tuple[str, ...],
+    methods: str,
+    rows: int | None,
+    seed: int,
+    max_bits: float,
+    tol: float,
+    gate: str,
+    plot: str | None,
+    fmt: str,
+    output: str | None,
+    color: str,
+    jobs: int | None,
+) -> None:
+    """Map where each softmax cross-entropy formulation breaks as the logits grow.
+
+    Synthetic logits base * scale (cases random, confident, wrong, margin; the scale is the
+    largest logit) are rounded to each dtype; every method and the reference run on them.
+    Per dtype a heat map (methods x scales), then each break point (first overflow, NaN/inf
+    loss or gradient, or precision loss) bisected to within --tol and set against the dtype's
+    ln(max) and ln(smallest subnormal).
+
+    Exit status: 0 ok, 1 a --gate method breaks, 2 bad options, 3 internal error.
+
+    Example: smcheck sweep --dtype float16 --classes 10 --gate log1p --plot sweep.png
+    """
+    try:
+        class_counts = tuple(int(c) for c in _split(classes))
+    except ValueError:
+        raise UsageError(f"--classes {' '.join(classes)}: expected integers") from None
+    config = SweepConfig(
+        **({"dtypes": tuple(_split(dtypes))} if dtypes else {}),
+        **({"classes": class_counts} if classes else {}),
+        **({"cases": parse_csv_choices(",".join(cases), tuple(CASES), "--case")} if cases else {}),
+        scales=parse_scales(scales),
+        methods=parse_methods(methods),
+        accum=accum,
+        rows=rows,
+        seed=seed,
+        max_bits=max_bits,
+        tol=tol,
+        gate=parse_methods(gate, "--gate") if gate.strip().lower() != "none" else (),
+    )
+    plot_fmt = None
+    if plot is not None:  # fail before the sweep, not after it
+        from ..render.sweep_plot import plot_format, require_matplotlib
+
+        plot_fmt = plot_format(plot)
+        require_matplotlib()
+        if output is not None and os.path.abspath(plot) == os.path.abspath(output):
+            raise UsageError(f"--plot and --output are the same file: {plot}")
+    report = sweep(config, jobs=jobs or default_jobs())
+    emit(RENDERERS[fmt](report, wants_color(color)), output)
+    if plot is not None and plot_fmt is not None:
+        from ..output import write_atomic
+        from ..render.sweep_plot import render_plot
+
+        write_atomic(plot, render_plot(report, plot_fmt))
+    click.get_current_context().exit(EXIT_OK if report.ok else EXIT_FINDINGS)

@@ -1,0 +1,830 @@
+"""``sweep``: a stability map - where each method breaks as the logits grow, per precision.
+
+The analysis behind ``smcheck sweep``. Synthetic logits ``base * scale`` (one fixed base pattern
+per case, drawn once from a seeded generator, so every number here is a function of the scale
+alone) are rounded to each working dtype with :func:`smcheck.core.prepare`, every method and the
+reference run on the same rounded values, and each grid cell (dtype, classes, case, method,
+scale) gets its fractions of non-finite/overflowed/underflowed rows and its errors. The base
+patterns are normalised so that their largest entry is exactly 1: **the scale is the largest
+logit** (before rounding).
+
+Cases (rows of ``C`` classes, label ``y``):
+
+* ``random`` - N(0, 1) logits, random labels (an untrained classifier);
+* ``confident`` - N(0, 1) logits, the label at each row's maximum;
+* ``wrong`` - one logit at +1, the label at -1 (the row's minimum), the others uniform in
+  [-0.9, -0.3]: margin z_y - max_{j != y} z_j = -2 * scale exactly, and the other classes stay
+  far enough below the top that -log p_y is the margin to within ln(1 + C e^{-1.3 scale});
+* ``margin`` - the label at +1, one other class at 0 and the rest uniform in [-0.5, 0]: margin
+  +scale exactly (a fixed gap between the label and the rest).
+
+Break points. For each (dtype, classes, case, method) and each kind
+
+* ``overflow`` - some row's overflow flag (an intermediate became +-inf on finite input),
+* ``nonfinite_loss`` / ``nonfinite_grad`` - some row's loss / gradient is NaN or inf,
+* ``precision`` - some row's loss is off by more than ``max_bits`` bits beyond its condition
+  number (see below),
+
+the first broken grid scale is refined by bisection (several points per round when rows are
+cheap) between the last good grid scale and it until ``scale / scale_lo <= 1 + tol``; the break
+lies in (scale_lo, scale]. Each break is explained against the dtype's thresholds, computed from
+the dtype itself:
+
+* ``exp overflow`` - exp(z) rounds to inf once the largest logit exceeds ln(max);
+* ``sum overflow`` - sum exp(z) rounds to inf in the accumulation dtype once the log-sum-exp
+  exceeds its ln(max) (only an unshifted sum in a 16-bit accumulator gets there first);
+* ``1/p_y overflow`` - a separate log-loss layer's -1/p_y rounds to -inf once p_y < 1/max,
+  i.e. once the loss -ln p_y exceeds ln(max) (this breaks the chained gradient *before* p_y
+  underflows; with few classes the loss is -margin, with 32000 it is -margin + ln(sum));
+* ``p_y underflow`` - p_y rounds to 0 once it is at most half the smallest subnormal (round to
+  nearest), i.e. once the loss exceeds -ln(smallest subnormal / 2) = -ln(sub) + ln 2.
+
+The precision test counts the loss error in bits *beyond the problem's condition number*
+kappa = sum |z_i| |dL/dz_i| / |L| (:func:`smcheck.metrics.condition_number`):
+log2(1 + ulps / max(kappa, 1)). Rounding the shifted logits z - m in the working dtype alone
+costs about log2(kappa) bits on a confident row (exp turns their absolute error into a relative
+one), whatever the formulation; what is left is the formulation's own loss - a fused loss that
+rounds to 0 once 1 + s' rounds to 1, say. The plain bits are reported too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import core, metrics
+from .errors import UsageError
+from .methods import METHODS
+from .precisions import Precision, get_precision, resolve_accum
+
+__all__ = [
+    "CASES",
+    "DEFAULT_CLASSES",
+    "DEFAULT_DTYPES",
+    "DEFAULT_SCALES",
+    "KINDS",
+    "SCHEMA",
+    "Break",
+    "Cell",
+    "DtypeTheory",
+    "SweepConfig",
+    "SweepReport",
+    "auto_rows",
+    "case_pattern",
+    "parse_scales",
+    "sweep",
+]
+
+SCHEMA = "smcheck.sweep/1"
+
+#: Break kinds, in the order reports list them.
+KINDS: tuple[str, ...] = ("overflow", "nonfinite_loss", "nonfinite_grad", "precision")
+
+DEFAULT_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+DEFAULT_CLASSES: tuple[int, ...] = (10, 32000)
+DEFAULT_SCALES_SPEC = "0.1:1e4:40"
+
+#: Elements (rows x classes) of one cell: ``auto_rows`` gives 64 rows at C = 10, 1 at C = 32000.
+ROW_BUDGET = 1 << 10
+#: Elements evaluated in one batch of stacked scales (bounds memory: binary128 is 16 B a value).
+CHUNK_ELEMENTS = 1 << 19
+#: Elements a bisection round may evaluate for one bracket: cheap cells refine in one round.
+REFINE_ELEMENTS = 1 << 15
+
+
+def parse_scales(spec: str) -> tuple[float, ...]:
+    """``"1,10,100"`` (a list) or ``"LO:HI:N"`` (N log-spaced points, both ends included).
+
+    Sorted, duplicates removed; every scale must be finite and positive.
+
+    >>> parse_scales("0.1:1000:5")
+    (0.1, 1.0, 10.0, 100.0, 1000.0)
+    >>> parse_scales("100, 1,10")
+    (1.0, 10.0, 100.0)
+    """
+    text = spec.strip()
+    try:
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+            if n < 1 or not (0 < lo <= hi) or not math.isfinite(hi):
+                raise ValueError
+            values = [lo] if n == 1 else np.geomspace(lo, hi, n).tolist()
+            if n > 1:  # geomspace rounds the ends; give them back exactly
+                values[0], values[-1] = lo, hi
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(
+            f"--scales {spec!r}: expected a list '1,10,100' or 'LO:HI:N' (0 < LO <= HI, N >= 1)"
+        ) from None
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if not values or bad:
+        raise UsageError(f"--scales {spec!r}: scales must be finite and > 0")
+    # round-trip through repr-stable floats so "0.1:1e4:40" is the same tuple on every machine
+    return tuple(sorted({float(f"{v:.12g}") for v in values}))
+
+
+DEFAULT_SCALES: tuple[float, ...] = parse_scales(DEFAULT_SCALES_SPEC)
+
+
+def auto_rows(classes: int) -> int:
+    """Rows per cell when none are given: about ``ROW_BUDGET`` logits, between 1 and 64 rows.
+
+    >>> auto_rows(10), auto_rows(32000)
+    (64, 1)
+    """
+    return max(1, min(64, ROW_BUDGET // classes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases: base patterns (rows, classes) with largest entry exactly 1, and labels
+
+
+def _normal(rng: np.random.Generator, rows: int, classes: int) -> np.ndarray:
+    g = rng.standard_normal((rows, classes))
+    top = g.flat[np.argmax(np.abs(g))]
+    return g / top  # largest |g| becomes exactly +1 (N(0, 1) is symmetric: the sign is free)
+
+
+def _case_random(
+    rng: np.random.Generator, rows: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    base = _normal(rng, rows, classes)
+    return base, rng.integers(0, classes, size=rows)
+
+
+def _case_confident(
+    rng: np.random.Generator, rows: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    base = _normal(rng, rows, classes)
+    return base, np.argmax(base, axis=1)
+
+
+def _two_positions(
+    rng: np.random.Generator, rows: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    first = rng.integers(0, classes, size=rows)
+    second = (first + rng.integers(1, classes, size=rows)) % classes  # != first
+    return first, second
+
+
+def _case_wrong(rng: np.random.Generator, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    base = rng.uniform(-0.9, -0.3, size=(rows, classes))
+    top, label = _two_positions(rng, rows, classes)
+    r = np.arange(rows)
+    base[r, top] = 1.0
+    base[r, label] = -1.0
+    return base, label
+
+
+def _case_margin(
+    rng: np.random.Generator, rows: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    base = rng.uniform(-0.5, 0.0, size=(rows, classes))
+    label, runner_up = _two_positions(rng, rows, classes)
+    r = np.arange(rows)
+    base[r, runner_up] = 0.0
+    base[r, label] = 1.0
+    return base, label
+
+
+CaseFn = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
+
+#: Synthetic cases by name (see the module docstring). Order is the order reports list them in.
+CASES: dict[str, CaseFn] = {
+    "random": _case_random,
+    "confident": _case_confident,
+    "wrong": _case_wrong,
+    "margin": _case_margin,
+}
+
+
+def case_pattern(case: str, classes: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The base pattern (rows, classes) float64 and labels of a case; logits = base * scale.
+
+    Deterministic in (case, classes, rows, seed) and the same for every dtype.
+
+    >>> base, labels = case_pattern("margin", 4, 2, seed=0)
+    >>> float(base.max()), [float(base[i, labels[i]]) for i in range(2)]
+    (1.0, [1.0, 1.0])
+    """
+    if case not in CASES:
+        raise UsageError(f"unknown case {case!r}; expected one of: {', '.join(CASES)}")
+    rng = np.random.default_rng([seed, list(CASES).index(case), classes, rows])
+    return CASES[case](rng, rows, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and report
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep. ``accum``: a dtype name, ``None`` (each dtype's default: float32 for
+    16/8-bit types) or ``"working"`` (accumulate in the working dtype itself)."""
+
+    dtypes: tuple[str, ...] = DEFAULT_DTYPES
+    classes: tuple[int, ...] = DEFAULT_CLASSES
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    cases: tuple[str, ...] = tuple(CASES)
+    methods: tuple[str, ...] = tuple(METHODS)
+    accum: str | None = None
+    rows: int | None = None  # None: auto_rows(classes)
+    seed: int = 0
+    max_bits: float = 4.0
+    tol: float = 0.01
+    gate: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(msg)
+
+        need(bool(self.dtypes), "sweep: no dtype to sweep")
+        object.__setattr__(
+            self, "dtypes", tuple(dict.fromkeys(get_precision(d).name for d in self.dtypes))
+        )
+        need(bool(self.classes), "sweep: no class count to sweep")
+        need(all(c >= 2 for c in self.classes), f"--classes {self.classes}: each must be >= 2")
+        object.__setattr__(self, "classes", tuple(dict.fromkeys(int(c) for c in self.classes)))
+        need(bool(self.scales), "sweep: no scale to sweep")
+        need(all(math.isfinite(s) and s > 0 for s in self.scales), "--scales: must be finite, > 0")
+        object.__setattr__(self, "scales", tuple(sorted(set(map(float, self.scales)))))
+        for c in self.cases:
+            need(c in CASES, f"unknown case {c!r}; expected one of: {', '.join(CASES)}")
+        need(bool(self.cases), "sweep: no case to sweep")
+        object.__setattr__(self, "cases", tuple(c for c in CASES if c in self.cases))
+        for m in (*self.methods, *self.gate):
+            need(m in METHODS, f"unknown method {m!r}; expected one of: {', '.join(METHODS)}")
+        need(bool(self.methods), "sweep: no method to sweep")
+        object.__setattr__(self, "methods", tuple(m for m in METHODS if m in self.methods))
+        missing = [m for m in self.gate if m not in self.methods]
+        need(not missing, f"--gate {','.join(missing)}: not among the swept --methods")
+        object.__setattr__(self, "gate", tuple(m for m in METHODS if m in self.gate))
+        if self.accum is not None and self.accum != "working":
+            object.__setattr__(self, "accum", get_precision(self.accum).name)
+        need(self.rows is None or self.rows >= 1, f"--rows {self.rows}: must be >= 1")
+        need(self.max_bits >= 0, f"--max-bits {self.max_bits}: must be >= 0")
+        need(0 < self.tol < 1, f"--tol {self.tol}: must be in (0, 1)")
+
+    def accum_for(self, dtype: str) -> Precision:
+        """The accumulation precision used with working dtype ``dtype``."""
+        working = get_precision(dtype)
+        return working if self.accum == "working" else resolve_accum(working, self.accum)
+
+    def rows_for(self, classes: int) -> int:
+        return self.rows if self.rows is not None else auto_rows(classes)
+
+
+@dataclass(frozen=True)
+class DtypeTheory:
+    """A working dtype's thresholds (natural logs), computed from the dtype's own facts."""
+
+    dtype: str
+    accum: str
+    ln_max: float  # exp(z) overflows above this; so does 1/p once ln p < -ln_max
+    ln_smallest_subnormal: float
+    ln_underflow: float  # ln(smallest subnormal / 2): a value at most this rounds to 0
+    eps: float
+    accum_ln_max: float  # a sum in the accumulation dtype overflows past this log-sum-exp
+
+    @classmethod
+    def of(cls, dtype: str, accum: str) -> DtypeTheory:
+        p = get_precision(dtype)
+        return cls(
+            dtype=p.name,
+            accum=accum,
+            ln_max=p.ln_max,
+            ln_smallest_subnormal=p.ln_smallest_subnormal,
+            ln_underflow=p.ln_smallest_subnormal - math.log(2.0),
+            eps=p.eps,
+            accum_ln_max=get_precision(accum).ln_max,
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell. Fractions are over the rows whose rounded input is finite; errors over
+    the rows where they are measurable (finite loss/gradient); ``None`` = nothing measurable."""
+
+    dtype: str
+    classes: int
+    case: str
+    method: str
+    scale: float
+    nonfinite_loss_frac: float | None
+    nonfinite_grad_frac: float | None
+    overflow_frac: float | None
+    underflow_frac: float | None
+    loss_max_rel_err: float | None
+    grad_max_abs_err: float | None
+    accum: str
+    rows: int  # rows with finite rounded input
+    largest_logit: float | None  # largest rounded logit of the cell
+    margin: float | None  # z_y - max_{j != y} z_j of the most extreme row (see _geometry)
+    loss: float | None  # largest exact loss -ln p_y of the cell's rows (float64)
+    loss_median_bits: float | None
+    loss_max_bits: float | None
+    loss_max_excess_bits: float | None  # bits beyond the condition number: the precision test
+    loss_median_rel_err: float | None
+    mean_loss_rel_err: float | None  # of the mean loss over the cell's rows
+    verdict: str  # ok, lossy (precision), broken (overflow / non-finite), inconclusive
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where one kind of failure first appears; ``scale`` None: never in the swept range.
+
+    The failure starts in (``scale_lo``, ``scale``]; ``scale_lo`` None means it is already there
+    at the smallest swept scale. ``observed`` is the quantity the ``theory`` threshold speaks
+    of (the largest logit, or -margin) at ``scale``.
+    """
+
+    dtype: str
+    classes: int
+    case: str
+    method: str
+    kind: str
+    scale: float | None
+    scale_lo: float | None = None
+    largest_logit: float | None = None
+    margin: float | None = None
+    loss: float | None = None
+    cause: str | None = None
+    theory: str | None = None
+    theory_value: float | None = None
+    observed: float | None = None
+
+    @property
+    def deviation(self) -> float | None:
+        """observed / theory_value - 1 (how far past the threshold the break was seen)."""
+        if self.observed is None or not self.theory_value:
+            return None
+        return self.observed / self.theory_value - 1.0
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    config: SweepConfig
+    theory: tuple[DtypeTheory, ...]
+    cells: tuple[Cell, ...]
+    breaks: tuple[Break, ...]
+    reference: dict[str, str] = field(default_factory=dict)  # dtype -> reference arithmetic
+
+    @property
+    def gate_failures(self) -> tuple[Break, ...]:
+        """Breaks (found in range) of gated methods."""
+        return tuple(b for b in self.breaks if b.scale is not None and b.method in self.config.gate)
+
+    @property
+    def ok(self) -> bool:
+        """No gated method breaks anywhere in the grid (true when nothing is gated)."""
+        return not self.gate_failures
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one method at many scales
+
+
+@dataclass(frozen=True)
+class _Problem:
+    dtype: str
+    accum: Precision
+    classes: int
+    case: str
+    base: np.ndarray
+    labels: np.ndarray
+    max_bits: float
+
+
+@dataclass(frozen=True)
+class _Stats:
+    rows: int
+    largest_logit: float | None
+    margin: float | None
+    loss: float | None
+    lse: float | None
+    nonfinite_loss_frac: float | None
+    nonfinite_grad_frac: float | None
+    overflow_frac: float | None
+    underflow_frac: float | None
+    has_ref: bool
+    loss_median_bits: float | None = None
+    loss_max_bits: float | None = None
+    loss_max_excess_bits: float | None = None
+    loss_median_rel_err: float | None = None
+    loss_max_rel_err: float | None = None
+    mean_loss_rel_err: float | None = None
+    grad_max_abs_err: float | None = None
+
+
+def _opt(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _fracs(flag: np.ndarray, finite: np.ndarray, n: np.ndarray) -> list[float | None]:
+    hits = (flag & finite).sum(axis=1)
+    return [float(h / k) if k else None for h, k in zip(hits, n, strict=True)]
+
+
+def _max_med(values: np.ndarray, measured: np.ndarray) -> tuple[list[float | None], ...]:
+    """Per scale (axis 0): max and median of ``values`` over ``measured`` rows (None if none)."""
+    n = measured.sum(axis=1)
+    srt = np.sort(np.where(measured, values, np.inf), axis=1)
+    mx: list[float | None] = []
+    med: list[float | None] = []
+    for i, k in enumerate(n):
+        if k == 0:
+            mx.append(None)
+            med.append(None)
+            continue
+        mx.append(_opt(srt[i, k - 1]))
+        med.append(_opt(0.5 * (srt[i, (k - 1) // 2] + srt[i, k // 2])))
+    return mx, med
+
+
+def _geometry(x: np.ndarray, labels: np.ndarray, s: int, r: int) -> dict[str, list]:
+    """Per scale: largest rounded logit, most extreme margin, largest loss and log-sum-exp.
+
+    Margin of a row: z_y - max_{j != y} z_j; the cell's margin is its most negative row margin
+    when some label is below another logit (p_y heads for 0), else its largest one. The loss
+    -ln p_y = lse(z) - z_y and lse(z) are float64 (a description of the rounded input to compare
+    with the thresholds at 1%; the errors are measured against the core's reference).
+    """
+    z = x.astype(np.float64)
+    rows = np.arange(z.shape[0])
+    # inf/NaN logits (an input that overflowed in the cast) give NaN here: not measured
+    with np.errstate(invalid="ignore", over="ignore"):
+        z_y = z[rows, labels].copy()
+        z[rows, labels] = -np.inf
+        other = z.max(axis=1)
+        z[rows, labels] = z_y
+        row_max = np.maximum(other, z_y)
+        lse = row_max + np.log(np.sum(np.exp(z - row_max[:, None]), axis=1))
+        loss = (lse - z_y).reshape(s, r)
+        margin = (z_y - other).reshape(s, r)
+        lse = lse.reshape(s, r)
+        row_max = row_max.reshape(s, r)
+
+    def top(a: np.ndarray) -> float | None:
+        a = a[np.isfinite(a)]
+        return float(a.max()) if a.size else None
+
+    out: dict[str, list] = {"largest_logit": [], "margin": [], "loss": [], "lse": []}
+    for i in range(s):
+        out["largest_logit"].append(top(row_max[i]))
+        out["loss"].append(top(loss[i]))
+        out["lse"].append(top(lse[i]))
+        mg = margin[i][np.isfinite(margin[i])]
+        if not mg.size:
+            out["margin"].append(None)
+        else:
+            out["margin"].append(float(mg.min()) if mg.min() < 0 else float(mg.max()))
+    return out
+
+
+def _measure(
+    prob: _Problem, scales: Sequence[float], methods: Sequence[str], with_ref: bool
+) -> dict[str, list[_Stats]]:
+    """Stats of each method at each scale; the scales' rows are stacked into few core calls."""
+    r, c = prob.base.shape
+    out: dict[str, list[_Stats]] = {m: [] for m in methods}
+    per_chunk = max(1, CHUNK_ELEMENTS // (r * c))
+    sc_all = np.asarray(scales, dtype=np.float64)
+    for start in range(0, len(sc_all), per_chunk):
+        sc = sc_all[start : start + per_chunk]
+        s = len(sc)
+        # a scale past float64's range gives inf logits: counted as non-finite input below
+        with np.errstate(over="ignore"):
+            logits = (sc[:, None, None] * prob.base[None]).reshape(s * r, c)
+        labels = np.tile(prob.labels, s)
+        prep = core.prepare(logits, labels, dtype=prob.dtype)
+        finite = prep.finite_input.reshape(s, r)
+        n_fin = finite.sum(axis=1)
+        geo = _geometry(prep.x, labels, s, r)
+        ref = core.reference_of(prep) if with_ref else None
+        for m in methods:
+            res = core.run_method(m, prep, prob.accum)
+            assert res.grad is not None
+            nl = res.nonfinite_loss.reshape(s, r)
+            ng = res.nonfinite_grad.reshape(s, r)
+            common = {
+                "nonfinite_loss_frac": _fracs(nl, finite, n_fin),
+                "nonfinite_grad_frac": _fracs(ng, finite, n_fin),
+                "overflow_frac": _fracs(res.overflow.reshape(s, r), finite, n_fin),
+                "underflow_frac": _fracs(res.underflow.reshape(s, r), finite, n_fin),
+            }
+            errs: dict[str, list] = {}
+            if ref is not None:
+                errs = _errors(res, prep.x, ref, prep.working, finite, nl, ng, s, r)
+            for i in range(s):
+                out[m].append(
+                    _Stats(
+                        rows=int(n_fin[i]),
+                        **{k: v[i] for k, v in geo.items()},
+                        has_ref=ref is not None,
+                        **{k: v[i] for k, v in common.items()},
+                        **{k: v[i] for k, v in errs.items()},
+                    )
+                )
+    return out
+
+
+def _errors(
+    res: core.CrossEntropyResult,
+    res_x: np.ndarray,
+    ref: object,
+    working: Precision,
+    finite: np.ndarray,
+    nl: np.ndarray,
+    ng: np.ndarray,
+    s: int,
+    r: int,
+) -> dict[str, list]:
+    """Loss errors (bits, relative), mean-loss error and gradient error per scale."""
+    ref_loss, ref_lo = ref.loss, ref.loss_lo  # type: ignore[attr-defined]
+    rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo).reshape(s, r)
+    bits = metrics.bits_of_error(metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo)).reshape(
+        s, r
+    )
+    measured = finite & np.isfinite(bits)
+    max_bits, med_bits = _max_med(bits, measured)
+    # error beyond what the problem forces: kappa * eps is the relative error that rounding
+    # the shifted logits alone causes (exp turns an absolute error of z - m into a relative one)
+    kappa = metrics.condition_number(res_x, ref.grad, ref_loss)  # type: ignore[attr-defined]
+    with np.errstate(invalid="ignore"):  # NaN rows (non-finite input or loss) stay NaN
+        excess = metrics.bits_of_error(
+            metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo) / np.maximum(kappa, 1.0)
+        ).reshape(s, r)
+    max_excess, _ = _max_med(excess, finite & np.isfinite(excess))
+    max_rel, med_rel = _max_med(rel, finite & np.isfinite(rel))
+    g_err = metrics.grad_abs_err(res.grad, ref.grad, ref.grad_lo).reshape(s, r)  # type: ignore
+    g_max, _ = _max_med(g_err, finite & np.isfinite(g_err))
+    # error of the batch-mean loss (what reduction="mean" reports): sum of signed row errors
+    loss64 = np.asarray(res.loss, dtype=np.float64).reshape(s, r)
+    hi = ref_loss.reshape(s, r)
+    lo = np.zeros_like(hi) if ref_lo is None else ref_lo.reshape(s, r)
+    mean_rel: list[float | None] = []
+    for i in range(s):
+        f = finite[i]
+        if not f.any() or nl[i][f].any():
+            mean_rel.append(None)  # a non-finite row makes the mean non-finite: counted apart
+            continue
+        num = abs(float(np.sum((loss64[i][f] - hi[i][f]) - lo[i][f])))
+        den = abs(float(np.sum(hi[i][f]) + np.sum(lo[i][f])))
+        mean_rel.append(num / den if den > 0 else (0.0 if num == 0 else None))
+    return {
+        "loss_median_bits": med_bits,
+        "loss_max_bits": max_bits,
+        "loss_max_excess_bits": max_excess,
+        "loss_median_rel_err": med_rel,
+        "loss_max_rel_err": max_rel,
+        "mean_loss_rel_err": mean_rel,
+        "grad_max_abs_err": g_max,
+    }
+
+
+def _broken(st: _Stats, kind: str, max_bits: float) -> bool:
+    if kind == "overflow":
+        return bool(st.overflow_frac)
+    if kind == "nonfinite_loss":
+        return bool(st.nonfinite_loss_frac)
+    if kind == "nonfinite_grad":
+        return bool(st.nonfinite_grad_frac)
+    return st.loss_max_excess_bits is not None and st.loss_max_excess_bits > max_bits
+
+
+def _verdict(st: _Stats, max_bits: float) -> str:
+    if st.rows == 0:
+        return "inconclusive"
+    if any(_broken(st, k, max_bits) for k in ("overflow", "nonfinite_loss", "nonfinite_grad")):
+        return "broken"
+    return "lossy" if _broken(st, "precision", max_bits) else "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Break points: grid, then bisection
+
+
+def _explain(st: _Stats, theory: DtypeTheory, kind: str) -> dict[str, object]:
+    """Which threshold a break crossed: among the mechanisms its flags allow, the first (in the
+    order exp, sum, 1/p_y) whose quantity is just past its threshold (ratio in [0.99, 1.03]:
+    the bisection tolerance plus the rounding of the logits), else the closest one past it."""
+    if kind == "precision":
+        return {"cause": "lost bits"}
+    cands: list[tuple[str, str, float, float | None]] = []
+    if st.overflow_frac:
+        cands.append(("exp overflow", "ln(max)", theory.ln_max, st.largest_logit))
+        cands.append(("sum overflow", "ln(max) of accum", theory.accum_ln_max, st.lse))
+        cands.append(("1/p_y overflow", "ln(max)", theory.ln_max, st.loss))
+    if st.underflow_frac:
+        cands.append(("p_y underflow", "-ln(sub/2)", -theory.ln_underflow, st.loss))
+    best: tuple[float, tuple[str, str, float, float]] | None = None
+    for cause, name, value, obs in cands:
+        if obs is None or obs / value < 0.99:
+            continue
+        d = abs(obs / value - 1)
+        if d <= 0.03:
+            best = (d, (cause, name, value, obs))
+            break
+        if best is None or d < best[0]:
+            best = (d, (cause, name, value, obs))
+    if best is None:
+        return {"cause": "overflow" if st.overflow_frac else None}
+    cause, name, value, obs = best[1]
+    return {"cause": cause, "theory": name, "theory_value": value, "observed": obs}
+
+
+def _refine(
+    prob: _Problem,
+    scales: tuple[float, ...],
+    grid: dict[str, list[_Stats]],
+    tol: float,
+    theory: DtypeTheory,
+) -> list[Break]:
+    """Break points of every method and kind: first broken grid scale, then bisection."""
+    r, c = prob.base.shape
+    k_budget = max(1, REFINE_ELEMENTS // (r * c))
+    cache: dict[tuple[str, float], _Stats] = {}
+    for m, stats in grid.items():
+        for sc, st in zip(scales, stats, strict=True):
+            cache[(m, sc)] = st
+    # bracket per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from start
+    brackets: dict[tuple[str, str], list[float | None]] = {}
+    never: list[tuple[str, str]] = []
+    for m, stats in grid.items():
+        for kind in KINDS:
+            first = next(
+                (i for i, st in enumerate(stats) if _broken(st, kind, prob.max_bits)), None
+            )
+            if first is None:
+                never.append((m, kind))
+            else:
+                brackets[(m, kind)] = [scales[first - 1] if first else None, scales[first]]
+
+    def is_open(b: list[float | None]) -> bool:
+        lo, hi = b
+        return lo is not None and hi is not None and hi / lo > 1 + tol
+
+    while True:
+        todo = [(key, b) for key, b in brackets.items() if is_open(b)]
+        if not todo:
+            break
+        plan: dict[tuple[str, bool], set[float]] = {}
+        points: dict[tuple[str, str], list[float]] = {}
+        for (m, kind), (lo, hi) in todo:
+            assert lo is not None and hi is not None
+            need = math.ceil(math.log(hi / lo) / math.log1p(tol)) - 1
+            k = max(1, min(k_budget, need))
+            pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
+            points[(m, kind)] = pts
+            with_ref = kind == "precision"
+            missing = {
+                p for p in pts if (m, p) not in cache or (with_ref and not cache[(m, p)].has_ref)
+            }
+            plan.setdefault((m, with_ref), set()).update(missing)
+        for (m, with_ref), pts_set in plan.items():
+            if not pts_set:
+                continue
+            ordered = sorted(pts_set)
+            for p, st in zip(ordered, _measure(prob, ordered, [m], with_ref)[m], strict=True):
+                cache[(m, p)] = st
+        for (m, kind), pts in points.items():
+            b = brackets[(m, kind)]
+            hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
+            if hit is None:
+                b[0] = pts[-1]
+            else:
+                i = pts.index(hit)
+                b[1] = hit
+                if i > 0:
+                    b[0] = pts[i - 1]
+    out: list[Break] = []
+    ident = {"dtype": prob.dtype, "classes": prob.classes, "case": prob.case}
+    for (m, kind), (lo, hi) in brackets.items():
+        assert hi is not None
+        st = cache[(m, hi)]
+        out.append(
+            Break(
+                **ident,
+                method=m,
+                kind=kind,
+                scale=hi,
+                scale_lo=lo,
+                largest_logit=st.largest_logit,
+                margin=st.margin,
+                loss=st.loss,
+                **_explain(st, theory, kind),  # type: ignore[arg-type]
+            )
+        )
+    out.extend(Break(**ident, method=m, kind=kind, scale=None) for m, kind in never)
+    return out
+
+
+def _run_task(
+    config: SweepConfig, dtype: str, classes: int, case: str
+) -> tuple[list[Cell], list[Break]]:
+    """Grid and break points of one (dtype, classes, case): a unit of parallel work."""
+    accum = config.accum_for(dtype)
+    base, labels = case_pattern(case, classes, config.rows_for(classes), config.seed)
+    prob = _Problem(dtype, accum, classes, case, base, labels, config.max_bits)
+    grid = _measure(prob, config.scales, config.methods, with_ref=True)
+    cells = [
+        Cell(
+            dtype=dtype,
+            classes=classes,
+            case=case,
+            method=m,
+            scale=sc,
+            nonfinite_loss_frac=st.nonfinite_loss_frac,
+            nonfinite_grad_frac=st.nonfinite_grad_frac,
+            overflow_frac=st.overflow_frac,
+            underflow_frac=st.underflow_frac,
+            loss_max_rel_err=st.loss_max_rel_err,
+            grad_max_abs_err=st.grad_max_abs_err,
+            accum=accum.name,
+            rows=st.rows,
+            largest_logit=st.largest_logit,
+            margin=st.margin,
+            loss=st.loss,
+            loss_median_bits=st.loss_median_bits,
+            loss_max_bits=st.loss_max_bits,
+            loss_max_excess_bits=st.loss_max_excess_bits,
+            loss_median_rel_err=st.loss_median_rel_err,
+            mean_loss_rel_err=st.mean_loss_rel_err,
+            verdict=_verdict(st, config.max_bits),
+        )
+        for m, stats in grid.items()
+        for sc, st in zip(config.scales, stats, strict=True)
+    ]
+    theory = DtypeTheory.of(dtype, accum.name)
+    return cells, _refine(prob, config.scales, grid, config.tol, theory)
+
+
+def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
+    """Rough relative cost of a task (binary128 reference and float16 arithmetic are slow)."""
+    dtype, classes, _ = task
+    weight = {"float64": 5.0, "float16": 4.0, "bfloat16": 1.5}.get(dtype, 1.0)
+    return weight * classes * config.rows_for(classes)
+
+
+def default_jobs() -> int:
+    """Worker processes: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
+    """Sweep the grid of ``config`` and find every method's break points.
+
+    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many processes; the report
+    is identical for any ``jobs``.
+
+    >>> rep = sweep(SweepConfig(dtypes=("float16",), classes=(10,), cases=("margin",),
+    ...                         methods=("naive",), scales=(1.0, 20.0)))
+    >>> b = next(b for b in rep.breaks if b.kind == "overflow")
+    >>> b.cause, b.theory, round(b.largest_logit, 2)   # exp(z) > 65504 past ln(65504) = 11.09
+    ('exp overflow', 'ln(max)', 11.09)
+    """
+    config = config or SweepConfig()
+    tasks = [(d, c, k) for d in config.dtypes for c in config.classes for k in config.cases]
+    if jobs > 1 and len(tasks) > 1:
+        order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
+            futures = {i: ex.submit(_run_task, config, *tasks[i]) for i in order}
+            results = [futures[i].result() for i in range(len(tasks))]
+    else:
+        results = [_run_task(config, *t) for t in tasks]
+    cells = [cell for cs, _ in results for cell in cs]
+    breaks = [b for _, bs in results for b in bs]
+    d_ord = {d: i for i, d in enumerate(config.dtypes)}
+    c_ord = {c: i for i, c in enumerate(config.classes)}
+    k_ord = {k: i for i, k in enumerate(config.cases)}
+    m_ord = {m: i for i, m in enumerate(config.methods)}
+
+    def key(x: Cell | Break) -> tuple[int, int, int, int]:
+        return d_ord[x.dtype], c_ord[x.classes], k_ord[x.case], m_ord[x.method]
+
+    cells.sort(key=lambda x: (*key(x), x.scale))
+    breaks.sort(key=lambda x: (*key(x), KINDS.index(x.kind)))
+    theory = tuple(DtypeTheory.of(d, config.accum_for(d).name) for d in config.dtypes)
+    from .reference import reference_precision_name
+
+    ref = {d: reference_precision_name(get_precision(d)) for d in config.dtypes}
+    return SweepReport(config, theory, tuple(cells), tuple(breaks), ref)
+
+
+def first_break(report: SweepReport, **match: object) -> Iterable[Break]:
+    """Breaks whose fields equal ``match`` (helper for renderers and tests)."""
+    return (b for b in report.breaks if all(getattr(b, k) == v for k, v in match.items()))
