@@ -216,14 +216,17 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
 
 
 def accumulate(x: np.ndarray, accum: Precision) -> np.ndarray:
-    """Sum over the last axis with every partial sum rounded to ``accum`` (pairwise tree).
+    """Sum over the last axis with every partial sum rounded to ``accum``.
 
-    The terms are converted to ``accum`` (exact when ``accum`` is at least as wide), padded with
-    zeros (exact) to a power of two, and added in halves: ``s[j] = x[j] + x[j + h]`` - the
-    order a GPU block reduction uses. Each ``+`` is one numpy operation on arrays of ``accum``
-    dtype, so it is rounded once to ``accum``: for float16/bfloat16/float8 numpy/ml_dtypes
-    compute the sum in float32 and round it, which is correctly rounded because float32 has
-    more than 2p + 2 bits.
+    The terms are converted to ``accum`` (exact when ``accum`` is at least as wide). For float32
+    and float64 accumulation this is numpy's own pairwise summation, which keeps its partial sums
+    in the array's dtype (blocks of 128 terms with 8 running sums, blocks combined pairwise).
+    For 16- and 8-bit accumulation numpy cannot be trusted (its float16 ``sum`` accumulates in
+    float32; ml_dtypes' bfloat16 ``sum`` is sequential), so the sum is an explicit pairwise tree:
+    zeros (exact) pad to a power of two and halves are added, ``s[j] = x[j] + x[j + h]`` - the
+    order of a GPU block reduction. Each ``+`` is one numpy operation on arrays of ``accum``
+    dtype, rounded once to ``accum`` (numpy/ml_dtypes compute it in float32 and round, which is
+    correctly rounded because float32 has more than 2p + 2 bits).
 
     >>> import numpy as np, ml_dtypes
     >>> ones = np.ones((1, 5000), dtype=ml_dtypes.bfloat16)
@@ -236,12 +239,14 @@ def accumulate(x: np.ndarray, accum: Precision) -> np.ndarray:
     n = a.shape[-1]
     if n == 0:
         return np.zeros(a.shape[:-1], dtype=accum.dtype)
-    size = 1 << (n - 1).bit_length()
-    if size != n:
-        pad = np.zeros((*a.shape[:-1], size - n), dtype=accum.dtype)
-        a = np.concatenate([a, pad], axis=-1)
     # overflow of a partial sum is a finding (the caller flags inf), not noise
     with np.errstate(over="ignore", invalid="ignore"):
+        if accum.bits >= 32:
+            return np.add.reduce(a, axis=-1)
+        size = 1 << (n - 1).bit_length()
+        if size != n:
+            pad = np.zeros((*a.shape[:-1], size - n), dtype=accum.dtype)
+            a = np.concatenate([a, pad], axis=-1)
         while size > 1:
             size //= 2
             a = a[..., :size] + a[..., size : 2 * size]
