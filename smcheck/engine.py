@@ -41,6 +41,7 @@ from .reference import ReferenceOutput
 __all__ = [
     "FULL_GRAD_CLASSES",
     "HIST_BINS",
+    "Histogram",
     "RANDOM_GRAD_LABELS",
     "ChunkStats",
     "EngineConfig",
@@ -148,15 +149,49 @@ class Extreme:
         return self if a <= b else other
 
 
-def _hist(values: np.ndarray) -> np.ndarray:
-    """Counts of the non-negative, non-NaN ``values`` in the fixed log-scale bins."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[~np.isnan(v)]
-    idx = (np.abs(v).view(np.int64) >> _HIST_SHIFT).astype(np.intp)
-    return np.bincount(idx, minlength=HIST_BINS).astype(np.int64)
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Counts of values in the fixed log-scale bins, stored sparsely: sorted bin numbers and
+    their counts (a bin is the float64's exponent and 5 leading significand bits)."""
+
+    bins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @staticmethod
+    def of(values: np.ndarray) -> Histogram:
+        """Histogram of the non-negative, non-NaN ``values`` (NaN is not binned)."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[~np.isnan(v)]
+        idx = np.abs(v).view(np.int64) >> _HIST_SHIFT
+        bins, counts = np.unique(idx, return_counts=True)
+        return Histogram(bins.astype(np.int64), counts.astype(np.int64))
+
+    def __add__(self, o: Histogram) -> Histogram:
+        if not o.bins.size:
+            return self
+        if not self.bins.size:
+            return o
+        bins, inv = np.unique(np.concatenate([self.bins, o.bins]), return_inverse=True)
+        counts = np.zeros(bins.size, np.int64)
+        np.add.at(counts, inv, np.concatenate([self.counts, o.counts]))
+        return Histogram(bins, counts)
+
+    def __eq__(self, o: object) -> bool:
+        if not isinstance(o, Histogram):
+            return NotImplemented
+        return np.array_equal(self.bins, o.bins) and np.array_equal(self.counts, o.counts)
+
+    @property
+    def total(self) -> int:
+        """Number of values binned."""
+        return int(self.counts.sum())
 
 
-def hist_quantile(hist: np.ndarray, q: float) -> float | None:
+def _hist(values: np.ndarray) -> Histogram:
+    return Histogram.of(values)
+
+
+def hist_quantile(hist: Histogram, q: float) -> float | None:
     """The lower ``q``-quantile of the binned values, as its bin's lower edge; None if empty.
 
     The exact order statistic v satisfies ``result <= v < result * (1 + 2**-5)``. Bin 0 (exactly 0
@@ -166,11 +201,11 @@ def hist_quantile(hist: np.ndarray, q: float) -> float | None:
     >>> hist_quantile(h, 0.5), hist_quantile(h, 1.0)
     (1.0, 3.0625)
     """
-    total = int(hist.sum())
+    total = hist.total
     if total == 0:
         return None
     rank = min(int(math.floor(q * (total - 1))), total - 1)  # lower quantile, 0-based
-    b = int(np.searchsorted(np.cumsum(hist), rank + 1))
+    b = int(hist.bins[int(np.searchsorted(np.cumsum(hist.counts), rank + 1))])
     if b == 0:
         return 0.0
     return float(np.array(b << _HIST_SHIFT, dtype=np.int64).view(np.float64))
@@ -192,8 +227,8 @@ class MethodStats:
     loss_gate: Extreme = Extreme()  # ulps of max(|L*|, 1): what --max-loss-ulp gates
     grad_abs: Extreme = Extreme()
     grad_rel: Extreme = Extreme()
-    rel_hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, np.int64))
-    ulp_hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, np.int64))
+    rel_hist: Histogram = field(default_factory=Histogram)
+    ulp_hist: Histogram = field(default_factory=Histogram)
     loss_sum: ExactSum = ExactSum()  # finite losses over measured rows
     ref_sum: ExactSum = ExactSum()  # reference losses (hi + lo) over the same rows
 
@@ -508,11 +543,13 @@ def chunk_stats(
     zmax = xf.max(axis=1) if n else np.zeros(0)
     zmin = xf.min(axis=1) if n else np.zeros(0)
     amax = np.argmax(xf, axis=1) if n else np.zeros(0, np.int64)
-    if label_free:
-        margin = zmax - zmin
-    else:
-        assert prep.safe_labels is not None
-        margin = zmax - xf[idx, prep.safe_labels]
+    # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused
+    with np.errstate(invalid="ignore"):
+        if label_free:
+            margin = zmax - zmin
+        else:
+            assert prep.safe_labels is not None
+            margin = zmax - xf[idx, prep.safe_labels]
     ref_loss, ref_lo = ref.loss, ref.loss_lo
     ref_finite = np.isfinite(ref_loss)
     e_loss = e[:, None] if label_free else e

@@ -16,9 +16,10 @@ with. Nothing here computes numbers; values are parsed and validated, never inte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -41,6 +42,7 @@ __all__ = [
     "output_option",
     "parse_csv_choices",
     "parse_methods",
+    "progress_reporter",
     "wants_color",
     "workers_option",
 ]
@@ -87,28 +89,31 @@ def parse_csv_choices(value: str, allowed: Sequence[str], what: str) -> tuple[st
 
 
 def parse_methods(value: str, what: str = "--methods") -> tuple[str, ...]:
-    """Method list: names from ``METHODS``, ``default`` (the default set) or ``all``, in registry
-    order.
+    """Method list: names from ``METHODS`` or the framework methods (``torch``, ``jax``),
+    ``default`` (the default set) or ``all`` (every core method); in registry order.
 
     >>> parse_methods("fused,naive")
     ('naive', 'fused')
     >>> parse_methods("all") == tuple(METHODS)
     True
     """
+    from ..frameworks import FRAMEWORK_METHODS
+
+    known = (*METHODS, *FRAMEWORK_METHODS)
     chosen: set[str] = set()
     for item in (v.strip().lower() for v in value.split(",") if v.strip()):
         if item == "all":
             chosen.update(METHODS)
         elif item == "default":
             chosen.update(DEFAULT_METHODS)
-        elif item in METHODS:
+        elif item in known:
             chosen.add(item)
         else:
             raise UsageError(
-                f"{what}: unknown method {item!r}; expected one of: "
-                f"{', '.join(METHODS)}, default, all"
+                f"{what}: unknown method {item!r}; expected one of: {', '.join(known)}, "
+                "default, all"
             )
-    return tuple(m for m in METHODS if m in chosen)
+    return tuple(m for m in known if m in chosen)
 
 
 def dtype_options(
@@ -252,7 +257,8 @@ def wants_color(choice: str, stream: Any = None) -> bool:
 def emit(text: str, output: str | None, inputs: Iterable[str | None] = ()) -> None:
     """Write the report: to stdout, or atomically to ``output`` (refused if it is an input)."""
     if output is None or output == "-":
-        click.echo(text, nl=not text.endswith("\n"))
+        # color=True: never strip ANSI codes; the renderer already applied the --color decision
+        click.echo(text, nl=not text.endswith("\n"), color=True)
         return
     from ..output import write_atomic
 
@@ -262,3 +268,49 @@ def emit(text: str, output: str | None, inputs: Iterable[str | None] = ()) -> No
 def exit_code(ok: bool, exit_zero: bool) -> int:
     """0 when every gated check passed (or ``--exit-zero``), else 1 (findings)."""
     return 0 if ok or exit_zero else 1
+
+
+@contextlib.contextmanager
+def progress_reporter(
+    stream: Any = None, label: str = "rows"
+) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``progress(done, total)`` callback drawing a rich bar on ``stream`` (default stderr),
+    or None when ``stream`` is not a terminal (no bar in logs, pipes or CI)."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.speed
+            return Text("" if speed is None else f"{speed:,.0f} {label}/s")
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
+        task: list[Any] = []
+
+        def update(done: int, total: int) -> None:
+            if not task:
+                task.append(bar.add_task(label, total=total))
+            bar.update(task[0], completed=done)
+
+        yield update

@@ -1,0 +1,619 @@
+"""``evaluate``: audit a logits array - every method against the reference - as one report.
+
+The analysis behind ``smcheck eval``. It rounds the logits to the working dtype once, runs the
+chosen methods and the reference on the same rounded values in row chunks (:mod:`smcheck.engine`:
+bounded memory, results identical for any chunk size), and turns the merged statistics into a
+frozen :class:`EvalReport` with a verdict per method and for the CI gate.
+
+Verdict of a method (descriptive):
+
+* ``broken`` - some eligible row has a NaN/inf loss or gradient, or an intermediate overflowed,
+  although the reference is finite (or underflow, when ``fail_on`` names it);
+* ``lossy`` - finite, but its loss error exceeds ``max_loss_ulp`` (in ulps of max(|L*|, 1)) or
+  its gradient error exceeds ``max_grad_err`` (absolute, max over entries);
+* ``ok`` otherwise.
+
+A method's ``ok`` is whether it passes the gate's checks (``fail_on`` and both thresholds); the
+report's ``ok`` is whether every gated method does and at least one row was eligible.
+
+Default thresholds (both from one budget k = 4 + ceil(log2 C) * eps(accum) / eps(dtype)):
+the final value is rounded to the working dtype (0.5 ulp), so are its two or three inputs
+(the shifted logit, the log-sum-exp: about 1.5 ulps together), and each exp is rounded
+(0.5 eps relative on the sum); the pairwise sum of C terms in the accumulation dtype adds at most
+ceil(log2 C) roundings of eps(accum). ``max_loss_ulp = k`` and ``max_grad_err = k * eps(dtype)``
+(gradient entries are probabilities in [0, 1], so eps(dtype) is one ulp of the largest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .engine import (
+    FULL_GRAD_CLASSES,
+    RANDOM_GRAD_LABELS,
+    ChunkStats,
+    EngineConfig,
+    Extreme,
+    MethodStats,
+    PerRowBlock,
+    chunk_rows_for,
+    hist_quantile,
+    run,
+)
+from .errors import InputError, UsageError
+from .frameworks import FRAMEWORK_METHODS
+from .methods import DEFAULT_METHODS, METHODS
+from .precisions import PRECISIONS, Precision, get_precision, resolve_accum
+from .reference import reference_precision_name
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "SCHEMA",
+    "EvalReport",
+    "PerRowWriter",
+    "GateConfig",
+    "InputSummary",
+    "MethodReport",
+    "WorstRow",
+    "default_thresholds",
+    "evaluate",
+    "per_row_columns",
+]
+
+SCHEMA = "smcheck.eval/1"
+#: Working-array budget of one chunk (bytes): rows per chunk = budget / (cost of one row).
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+FAIL_ON = ("overflow", "underflow", "nonfinite")
+
+
+@dataclass(frozen=True)
+class InputSummary:
+    """The input as the methods saw it (after rounding to ``dtype``)."""
+
+    logits: str
+    labels: str | None
+    rows: int
+    classes: int
+    dtype: str
+    accum: str
+    cast: str
+    label_free: bool
+    unit: str  # "rows", or "pairs" (row, class) in label-free mode
+    eligible_rows: int
+    ignored_rows: int
+    nonfinite_input_rows: int
+    ref_nonfinite: int
+    logit_min: float | None
+    logit_max: float | None
+    logit_max_row: int | None
+    margin_max: float | None
+    margin_max_row: int | None
+    ln_max: float
+    underflow_margin: float  # -ln(smallest subnormal): p_y underflows beyond this margin
+    rows_over_ln_max: int
+    rows_margin_underflow: int
+    cast_changed: int
+    cast_max_rel_change: float
+    cast_overflowed: int
+    cast_saturated: int
+    cast_flushed_to_zero: int
+    grad_policy: str
+    original_shape: tuple[int, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Which methods gate the exit code, and their thresholds."""
+
+    methods: tuple[str, ...]
+    max_loss_ulp: float
+    max_grad_err: float
+    fail_on: tuple[str, ...]
+    thresholds_default: bool
+
+
+@dataclass(frozen=True)
+class MethodReport:
+    """One method's findings over the eligible rows (pairs, label-free)."""
+
+    name: str
+    gated: bool
+    measured: int
+    nan_loss_rows: int
+    inf_loss_rows: int
+    nonfinite_grad_rows: int
+    grad_checked: int
+    overflow_rows: int
+    underflow_rows: int
+    loss_max_rel_err: float | None
+    loss_max_rel_err_row: int | None
+    loss_median_rel_err: float | None
+    loss_max_ulp_err: float | None
+    loss_max_ulp_err_row: int | None
+    loss_median_ulp_err: float | None
+    loss_p99_ulp_err: float | None
+    loss_max_bits: float | None
+    loss_max_gate_err: float | None
+    loss_max_gate_err_row: int | None
+    mean_loss_rel_err: float | None
+    grad_max_abs_err: float | None
+    grad_max_abs_err_row: int | None
+    grad_max_rel_err: float | None
+    verdict: str  # ok | lossy | broken
+    problems: tuple[str, ...]  # in words, most severe first
+    ok: bool
+
+
+@dataclass(frozen=True)
+class WorstRow:
+    """One of the worst rows: where, what the input looks like, each method's error."""
+
+    row: int
+    label: int
+    max_logit: float
+    margin: float
+    ref_p: float
+    ref_loss: float
+    methods: tuple[tuple[str, float | None, float | None, bool], ...]  # name, loss, rel, bad
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything ``smcheck eval`` prints, as data (renderers turn it into text)."""
+
+    input: InputSummary
+    reference: str
+    gate: GateConfig
+    methods: tuple[MethodReport, ...]
+    worst: tuple[WorstRow, ...]
+    ok: bool
+    verdict: str
+    schema: str = SCHEMA
+
+    def method(self, name: str) -> MethodReport:
+        """The report of one method by name."""
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def default_thresholds(working: Precision, accum: Precision, classes: int) -> tuple[float, float]:
+    """(max_loss_ulp, max_grad_err) for a dtype, accumulation dtype and class count.
+
+    >>> from smcheck.precisions import get_precision as p
+    >>> default_thresholds(p("float32"), p("float32"), 1000)
+    (14.0, 1.6689300537109375e-06)
+    >>> default_thresholds(p("float16"), p("float32"), 32000)
+    (4.0, 0.00390625)
+    """
+    log_c = math.ceil(math.log2(classes)) if classes > 1 else 0
+    k = round(4 + log_c * accum.eps / working.eps, 2)
+    return k, k * working.eps
+
+
+def _check_labels(labels: np.ndarray, n: int, c: int, ignore_index: int) -> np.ndarray:
+    """Labels as int64, checked against C with the global row number (core checks per chunk)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
+    if lab.dtype.kind not in "iu":
+        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int64)
+        else:
+            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
+    lab = lab.astype(np.int64)
+    bad = (lab != ignore_index) & ((lab < 0) | (lab >= c))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(
+            f"row {row}: label {int(lab[row])} is outside [0, {c}) "
+            f"(and is not ignore_index {ignore_index})"
+        )
+    return lab
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else float(x)
+
+
+def _row(e: Extreme) -> int | None:
+    return None if math.isnan(e.value) else e.row
+
+
+def _grad_policy(label_free: bool, classes: int) -> str:
+    if not label_free:
+        return "gradient of every eligible row at its label"
+    if classes <= FULL_GRAD_CLASSES:
+        return f"label-free: gradient checked for all {classes} classes of every row"
+    return (
+        f"label-free: gradient checked for {2 + RANDOM_GRAD_LABELS} classes per row (argmax, "
+        f"argmin and {RANDOM_GRAD_LABELS} pseudo-random ones, splitmix64 of the row index)"
+    )
+
+
+def _method_report(
+    name: str,
+    st: MethodStats,
+    gate: GateConfig,
+    inp: InputSummary,
+    working: Precision,
+) -> MethodReport:
+    unit = inp.unit
+    nonfinite = st.nan_loss + st.inf_loss
+    problems: list[str] = []
+    failed = False
+    broken = False
+    if st.overflow:
+        broken = True
+        failed |= "overflow" in gate.fail_on
+        problems.append(_overflow_text(name, st.overflow, inp, working))
+    if nonfinite or st.nonfinite_grad:
+        broken = True
+        failed |= "nonfinite" in gate.fail_on
+        what = []
+        if st.nan_loss:
+            what.append(f"NaN loss on {st.nan_loss} {unit}")
+        if st.inf_loss:
+            what.append(f"inf loss on {st.inf_loss} {unit}")
+        if st.nonfinite_grad:
+            grad_unit = "pairs" if inp.label_free else "rows"
+            what.append(f"non-finite gradient on {st.nonfinite_grad} {grad_unit}")
+        text = f"{name} gives " + ", ".join(what)
+        if st.underflow and inp.margin_max is not None and not st.overflow:
+            text += (
+                f": p_y underflows to 0 in {inp.dtype} once the margin max(z) - z_y exceeds "
+                f"{inp.underflow_margin:.3g} (largest margin {inp.margin_max:.3g})"
+            )
+        problems.append(text)
+    if st.underflow and "underflow" in gate.fail_on:
+        broken = failed = True
+        if not nonfinite:
+            problems.append(f"{name}: p_y underflows to 0 on {st.underflow} {unit}")
+    lossy = False
+    if not math.isnan(st.loss_gate.value) and st.loss_gate.value > gate.max_loss_ulp:
+        lossy = True
+        problems.append(
+            f"{name} loss error reaches {st.loss_gate.value:.3g} ulps of max(|loss|, 1) at row "
+            f"{st.loss_gate.row} (gate {gate.max_loss_ulp:.3g})"
+        )
+    if not math.isnan(st.grad_abs.value) and st.grad_abs.value > gate.max_grad_err:
+        lossy = True
+        problems.append(
+            f"{name} gradient error reaches {st.grad_abs.value:.3g} at row {st.grad_abs.row} "
+            f"(gate {gate.max_grad_err:.3g})"
+        )
+    failed |= lossy
+    verdict = "broken" if broken else "lossy" if lossy else "ok"
+    ulp_max = _opt(st.loss_ulp.value)
+    return MethodReport(
+        name=name,
+        gated=name in gate.methods,
+        measured=st.measured,
+        nan_loss_rows=st.nan_loss,
+        inf_loss_rows=st.inf_loss,
+        nonfinite_grad_rows=st.nonfinite_grad,
+        grad_checked=st.grad_checked,
+        overflow_rows=st.overflow,
+        underflow_rows=st.underflow,
+        loss_max_rel_err=_opt(st.loss_rel.value),
+        loss_max_rel_err_row=_row(st.loss_rel),
+        loss_median_rel_err=hist_quantile(st.rel_hist, 0.5),
+        loss_max_ulp_err=ulp_max,
+        loss_max_ulp_err_row=_row(st.loss_ulp),
+        loss_median_ulp_err=hist_quantile(st.ulp_hist, 0.5),
+        loss_p99_ulp_err=hist_quantile(st.ulp_hist, 0.99),
+        loss_max_bits=None if ulp_max is None else math.log2(ulp_max + 1),
+        loss_max_gate_err=_opt(st.loss_gate.value),
+        loss_max_gate_err_row=_row(st.loss_gate),
+        mean_loss_rel_err=st.mean_loss_rel_err(),
+        grad_max_abs_err=_opt(st.grad_abs.value),
+        grad_max_abs_err_row=_row(st.grad_abs),
+        grad_max_rel_err=_opt(st.grad_rel.value),
+        verdict=verdict,
+        problems=tuple(problems),
+        ok=not failed,
+    )
+
+
+_STABLE = ("fused", "log1p", "online")
+
+
+def _overflow_text(name: str, count: int, inp: InputSummary, working: Precision) -> str:
+    """Why a method overflows, in the terms of its formula."""
+    head = f"{name} overflows on {count} {inp.unit}"
+    if name == "naive" and inp.logit_max is not None and inp.logit_max > inp.ln_max:
+        return f"{head}: logits reach {inp.logit_max:.3g} > ln(max {inp.dtype}) = {inp.ln_max:.4g}"
+    if name in ("naive", "shifted"):
+        margin = "" if inp.margin_max is None else f", largest margin {inp.margin_max:.3g}"
+        return (
+            f"{head}: the chained backward -1/p_y exceeds max {inp.dtype} = {working.max:.4g} "
+            f"once p_y < {1 / working.max:.2g} (margin max(z) - z_y above about "
+            f"{inp.ln_max:.4g}{margin})"
+        )
+    return f"{head}: an intermediate sum exceeds max {inp.accum} or {inp.dtype}"
+
+
+def _advice(m: MethodReport, reports: Sequence[MethodReport], dtype: str) -> str:
+    if m.verdict == "broken" and m.name not in _STABLE:
+        return "use a fused log-softmax (fused or log1p)"
+    better = [r.name for r in reports if r.name != m.name and r.verdict == "ok"]
+    if better:
+        return f"{', '.join(better)} {'passes' if len(better) == 1 else 'pass'}"
+    return f"compute in a wider dtype than {dtype} or accumulate in float32/float64 (--accum)"
+
+
+def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport]) -> str:
+    if inp.eligible_rows == 0:
+        return (
+            f"no eligible row: all {inp.rows} rows are ignored ({inp.ignored_rows}) or have "
+            f"non-finite input ({inp.nonfinite_input_rows}); nothing was checked"
+        )
+    gated = [m for m in reports if m.gated]
+    failing = [m for m in gated if not m.ok]
+    parts: list[str] = []
+    if failing:
+        m = failing[0]
+        parts.append(f"{m.problems[0]}; {_advice(m, reports, inp.dtype)}")
+    else:
+        names = ", ".join(m.name for m in gated) or "no method"
+        losses = [m.loss_max_gate_err for m in gated if m.loss_max_gate_err is not None]
+        grads = [m.grad_max_abs_err for m in gated if m.grad_max_abs_err is not None]
+        detail = ""
+        if losses and grads:
+            detail = f" (loss error <= {max(losses):.3g} ulp, gradient error <= {max(grads):.3g})"
+        verb = "pass" if len(gated) > 1 else "passes"
+        parts.append(
+            f"{names} {verb} in {inp.dtype} on {inp.eligible_rows} rows{detail}"
+            if gated
+            else f"nothing gated; {inp.eligible_rows} rows checked"
+        )
+        others = [m for m in reports if not m.gated and m.problems]
+        if others:
+            m = others[0]
+            parts.append(f"{m.problems[0]} - {_advice(m, reports, inp.dtype)}")
+    return "; ".join(parts)
+
+
+def evaluate(
+    logits: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    dtype: str | np.dtype | Precision | None = None,
+    accum: str | np.dtype | Precision | None = None,
+    cast: str = "ieee",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    ignore_index: int = -100,
+    gate: Sequence[str] = ("fused",),
+    max_loss_ulp: float | None = None,
+    max_grad_err: float | None = None,
+    fail_on: Sequence[str] = ("overflow", "nonfinite"),
+    top_k: int = 10,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_rows: int | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    per_row: Callable[[PerRowBlock], None] | None = None,
+    logits_name: str = "<array>",
+    labels_name: str | None = None,
+    notes: Sequence[str] = (),
+    original_shape: Sequence[int] | None = None,
+) -> EvalReport:
+    """Audit ``logits`` (N, C) - or (..., C), leading axes flattened - with optional labels.
+
+    Every method in ``methods`` (plus any in ``gate``) and the reference run on the logits
+    rounded to ``dtype``; ``labels=None`` is the label-free mode (every (row, class) pair).
+    Work runs in chunks of ``chunk_rows`` rows (default: what fits ``chunk_bytes``) on
+    ``workers`` threads; ``per_row`` receives each chunk's per-row values in row order.
+    ``original_shape`` is reported as the input's shape (a loader that flattened it says so).
+
+    >>> import numpy as np
+    >>> z = np.array([[12.0, 0.0], [1.0, 2.0]], dtype=np.float16)
+    >>> rep = evaluate(z, np.array([0, 1]))
+    >>> rep.method("naive").overflow_rows, rep.method("fused").verdict, rep.ok
+    (1, 'ok', True)
+    """
+    x = np.asarray(logits) if not isinstance(logits, np.memmap) else logits
+    shape = tuple(int(s) for s in (x.shape if original_shape is None else original_shape))
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim > 2:
+        x = x.reshape(-1, x.shape[-1])
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise InputError(f"logits must have a class axis of length >= 1, got shape {x.shape}")
+    n, c = (int(s) for s in x.shape)
+    if dtype is None and x.dtype.kind not in "fV":
+        raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
+    working = get_precision(x.dtype if dtype is None else dtype)
+    acc = resolve_accum(working, accum)
+    if cast not in ("ieee", "saturate"):
+        raise UsageError(f"unknown cast mode {cast!r}; expected 'ieee' or 'saturate'")
+    known = (*METHODS, *FRAMEWORK_METHODS)
+    for what, items in (("method", methods), ("gated method", gate)):
+        for m in items:
+            if m not in known:
+                raise UsageError(f"unknown {what} {m!r}; expected one of: {', '.join(known)}")
+    for f in fail_on:
+        if f not in FAIL_ON:
+            raise UsageError(f"unknown fail-on check {f!r}; expected one of: {', '.join(FAIL_ON)}")
+    run_methods = tuple(m for m in known if m in set(methods) | set(gate))
+    if not run_methods:
+        raise UsageError("no method to run")
+    lab = None if labels is None else _check_labels(labels, n, c, ignore_index)
+    label_free = lab is None
+    loss_k, grad_k = default_thresholds(working, acc, c)
+    gate_cfg = GateConfig(
+        methods=tuple(m for m in run_methods if m in set(gate)),
+        max_loss_ulp=loss_k if max_loss_ulp is None else float(max_loss_ulp),
+        max_grad_err=grad_k if max_grad_err is None else float(max_grad_err),
+        fail_on=tuple(f for f in FAIL_ON if f in set(fail_on)),
+        thresholds_default=max_loss_ulp is None and max_grad_err is None,
+    )
+    cfg = EngineConfig(working, acc, run_methods, cast, ignore_index, top_k)
+    rows_per_chunk = chunk_rows or chunk_rows_for(c, len(run_methods), label_free, chunk_bytes)
+    stats: ChunkStats = run(
+        x, lab, cfg, chunk_rows=rows_per_chunk, workers=workers, progress=progress, per_row=per_row
+    )
+    si = stats.input
+    cr = si.cast
+    inp = InputSummary(
+        logits=logits_name,
+        labels=labels_name,
+        rows=n,
+        classes=c,
+        dtype=working.name,
+        accum=acc.name,
+        cast=cast,
+        label_free=label_free,
+        unit="pairs" if label_free else "rows",
+        eligible_rows=si.eligible,
+        ignored_rows=si.ignored,
+        nonfinite_input_rows=si.nonfinite_input,
+        ref_nonfinite=si.ref_nonfinite,
+        logit_min=_opt(si.logit_min),
+        logit_max=_opt(si.logit_max.value),
+        logit_max_row=_row(si.logit_max),
+        margin_max=_opt(si.margin_max.value),
+        margin_max_row=_row(si.margin_max),
+        ln_max=working.ln_max,
+        underflow_margin=-working.ln_smallest_subnormal,
+        rows_over_ln_max=si.rows_over_ln_max,
+        rows_margin_underflow=si.rows_margin_underflow,
+        cast_changed=0 if cr is None else cr.changed,
+        cast_max_rel_change=0.0 if cr is None else cr.max_rel_change,
+        cast_overflowed=0 if cr is None else cr.overflowed,
+        cast_saturated=0 if cr is None else cr.saturated,
+        cast_flushed_to_zero=0 if cr is None else cr.flushed_to_zero,
+        grad_policy=_grad_policy(label_free, c),
+        original_shape=shape,
+        notes=tuple(notes),
+    )
+    reports = tuple(
+        _method_report(m, stats.methods[m], gate_cfg, inp, working) for m in run_methods
+    )
+    worst = _worst_rows(stats, run_methods)
+    ok = inp.eligible_rows > 0 and all(m.ok for m in reports if m.gated)
+    return EvalReport(
+        input=inp,
+        reference=reference_precision_name(working),
+        gate=gate_cfg,
+        methods=reports,
+        worst=worst,
+        ok=ok,
+        verdict=_verdict(inp, gate_cfg, reports),
+    )
+
+
+def _worst_rows(stats: ChunkStats, names: Sequence[str]) -> tuple[WorstRow, ...]:
+    cols = stats.worst.cols
+    out = []
+    for i in range(len(stats.worst)):
+        per = tuple(
+            (
+                m,
+                _opt(float(cols[f"{m}:loss"][i])),
+                _opt(float(cols[f"{m}:rel_err"][i])),
+                bool(cols[f"{m}:nonfinite"][i]),
+            )
+            for m in names
+        )
+        out.append(
+            WorstRow(
+                row=int(cols["row"][i]),
+                label=int(cols["label"][i]),
+                max_logit=float(cols["max_logit"][i]),
+                margin=float(cols["margin"][i]),
+                ref_p=float(cols["ref_p"][i]),
+                ref_loss=float(cols["ref_loss"][i]),
+                methods=per,
+            )
+        )
+    return tuple(out)
+
+
+def precision_names() -> tuple[str, ...]:
+    """Names of the working precisions (for help texts)."""
+    return tuple(PRECISIONS)
+
+
+PER_ROW_FIELDS = ("loss", "loss_ulp_err", "grad_rel_err", "overflow", "underflow", "nonfinite")
+
+
+def per_row_columns(block: PerRowBlock) -> dict[str, np.ndarray]:
+    """A chunk's per-row values as named columns: row, label, eligible, ref_loss, then
+    ``<method>_<field>`` for each field of :data:`PER_ROW_FIELDS` (flags as 0/1)."""
+    cols: dict[str, np.ndarray] = {
+        "row": block.row,
+        "label": block.label,
+        "eligible": block.eligible.astype(np.int8),
+        "ref_loss": block.ref_loss,
+    }
+    for m, values in block.methods.items():
+        for f in PER_ROW_FIELDS:
+            v = values[f]
+            cols[f"{m}_{f}"] = v.astype(np.int8) if v.dtype == bool else v
+    return cols
+
+
+class PerRowWriter:
+    """A ``per_row`` sink for :func:`evaluate` writing ``.csv`` (streamed) or ``.npz`` (kept
+    in memory: N rows x a few columns, then saved) atomically; use as a context manager.
+
+    Label-free mode: ``label`` is -1, ``ref_loss`` and ``<method>_loss`` are the row's argmax
+    class (its smallest loss), error columns the worst over the row's classes (loss) and its
+    checked labels (gradient).
+    """
+
+    def __init__(self, path: str, inputs: Sequence[str] = ()) -> None:
+        suffix = path.lower().rsplit(".", 1)[-1] if "." in path else ""
+        if suffix not in ("csv", "npz"):
+            raise UsageError(f"--per-row {path}: the file name must end in .csv or .npz")
+        self.path = path
+        self.kind = suffix
+        self.inputs = tuple(inputs)
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._header_done = False
+        self._ctx: Any = None
+        self._fh: Any = None
+        self._tmp: Any = None
+
+    def __enter__(self) -> PerRowWriter:
+        from .output import atomic_path
+
+        self._ctx = atomic_path(self.path, inputs=self.inputs)
+        self._tmp = self._ctx.__enter__()
+        if self.kind == "csv":
+            self._fh = open(self._tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        return self
+
+    def __call__(self, block: PerRowBlock) -> None:
+        cols = per_row_columns(block)
+        if self.kind == "npz":
+            self._parts.append(cols)
+            return
+        if not self._header_done:
+            self._fh.write(",".join(cols) + "\n")
+            self._header_done = True
+        if block.row.size == 0:
+            return
+        fmts = ["%d" if v.dtype.kind in "iu" else "%.17g" for v in cols.values()]
+        table = np.column_stack([v.astype(np.float64) for v in cols.values()])
+        np.savetxt(self._fh, table, fmt=fmts, delimiter=",")
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fh is not None:
+                self._fh.close()
+            if exc[0] is None and self.kind == "npz":
+                names = self._parts[0].keys() if self._parts else ()
+                merged = {n: np.concatenate([p[n] for p in self._parts]) for n in names}
+                with open(self._tmp, "wb") as fh:
+                    np.savez(fh, **merged)
+        finally:
+            self._ctx.__exit__(*exc)

@@ -1,0 +1,290 @@
+"""Machine formats of an :class:`~smcheck.evaluate.EvalReport`: json, markdown, github, junit.
+
+Pure functions ``report -> str``: no I/O, no numerics (numbers are only formatted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from ..evaluate import EvalReport, MethodReport
+from .common import fmt_num
+
+__all__ = [
+    "GITHUB_MAX",
+    "render_github",
+    "render_json",
+    "render_junit",
+    "render_markdown",
+    "to_dict",
+]
+
+#: ``--format github`` prints at most this many ``::error`` and this many ``::warning`` lines.
+GITHUB_MAX = 10
+
+
+def _f(x: float | None) -> float | None:
+    """JSON has no inf/NaN: such a value is null (counted elsewhere)."""
+    return None if x is None or math.isnan(x) or math.isinf(x) else float(x)
+
+
+def _method_dict(m: MethodReport) -> dict[str, Any]:
+    return {
+        "nan_loss_rows": m.nan_loss_rows,
+        "inf_loss_rows": m.inf_loss_rows,
+        "nonfinite_grad_rows": m.nonfinite_grad_rows,
+        "overflow_rows": m.overflow_rows,
+        "underflow_rows": m.underflow_rows,
+        "loss_max_rel_err": _f(m.loss_max_rel_err),
+        "loss_median_rel_err": _f(m.loss_median_rel_err),
+        "loss_max_ulp_err": _f(m.loss_max_ulp_err),
+        "mean_loss_rel_err": _f(m.mean_loss_rel_err),
+        "grad_max_abs_err": _f(m.grad_max_abs_err),
+        "grad_max_rel_err": _f(m.grad_max_rel_err),
+        "ok": m.ok,
+        # beyond the schema's required keys
+        "verdict": m.verdict,
+        "gated": m.gated,
+        "measured": m.measured,
+        "grad_checked": m.grad_checked,
+        "loss_max_rel_err_row": m.loss_max_rel_err_row,
+        "loss_max_ulp_err_row": m.loss_max_ulp_err_row,
+        "loss_median_ulp_err": _f(m.loss_median_ulp_err),
+        "loss_p99_ulp_err": _f(m.loss_p99_ulp_err),
+        "loss_max_bits": _f(m.loss_max_bits),
+        "loss_max_gate_err": _f(m.loss_max_gate_err),
+        "loss_max_gate_err_row": m.loss_max_gate_err_row,
+        "grad_max_abs_err_row": m.grad_max_abs_err_row,
+        "problems": list(m.problems),
+    }
+
+
+def to_dict(report: EvalReport) -> dict[str, Any]:
+    """The ``smcheck.eval/1`` JSON document as plain Python objects."""
+    i = report.input
+    return {
+        "schema": report.schema,
+        "input": {
+            "logits": i.logits,
+            "labels": i.labels,
+            "rows": i.rows,
+            "classes": i.classes,
+            "dtype": i.dtype,
+            "accum": i.accum,
+            "ignored_rows": i.ignored_rows,
+            "nonfinite_input_rows": i.nonfinite_input_rows,
+            # beyond the schema's required keys
+            "cast": i.cast,
+            "label_free": i.label_free,
+            "unit": i.unit,
+            "eligible_rows": i.eligible_rows,
+            "original_shape": list(i.original_shape),
+            "logit_min": _f(i.logit_min),
+            "logit_max": _f(i.logit_max),
+            "margin_max": _f(i.margin_max),
+            "ln_max": i.ln_max,
+            "underflow_margin": i.underflow_margin,
+            "rows_over_ln_max": i.rows_over_ln_max,
+            "rows_margin_underflow": i.rows_margin_underflow,
+            "cast_changed": i.cast_changed,
+            "cast_max_rel_change": i.cast_max_rel_change,
+            "cast_overflowed": i.cast_overflowed,
+            "cast_saturated": i.cast_saturated,
+            "grad_policy": i.grad_policy,
+            "notes": list(i.notes),
+        },
+        "reference": {"precision": report.reference},
+        "gate": {
+            "methods": list(report.gate.methods),
+            "max_loss_ulp": report.gate.max_loss_ulp,
+            "max_grad_err": report.gate.max_grad_err,
+            "fail_on": list(report.gate.fail_on),
+        },
+        "methods": {m.name: _method_dict(m) for m in report.methods},
+        "worst_rows": [
+            {
+                "row": w.row,
+                "label": w.label,
+                "max_logit": _f(w.max_logit),
+                "margin": _f(w.margin),
+                "ref_p": _f(w.ref_p),
+                "ref_loss": _f(w.ref_loss),
+                "methods": {
+                    name: {"loss": _f(loss), "rel_err": _f(rel), "nonfinite": bad}
+                    for name, loss, rel, bad in w.methods
+                },
+            }
+            for w in report.worst
+        ],
+        "verdict": report.verdict,
+        "ok": report.ok,
+    }
+
+
+def render_json(report: EvalReport) -> str:
+    """``--format json``: the schema ``smcheck.eval/1`` (strict JSON: no NaN/inf)."""
+    return json.dumps(to_dict(report), indent=2, allow_nan=False) + "\n"
+
+
+_ICON = {"ok": "✅ ok", "lossy": "⚠️ lossy", "broken": "❌ broken"}
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(report: EvalReport) -> str:
+    """``--format markdown``: a GitHub job summary (``>> $GITHUB_STEP_SUMMARY``)."""
+    i = report.input
+    status = "PASS" if report.ok else "FAIL"
+    lines = [
+        f"## smcheck eval: {status}",
+        "",
+        f"**{_md_cell(report.verdict)}**",
+        "",
+        f"`{_md_cell(i.logits)}`"
+        + (f" with labels `{_md_cell(i.labels)}`" if i.labels else " (label-free)")
+        + f": {i.rows} rows x {i.classes} classes in **{i.dtype}** (accumulate in {i.accum});"
+        f" {i.eligible_rows} eligible, {i.ignored_rows} ignored, {i.nonfinite_input_rows} with "
+        f"non-finite input. Logits {fmt_num(i.logit_min)} .. {fmt_num(i.logit_max)}, largest "
+        f"margin {fmt_num(i.margin_max)}; ln(max {i.dtype}) = {i.ln_max:.4g}. "
+        f"Reference: {report.reference}.",
+        "",
+    ]
+    if i.label_free:
+        lines += [f"Label-free: counts are over (row, class) pairs; {i.grad_policy}.", ""]
+    lines += [
+        f"| method | gated | NaN/inf loss {i.unit} | non-finite grad | overflow | underflow "
+        "| max loss err (ulp) | median (ulp) | max rel err | mean-loss rel err "
+        "| max grad err | verdict |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for m in report.methods:
+        cells = [
+            m.name,
+            "yes" if m.gated else "",
+            str(m.nan_loss_rows + m.inf_loss_rows),
+            str(m.nonfinite_grad_rows),
+            str(m.overflow_rows),
+            str(m.underflow_rows),
+            fmt_num(m.loss_max_ulp_err),
+            fmt_num(m.loss_median_ulp_err),
+            fmt_num(m.loss_max_rel_err),
+            fmt_num(m.mean_loss_rel_err),
+            fmt_num(m.grad_max_abs_err),
+            _ICON[m.verdict],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    g = report.gate
+    lines += [
+        "",
+        f"Gate: {', '.join(g.methods) or 'none'}; loss error <= {g.max_loss_ulp:.3g} ulps of "
+        f"max(|loss|, 1), gradient error <= {g.max_grad_err:.3g}; fail on "
+        f"{', '.join(g.fail_on) or 'nothing'}.",
+    ]
+    problems = [p for m in report.methods for p in m.problems]
+    if problems:
+        lines += ["", "Findings:", ""] + [f"- {_md_cell(p)}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _gh_escape(text: str) -> str:
+    """Workflow-command data escaping (%, CR, LF)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def render_github(report: EvalReport) -> str:
+    """``--format github``: ``::error``/``::warning`` workflow commands, at most 10 of each.
+
+    Failing gated methods' findings are errors; other findings are warnings; a summary
+    ``::notice`` ends the output.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if report.input.eligible_rows == 0:
+        errors.append(report.verdict)
+    for m in report.methods:
+        target = errors if (m.gated and not m.ok) else warnings
+        target.extend(m.problems)
+    title = f"smcheck eval {report.input.logits}"
+    out: list[str] = []
+    for kind, items in (("error", errors), ("warning", warnings)):
+        shown = items[:GITHUB_MAX]
+        if len(items) > GITHUB_MAX:
+            shown = items[: GITHUB_MAX - 1]
+            shown.append(f"... and {len(items) - len(shown)} more findings")
+        out += [f"::{kind} title={_gh_escape(title)}::{_gh_escape(p)}" for p in shown]
+    status = "PASS" if report.ok else "FAIL"
+    out.append(f"::notice title={_gh_escape(title)}::{status}: {_gh_escape(report.verdict)}")
+    return "\n".join(out) + "\n"
+
+
+def _junit_cases(report: EvalReport) -> list[tuple[str, str, str | None]]:
+    """(classname, name, failure message or None) per gated method and check."""
+    g = report.gate
+    cases: list[tuple[str, str, str | None]] = []
+    if report.input.eligible_rows == 0:
+        cases.append(("smcheck.eval", "eligible_rows", report.verdict))
+    for m in report.methods:
+        if not m.gated:
+            continue
+        cls = f"smcheck.eval.{m.name}"
+        nonfinite = m.nan_loss_rows + m.inf_loss_rows + m.nonfinite_grad_rows
+        checks = {
+            "nonfinite": (nonfinite, f"{nonfinite} non-finite loss/gradient {report.input.unit}"),
+            "overflow": (m.overflow_rows, f"overflow on {m.overflow_rows} {report.input.unit}"),
+            "underflow": (m.underflow_rows, f"underflow on {m.underflow_rows} {report.input.unit}"),
+        }
+        for check in g.fail_on:
+            count, msg = checks[check]
+            cases.append((cls, check, msg if count else None))
+        le = m.loss_max_gate_err
+        cases.append(
+            (
+                cls,
+                "loss_error",
+                None
+                if le is None or le <= g.max_loss_ulp
+                else f"loss error {le:.3g} ulps > {g.max_loss_ulp:.3g}",
+            )
+        )
+        ge = m.grad_max_abs_err
+        cases.append(
+            (
+                cls,
+                "grad_error",
+                None
+                if ge is None or ge <= g.max_grad_err
+                else f"gradient error {ge:.3g} > {g.max_grad_err:.3g}",
+            )
+        )
+    return cases
+
+
+def render_junit(report: EvalReport) -> str:
+    """``--format junit``: JUnit XML, one test case per gated method and check."""
+    cases = _junit_cases(report)
+    failures = sum(1 for *_, f in cases if f is not None)
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="smcheck eval" tests="{len(cases)}" failures="{failures}">',
+        f"  <testsuite name={quoteattr('smcheck.eval ' + report.input.logits)} "
+        f'tests="{len(cases)}" failures="{failures}" errors="0">',
+        f'    <properties><property name="dtype" value={quoteattr(report.input.dtype)}/>'
+        f'<property name="verdict" value={quoteattr(report.verdict)}/></properties>',
+    ]
+    for cls, name, failure in cases:
+        head = f"    <testcase classname={quoteattr(cls)} name={quoteattr(name)}"
+        if failure is None:
+            lines.append(head + "/>")
+        else:
+            lines += [
+                head + ">",
+                f"      <failure message={quoteattr(failure)}>{escape(failure)}</failure>",
+                "    </testcase>",
+            ]
+    lines += ["  </testsuite>", "</testsuites>"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""``--format table``: the human report of ``smcheck eval`` as rich renderables.
+
+An input panel, a methods table coloured by verdict (green ok, yellow lossy, red broken), the
+worst rows, and the one-line verdict. Pure: report in, renderables (or text) out.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..evaluate import EvalReport
+from .common import STYLE_OF, fmt_num, render_to_text
+
+__all__ = ["eval_renderables", "render_table"]
+
+
+def _input_panel(report: EvalReport) -> Panel:
+    i = report.input
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    shape = f"{i.rows} rows x {i.classes} classes"
+    if len(i.original_shape) > 2:
+        shape += f" (from shape {' x '.join(map(str, i.original_shape))})"
+    grid.add_row("logits", i.logits + ("" if i.labels else "  (no labels: label-free mode)"))
+    if i.labels:
+        grid.add_row("labels", i.labels)
+    grid.add_row("shape", shape)
+    grid.add_row("dtype", f"{i.dtype} (accumulate in {i.accum}, cast {i.cast})")
+    grid.add_row(
+        "logit range",
+        f"{fmt_num(i.logit_min)} .. {fmt_num(i.logit_max)}"
+        f"   ln(max {i.dtype}) = {i.ln_max:.4g}, {i.rows_over_ln_max} rows above it",
+    )
+    margin_what = "max(z) - min(z)" if i.label_free else "max(z) - z_y"
+    grid.add_row(
+        "largest margin",
+        f"{fmt_num(i.margin_max)} ({margin_what}"
+        + ("" if i.margin_max_row is None else f", row {i.margin_max_row}")
+        + f")   p underflows beyond {i.underflow_margin:.4g}: {i.rows_margin_underflow} rows",
+    )
+    grid.add_row(
+        "rows",
+        f"{i.eligible_rows} eligible, {i.ignored_rows} ignored, "
+        f"{i.nonfinite_input_rows} with non-finite input",
+    )
+    cast = f"{i.cast_changed} values rounded, max relative change {fmt_num(i.cast_max_rel_change)}"
+    if i.cast_overflowed:
+        cast += f", {i.cast_overflowed} overflowed to inf"
+    if i.cast_saturated:
+        cast += f", {i.cast_saturated} saturated"
+    if i.cast_flushed_to_zero:
+        cast += f", {i.cast_flushed_to_zero} flushed to 0"
+    grid.add_row("input rounding", cast)
+    grid.add_row("reference", report.reference)
+    if i.label_free:
+        grid.add_row("label-free", f"counts over (row, class) pairs; {i.grad_policy}")
+    for note in i.notes:
+        grid.add_row("note", note)
+    return Panel(grid, title="smcheck eval", title_align="left", expand=False)
+
+
+def _methods_table(report: EvalReport) -> Table:
+    unit = report.input.unit
+    t = Table(
+        title=f"Methods (counts in {unit}; loss error in ulps of the working dtype)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in (
+        "method",
+        "NaN/inf\nloss",
+        "bad\ngrad",
+        "over-\nflow",
+        "under-\nflow",
+        "loss ulp\nmax",
+        "loss ulp\nmedian",
+        "loss rel\nmax",
+        "mean-loss\nrel err",
+        "grad err\nmax",
+        "verdict",
+    ):
+        just = "left" if name in ("method", "verdict") else "right"
+        t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for m in report.methods:
+        style = STYLE_OF[m.verdict]
+        t.add_row(
+            Text(m.name + (" *" if m.gated else ""), style=style),
+            str(m.nan_loss_rows + m.inf_loss_rows),
+            str(m.nonfinite_grad_rows),
+            str(m.overflow_rows),
+            str(m.underflow_rows),
+            fmt_num(m.loss_max_ulp_err),
+            fmt_num(m.loss_median_ulp_err),
+            fmt_num(m.loss_max_rel_err),
+            fmt_num(m.mean_loss_rel_err),
+            fmt_num(m.grad_max_abs_err),
+            Text(m.verdict, style=style),
+        )
+    return t
+
+
+def _worst_table(report: EvalReport) -> Table | None:
+    if not report.worst:
+        return None
+    label = "class" if report.input.label_free else "label"
+    t = Table(
+        title="Worst rows (loss relative error per method)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in ("row", label, "max logit", "margin", "ref p_y"):
+        t.add_column(name, justify="right")
+    names = [m.name for m in report.methods]
+    for name in names:
+        t.add_column(name, justify="right")
+    for w in report.worst:
+        cells: list[RenderableType] = [
+            str(w.row),
+            str(w.label),
+            fmt_num(w.max_logit),
+            fmt_num(w.margin),
+            fmt_num(w.ref_p),
+        ]
+        for _, loss, rel, bad in w.methods:
+            if bad:
+                cells.append(Text("non-finite" if loss is None else "bad grad", style="red"))
+            else:
+                cells.append(fmt_num(rel))
+        t.add_row(*cells)
+    return t
+
+
+def _gate_line(report: EvalReport) -> Text:
+    g = report.gate
+    return Text(
+        f"* gated: {', '.join(g.methods) or 'none'}; loss error <= {g.max_loss_ulp:.3g} ulps of "
+        f"max(|loss|, 1), gradient error <= {g.max_grad_err:.3g}"
+        + (" (defaults for this dtype and class count)" if g.thresholds_default else "")
+        + f"; fail on {', '.join(g.fail_on) or 'nothing'}",
+        style="dim",
+    )
+
+
+def eval_renderables(report: EvalReport) -> list[RenderableType]:
+    """The table report as a list of rich renderables."""
+    parts: list[RenderableType] = [_input_panel(report), _methods_table(report), _gate_line(report)]
+    worst = _worst_table(report)
+    if worst is not None:
+        parts.append(worst)
+    status = "PASS" if report.ok else "FAIL"
+    style = "bold green" if report.ok else "bold red"
+    parts.append(Group(Text(f"{status}: {report.verdict}", style=style)))
+    return parts
+
+
+def render_table(report: EvalReport, *, color: bool = False, width: int = 100) -> str:
+    """The table report as text (ANSI colour codes only when ``color``)."""
+    return render_to_text(eval_renderables(report), color=color, width=width)
