@@ -1,0 +1,109 @@
+"""Run the chunk kernel on a Dask cluster (optional extra ``smcheck-xent[dask]``).
+
+The same :func:`smcheck.engine.chunk_stats` runs on row blocks of a ``.npy`` file; each task
+opens its own read-only memory map of the file (pickling an ``np.memmap`` would ship the whole
+array), and the partial statistics are merged in row order with :func:`smcheck.engine.merge` -
+associative and exact, so the result equals the local engine's for the same chunk size.
+``scheduler`` is the address of an existing cluster (``tcp://host:8786``); without one a
+``distributed.LocalCluster`` with ``workers`` processes is started and closed afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .engine import ChunkStats, EngineConfig, PerRowBlock, chunk_stats, merge
+from .errors import UsageError
+
+__all__ = ["run_dask"]
+
+
+def _need(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UsageError(f"--engine dask needs {module}: pip install 'smcheck-xent[dask]'") from exc
+
+
+def _block(
+    path: str, start: int, stop: int, labels: np.ndarray | None, cfg: EngineConfig
+) -> tuple[ChunkStats, PerRowBlock | None]:
+    """One task: open the file's own memmap on this worker, compute one block's statistics."""
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    x = np.asarray(arr.reshape(-1, arr.shape[-1])[start:stop])
+    return chunk_stats(x, labels, start, cfg)
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    distributed = _need("distributed")
+    if scheduler:
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    with (
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            dashboard_address=None,
+            processes=True,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def run_dask(
+    path: str | os.PathLike[str],
+    labels: np.ndarray | None,
+    cfg: EngineConfig,
+    *,
+    rows: int,
+    chunk_rows: int,
+    scheduler: str | None = None,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+    per_row: Callable[[PerRowBlock], None] | None = None,
+) -> ChunkStats:
+    """:func:`smcheck.engine.run` over a ``.npy`` file on a Dask cluster; same result.
+
+    ``rows`` is the number of rows of the (flattened) logits in ``path``; labels, already
+    validated, are sliced per block and shipped with the task.
+    """
+    _need("dask")
+    path = os.fspath(path)
+    step = max(1, int(chunk_rows))
+    cfg = replace(cfg, per_row=per_row is not None)
+    starts = list(range(0, rows, step)) or [0]
+    with _client(scheduler, workers) as client:
+        futures = [
+            client.submit(
+                _block,
+                path,
+                s,
+                min(s + step, rows),
+                None if labels is None else np.asarray(labels[s : s + step]),
+                cfg,
+                pure=False,
+            )
+            for s in starts
+        ]
+        total: ChunkStats | None = None
+        for s, fut in zip(starts, futures, strict=True):  # merge in row order, as they finish
+            stats, block = fut.result()
+            fut.release()
+            total = stats if total is None else merge(total, stats)
+            if per_row is not None and block is not None:
+                per_row(block)
+            if progress is not None:
+                progress(min(s + step, rows), rows)
+    assert total is not None
+    return total
