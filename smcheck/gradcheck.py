@@ -1,0 +1,1012 @@
+"""Gradient check: each method's dL/dz against two independent numerical derivatives.
+
+Data flow: logits rounded to the working dtype (:func:`smcheck.core.prepare`) -> probes (which
+derivatives to check) -> truth -> each method's gradient compared with it -> a frozen
+:class:`GradcheckReport`. The truth is computed on the *same rounded inputs* the methods see.
+
+Truth, two ways plus a witness:
+
+* **complex step** (the truth errors are measured against): ``Im L(z + i h u) / h`` in
+  complex128, with L evaluated as ``log(sum_j exp(z_j - c)) + c - z_y``. No difference of two
+  loss values is formed, so there is no cancellation and h can be tiny; we use h = 2**-40, not
+  1e-200: ``exp(z_j - c) * h`` must stay above float64's smallest subnormal, and with h = 1e-200
+  every class with exp(z_j - c) < 1e-124 would lose its derivative to underflow. The shift c is
+  real (the max of the real parts), except when the label holds the max: then c = z_y itself,
+  i.e. L = log(1 + sum_{j != y} exp(z_j - z_y)), so that dL/dz_y = -(1 - p_y) is formed without
+  cancelling 1 against p_y (a confident row's 1e-20 stays exact).
+* **central differences** on the high-precision reference arithmetic (binary128 for float64
+  work, float64 for float32 and narrower), Richardson-extrapolated from steps h and h/2:
+  ``(4 D(h/2) - D(h)) / 3`` has error ``h**4 |L^(5)| / 480 + ~3 u (1 + ln C) / h``. The
+  derivatives of log-sum-exp do not grow with |z| (they are moments of the softmax), and with an
+  exact shift and the linear part -t u_y differenced exactly the rounding does not either, so
+  the step is ``h = (u (1 + ln C))**(1/5)`` (u: unit roundoff) - not the textbook
+  ``eps**(1/3) * max(1, |z|)``, whose truncation error grows like |z|**2 (a row at |z| = 1000
+  would get h = 5e-3 in float64 and lose 8 digits).
+* **the reference gradient** of :mod:`smcheck.reference` (an analytic formula in high
+  precision): a third witness, reported beside the two.
+
+Probes (what is checked):
+
+* the coordinates that matter in each row: the label, the argmax, the argmin, the next largest
+  logits and a seeded random sample (``full=True``: every coordinate);
+* random unit directions v (Gaussian, normalised): ``v . grad`` against the derivative along v,
+  as torch's gradcheck ``fast_mode``. A direction's tolerance is the one each coordinate's
+  tolerance implies, ``atol * |v|_1 + rtol * |v| . |g|``, so a direction fails only when some
+  coordinate must.
+
+Cost per row: the coordinates cost O(C + K**2) (the classes not probed are unperturbed, so their
+sum is formed once), each direction O(C) per evaluation; ``full`` costs O(C**2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core import prepare, reference_of
+from .errors import InputError, UsageError
+from .methods import DEFAULT_METHODS, METHODS, MethodFn
+from .precisions import Precision, get_precision, resolve_accum
+from .reference import reference_precision_name
+
+try:  # binary128 for the central differences of float64 work (a hard dependency)
+    import numpy_quaddtype as _nq
+
+    _QUAD: np.dtype | None = np.dtype(_nq.QuadPrecDType(backend="sleef"))
+except ImportError:  # pragma: no cover
+    _QUAD = None
+
+__all__ = [
+    "CASES",
+    "CASE_CHOICES",
+    "COMPLEX_STEP",
+    "DEFAULT_TOLERANCES",
+    "Consistency",
+    "GradcheckReport",
+    "MethodCheck",
+    "Synthetic",
+    "Truth",
+    "WorstEntry",
+    "central_difference",
+    "complex_loss",
+    "complex_step",
+    "default_tolerance",
+    "gradcheck",
+    "synthetic",
+]
+
+#: Synthetic row kinds; ``all`` mixes them row by row (an ``extreme`` row first: the seed's case).
+CASES: tuple[str, ...] = ("random", "confident", "wrong", "uniform", "extreme")
+CASE_CHOICES: tuple[str, ...] = (*CASES, "all")
+_MIX: tuple[str, ...] = ("extreme", "random", "confident", "wrong", "uniform")
+
+#: Step of the complex-step derivative (see the module docstring for why not 1e-200).
+COMPLEX_STEP = 2.0**-40
+
+#: Default (atol, rtol) per working dtype. A correct fused gradient errs by about
+#: (2 + log2(C) * eps(accum) / eps) * eps per entry (shift, exp, division, p_y - 1, the sum's
+#: tree); these leave room for that at any C up to 2**20 and for accumulation in the working
+#: dtype, and are still far below any formula bug (a missing -onehot or a sign flip is O(p)).
+#: 16/8-bit: JAX's check_grads table (float16 1e-2, bfloat16 and float8 1e-1) where a correct
+#: fused gradient fits it; float8 needs about 2 eps.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-13, 1e-13),
+    "float32": (1e-5, 1e-5),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (1e-1, 1e-1),
+    "float8_e4m3fn": (2.5e-1, 2.5e-1),
+    "float8_e5m2": (5e-1, 5e-1),
+}
+
+#: The truth is trusted when complex step and central differences agree within this fraction of
+#: every probe's tolerance.
+TRUTH_FRACTION = 0.1
+#: Largest logits (as loss terms) one batch of the truth holds: ~2**21 complex128 = 32 MiB.
+_BATCH_TERMS = 1 << 21
+#: ``full=True`` evaluates N * C**2 loss terms; beyond this it would take minutes.
+FULL_BUDGET = 1 << 28
+#: Logits per probe the working-dtype consistency check differences (rows are spread evenly).
+CONSISTENCY_CELLS = 1 << 20
+#: Inputs larger than this (N * C) need ``rows=`` (a sample): the directions hold N * C doubles.
+MAX_CELLS = 1 << 24
+_TOP_LOGITS = 3
+
+#: A gradient-producing function: (x (N, C) in the working dtype, labels (N,)) -> (loss, grad).
+_Evaluator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray | None, np.ndarray]]
+
+
+def default_tolerance(working: str | Precision) -> tuple[float, float]:
+    """(atol, rtol) used when none is given (:data:`DEFAULT_TOLERANCES`)."""
+    return DEFAULT_TOLERANCES[get_precision(working).name]
+
+
+# --------------------------------------------------------------------------- synthetic input
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Reproducible synthetic logits (float64, rounded later) with labels and each row's case."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    cases: tuple[str, ...]
+    description: str
+
+
+def synthetic(
+    case: str = "all", *, rows: int = 50, classes: int = 10, scale: float = 4.0, seed: int = 0
+) -> Synthetic:
+    """Synthetic rows of one case, or of all cases mixed row by row (``"all"``).
+
+    With logits z ~ N(0, scale**2) and a uniform random label, unless the case says otherwise:
+
+    * ``random`` - as is;
+    * ``confident`` - the label is the max by a margin in [2, 6] * scale (p_y ~ 1);
+    * ``wrong`` - the label is the min by a margin in [2, 6] * scale (p_y underflows in float16);
+    * ``uniform`` - every logit equal (ties at the max, p = 1/C);
+    * ``extreme`` - in turn: the seed's row [0, -800, 1] (label 1, further classes random), a
+      row shifted by +1000 (naive's exp overflows), one shifted by -1000 (naive's sum is 0) and
+      one with 100x the spread.
+
+    >>> s = synthetic("all", rows=5, classes=3)
+    >>> s.cases
+    ('extreme', 'random', 'confident', 'wrong', 'uniform')
+    >>> s.logits[0].tolist(), int(s.labels[0])
+    ([0.0, -800.0, 1.0], 1)
+    """
+    if case not in CASE_CHOICES:
+        raise UsageError(f"unknown case {case!r}; expected one of: {', '.join(CASE_CHOICES)}")
+    if rows < 1:
+        raise UsageError(f"rows must be at least 1, got {rows}")
+    if classes < 2:
+        raise UsageError(f"classes must be at least 2 (the seed's case needs 2), got {classes}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise UsageError(f"scale must be a positive number, got {scale}")
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((rows, classes)) * scale
+    y = rng.integers(0, classes, rows)
+    margin = rng.uniform(2.0, 6.0, rows) * scale
+    kinds = tuple(case if case != "all" else _MIX[i % len(_MIX)] for i in range(rows))
+    n_extreme = 0
+    for i, kind in enumerate(kinds):
+        if kind == "confident":
+            z[i, y[i]] = np.delete(z[i], y[i]).max() + margin[i]
+        elif kind == "wrong":
+            z[i, y[i]] = np.delete(z[i], y[i]).min() - margin[i]
+        elif kind == "uniform":
+            z[i] = z[i, 0]
+        elif kind == "extreme":
+            variant = n_extreme % 4
+            n_extreme += 1
+            if variant == 0:  # the seed: p_1 = exp(-801) / (1 + e**-1) underflows in float64
+                z[i, :3] = [0.0, -800.0, 1.0][:classes]
+                y[i] = 1
+            elif variant == 1:
+                z[i] += 1000.0
+            elif variant == 2:
+                z[i] -= 1000.0
+            else:
+                z[i] *= 100.0
+    desc = f"synthetic {case}: {rows} rows x {classes} classes, scale {scale:g}, seed {seed}"
+    return Synthetic(z, y.astype(np.int64), kinds, desc)
+
+
+# --------------------------------------------------------------------------- the truth
+
+
+def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d, r with d = fl(a - b) and a - b = d + r exactly (Knuth's TwoSum; finite inputs)."""
+    d = a - b
+    bb = a - d
+    return d, (a - (d + bb)) + (bb - b)
+
+
+def complex_loss(z: np.ndarray, y: np.ndarray, rest: np.ndarray | None = None) -> np.ndarray:
+    """L(z) = log(sum_j exp(z_j - c)) + c - z_y for complex z (M, K), c chosen on the real part.
+
+    c = max_j Re z_j, except c = z_y (complex) where the label holds the max. ``rest`` (M,) adds
+    sum exp(z_j - max Re z) over classes left out of ``z`` (unperturbed, so real); the max must
+    be among the columns given. The real part of z_j - c is made exact with TwoSum
+    (exp(d + r) = exp(d)(1 + r)), so float64 logits far apart lose nothing in the shift.
+
+    >>> float(complex_loss(np.array([[0.0, -800.0, 1.0]], complex), np.array([1]))[0].real)
+    801.3132616875182
+    """
+    rows = np.arange(z.shape[0])
+    zr = z.real
+    m = zr.max(axis=1)
+    zy = z[rows, y]
+    c = np.where(zr[rows, y] == m, zy, m.astype(complex))
+    dr, rr = _two_diff(zr, c.real[:, None])
+    w = np.exp(dr + 1j * (z.imag - c.imag[:, None])) * (1.0 + rr)
+    s = w.sum(axis=1)
+    if rest is not None:
+        s = s + rest * np.exp(m - c)  # exp(m - c) = exp(-i Im c): the pivot's phase
+    return np.log(s) + (c - zy)
+
+
+def _unit_rows(k: int) -> np.ndarray:
+    return np.eye(k)
+
+
+def complex_step(
+    x: np.ndarray, y: np.ndarray, u: np.ndarray, rest: np.ndarray | None = None
+) -> np.ndarray:
+    """Derivative of the loss of rows ``x`` (M, K) along ``u`` (M, K): Im L(x + i h u) / h.
+
+    >>> g = complex_step(np.array([[0.0, -800.0, 1.0]] * 3), np.array([1] * 3), np.eye(3))
+    >>> g.round(15).tolist()  # softmax - onehot, d/dz_1 = p_1 - 1 = -1 + 1e-348
+    [0.268941421369995, -1.0, 0.731058578630005]
+    """
+    zc = np.asarray(x, dtype=np.float64) + 1j * (COMPLEX_STEP * np.asarray(u, dtype=np.float64))
+    # exp underflows to 0 for classes far below the max; that is the float64 truth, not noise
+    with np.errstate(under="ignore"):
+        return complex_loss(zc, y, rest).imag / COMPLEX_STEP
+
+
+def _arith(working: Precision) -> tuple[np.dtype, float]:
+    """The reference arithmetic for ``working`` and its unit roundoff."""
+    if working.mantissa_bits > 24:
+        if _QUAD is None:  # pragma: no cover
+            raise RuntimeError("numpy-quaddtype is required to check float64 gradients")
+        return _QUAD, 2.0**-113
+    return np.dtype(np.float64), 2.0**-53
+
+
+def cd_step(working: str | Precision, classes: int) -> float:
+    """Default central-difference step: (u (1 + ln C))**(1/5), rounded to a power of 2.
+
+    With the shift exact and the loss's linear part -t u_y differenced exactly, what rounding
+    leaves in phi(t) is about u (1 + ln C) (the log-sum-exp's size), whatever |z| is; the
+    Richardson value's error is h**4 |phi^(5)| / 480 + ~3 u (1 + ln C) / h, smallest near this h.
+    A power of 2 keeps h/2 and t * u exact.
+    """
+    _, unit = _arith(get_precision(working))
+    return float(np.exp2(np.round(np.log2(unit * (1 + math.log(max(classes, 1)))) / 5)))
+
+
+def central_difference(
+    x: np.ndarray,
+    y: np.ndarray,
+    u: np.ndarray,
+    working: str | Precision = "float64",
+    rest: np.ndarray | None = None,
+    *,
+    step: float | None = None,
+    richardson: bool = True,
+) -> np.ndarray:
+    """Derivative of the loss of rows ``x`` (M, K) along ``u`` by central differences.
+
+    Evaluated in the reference arithmetic of ``working`` (binary128 for float64, else float64)
+    on L(x + t u) = log(sum_j exp(d_j + t u_j) + rest) - (d_y + t u_y), d = x - max x (exact).
+    The linear part's difference is exactly -2 t u_y, so only the log-sum-exp is differenced;
+    where the label holds the max, the shift follows it (d relative to x_y + t u_y), so that
+    dL/dx_y = -(1 - p_y) comes out without cancelling 1 against p_y. ``step`` defaults to
+    :func:`cd_step`; ``richardson`` combines h and h/2. ``rest`` (M,) is the sum of exp(x_j -
+    max x) over classes left out of ``x``, in that arithmetic. Returns float64.
+
+    >>> d = central_difference(np.array([[0.0, -800.0, 1.0]]), np.array([1]), np.array([[0, 1, 0]]))
+    >>> float(d[0])
+    -1.0
+    """
+    p = get_precision(working)
+    dt, _ = _arith(p)
+    xf = np.asarray(x, dtype=np.float64)
+    rows = np.arange(xf.shape[0])
+    h = cd_step(p, xf.shape[1]) if step is None else float(step)
+    m = xf.max(axis=1)
+    pivot = xf[rows, y] == m
+    uf = np.asarray(u, dtype=np.float64)
+    uy = uf[rows, y]
+    shift = np.where(pivot, uy, 0.0)  # the pivot's own move, taken out of every exponent
+    d = xf.astype(dt) - m.astype(dt)[:, None]  # exact: a difference of doubles in dt
+    w = (uf - shift[:, None]).astype(dt)
+    r = None if rest is None else np.asarray(rest).astype(dt)
+    r_w = (-shift).astype(dt)
+    # binary128 exp is the cost here: exp(d + t w) = exp(d) exp(t w), and exp(+-h w) is the
+    # square of exp(+-h w / 2), so four points take three exps (rounding: a few u, harmless)
+    t0 = h / 2 if richardson else h
+    tq = np.asarray(t0).astype(dt)
+    # numpy-quaddtype's exp and sum raise spurious underflow/invalid flags on terms below ~1e-308
+    # (the results are right); float64 underflow of far-off classes is exact enough too
+    with np.errstate(under="ignore", invalid="ignore"):
+        e = np.exp(d)
+        grow, shrink = np.exp(tq * w), np.exp(-tq * w)
+
+        def lse(factor: np.ndarray, t: float) -> np.ndarray:
+            s = (e * factor).sum(axis=1)
+            if r is not None:
+                s = s + r * np.exp(np.asarray(t).astype(dt) * r_w)
+            return np.log(s)
+
+        def diff(up: np.ndarray, down: np.ndarray, t: float) -> np.ndarray:
+            return (lse(up, t) - lse(down, -t)) / np.asarray(2 * t).astype(dt)
+
+        out = diff(grow, shrink, t0)
+        if richardson:  # D(h/2) is ``out``; D(h) from the squares
+            out = (4 * out - diff(grow * grow, shrink * shrink, h)) / 3
+    return out.astype(np.float64) - np.where(pivot, 0.0, uy)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class WorstEntry:
+    """One checked derivative: where it is, its truth, the method's value and the verdict."""
+
+    method: str
+    row: int  # row of the input (before any sampling)
+    label: int
+    case: str | None  # synthetic case of the row
+    probe: str  # "class 7" or "direction 1"
+    truth: float
+    value: float  # the method's (NaN/inf when non-finite)
+    abs_err: float | None  # None when the value is not finite
+    tol: float
+    ratio: float  # abs_err / tol; inf when non-finite
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio <= 1.0
+
+
+@dataclass(frozen=True)
+class Truth:
+    """How far the truth can be trusted: complex step vs central differences vs reference."""
+
+    complex_step: str
+    central_difference: str
+    reference: str
+    agreement: float  # max |cs - cd| / max(1, |cs|) over every probe
+    reference_agreement: float  # max |ref - cs| / max(1, |cs|)
+    worst_fraction: float  # max |cs - cd| / tolerance of the probe
+    reference_fraction: float  # max |ref - cs| / tolerance of the probe
+    probes: int
+    ok: bool  # worst_fraction <= TRUTH_FRACTION
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """A method's own loss differenced in the working dtype against its own gradient.
+
+    ``verdict``: ``consistent`` (every conclusive probe agrees and at least one was conclusive),
+    ``inconsistent`` (some probe disagrees beyond the difference's error bound plus the
+    tolerance), ``inconclusive`` (the difference quotient could not resolve the gradient),
+    ``nonfinite`` (the loss or gradient is NaN/inf) or ``unavailable`` (no loss function).
+    """
+
+    verdict: str
+    rows: int  # rows it ran on
+    consistent: int
+    inconsistent: int
+    inconclusive: int
+    below_resolution: int  # steps that rounded away: x + h == x - h in the working dtype
+    nonfinite: int
+    step: str  # how the step was chosen
+
+
+@dataclass(frozen=True)
+class MethodCheck:
+    """One method's gradient against the truth."""
+
+    name: str
+    gated: bool
+    passed: bool
+    checked_entries: int
+    failed_entries: int
+    nonfinite_entries: int
+    checked_directions: int
+    failed_directions: int
+    nonfinite_grad_rows: int
+    max_abs_err: float | None  # over finite checked entries
+    max_rel_err: float | None  # over entries whose truth is a normal number of the dtype
+    max_ulp_err: float | None
+    max_bits_err: float | None
+    max_dir_err: float | None
+    worst: WorstEntry | None
+    consistency: Consistency
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    """Everything ``gradcheck`` found; renderers turn it into text."""
+
+    source: str
+    rows: int  # rows checked (row/label pairs when label-free)
+    input_rows: int
+    classes: int
+    dtype: str
+    accum: str
+    cast: str
+    label_free: bool
+    skipped_nonfinite: int
+    ignored: int
+    cases: tuple[tuple[str, int], ...]  # synthetic case -> rows
+    full: bool
+    entries_per_row: int
+    directions: int
+    seed: int
+    atol: float
+    rtol: float
+    tolerance_source: str
+    truth: Truth
+    methods: tuple[MethodCheck, ...]
+    gate: tuple[str, ...]
+    worst: tuple[WorstEntry, ...]
+    notes: tuple[str, ...]
+    ok: bool
+
+    @property
+    def truth_agreement(self) -> float:
+        return self.truth.agreement
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def _select(x: np.ndarray, y: np.ndarray, sample: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, K) distinct classes per row, label first: label, argmax, argmin, the next largest
+    logits, then a random sample. K = min(C, 3 + _TOP_LOGITS + sample), the same for every row."""
+    n, c = x.shape
+    k = min(c, 3 + _TOP_LOGITS + sample)
+    if k == c:
+        rest = np.argsort(rng.random((n, c)), axis=1)  # every class, label first below
+        cand = np.concatenate([y[:, None], rest], axis=1)
+    else:
+        top = np.argpartition(-x, _TOP_LOGITS, axis=1)[:, : _TOP_LOGITS + 1]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(x, top, 1), axis=1), 1)
+        rand = rng.integers(0, c, (n, 2 * sample))
+        fill = (rng.integers(0, c, (n, 1)) + np.arange(k)) % c  # k distinct: never short
+        cols = [y[:, None], x.argmax(axis=1)[:, None], x.argmin(axis=1)[:, None], top, rand, fill]
+        cand = np.concatenate(cols, axis=1)
+    # first occurrences, in order: a stable sort puts each value's first position first
+    order = np.argsort(cand, axis=1, kind="stable")
+    srt = np.take_along_axis(cand, order, 1)
+    first_sorted = np.ones_like(srt, dtype=bool)
+    first_sorted[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first = np.zeros_like(first_sorted)
+    np.put_along_axis(first, order, first_sorted, 1)
+    keep = first & (np.cumsum(first, axis=1) <= k)
+    return cand[keep].reshape(n, k)
+
+
+def _directions(n: int, c: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal((count, n, c))
+    return v / np.linalg.norm(v, axis=2, keepdims=True)
+
+
+def _row_chunks(n: int, terms_per_row: int) -> list[slice]:
+    step = max(1, _BATCH_TERMS // max(terms_per_row, 1))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _rest_sum(x: np.ndarray, sel: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """sum_{j not in sel} exp(x_j - max x) per row, in ``dt`` (exact shifts)."""
+    xf = np.asarray(x, dtype=np.float64)
+    m = xf.max(axis=1)
+    out = np.zeros(xf.shape[0], dtype=dt)
+    mask = np.ones(xf.shape, dtype=bool)
+    np.put_along_axis(mask, sel, False, 1)
+    if not mask.any():
+        return out
+    for sl in _row_chunks(xf.shape[0], xf.shape[1]):
+        # far-off classes underflow (exactly enough); numpy-quaddtype's sum raises a spurious
+        # invalid flag on terms below ~1e-308 (its result is right)
+        with np.errstate(under="ignore", invalid="ignore"):
+            if dt == np.float64:
+                d, r = _two_diff(xf[sl], m[sl, None])
+                e = np.exp(d) * (1.0 + r)
+            else:
+                e = np.exp(xf[sl].astype(dt) - m[sl].astype(dt)[:, None])
+            e[~mask[sl]] = 0
+            out[sl] = e.sum(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Probed:
+    """Truth and witnesses at the probes: entries (N, K) and directions (D, N)."""
+
+    cs: np.ndarray
+    cd: np.ndarray
+    ref: np.ndarray
+    gabs: np.ndarray | None  # directions only: |v| . |g_ref|, the tolerance's scale
+    l1: np.ndarray | None  # directions only: |v|_1
+
+
+def _truth_entries(
+    x: np.ndarray, y: np.ndarray, sel: np.ndarray, working: Precision
+) -> tuple[np.ndarray, np.ndarray]:
+    """Complex step and central difference of every (row, selected class): (N, K) each."""
+    n, k = sel.shape
+    dt, _ = _arith(working)
+    xs = np.take_along_axis(np.asarray(x, dtype=np.float64), sel, 1)
+    y_pos = np.argmax(sel == y[:, None], axis=1)
+    rest64 = _rest_sum(x, sel, np.dtype(np.float64))
+    rest_p = rest64 if dt == np.float64 else _rest_sum(x, sel, dt)
+    cs = np.empty((n, k))
+    cd = np.empty((n, k))
+    eye = _unit_rows(k)
+    for sl in _row_chunks(n, k * k):
+        rows = np.arange(sl.start, sl.stop)
+        xb = np.repeat(xs[rows], k, axis=0)  # (rows * K, K): row r, probe j
+        ub = np.tile(eye, (len(rows), 1))
+        yb = np.repeat(y_pos[rows], k)
+        cs[rows] = complex_step(xb, yb, ub, np.repeat(rest64[rows], k)).reshape(-1, k)
+        cd[rows] = central_difference(xb, yb, ub, working, np.repeat(rest_p[rows], k)).reshape(
+            -1, k
+        )
+    return cs, cd
+
+
+def _truth_directions(
+    x: np.ndarray, y: np.ndarray, dirs: np.ndarray, working: Precision
+) -> tuple[np.ndarray, np.ndarray]:
+    n, c = x.shape
+    cs = np.empty(dirs.shape[:2])
+    cd = np.empty(dirs.shape[:2])
+    xf = np.asarray(x, dtype=np.float64)
+    for i in range(dirs.shape[0]):
+        for sl in _row_chunks(n, c):
+            cs[i, sl] = complex_step(xf[sl], y[sl], dirs[i, sl])
+            cd[i, sl] = central_difference(xf[sl], y[sl], dirs[i, sl], working)
+    return cs, cd
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def _loss_noise(loss: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+    """Bound on the rounding error of a working-dtype loss: 2 eps (|L| + max|z| + log C + 1).
+
+    The intermediates of every formulation (z - m, the log-sum-exp, an unshifted exp's argument)
+    are at most that large and each loses about eps of its size.
+    """
+    big = np.abs(x).max(axis=1)
+    return 2 * eps * (np.abs(loss) + big + math.log(x.shape[1]) + 1)
+
+
+def _consistency_block(
+    fn: _Evaluator,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss0: np.ndarray,
+    g0: np.ndarray,
+    u: np.ndarray,
+    working: Precision,
+    atol: float,
+    rtol: float,
+    step: float | None,
+) -> dict[str, int]:
+    """Central difference of the method's own loss, in the working dtype, along u (n, C).
+
+    The points x +- t u are rounded to the working dtype and the step actually taken
+    (delta = x+ - x-, exact) is what the gradient is dotted with. Error bound of the quotient:
+    rounding (noise(L+) + noise(L-)) / 2t, truncation t**2/6 * |L'''| with
+    |L'''| <= 0.0962 * (max u - min u)**3 (a third central moment), and the rounded points'
+    off-centre (|x+ + x-|/2 - x) * |H| * |delta| / 2t with |H| <= 1/2.
+    """
+    eps = working.eps
+    spread = u.max(axis=1) - u.min(axis=1)
+    m3 = 0.0962 * spread**3
+    if step is None:  # balance rounding noise/t against truncation t**2 m3 / 6
+        t = np.exp2(np.round(np.log2((3 * _loss_noise(loss0, x, eps) / m3) ** (1 / 3))))
+    else:
+        t = np.full(x.shape[0], float(step))
+    # rounding the points to the working dtype may overflow: that is a finding (inf), not noise
+    with np.errstate(over="ignore", invalid="ignore"):
+        xp = (x + t[:, None] * u).astype(working.dtype)
+        xm = (x - t[:, None] * u).astype(working.dtype)
+    lp, _ = fn(xp, y)
+    lm, _ = fn(xm, y)
+    assert lp is not None and lm is not None
+    lp64, lm64 = lp.astype(np.float64), lm.astype(np.float64)
+    xp64, xm64 = xp.astype(np.float64), xm.astype(np.float64)
+    delta = xp64 - xm64
+    # inf - inf in non-finite rows gives NaN: those rows are counted as non-finite below
+    with np.errstate(invalid="ignore", over="ignore"):
+        fd = (lp64 - lm64) / (2 * t)
+        pred = (g0 * delta).sum(axis=1) / (2 * t)
+        off = 0.5 * np.linalg.norm(0.5 * (xp64 + xm64) - x, axis=1)
+        bound = (
+            (_loss_noise(lp64, xp64, eps) + _loss_noise(lm64, xm64, eps)) / (2 * t)
+            + t**2 / 6 * m3
+            + off * np.linalg.norm(delta, axis=1) / (2 * t)
+        )
+        finite = np.isfinite(fd) & np.isfinite(pred) & np.isfinite(bound)
+        finite &= np.isfinite(loss0) & np.isfinite(g0).all(axis=1)
+        below = finite & ~(delta != 0).any(axis=1)
+        diff = np.abs(fd - pred)
+        bad = finite & ~below & (diff > bound + atol + rtol * np.abs(pred))
+        resolved = bound <= 0.25 * np.maximum(np.abs(pred), np.abs(fd)) + atol
+        good = finite & ~below & ~bad & resolved
+    return {
+        "consistent": int(np.count_nonzero(good)),
+        "inconsistent": int(np.count_nonzero(bad)),
+        "inconclusive": int(np.count_nonzero(finite & ~bad & ~good)),
+        "below_resolution": int(np.count_nonzero(below)),
+        "nonfinite": int(np.count_nonzero(~finite)),
+    }
+
+
+def _consistency(
+    fn: _Evaluator | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss0: np.ndarray | None,
+    g0: np.ndarray,
+    dirs: np.ndarray,
+    working: Precision,
+    atol: float,
+    rtol: float,
+    step: float | None,
+) -> Consistency:
+    """The working-dtype check along the label coordinate and direction 0.
+
+    It runs on at most ``CONSISTENCY_CELLS // C`` rows spread evenly over the input: each probe
+    evaluates the method twice on whole rows, the costliest part in 16-bit dtypes.
+    """
+    rule = f"h = {step:g}" if step is not None else "h = (3 noise(L) / |L'''|)**(1/3)"
+    if fn is None or loss0 is None:
+        return Consistency("unavailable", 0, 0, 0, 0, 0, 0, rule)
+    n, c = x.shape
+    take = np.unique(np.linspace(0, n - 1, min(n, max(1, CONSISTENCY_CELLS // c))).astype(int))
+    xf = x[take].astype(np.float64)
+    yt, l0, gt = y[take], loss0[take].astype(np.float64), g0[take]
+    total = dict.fromkeys(
+        ("consistent", "inconsistent", "inconclusive", "below_resolution", "nonfinite"), 0
+    )
+    for sl in _row_chunks(len(take), 4 * c):
+        label = np.zeros((sl.stop - sl.start, c))
+        label[np.arange(sl.stop - sl.start), yt[sl]] = 1.0
+        probes = [label, dirs[0, take[sl]]] if dirs.shape[0] else [label]
+        for u in probes:
+            got = _consistency_block(
+                fn, xf[sl], yt[sl], l0[sl], gt[sl], u, working, atol, rtol, step
+            )
+            for key, val in got.items():
+                total[key] += val
+    if total["inconsistent"]:
+        verdict = "inconsistent"
+    elif total["nonfinite"]:
+        verdict = "nonfinite"
+    elif total["consistent"]:
+        verdict = "consistent"
+    else:
+        verdict = "inconclusive"
+    return Consistency(verdict, len(take), *total.values(), rule)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+def _evaluator(fn: MethodFn, working: Precision, accum: Precision) -> _Evaluator:
+    def run(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        out = fn(x, y, working, accum)
+        if out.grad is None or out.grad.shape != x.shape:
+            raise UsageError("a method must return a gradient of the logits' shape")
+        return out.loss, out.grad
+
+    return run
+
+
+def _ratio(err: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """err / tol with 0/0 = 0 and x/0 = inf (a zero tolerance demands exact equality)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(err == 0, 0.0, err / tol)
+
+
+def _mixed(err: np.ndarray, ref: np.ndarray) -> float:
+    """max err / max(1, |ref|): absolute below magnitude 1, relative above."""
+    if err.size == 0:
+        return 0.0
+    return float(np.max(err / np.maximum(1.0, np.abs(ref))))
+
+
+def _max_or_none(a: np.ndarray) -> float | None:
+    return float(a.max()) if a.size else None
+
+
+def _pick_rows(x: np.ndarray, y: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` positions: the largest margin max(z) - z_y and the largest max|z| first (where
+    gradients break), then a seeded random sample; returned in input order."""
+    xf = np.asarray(x, dtype=np.float64)
+    margin = xf.max(axis=1) - xf[np.arange(len(y)), y]
+    first = [int(np.argmax(margin)), int(np.argmax(np.abs(xf).max(axis=1)))]
+    others = rng.permutation(len(y))
+    order = list(dict.fromkeys([*first, *others.tolist()]))[:rows]
+    return np.sort(np.array(order, dtype=np.int64))
+
+
+def gradcheck(
+    logits: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    dtype: str | np.dtype | Precision | None = None,
+    accum: str | np.dtype | Precision | None = None,
+    cast: str = "ieee",
+    ignore_index: int = -100,
+    methods: Sequence[str] | None = None,
+    custom: Mapping[str, MethodFn] | None = None,
+    gradients: Mapping[str, np.ndarray] | None = None,
+    gate: Sequence[str] = ("fused",),
+    atol: float | None = None,
+    rtol: float | None = None,
+    directions: int = 2,
+    sample: int = 4,
+    full: bool = False,
+    consistency_step: float | None = None,
+    rows: int | None = None,
+    seed: int = 0,
+    top: int = 5,
+    source: str = "array",
+    row_cases: Sequence[str] | None = None,
+) -> GradcheckReport:
+    """Check each method's gradient against complex-step and central-difference derivatives.
+
+    ``methods`` are registered names (default naive, shifted, fused, log1p); ``custom`` adds
+    functions with the methods' signature ``fn(x, y, working, accum) -> MethodOutput``;
+    ``gradients`` adds precomputed (N, C) gradients of the input rows (no loss, so no
+    consistency check). ``gate`` names the methods that must pass for ``report.ok``; a
+    registered gated method is run even when not listed. Errors pass when
+    ``|g - g*| <= atol + rtol |g*|`` (defaults: :data:`DEFAULT_TOLERANCES`). Without labels
+    each row is checked twice, with its argmax and its argmin as the label. ``rows`` checks a
+    sample of that many rows. The seed's row, in float32:
+
+    >>> import numpy as np
+    >>> r = gradcheck(np.array([[0.0, -800.0, 1.0]]), np.array([1]), dtype="float32")
+    >>> {m.name: m.passed for m in r.methods}
+    {'naive': False, 'shifted': False, 'fused': True, 'log1p': True}
+    >>> r.methods[1].nonfinite_grad_rows, r.ok, r.truth.ok
+    (1, True, True)
+    """
+    first = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
+    working = first.working
+    acc = resolve_accum(working, accum)
+    for name, val in (("atol", atol), ("rtol", rtol)):
+        if val is not None and not (math.isfinite(val) and val >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {val}")
+    for name, ival in (("directions", directions), ("sample", sample), ("top", top)):
+        if ival < 0:
+            raise UsageError(f"{name} must be >= 0, got {ival}")
+    if rows is not None and rows < 1:
+        raise UsageError(f"rows must be at least 1, got {rows}")
+    if consistency_step is not None and not (
+        math.isfinite(consistency_step) and consistency_step > 0
+    ):
+        raise UsageError(f"consistency step must be a positive number, got {consistency_step}")
+    a_def, r_def = default_tolerance(working)
+    atol_v = a_def if atol is None else float(atol)
+    rtol_v = r_def if rtol is None else float(rtol)
+    tol_source = "default for " + working.name if atol is None and rtol is None else "given"
+
+    # ---- which (row, label) pairs are checked
+    n_in, c = first.x.shape
+    eligible = first.finite_input & ~first.ignored
+    row_ids = np.flatnonzero(eligible)
+    label_free = first.labels is None
+    notes: list[str] = []
+    if label_free:
+        if gradients:
+            raise UsageError("precomputed gradients need labels")
+        xe = first.x[row_ids].astype(np.float64)
+        hi, lo = xe.argmax(axis=1), xe.argmin(axis=1)
+        pairs = np.stack([hi, lo], axis=1)
+        two = hi != lo
+        row_ids = np.repeat(row_ids, np.where(two, 2, 1))
+        y = pairs[np.repeat(two, 2).reshape(-1, 2) | (np.arange(2) == 0)]
+        notes.append("label-free: each row is checked with its argmax and its argmin as label")
+    else:
+        assert first.safe_labels is not None
+        y = first.safe_labels[row_ids]
+    rng = np.random.default_rng([seed, 1])
+    if rows is not None and len(row_ids) > rows:
+        keep = _pick_rows(first.x[row_ids], y, rows, rng)
+        notes.append(
+            f"checked {rows} of {len(row_ids)} rows: the largest margin, the largest |z| "
+            f"and a random sample (seed {seed})"
+        )
+        row_ids, y = row_ids[keep], y[keep]
+    x = np.ascontiguousarray(first.x[row_ids])
+    n = len(row_ids)
+    if n * c > MAX_CELLS:
+        raise UsageError(
+            f"{n} rows x {c} classes is more than gradcheck holds at once ({MAX_CELLS} logits): "
+            f"check a sample with --rows"
+        )
+    if full and n * c * c > FULL_BUDGET:
+        raise UsageError(
+            f"--full on {n} rows x {c} classes evaluates {n * c * c:.2g} loss terms "
+            f"(limit {FULL_BUDGET:.2g}): check fewer rows with --rows, or drop --full"
+        )
+    skipped = int(np.count_nonzero(~first.finite_input & ~first.ignored))
+    if skipped:
+        notes.append(f"{skipped} rows with NaN/inf logits are skipped (no derivative to check)")
+
+    # ---- the gradients under test
+    run_names = list(DEFAULT_METHODS if methods is None else methods)
+    for name in run_names:
+        if name not in METHODS:
+            raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
+    extra = dict(custom or {})
+    given = dict(gradients or {})
+    for g in gate:
+        if g in METHODS and g not in run_names and g not in extra:
+            run_names.append(g)
+    fns: dict[str, _Evaluator | None] = {
+        name: _evaluator(METHODS[name], working, acc) for name in run_names if name not in extra
+    }
+    fns.update({name: _evaluator(fn, working, acc) for name, fn in extra.items()})
+    for name in given:
+        fns[name] = None
+    unknown = [g for g in gate if g not in fns]
+    if unknown:
+        raise UsageError(f"gate names {', '.join(unknown)}, which is not run")
+
+    # ---- probes, truth and witnesses
+    if full:
+        sel = np.tile(np.arange(c), (n, 1))
+    else:
+        sel = _select(x.astype(np.float64), y, sample, rng)
+    dirs = _directions(n, c, directions, rng)
+    cs_e, cd_e = _truth_entries(x, y, sel, working)
+    cs_d, cd_d = _truth_directions(x, y, dirs, working)
+    ref = reference_of(prepare(x, y, dtype=working))
+    assert ref.grad is not None
+    g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
+    ref_e = np.take_along_axis(g_ref, sel, 1)
+    ref_d = (dirs * g_ref).sum(axis=2)
+    tol_e = atol_v + rtol_v * np.abs(cs_e)
+    tol_d = atol_v * np.abs(dirs).sum(axis=2) + rtol_v * (np.abs(dirs) * np.abs(g_ref)).sum(axis=2)
+    gap_e, gap_d = np.abs(cs_e - cd_e), np.abs(cs_d - cd_d)
+    rgap_e, rgap_d = np.abs(ref_e - cs_e), np.abs(ref_d - cs_d)
+    fraction = max(
+        _max_or_none(_ratio(gap_e, tol_e)) or 0.0, _max_or_none(_ratio(gap_d, tol_d)) or 0.0
+    )
+    truth = Truth(
+        complex_step=f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}",
+        central_difference=(
+            f"central differences in {reference_precision_name(working).split(' (')[0]}"
+            if working.mantissa_bits <= 24
+            else "central differences in binary128"
+        )
+        + ", Richardson on h and h/2, h = (u (1 + ln C))**(1/5)",
+        reference=reference_precision_name(working),
+        agreement=max(_mixed(gap_e, cs_e), _mixed(gap_d, cs_d)),
+        reference_agreement=max(_mixed(rgap_e, cs_e), _mixed(rgap_d, cs_d)),
+        worst_fraction=fraction,
+        reference_fraction=max(
+            _max_or_none(_ratio(rgap_e, tol_e)) or 0.0, _max_or_none(_ratio(rgap_d, tol_d)) or 0.0
+        ),
+        probes=int(cs_e.size + cs_d.size),
+        ok=n > 0 and fraction <= TRUTH_FRACTION,
+    )
+    if truth.reference_fraction > TRUTH_FRACTION:
+        notes.append(
+            "the reference gradient disagrees with the complex-step truth by "
+            f"{truth.reference_fraction:.2g} of the tolerance: a bug in smcheck's reference"
+        )
+
+    # ---- each method against the truth
+    case_of = None if row_cases is None else list(row_cases)
+    checks: list[MethodCheck] = []
+    worst_all: list[WorstEntry] = []
+
+    def entry(
+        name: str, flat: int, vals_e: np.ndarray, vals_d: np.ndarray, r: np.ndarray
+    ) -> WorstEntry:
+        if flat < vals_e.size:
+            i, j = divmod(flat, sel.shape[1])
+            probe, t, v, tl = f"class {int(sel[i, j])}", cs_e[i, j], vals_e[i, j], tol_e[i, j]
+        else:
+            d, i = divmod(flat - vals_e.size, n)
+            probe, t, v, tl = f"direction {d}", cs_d[d, i], vals_d[d, i], tol_d[d, i]
+        rid = int(row_ids[i])
+        fin = bool(np.isfinite(v))
+        return WorstEntry(
+            method=name,
+            row=rid,
+            label=int(y[i]),
+            case=None if case_of is None else case_of[rid],
+            probe=probe,
+            truth=float(t),
+            value=float(v),
+            abs_err=float(abs(v - t)) if fin else None,
+            tol=float(tl),
+            ratio=float(r[flat]),
+        )
+
+    # relative and ulp errors need a truth with full relative accuracy: a normal number of the
+    # working dtype, and (float64) one whose complex-step part exp(d) h was not subnormal
+    floor = max(working.smallest_normal, float(np.finfo(np.float64).smallest_normal) / COMPLEX_STEP)
+    for name, fn in fns.items():
+        if fn is None:
+            g0 = np.asarray(given[name])
+            if g0.shape != first.x.shape:
+                raise InputError(
+                    f"gradient {name!r} has shape {g0.shape}, expected {first.x.shape}"
+                )
+            loss0 = None
+            g0 = g0[row_ids]
+        else:
+            loss0, g0 = fn(x, y)
+        g64 = np.asarray(g0).astype(np.float64)
+        vals_e = np.take_along_axis(g64, sel, 1)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: counted below
+            vals_d = (dirs * g64).sum(axis=2)
+            fin_e, fin_d = np.isfinite(vals_e), np.isfinite(vals_d)
+            err_e = np.where(fin_e, np.abs(vals_e - cs_e), np.inf)
+            err_d = np.where(fin_d, np.abs(vals_d - cs_d), np.inf)
+        r_all = np.concatenate([_ratio(err_e, tol_e).ravel(), _ratio(err_d, tol_d).ravel()])
+        fe = err_e[fin_e]
+        normal = fin_e & (np.abs(cs_e) >= floor)
+        ulps = err_e[normal] / working.ulp(cs_e[normal])
+        failed_e = int(np.count_nonzero(_ratio(err_e, tol_e) > 1))
+        failed_d = int(np.count_nonzero(_ratio(err_d, tol_d) > 1))
+        nonfinite_rows = int(np.count_nonzero(~np.isfinite(g64).all(axis=1)))
+        worst = None
+        if r_all.size:
+            order = np.argsort(-r_all, kind="stable")[: max(top, 1)]
+            worst = entry(name, int(order[0]), vals_e, vals_d, r_all)
+            worst_all.extend(entry(name, int(k), vals_e, vals_d, r_all) for k in order[:top])
+        l0 = None if loss0 is None else np.asarray(loss0).astype(np.float64)
+        checks.append(
+            MethodCheck(
+                name=name,
+                gated=name in gate,
+                passed=n > 0 and failed_e == 0 and failed_d == 0 and nonfinite_rows == 0,
+                checked_entries=int(cs_e.size),
+                failed_entries=failed_e,
+                nonfinite_entries=int(np.count_nonzero(~fin_e)),
+                checked_directions=int(cs_d.size),
+                failed_directions=failed_d,
+                nonfinite_grad_rows=nonfinite_rows,
+                max_abs_err=_max_or_none(fe),
+                max_rel_err=_max_or_none(err_e[normal] / np.abs(cs_e[normal])),
+                max_ulp_err=_max_or_none(ulps),
+                max_bits_err=None if not ulps.size else float(np.log2(ulps.max() + 1)),
+                max_dir_err=_max_or_none(err_d[fin_d]),
+                worst=worst,
+                consistency=_consistency(
+                    fn, x, y, l0, g64, dirs, working, atol_v, rtol_v, consistency_step
+                ),
+            )
+        )
+    worst_all.sort(key=lambda w: -w.ratio)
+    if n == 0:
+        notes.append("no row to check: every row is ignored or has NaN/inf logits")
+    cases: tuple[tuple[str, int], ...] = ()
+    if case_of is not None:
+        picked = [case_of[int(r)] for r in row_ids]
+        cases = tuple((k, picked.count(k)) for k in dict.fromkeys(picked))
+    gated_ok = all(m.passed for m in checks if m.gated)
+    return GradcheckReport(
+        source=source,
+        rows=n,
+        input_rows=n_in,
+        classes=c,
+        dtype=working.name,
+        accum=acc.name,
+        cast=cast,
+        label_free=label_free,
+        skipped_nonfinite=skipped,
+        ignored=int(np.count_nonzero(first.ignored)),
+        cases=cases,
+        full=full,
+        entries_per_row=int(sel.shape[1]),
+        directions=directions,
+        seed=seed,
+        atol=atol_v,
+        rtol=rtol_v,
+        tolerance_source=tol_source,
+        truth=truth,
+        methods=tuple(checks),
+        gate=tuple(gate),
+        worst=tuple(worst_all[:top]),
+        notes=tuple(notes),
+        ok=n > 0 and truth.ok and gated_ok,
+    )
