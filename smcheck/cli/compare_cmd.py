@@ -1,0 +1,158 @@
+"""``smcheck compare``: audit a kernel's dumped loss (and gradient) against the reference."""
+
+from __future__ import annotations
+
+import click
+
+from ..compare import DEFAULT_FAIL_ON, FAIL_ON, FAIL_ON_ALIASES, REDUCTIONS, compare_files
+from ..render.compare import RENDERERS, render
+from . import EXIT_FINDINGS, EXIT_OK, cli
+from .options import (
+    color_option,
+    dtype_options,
+    emit,
+    exit_code,
+    format_option,
+    output_option,
+    parse_csv_choices,
+    wants_color,
+)
+
+assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
+
+
+@cli.command("compare")
+@click.argument("logits", metavar="LOGITS")
+@click.option("--labels", metavar="FILE", help="Labels (.npy, .npz, text: one per line).")
+@click.option(
+    "--label-column", metavar="NAME|INDEX", help="Labels from this column of text LOGITS."
+)
+@click.option("--logits-key", metavar="KEY", help="Array of an .npz LOGITS (default 'logits').")
+@click.option(
+    "--labels-key", metavar="KEY", help="Array of an .npz labels file (default 'labels')."
+)
+@click.option(
+    "--loss",
+    "loss_file",
+    metavar="FILE",
+    required=True,
+    help="Their loss: one value per row (.npy, .npz, text one per line), or one number with "
+    "--reduction mean|sum.",
+)
+@click.option("--loss-key", metavar="KEY", help="Array of an .npz loss file (default 'loss').")
+@click.option("--grad", "grad_file", metavar="FILE", help="Their gradient dL/dz, shaped as LOGITS.")
+@click.option("--grad-key", metavar="KEY", help="Array of an .npz gradient file (default 'grad').")
+@click.option(
+    "--reduction",
+    type=click.Choice(list(REDUCTIONS)),
+    default="none",
+    show_default=True,
+    help="How their loss was reduced over rows (PyTorch's: ignored rows left out, mean over the "
+    "counted rows).",
+)
+@click.option(
+    "--ignore-index", type=int, default=-100, show_default=True, help="Label of rows to skip."
+)
+@dtype_options()
+@click.option(
+    "--max-loss-ulp",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Largest loss error allowed, in ulps of max(|L|, 1) of the working dtype. Default: "
+    "4 + log2(classes) * eps(accum) / eps(dtype) (a reduction adds log2(rows) * eps(accum) / "
+    "eps(dtype) + 1).",
+)
+@click.option(
+    "--max-grad-err",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Largest absolute gradient error allowed (max over entries, per-row units). Default: "
+    "the per-row loss budget times eps(dtype).",
+)
+@click.option(
+    "--fail-on",
+    metavar="LIST",
+    default=",".join(DEFAULT_FAIL_ON),
+    show_default=True,
+    help=f"Findings that fail the run ({', '.join(FAIL_ON)}; 'none'). eval's overflow and "
+    "underflow are read as nonfinite.",
+)
+@click.option(
+    "--exit-zero", is_flag=True, help="Exit 0 even when a check fails (bad input still exits 2)."
+)
+@click.option(
+    "--top", type=click.IntRange(min=0), default=10, show_default=True, help="Worst rows shown."
+)
+@format_option(choices=tuple(RENDERERS))
+@output_option()
+@color_option()
+def compare_cmd(
+    logits: str,
+    labels: str | None,
+    label_column: str | None,
+    logits_key: str | None,
+    labels_key: str | None,
+    loss_file: str,
+    loss_key: str | None,
+    grad_file: str | None,
+    grad_key: str | None,
+    reduction: str,
+    ignore_index: int,
+    dtype: str | None,
+    accum: str | None,
+    cast_mode: str,
+    max_loss_ulp: float | None,
+    max_grad_err: float | None,
+    fail_on: str,
+    exit_zero: bool,
+    top: int,
+    fmt: str,
+    output: str | None,
+    color: str,
+) -> None:
+    """Compare a kernel's dumped loss (and gradient) with the reference computed on the same
+    logits rounded to the working dtype: loss error in ulps and bits (max, p99, median,
+    histogram), gradient error, NaN/inf where the reference is finite (and the reverse), the
+    worst rows with their logit statistics, and a verdict.
+
+    Exit status: 0 every gated check passed, 1 one failed, 2 bad input or usage, 3 internal
+    error.
+
+    \b
+    Example:
+      smcheck compare logits.npy --labels labels.npy --loss their_loss.npy \\
+          --grad their_grad.npy --dtype float16
+    """
+    report = compare_files(
+        logits,
+        labels,
+        loss=loss_file,
+        grad=grad_file,
+        logits_key=logits_key,
+        labels_key=labels_key,
+        label_column=label_column,
+        loss_key=loss_key,
+        grad_key=grad_key,
+        dtype=dtype,
+        accum=accum,
+        cast_mode=cast_mode,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        max_loss_ulp=max_loss_ulp,
+        max_grad_err=max_grad_err,
+        fail_on=tuple(
+            dict.fromkeys(
+                FAIL_ON_ALIASES.get(f, f)
+                for f in parse_csv_choices(fail_on, (*FAIL_ON, *FAIL_ON_ALIASES), "--fail-on")
+            )
+        ),
+        worst=top,
+    )
+    to_stdout = output in (None, "-")
+    use = wants_color(color) if to_stdout else color == "always"
+    text = render(report, fmt, color=use)
+    if to_stdout:  # emit's click.echo would strip the ANSI codes --color=always asked for
+        click.echo(text, nl=not text.endswith("\n"), color=use)
+    else:
+        emit(text, output, [logits, labels, loss_file, grad_file])
+    click.get_current_context().exit(exit_code(report.ok, exit_zero))

@@ -1,0 +1,1088 @@
+"""Audit someone else's kernel: their dumped loss (and gradient) against the reference.
+
+A kernel author dumps the logits and labels they fed their cross-entropy, and what it returned:
+the loss (one value per row, or one number for ``reduction="mean"``/``"sum"``) and optionally
+the gradient dL/dz (N, C). :func:`compare` rounds the logits to the working dtype exactly as
+their kernel saw them, computes the high-precision reference on those rounded numbers
+(:mod:`smcheck.reference`, accurate to eps * 2**-20) and measures, per row:
+
+* the loss error in ulps of the working dtype at the reference value L* (``max_ulp_err``, the
+  distribution: max, p99, median, a histogram, and bits of error log2(ulps + 1)); the gate uses
+  ulps of max(|L*|, 1) instead, so that a confident row whose loss is 1e-9 is not held to
+  ulps of 1e-9 (as ``eval``'s ``--max-loss-ulp``);
+* the gradient error: max_j |g_j - g*_j| per row, and the normwise relative error;
+* rows where they are NaN/inf but the reference is finite (a bug in their kernel), and the
+  reverse (their kernel hides a non-finite input behind a finite number).
+
+Reductions follow PyTorch: ignored rows (``ignore_index``) are left out, ``mean`` divides by the
+number of counted rows. The reference's sum is exact to ~2**-106 (``math.fsum`` over the
+double-double row values) and their error is formed with exact rationals, so the reference
+contributes nothing measurable to the error of a float64 mean. With a reduction their gradient
+is the gradient of the reduced loss: for ``mean`` it is compared after multiplying by the count
+(exactly, as a double-double product), so gradient errors are always in per-row units.
+
+Everything but :func:`load_values` and :func:`compare_files` is pure (arrays in, report out).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import ClassVar
+
+import numpy as np
+
+from .core import prepare, reference_of
+from .errors import InputError, UsageError
+from .loading import load_input
+from .metrics import bits_of_error, grad_abs_err, grad_rel_err, loss_abs_err, loss_rel_err
+from .precisions import PRECISIONS, Precision, get_precision, resolve_accum
+from .reference import reference_precision_name
+
+__all__ = [
+    "DEFAULT_FAIL_ON",
+    "FAIL_ON",
+    "FAIL_ON_ALIASES",
+    "HIST_EDGES",
+    "REDUCTIONS",
+    "Check",
+    "CompareReport",
+    "GradStats",
+    "HistBin",
+    "LoadedValues",
+    "LossStats",
+    "WorstRow",
+    "compare",
+    "compare_files",
+    "default_tolerances",
+    "load_values",
+]
+
+#: Loss reductions, as PyTorch's ``CrossEntropyLoss(reduction=...)``.
+REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+#: Findings ``fail_on`` can gate: their value non-finite where the reference is finite; the
+#: reference non-finite where theirs is finite; an ignored row with a non-zero loss/gradient.
+FAIL_ON: tuple[str, ...] = ("nonfinite", "ref-nonfinite", "ignored")
+DEFAULT_FAIL_ON: tuple[str, ...] = ("nonfinite", "ignored")
+#: ``eval``'s findings, accepted so that one ``fail-on`` in a config file serves every command:
+#: their kernel's intermediates are invisible here; an overflow or underflow inside it shows up
+#: as NaN/inf in what it returns.
+FAIL_ON_ALIASES: dict[str, str] = {"overflow": "nonfinite", "underflow": "nonfinite"}
+
+#: Upper edges (ulps, inclusive) of the loss-error histogram; a last bin holds the rest.
+HIST_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 65536.0)
+
+#: Row ids kept per finding (the counts are complete).
+MAX_ROW_IDS = 20
+
+# rows per block: about 2**20 logits, so the reference's float64 temporaries stay near 64 MiB
+_CELLS_PER_BLOCK = 1 << 20
+
+#: An error of at least half the value's scale is a wrong result, not an imprecise one:
+#: |L - L*| >= max(|L*|, 1) / 2, or a gradient entry off by 0.5 (entries lie in [-1, 1]).
+BROKEN_FRACTION = 0.5
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class HistBin:
+    """Rows whose loss error (ulps) is in (previous upper, ``upper``]; ``upper`` None = above."""
+
+    upper: float | None
+    count: int
+
+
+@dataclass(frozen=True)
+class LossStats:
+    """Their loss against the reference. Errors are None when no value could be measured.
+
+    ``measured`` counts the values compared (both finite, row not ignored); for a reduction it
+    is 1 or 0. ``*_ulp_err`` are in ulps of the working dtype at L*, ``*_bits`` are
+    log2(ulps + 1), ``max_gate_ulp_err`` is in ulps of max(|L*|, 1) (what the gate bounds).
+    """
+
+    measured: int
+    max_ulp_err: float | None
+    p99_ulp_err: float | None
+    median_ulp_err: float | None
+    max_bits: float | None
+    p99_bits: float | None
+    median_bits: float | None
+    max_rel_err: float | None
+    median_rel_err: float | None
+    max_abs_err: float | None
+    max_gate_ulp_err: float | None
+    worst_row: int | None
+    histogram: tuple[HistBin, ...]
+    nonfinite_rows: int
+    nonfinite_row_ids: tuple[int, ...]
+    nan_rows: int  # of the nonfinite rows: NaN
+    inf_rows: int  # of the nonfinite rows: +-inf
+    ref_nonfinite_rows: int
+    ref_nonfinite_row_ids: tuple[int, ...]
+    both_nonfinite_rows: int
+    ignored_nonzero_rows: int
+    their_value: float | None  # reductions: their number
+    ref_value: float | None  # reductions: the reference mean/sum (rounded to float64)
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Their gradient against the reference, per row (max over entries / normwise), in
+    per-row units: for ``mean`` their gradient is multiplied by ``scale`` (the counted rows)."""
+
+    measured: int
+    max_abs_err: float | None
+    p99_abs_err: float | None
+    median_abs_err: float | None
+    max_rel_err: float | None
+    median_rel_err: float | None
+    worst_row: int | None
+    nonfinite_rows: int
+    nonfinite_row_ids: tuple[int, ...]
+    ref_nonfinite_rows: int
+    ref_nonfinite_row_ids: tuple[int, ...]
+    both_nonfinite_rows: int
+    ignored_nonzero_rows: int
+    scale: int
+
+
+@dataclass(frozen=True)
+class WorstRow:
+    """One of the worst rows, with the logit statistics that explain it."""
+
+    row: int
+    label: int
+    issue: str  # "nonfinite", "ref-nonfinite" or "" (an error, ranked by size)
+    their_loss: float | None  # None with a reduction
+    ref_loss: float | None
+    loss_ulp_err: float | None
+    loss_rel_err: float | None
+    grad_abs_err: float | None
+    grad_worst_class: int | None  # the class where their gradient is furthest off
+    max_logit: float
+    min_logit: float
+    label_logit: float
+    margin: float  # max(z) - z_y: the loss is about this large when it is large
+    ref_p_label: float  # reference probability of the label
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pass/fail check; only ``gated`` ones decide ``ok``."""
+
+    name: str
+    ok: bool
+    gated: bool
+    value: float | None
+    limit: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """What :func:`compare` found. ``verdict``: ok, lossy (imprecise), broken (wrong or
+    non-finite) or inconclusive (nothing measurable); ``ok`` is the gate's answer."""
+
+    SCHEMA: ClassVar[str] = "smcheck.compare/1"
+
+    logits: str
+    labels: str | None
+    loss_file: str
+    grad_file: str | None
+    rows: int
+    classes: int
+    dtype: str
+    accum: str
+    cast_mode: str
+    reference_precision: str
+    reduction: str
+    counted_rows: int
+    ignored_rows: int
+    nonfinite_input_rows: int
+    cast_changed: int
+    cast_overflowed: int
+    their_loss_dtype: str
+    their_grad_dtype: str | None
+    loss: LossStats
+    grad: GradStats | None
+    worst: tuple[WorstRow, ...]
+    max_loss_ulp: float
+    max_grad_err: float | None
+    fail_on: tuple[str, ...]
+    checks: tuple[Check, ...]
+    verdict: str
+    summary: str
+    ok: bool
+    notes: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadedValues:
+    """An array read from their dump: ``values`` as stored (float), and where it came from."""
+
+    values: np.ndarray
+    name: str  # "loss.npy" or "dump.npz['loss']"
+    dtype: str  # stored dtype, or "text"
+
+
+def load_values(path: str | os.PathLike[str], *, key: str | None, default_key: str) -> LoadedValues:
+    """Read a float array of any shape (0-d included) from .npy, .npz or text.
+
+    The format is sniffed from the bytes as :mod:`smcheck.loading` does. ``.npy`` is memory
+    mapped and never unpickled; in an ``.npz`` the array is ``key``, else ``default_key``, else
+    the only one; text goes through :func:`smcheck.loading.load_input` (one value per line, or a
+    table). Integer arrays are read as float64. Raises :class:`InputError` naming the file.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, expected a .npy, .npz or text file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: cannot read: {exc}") from None
+    if not head:
+        raise InputError(f"{name}: is empty, expected a .npy, .npz or text file")
+    if head.startswith(b"\x93NUMPY") or head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        if head.startswith(b"\x93NUMPY") and key is not None:
+            raise InputError(f"{name}: key {key!r} given but this is a .npy array, not an .npz")
+        arr, where = _load_numpy(name, head.startswith(b"\x93NUMPY"), key, default_key)
+        stored = arr.dtype
+        kind = stored.kind
+        if kind == "V" and stored.itemsize in (1, 2):
+            raise InputError(
+                f"{where}: raw void dtype {stored.str} (ml_dtypes bfloat16/float8 saved by numpy); "
+                "convert with .astype(np.float32) before saving, which is exact"
+            )
+        if kind not in "fiub" or (kind == "f" and stored.itemsize not in (2, 4, 8)):
+            raise InputError(
+                f"{where}: dtype {stored} is not supported; expected float16, float32 or float64"
+            )
+        if kind != "f":
+            arr = arr.astype(np.float64)
+        return LoadedValues(arr, where, stored.name)
+    if key is not None:
+        raise InputError(f"{name}: key {key!r} given but this is a text file, not an .npz")
+    got = load_input(name)
+    return LoadedValues(got.logits, name, "text")
+
+
+def _load_numpy(
+    name: str, is_npy: bool, key: str | None, default_key: str
+) -> tuple[np.ndarray, str]:
+    # numpy raises ValueError, OSError, EOFError, BadZipFile, KeyError ... on a damaged file:
+    # each means "this file cannot be read", said once with the file's name
+    try:
+        if is_npy:
+            try:
+                return np.load(name, mmap_mode="r", allow_pickle=False), name
+            except ValueError:  # an empty array cannot be memory-mapped; a pickle is refused
+                return np.load(name, allow_pickle=False), name
+        # through our own file object: numpy leaks its handle when the zip is damaged
+        with open(name, "rb") as f, np.load(f, allow_pickle=False) as z:
+            keys = list(z.files)
+            if key is not None:
+                chosen = key
+            elif default_key in keys:
+                chosen = default_key
+            elif len(keys) == 1:
+                chosen = keys[0]
+            else:
+                shown = ", ".join(repr(k) for k in keys)
+                raise InputError(
+                    f"{name}: no {default_key!r} array and more than one candidate; it holds: "
+                    f"{shown} (name one with --{default_key}-key)"
+                )
+            if chosen not in keys:
+                shown = ", ".join(repr(k) for k in keys)
+                raise InputError(f"{name}: no array {chosen!r}; it holds: {shown}")
+            return np.asarray(z[chosen]), f"{name}[{chosen!r}]"
+    except InputError:
+        raise
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{name}: cannot read the array ({text})") from None
+
+
+def _as_loss(got: LoadedValues, n: int, lead: tuple[int, ...], reduction: str) -> np.ndarray:
+    """Their loss as float64 (N,) (or (1,) for a reduction); InputError on a wrong shape."""
+    a = np.asarray(got.values)
+    shape = tuple(int(d) for d in a.shape)
+    if reduction != "none":
+        if a.size != 1:
+            raise InputError(
+                f"{got.name}: holds {a.size} values (shape {shape}), expected one number (the "
+                f"{reduction} of the loss) for --reduction {reduction}; use --reduction none for "
+                "one loss per row"
+            )
+        return a.reshape(1).astype(np.float64)
+    if shape not in ((n,), (n, 1), lead) and not (n == 1 and a.size == 1):
+        raise InputError(
+            f"{got.name}: shape {shape}, expected ({n},): one loss per row of the logits "
+            f"(reduction none)"
+        )
+    return a.reshape(n).astype(np.float64)
+
+
+def _as_grad(got: LoadedValues, n: int, c: int, original: tuple[int, ...]) -> np.ndarray:
+    """Their gradient as (N, C) in its stored dtype (maybe memory-mapped); InputError on shape."""
+    a = got.values
+    shape = tuple(int(d) for d in a.shape)
+    if shape not in ((n, c), original):
+        raise InputError(f"{got.name}: shape {shape}, expected ({n}, {c}) like the logits")
+    return a.reshape(n, c)
+
+
+# --------------------------------------------------------------------------- tolerances
+
+
+def default_tolerances(
+    working: Precision, accum: Precision, classes: int, reduction: str = "none", counted: int = 1
+) -> tuple[float, float]:
+    """Default ``(max_loss_ulp, max_grad_err)``, the budget ``eval`` uses.
+
+    Loss: 4 ulps of max(|L*|, 1) for the few roundings of a fused kernel, plus log2(C) roundings
+    of a pairwise sum in ``accum`` (each worth eps(accum) / eps(dtype) ulps); a reduction adds
+    log2(counted) more for the sum over rows and 1 for its final rounding. Gradient: the
+    per-row loss budget times eps(dtype) - entries lie in [-1, 1], so that is the same number
+    of ulps of 1.
+
+    >>> from smcheck.precisions import get_precision
+    >>> f32 = get_precision("float32")
+    >>> default_tolerances(f32, f32, 1024)
+    (14.0, 1.6689300537109375e-06)
+    """
+    ratio = accum.eps / working.eps
+    per_row = 4.0 + math.log2(max(classes, 1)) * ratio
+    loss = per_row
+    if reduction != "none":
+        loss += math.log2(max(counted, 1)) * ratio + 1.0
+    return loss, per_row * working.eps
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _two_prod(a: np.ndarray, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """p, e with p = fl(a * b) and a * b = p + e exactly (Dekker's product; finite values)."""
+    split = 134217729.0  # 2**27 + 1: splits a float64 into two 26-bit halves
+    p = a * b
+    c = split * a
+    a_hi = c - (c - a)
+    a_lo = a - a_hi
+    d = split * b
+    b_hi = d - (d - b)
+    b_lo = b - b_hi
+    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, np.where(np.isfinite(e), e, 0.0)
+
+
+def _ids(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.flatnonzero(mask)[:MAX_ROW_IDS])
+
+
+def _opt(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _histogram(ulps: np.ndarray) -> tuple[HistBin, ...]:
+    edges = np.array(HIST_EDGES)
+    # bin i holds (edges[i-1], edges[i]]; the last, index len(edges), everything above
+    idx = np.searchsorted(edges, ulps, side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1)
+    uppers: list[float | None] = [*HIST_EDGES, None]
+    return tuple(HistBin(u, int(k)) for u, k in zip(uppers, counts, strict=True))
+
+
+@dataclass
+class _Rows:
+    """Per-row arrays gathered block by block (all (N,) float64/bool/int)."""
+
+    ref_hi: list[np.ndarray]
+    ref_lo: list[np.ndarray]
+    max_logit: list[np.ndarray]
+    min_logit: list[np.ndarray]
+    label_logit: list[np.ndarray]
+    p_label: list[np.ndarray]
+    grad_abs: list[np.ndarray]
+    grad_rel: list[np.ndarray]
+    grad_cls: list[np.ndarray]
+    grad_their_bad: list[np.ndarray]
+    grad_ref_bad: list[np.ndarray]
+    grad_ign_nonzero: list[np.ndarray]
+    finite_input: list[np.ndarray]
+
+
+def _block_reference(
+    x: np.ndarray,
+    labels: np.ndarray,
+    working: Precision,
+    cast_mode: str,
+    ignore_index: int,
+    grad: np.ndarray | None,
+    grad_scale: int,
+    out: _Rows,
+) -> tuple[int, int]:
+    """Reference and per-row measures of one block of rows; returns cast (changed, overflowed)."""
+    prep = prepare(x, labels, dtype=working, cast_mode=cast_mode, ignore_index=ignore_index)
+    ref = reference_of(prep)
+    n = prep.x.shape[0]
+    rows = np.arange(n)
+    y = prep.safe_labels
+    assert y is not None and ref.grad is not None
+    z = prep.x.astype(np.float64)
+    out.ref_hi.append(ref.loss)
+    out.ref_lo.append(np.zeros(n) if ref.loss_lo is None else ref.loss_lo)
+    out.max_logit.append(np.max(np.where(np.isnan(z), -np.inf, z), axis=1))
+    out.min_logit.append(np.min(np.where(np.isnan(z), np.inf, z), axis=1))
+    out.label_logit.append(z[rows, y])
+    out.p_label.append(ref.prob[rows, y])
+    out.finite_input.append(prep.finite_input)
+    if grad is not None:
+        g = np.asarray(grad).astype(np.float64)
+        lo = np.zeros_like(ref.grad) if ref.grad_lo is None else ref.grad_lo
+        if grad_scale != 1:
+            # their gradient is of the mean: compare n * g (kept exact as p + e) in per-row units
+            with np.errstate(over="ignore", invalid="ignore"):  # huge/NaN entries: findings
+                g, e = _two_prod(g, float(grad_scale))
+            lo = lo - e
+        ae = grad_abs_err(g, ref.grad, lo)
+        re = grad_rel_err(g, ref.grad, lo)
+        with np.errstate(invalid="ignore"):  # inf - inf on non-finite entries: ranked as inf
+            d = np.abs((g - ref.grad) - lo)
+        cls = np.argmax(np.where(np.isnan(d), np.inf, d), axis=1)
+        their_bad = ~np.isfinite(g).all(axis=1)
+        ref_bad = ~np.isfinite(ref.grad).all(axis=1)
+        out.grad_abs.append(ae)
+        out.grad_rel.append(re)
+        out.grad_cls.append(cls)
+        out.grad_their_bad.append(their_bad)
+        out.grad_ref_bad.append(ref_bad)
+        out.grad_ign_nonzero.append(prep.ignored & (g != 0).any(axis=1))
+    return prep.cast_report.changed, prep.cast_report.overflowed
+
+
+def _dist(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """(max, p99, median) of the finite-or-inf values given; Nones when there are none."""
+    if values.size == 0:
+        return None, None, None
+    return (
+        float(values.max()),
+        float(np.quantile(values, 0.99)),
+        float(np.median(values)),
+    )
+
+
+def _reduced_reference(
+    hi: np.ndarray, lo: np.ndarray, reduction: str, counted: int
+) -> tuple[Fraction | None, float]:
+    """The reference mean/sum of the counted rows: (exact-ish Fraction or None, float64 value).
+
+    None when a row's reference is non-finite (the float value then follows IEEE: NaN wins,
+    else the infinity) or, for ``mean`` over no rows, NaN as PyTorch's 0/0.
+    """
+    if np.isnan(hi).any():
+        return None, math.nan
+    if np.isinf(hi).any():
+        return None, math.inf if (hi == math.inf).any() else -math.inf
+    if reduction == "mean" and counted == 0:
+        return None, math.nan
+    terms = [*hi.tolist(), *lo.tolist()]
+    s = math.fsum(terms)
+    s_lo = math.fsum([*terms, -s])  # what fsum rounded away: the sum is s + s_lo to ~2**-106
+    exact = Fraction(s) + Fraction(s_lo)
+    if reduction == "mean":
+        exact /= counted
+    return exact, float(exact)
+
+
+def compare(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    loss: np.ndarray,
+    grad: np.ndarray | None = None,
+    *,
+    dtype: str | np.dtype | Precision | None = None,
+    accum: str | np.dtype | Precision | None = None,
+    cast_mode: str = "ieee",
+    ignore_index: int = -100,
+    reduction: str = "none",
+    max_loss_ulp: float | None = None,
+    max_grad_err: float | None = None,
+    fail_on: Sequence[str] = DEFAULT_FAIL_ON,
+    worst: int = 10,
+    names: tuple[str, str | None, str, str | None] = ("logits", "labels", "loss", "grad"),
+    their_dtypes: tuple[str, str | None] | None = None,
+    notes: Sequence[str] = (),
+) -> CompareReport:
+    """Compare their ``loss`` (N,) - or one number for a reduction - and optional ``grad``
+    (N, C) with the reference on ``logits`` (N, C) rounded to ``dtype``.
+
+    ``accum`` is the accumulation dtype their kernel is assumed to use: it only sets the default
+    tolerances (:func:`default_tolerances`). ``names`` are (logits, labels, loss, grad) as the
+    report shows them. Shapes must already be right (:func:`compare_files` checks files).
+
+    A loss one float32 ulp above the correctly rounded value, and a gradient that forgot the
+    -onehot term:
+
+    >>> import numpy as np
+    >>> z = np.array([[2.0, 1.0, 0.1]], dtype=np.float32)
+    >>> L = np.log(np.exp(z.astype(np.float64)).sum()) - 2.0
+    >>> theirs = np.nextafter(np.float32(L), np.float32(np.inf))
+    >>> p = np.exp(z) / np.exp(z).sum()
+    >>> r = compare(z, np.array([0]), np.array([theirs]), p)
+    >>> round(r.loss.max_ulp_err, 2), round(r.grad.max_abs_err, 6), r.grad.worst_row, r.verdict
+    (0.67, 1.0, 0, 'broken')
+    """
+    if reduction not in REDUCTIONS:
+        raise UsageError(
+            f"unknown reduction {reduction!r}; expected one of: {', '.join(REDUCTIONS)}"
+        )
+    bad = [f for f in fail_on if f not in FAIL_ON]
+    if bad:
+        raise UsageError(
+            f"fail_on: unknown value {bad[0]!r}; expected one of: {', '.join(FAIL_ON)}"
+        )
+    x = np.asarray(logits)
+    if x.ndim != 2:
+        raise InputError(f"{names[0]}: logits must be 2-D (rows, classes), got shape {x.shape}")
+    n, c = int(x.shape[0]), int(x.shape[1])
+    lab = np.asarray(labels)
+    if lab.shape != (n,):
+        raise InputError(f"{names[1]}: labels have shape {lab.shape}, expected ({n},)")
+    if dtype is None and x.dtype.kind != "f":
+        raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
+    working = get_precision(x.dtype if dtype is None else dtype)
+    acc = resolve_accum(working, accum)
+    ignored = lab == ignore_index
+    counted = int(n - np.count_nonzero(ignored))
+    loss_in = np.asarray(loss)
+    theirs = loss_in.astype(np.float64).reshape(-1)
+    want = n if reduction == "none" else 1
+    if theirs.shape != (want,):
+        raise InputError(f"{names[2]}: {theirs.size} loss values, expected {want}")
+    if grad is not None and tuple(np.shape(grad)) != (n, c):
+        raise InputError(f"{names[3]}: gradient shape {np.shape(grad)}, expected ({n}, {c})")
+    default_loss, default_grad = default_tolerances(working, acc, c, reduction, counted)
+    loss_limit = default_loss if max_loss_ulp is None else float(max_loss_ulp)
+    grad_limit = None if grad is None else (default_grad if max_grad_err is None else max_grad_err)
+    grad_scale = counted if reduction == "mean" and counted > 0 else 1
+
+    acc_rows = _Rows(*([] for _ in range(13)))
+    step = max(1, _CELLS_PER_BLOCK // max(c, 1))
+    changed = overflowed = 0
+    for i in range(0, n, step):
+        ch, ov = _block_reference(
+            x[i : i + step],
+            lab[i : i + step],
+            working,
+            cast_mode,
+            ignore_index,
+            None if grad is None else grad[i : i + step],
+            grad_scale,
+            acc_rows,
+        )
+        changed += ch
+        overflowed += ov
+    ref_hi = np.concatenate(acc_rows.ref_hi)
+    ref_lo = np.concatenate(acc_rows.ref_lo)
+    finite_input = np.concatenate(acc_rows.finite_input)
+    counted_mask = ~ignored
+
+    # ------------------------------------------------------------------ loss
+    if reduction == "none":
+        their_value = ref_value = None
+        t_fin = np.isfinite(theirs)
+        r_fin = np.isfinite(ref_hi)
+        meas = counted_mask & t_fin & r_fin
+        abs_err = loss_abs_err(theirs, ref_hi, ref_lo)
+        rel_err = loss_rel_err(theirs, ref_hi, ref_lo)
+        ulp_err = abs_err / working.ulp(ref_hi)
+        gate_err = abs_err / working.ulp(np.maximum(np.abs(ref_hi), 1.0))
+        with np.errstate(invalid="ignore"):  # NaN rows are not measured
+            scaled = abs_err / np.maximum(np.abs(ref_hi), 1.0)
+        their_bad = counted_mask & ~t_fin & r_fin
+        ref_bad = counted_mask & t_fin & ~r_fin
+        both_bad = counted_mask & ~t_fin & ~r_fin
+        ign_nonzero = int(np.count_nonzero(ignored & (theirs != 0)))
+    else:
+        exact, ref_f = _reduced_reference(
+            ref_hi[counted_mask], ref_lo[counted_mask], reduction, counted
+        )
+        their_value, ref_value = float(theirs[0]), ref_f
+        t_ok, r_ok = math.isfinite(their_value), math.isfinite(ref_f)
+        meas = np.array([t_ok and r_ok])
+        if t_ok and exact is not None:
+            a = abs(float(Fraction(their_value) - exact))
+        else:
+            a = math.nan
+        abs_err = np.array([a])
+        rel_err = loss_rel_err(theirs, np.array([ref_f]))
+        if exact is not None and t_ok:  # recompute from the exact difference, not ref_f
+            rel_err = np.array([a / abs(ref_f) if ref_f != 0 else (0.0 if a == 0 else math.inf)])
+        ulp_err = abs_err / working.ulp(np.array([ref_f]))
+        gate_err = abs_err / working.ulp(np.array([max(abs(ref_f), 1.0)]))
+        with np.errstate(invalid="ignore"):
+            scaled = abs_err / max(abs(ref_f), 1.0)
+        their_bad = np.array([not t_ok and r_ok])
+        ref_bad = np.array([t_ok and not r_ok])
+        both_bad = np.array([not t_ok and not r_ok])
+        ign_nonzero = 0
+    m_ulp = ulp_err[meas]
+    m_bits = bits_of_error(m_ulp)
+    m_rel = rel_err[meas]
+    lmax, lp99, lmed = _dist(m_ulp)
+    bmax, bp99, bmed = _dist(m_bits)
+    loss_stats = LossStats(
+        measured=int(np.count_nonzero(meas)),
+        max_ulp_err=lmax,
+        p99_ulp_err=lp99,
+        median_ulp_err=lmed,
+        max_bits=bmax,
+        p99_bits=bp99,
+        median_bits=bmed,
+        max_rel_err=_dist(m_rel)[0],
+        median_rel_err=_dist(m_rel)[2],
+        max_abs_err=_dist(abs_err[meas])[0],
+        max_gate_ulp_err=_dist(gate_err[meas])[0],
+        worst_row=(
+            int(np.flatnonzero(meas)[np.argmax(m_ulp)])
+            if m_ulp.size and reduction == "none"
+            else None
+        ),
+        histogram=_histogram(m_ulp),
+        nonfinite_rows=int(np.count_nonzero(their_bad)),
+        nonfinite_row_ids=_ids(their_bad) if reduction == "none" else (),
+        nan_rows=int(np.count_nonzero(their_bad & np.isnan(theirs))),
+        inf_rows=int(np.count_nonzero(their_bad & np.isinf(theirs))),
+        ref_nonfinite_rows=int(np.count_nonzero(ref_bad)),
+        ref_nonfinite_row_ids=_ids(ref_bad) if reduction == "none" else (),
+        both_nonfinite_rows=int(np.count_nonzero(both_bad)),
+        ignored_nonzero_rows=ign_nonzero,
+        their_value=their_value,
+        ref_value=ref_value,
+    )
+    loss_broken = bool(np.any(scaled[meas] >= BROKEN_FRACTION))
+
+    # ------------------------------------------------------------------ gradient
+    grad_stats: GradStats | None = None
+    g_abs = g_cls = g_their_bad = g_ref_bad = None
+    grad_broken = False
+    if grad is not None:
+        g_abs = np.concatenate(acc_rows.grad_abs)
+        g_rel = np.concatenate(acc_rows.grad_rel)
+        g_cls = np.concatenate(acc_rows.grad_cls)
+        tb = np.concatenate(acc_rows.grad_their_bad)
+        rb = np.concatenate(acc_rows.grad_ref_bad)
+        g_their_bad = counted_mask & tb & ~rb
+        g_ref_bad = counted_mask & rb & ~tb
+        g_both = counted_mask & tb & rb
+        g_meas = counted_mask & np.isfinite(g_abs)
+        ga, gp99, gmed = _dist(g_abs[g_meas])
+        gr = g_rel[g_meas]
+        grad_stats = GradStats(
+            measured=int(np.count_nonzero(g_meas)),
+            max_abs_err=ga,
+            p99_abs_err=gp99,
+            median_abs_err=gmed,
+            max_rel_err=_dist(gr)[0],
+            median_rel_err=_dist(gr)[2],
+            worst_row=(
+                int(np.flatnonzero(g_meas)[np.argmax(g_abs[g_meas])]) if ga is not None else None
+            ),
+            nonfinite_rows=int(np.count_nonzero(g_their_bad)),
+            nonfinite_row_ids=_ids(g_their_bad),
+            ref_nonfinite_rows=int(np.count_nonzero(g_ref_bad)),
+            ref_nonfinite_row_ids=_ids(g_ref_bad),
+            both_nonfinite_rows=int(np.count_nonzero(g_both)),
+            ignored_nonzero_rows=int(np.count_nonzero(np.concatenate(acc_rows.grad_ign_nonzero))),
+            scale=grad_scale,
+        )
+        grad_broken = ga is not None and ga >= BROKEN_FRACTION
+
+    # ------------------------------------------------------------------ worst rows
+    worst_rows = _worst_rows(
+        worst,
+        reduction,
+        counted_mask,
+        lab,
+        theirs,
+        ref_hi,
+        ulp_err,
+        rel_err,
+        gate_err,
+        their_bad,
+        ref_bad,
+        working,
+        g_abs,
+        g_cls,
+        g_their_bad,
+        g_ref_bad,
+        acc_rows,
+    )
+
+    # ------------------------------------------------------------------ checks and verdict
+    checks = _checks(loss_stats, grad_stats, loss_limit, grad_limit, tuple(fail_on), reduction)
+    nothing = loss_stats.measured == 0
+    nonfinite = loss_stats.nonfinite_rows + (grad_stats.nonfinite_rows if grad_stats else 0)
+    ign_bad = loss_stats.ignored_nonzero_rows + (
+        grad_stats.ignored_nonzero_rows if grad_stats else 0
+    )
+    if nonfinite or ign_bad or loss_broken or grad_broken:
+        verdict = "broken"
+    elif nothing:
+        verdict = "inconclusive"
+    elif any(not ch.ok for ch in checks if ch.name in ("loss-error", "grad-error")):
+        verdict = "lossy"
+    else:
+        verdict = "ok"
+    ok = not nothing and all(ch.ok for ch in checks if ch.gated)
+    severity = ("nonfinite", "grad-error", "loss-error", "ignored", "ref-nonfinite")
+    failed = sorted((ch for ch in checks if not ch.ok), key=lambda ch: severity.index(ch.name))
+    passed = [ch.message for ch in checks if ch.ok and ch.name in ("loss-error", "grad-error")]
+    summary = "; ".join(ch.message for ch in failed) if failed else "; ".join(passed)
+    if reduction == "none" and their_bad.any():
+        summary += _underflow_hint(acc_rows, their_bad, working)
+
+    all_notes = list(notes)
+    n_bad_in = int(n - np.count_nonzero(finite_input))
+    if n_bad_in:
+        all_notes.append(
+            f"{n_bad_in} row(s) of the logits hold NaN/inf after rounding to {working.name}: the "
+            "reference is NaN there (or +inf for a label on a -inf logit)"
+        )
+    if overflowed:
+        all_notes.append(
+            f"{overflowed} logit(s) overflowed when rounded to {working.name} (cast {cast_mode})"
+        )
+    t_loss_dtype, t_grad_dtype = their_dtypes or (loss_in.dtype.name, None)
+    if grad is not None and their_dtypes is None:
+        t_grad_dtype = np.asarray(grad[:0]).dtype.name
+    for what, dt in (("loss", t_loss_dtype), ("gradient", t_grad_dtype)):
+        if dt in PRECISIONS and dt != working.name:
+            all_notes.append(
+                f"their {what} is stored as {dt} but the working dtype is {working.name}: "
+                f"errors are in {working.name} ulps"
+            )
+    if reduction == "mean" and counted == 0:
+        all_notes.append("every row is ignored: the reference mean is NaN (0/0), as PyTorch's")
+    return CompareReport(
+        logits=names[0],
+        labels=names[1],
+        loss_file=names[2],
+        grad_file=names[3] if grad is not None else None,
+        rows=n,
+        classes=c,
+        dtype=working.name,
+        accum=acc.name,
+        cast_mode=cast_mode,
+        reference_precision=reference_precision_name(working),
+        reduction=reduction,
+        counted_rows=counted,
+        ignored_rows=n - counted,
+        nonfinite_input_rows=n_bad_in,
+        cast_changed=changed,
+        cast_overflowed=overflowed,
+        their_loss_dtype=t_loss_dtype,
+        their_grad_dtype=t_grad_dtype if grad is not None else None,
+        loss=loss_stats,
+        grad=grad_stats,
+        worst=worst_rows,
+        max_loss_ulp=loss_limit,
+        max_grad_err=grad_limit,
+        fail_on=tuple(fail_on),
+        checks=checks,
+        verdict=verdict,
+        summary=summary,
+        ok=ok,
+        notes=tuple(all_notes),
+    )
+
+
+def _underflow_hint(rows: _Rows, their_bad: np.ndarray, working: Precision) -> str:
+    """Why their loss is inf, when the margins say so: p_y = exp(-margin) underflows to 0 in
+    the working dtype once margin > -ln(smallest subnormal) (16.64 in float16), and a kernel
+    that takes -log(softmax(z)_y) then returns -log(0) = inf."""
+    with np.errstate(invalid="ignore"):  # inf - inf on rows with non-finite logits
+        margin = np.concatenate(rows.max_logit) - np.concatenate(rows.label_logit)
+    worst = float(np.nanmax(np.where(their_bad, margin, np.nan), initial=-np.inf))
+    limit = -working.ln_smallest_subnormal
+    if not worst > limit:
+        return ""
+    return (
+        f". Margins max(z) - z_y reach {worst:.3g} > {limit:.4g} = -ln(smallest {working.name} "
+        "subnormal): p_y underflows to 0 there, so -log(softmax(z)_y) is inf; compute the loss "
+        "as logsumexp(z) - z_y (a fused log-softmax)"
+    )
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _rows_text(count: int, ids: tuple[int, ...]) -> str:
+    shown = ", ".join(str(i) for i in ids[:5]) + (", ..." if count > 5 else "")
+    return f"{count} row(s) ({shown})" if ids else f"{count} value(s)"
+
+
+def _checks(
+    loss: LossStats,
+    grad: GradStats | None,
+    loss_limit: float,
+    grad_limit: float | None,
+    fail_on: tuple[str, ...],
+    reduction: str,
+) -> tuple[Check, ...]:
+    what = "their loss" if reduction == "none" else f"their {reduction} loss"
+    if loss.measured == 0:
+        out = [
+            Check(
+                "loss-error",
+                False,
+                True,
+                None,
+                loss_limit,
+                f"{what}: nothing to measure (every row ignored or non-finite)",
+            )
+        ]
+    else:
+        v = loss.max_gate_ulp_err
+        assert v is not None
+        ok = v <= loss_limit
+        rel = "over" if not ok else "within"
+        out = [
+            Check(
+                "loss-error",
+                ok,
+                True,
+                v,
+                loss_limit,
+                f"{what} is off by up to {_g(v)} ulps of max(|L|, 1) ({rel} the limit "
+                f"{_g(loss_limit)}; {_g(loss.max_ulp_err)} ulps at L)",
+            )
+        ]
+    if grad is not None and grad_limit is not None:
+        v = grad.max_abs_err
+        ok = v is not None and v <= grad_limit
+        msg = (
+            "their gradient: nothing to measure"
+            if v is None
+            else f"their gradient is off by up to {_g(v)} ({'within' if ok else 'over'} the "
+            f"limit {_g(grad_limit)})"
+        )
+        out.append(Check("grad-error", ok, True, v, grad_limit, msg))
+    nf = loss.nonfinite_rows + (grad.nonfinite_rows if grad else 0)
+    parts = []
+    if loss.nonfinite_rows:
+        parts.append(f"loss on {_rows_text(loss.nonfinite_rows, loss.nonfinite_row_ids)}")
+    if grad is not None and grad.nonfinite_rows:
+        parts.append(f"gradient on {_rows_text(grad.nonfinite_rows, grad.nonfinite_row_ids)}")
+    out.append(
+        Check(
+            "nonfinite",
+            nf == 0,
+            "nonfinite" in fail_on,
+            float(nf),
+            0.0,
+            "their " + " and ".join(parts) + " is NaN/inf where the reference is finite"
+            if nf
+            else "no NaN/inf where the reference is finite",
+        )
+    )
+    rn = loss.ref_nonfinite_rows + (grad.ref_nonfinite_rows if grad else 0)
+    parts = []
+    if loss.ref_nonfinite_rows:
+        parts.append(f"loss on {_rows_text(loss.ref_nonfinite_rows, loss.ref_nonfinite_row_ids)}")
+    if grad is not None and grad.ref_nonfinite_rows:
+        ids = grad.ref_nonfinite_row_ids
+        parts.append(f"gradient on {_rows_text(grad.ref_nonfinite_rows, ids)}")
+    out.append(
+        Check(
+            "ref-nonfinite",
+            rn == 0,
+            "ref-nonfinite" in fail_on,
+            float(rn),
+            0.0,
+            "their " + " and ".join(parts) + " is finite where the reference is NaN/inf "
+            "(non-finite input hidden)"
+            if rn
+            else "finite only where the reference is",
+        )
+    )
+    ig = loss.ignored_nonzero_rows + (grad.ignored_nonzero_rows if grad else 0)
+    out.append(
+        Check(
+            "ignored",
+            ig == 0,
+            "ignored" in fail_on,
+            float(ig),
+            0.0,
+            f"{ig} ignored row(s) have a non-zero loss or gradient (PyTorch gives 0)"
+            if ig
+            else "ignored rows are 0",
+        )
+    )
+    return tuple(out)
+
+
+def _worst_rows(
+    k: int,
+    reduction: str,
+    counted: np.ndarray,
+    labels: np.ndarray,
+    theirs: np.ndarray,
+    ref_hi: np.ndarray,
+    ulp_err: np.ndarray,
+    rel_err: np.ndarray,
+    gate_err: np.ndarray,
+    their_bad: np.ndarray,
+    ref_bad: np.ndarray,
+    working: Precision,
+    g_abs: np.ndarray | None,
+    g_cls: np.ndarray | None,
+    g_their_bad: np.ndarray | None,
+    g_ref_bad: np.ndarray | None,
+    rows: _Rows,
+) -> tuple[WorstRow, ...]:
+    """The ``k`` worst counted rows: non-finite where the reference is finite first, then finite
+    where it is not, then by error (loss in ulps of max(|L|, 1), gradient in ulps of 1)."""
+    n = counted.shape[0]
+    per_row_loss = reduction == "none"
+    if k <= 0 or (not per_row_loss and g_abs is None):
+        return ()
+    issue = np.zeros(n, dtype=np.int8)
+    score = np.zeros(n)
+    if per_row_loss:
+        issue = np.where(their_bad, 2, np.where(ref_bad, 1, 0)).astype(np.int8)
+        score = np.where(np.isnan(gate_err), 0.0, gate_err)
+    if g_abs is not None:
+        assert g_their_bad is not None and g_ref_bad is not None
+        issue = np.maximum(issue, np.where(g_their_bad, 2, np.where(g_ref_bad, 1, 0)))
+        g_score = np.where(np.isfinite(g_abs), g_abs, 0.0) / working.eps
+        score = np.maximum(score, g_score)
+    keep = counted & ((issue > 0) | (score > 0))
+    cand = np.flatnonzero(keep)
+    order = cand[np.lexsort((cand, -score[cand], -issue[cand]))][:k]
+    max_logit = np.concatenate(rows.max_logit)
+    min_logit = np.concatenate(rows.min_logit)
+    label_logit = np.concatenate(rows.label_logit)
+    p_label = np.concatenate(rows.p_label)
+    names = {2: "nonfinite", 1: "ref-nonfinite", 0: ""}
+    out = []
+    for r in order.tolist():
+        with np.errstate(invalid="ignore"):  # inf - inf for rows with non-finite logits
+            margin = float(max_logit[r] - label_logit[r])
+        out.append(
+            WorstRow(
+                row=r,
+                label=int(labels[r]),
+                issue=names[int(issue[r])],
+                their_loss=float(theirs[r]) if per_row_loss else None,
+                ref_loss=float(ref_hi[r]) if per_row_loss else None,
+                loss_ulp_err=_opt(float(ulp_err[r])) if per_row_loss else None,
+                loss_rel_err=_opt(float(rel_err[r])) if per_row_loss else None,
+                grad_abs_err=None if g_abs is None else _opt(float(g_abs[r])),
+                grad_worst_class=None if g_cls is None else int(g_cls[r]),
+                max_logit=float(max_logit[r]),
+                min_logit=float(min_logit[r]),
+                label_logit=float(label_logit[r]),
+                margin=margin,
+                ref_p_label=float(p_label[r]),
+            )
+        )
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def compare_files(
+    logits: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | None = None,
+    *,
+    loss: str | os.PathLike[str],
+    grad: str | os.PathLike[str] | None = None,
+    logits_key: str | None = None,
+    labels_key: str | None = None,
+    label_column: str | int | None = None,
+    loss_key: str | None = None,
+    grad_key: str | None = None,
+    dtype: str | None = None,
+    accum: str | None = None,
+    cast_mode: str = "ieee",
+    ignore_index: int = -100,
+    reduction: str = "none",
+    max_loss_ulp: float | None = None,
+    max_grad_err: float | None = None,
+    fail_on: Sequence[str] = DEFAULT_FAIL_ON,
+    worst: int = 10,
+) -> CompareReport:
+    """Load the dump (logits/labels with :func:`smcheck.loading.load_input`, their loss and
+    gradient with :func:`load_values`), check shapes, and :func:`compare`.
+
+    The working dtype defaults to the logits file's float dtype (float32 for text and integer
+    files). Labels are required (a file, the ``labels`` array of an ``.npz``, or a text column).
+    """
+    if reduction not in REDUCTIONS:
+        raise UsageError(
+            f"unknown reduction {reduction!r}; expected one of: {', '.join(REDUCTIONS)}"
+        )
+    got = load_input(
+        logits,
+        labels,
+        logits_key=logits_key,
+        labels_key=labels_key,
+        label_column=label_column,
+        ignore_index=ignore_index,
+    )
+    if got.labels is None:
+        raise UsageError(
+            f"{got.logits_name}: compare needs labels (--labels FILE, a 'labels' array in the "
+            ".npz, or --label-column for text)"
+        )
+    notes = list(got.notes)
+    if dtype is None:
+        dtype = got.file_dtype if got.file_dtype in ("float16", "float32", "float64") else "float32"
+        if got.file_dtype not in ("float16", "float32", "float64"):
+            notes.append(f"{got.logits_name} is {got.file_dtype}: working dtype float32 assumed")
+    n, c = got.n_rows, got.n_classes
+    lead = tuple(got.original_shape[:-1])
+    their_loss = load_values(loss, key=loss_key, default_key="loss")
+    loss_arr = _as_loss(their_loss, n, lead, reduction)
+    grad_arr = None
+    grad_name = None
+    grad_dtype = None
+    if grad is not None:
+        their_grad = load_values(grad, key=grad_key, default_key="grad")
+        grad_arr = _as_grad(their_grad, n, c, tuple(got.original_shape))
+        grad_name, grad_dtype = their_grad.name, their_grad.dtype
+    return compare(
+        got.logits,
+        got.labels,
+        loss_arr,
+        grad_arr,
+        dtype=dtype,
+        accum=accum,
+        cast_mode=cast_mode,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        max_loss_ulp=max_loss_ulp,
+        max_grad_err=max_grad_err,
+        fail_on=fail_on,
+        worst=worst,
+        names=(got.logits_name, got.labels_name, their_loss.name, grad_name),
+        their_dtypes=(their_loss.dtype, grad_dtype),
+        notes=notes,
+    )

@@ -1,0 +1,246 @@
+"""``smcheck compare`` end to end: CliRunner on real files in tmp_path, no monkeypatching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from smcheck.cli import cli
+
+from .conftest import TRUTH_DPS, mp_truth
+
+N, C = 12, 5
+
+
+@pytest.fixture
+def dump(tmp_path: Path) -> Path:
+    """logits/labels and a correct float32 kernel's loss and gradient (mpmath, rounded)."""
+    rng = np.random.default_rng(1)
+    z = (rng.standard_normal((N, C)) * 3).astype(np.float32)
+    y = rng.integers(0, C, N)
+    truths = [mp_truth(z[i], int(y[i])) for i in range(N)]
+    loss = np.array([float(t[0]) for t in truths]).astype(np.float32)
+    grad = np.array([[float(v) for v in t[1]] for t in truths]).astype(np.float32)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    np.save(tmp_path / "loss.npy", loss)
+    np.save(tmp_path / "grad.npy", grad)
+    with mpmath.workdps(TRUTH_DPS):
+        mean = float(mpmath.fsum(t[0] for t in truths) / N)
+    np.save(tmp_path / "mean.npy", np.float32(mean))
+    return tmp_path
+
+
+def _run(d: Path, *args: str, loss: str = "loss.npy") -> object:
+    base = [
+        "compare",
+        str(d / "logits.npy"),
+        "--labels",
+        str(d / "labels.npy"),
+        "--loss",
+        str(d / loss),
+    ]
+    return CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
+
+
+def test_pass_exit_0_and_json_schema(dump: Path) -> None:
+    res = _run(dump, "--grad", str(dump / "grad.npy"), "--format", "json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["schema"] == "smcheck.compare/1"
+    assert doc["ok"] is True and isinstance(doc["ok"], bool)
+    for key in ("max_ulp_err", "median_ulp_err", "max_rel_err"):
+        assert isinstance(doc["loss"][key], float), key
+    assert isinstance(doc["loss"]["nonfinite_rows"], int)
+    for key in ("max_abs_err", "max_rel_err"):
+        assert isinstance(doc["grad"][key], float), key
+    assert isinstance(doc["grad"]["nonfinite_rows"], int)
+    assert doc["loss"]["max_ulp_err"] <= 0.5 + 1e-5  # correctly rounded to float32
+    assert doc["input"]["rows"] == N and doc["input"]["classes"] == C
+    assert doc["input"]["dtype"] == "float32" and doc["input"]["reduction"] == "none"
+    assert doc["verdict"] == "ok" and res.stderr == ""
+
+
+def test_grad_is_null_without_grad(dump: Path) -> None:
+    res = _run(dump, "-f", "json")
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["grad"] is None
+
+
+def test_injected_nan_row_fails_with_exit_1(dump: Path) -> None:
+    loss = np.load(dump / "loss.npy")
+    loss[4] = np.nan
+    np.save(dump / "bad.npy", loss)
+    res = _run(dump, "-f", "json", loss="bad.npy")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["loss"]["nonfinite_rows"] == 1 and doc["loss"]["nonfinite_row_ids"] == [4]
+    assert doc["ok"] is False and doc["verdict"] == "broken"
+    assert _run(dump, "--exit-zero", loss="bad.npy").exit_code == 0
+    assert _run(dump, "--fail-on", "none", loss="bad.npy").exit_code == 0
+    # eval's overflow/underflow (one fail-on in a config file for every command) mean nonfinite
+    res = _run(dump, "--fail-on", "overflow", "-f", "json", loss="bad.npy")
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["thresholds"]["fail_on"] == ["nonfinite"]
+    assert _run(dump, "--fail-on", "ignored", loss="bad.npy").exit_code == 0
+
+
+def test_dropped_onehot_gradient_fails(dump: Path) -> None:
+    g = np.load(dump / "grad.npy")
+    y = np.load(dump / "labels.npy")
+    g[np.arange(N), y] += 1  # softmax, without the -onehot term
+    np.save(dump / "softmax.npy", g)
+    res = _run(dump, "--grad", str(dump / "softmax.npy"), "-f", "json")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert abs(doc["grad"]["max_abs_err"] - 1) < 1e-6
+    assert doc["worst_rows"][0]["grad_worst_class"] == doc["worst_rows"][0]["label"]
+
+
+def test_thresholds_from_the_command_line(dump: Path) -> None:
+    loss = np.load(dump / "loss.npy")
+    for _ in range(3):
+        loss = np.nextafter(loss, np.float32(np.inf))
+    np.save(dump / "off3.npy", loss)
+    assert _run(dump, loss="off3.npy").exit_code == 0  # default budget 4 + log2(5)
+    res = _run(dump, "--max-loss-ulp", "1", "-f", "json", loss="off3.npy")
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["thresholds"]["max_loss_ulp"] == 1.0 and doc["verdict"] == "lossy"
+    res = _run(dump, "--grad", str(dump / "grad.npy"), "--max-grad-err", "0")
+    assert res.exit_code == 1  # a float32 gradient is not exact
+
+
+def test_reduction_mean_with_zero_d_npy(dump: Path) -> None:
+    res = _run(dump, "--reduction", "mean", "-f", "json", loss="mean.npy")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["input"]["reduction"] == "mean"
+    assert doc["loss"]["value"] == float(np.load(dump / "mean.npy"))
+    assert doc["loss"]["max_ulp_err"] <= 0.5 + 1e-5
+    # the per-row file is not one number
+    res = _run(dump, "--reduction", "mean", loss="loss.npy")
+    assert res.exit_code == 2
+    assert "expected one number" in res.stderr
+
+
+def test_bad_input_exit_2_one_line(dump: Path) -> None:
+    np.save(dump / "short.npy", np.zeros(N - 1, dtype=np.float32))
+    res = _run(dump, loss="short.npy")
+    assert res.exit_code == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "short.npy: shape (11,), expected (12,)" in lines[0]
+    res = _run(dump, loss="missing.npy")
+    assert res.exit_code == 2 and "missing.npy: no such file" in res.stderr
+    res = _run(dump, "--fail-on", "nan")
+    assert res.exit_code == 2 and "--fail-on: unknown value 'nan'" in res.stderr
+    res = _run(dump, "--dtype", "float7")
+    assert res.exit_code == 2 and "unknown dtype" in res.stderr
+    res = CliRunner().invoke(
+        cli, ["compare", str(dump / "logits.npy"), "--loss", str(dump / "loss.npy")]
+    )
+    assert res.exit_code == 2 and "needs labels" in res.stderr
+    res = CliRunner().invoke(cli, ["compare", str(dump / "logits.npy")])
+    assert res.exit_code == 2 and "--loss" in res.stderr
+
+
+def test_text_and_npz_dumps(dump: Path) -> None:
+    z = np.load(dump / "logits.npy")
+    y = np.load(dump / "labels.npy")
+    loss = np.load(dump / "loss.npy")
+    grad = np.load(dump / "grad.npy")
+    np.savez(dump / "all.npz", logits=z, labels=y, loss=loss, grad=grad)
+    all_npz = str(dump / "all.npz")
+    res = CliRunner().invoke(
+        cli, ["compare", all_npz, "--loss", all_npz, "--grad", all_npz, "-f", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["input"]["loss"].endswith("all.npz['loss']")
+    (dump / "loss.txt").write_text("".join(f"{float(v)!r}\n" for v in loss))
+    header = ",".join(f"c{j}" for j in range(C)) + ",label\n"
+    rows = "".join(",".join(repr(float(v)) for v in z[i]) + f",{y[i]}\n" for i in range(N))
+    (dump / "data.csv").write_text(header + rows)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            str(dump / "data.csv"),
+            "--label-column",
+            "label",
+            "--loss",
+            str(dump / "loss.txt"),
+            "--dtype",
+            "float32",
+            "-f",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["loss"]["max_ulp_err"] <= 0.5 + 1e-5
+    np.savez(dump / "named.npz", mine=loss)
+    assert _run(dump, "--loss-key", "mine", loss="named.npz").exit_code == 0
+
+
+def test_float16_working_dtype_changes_the_units(dump: Path) -> None:
+    # their float32 loss judged in float16 ulps: far below one float16 ulp
+    res = _run(dump, "--dtype", "float16", "-f", "json")
+    doc = json.loads(res.stdout)
+    assert doc["input"]["dtype"] == "float16"
+    assert any("stored as float32" in note for note in doc["notes"])
+
+
+def test_table_markdown_github_and_output_file(dump: Path) -> None:
+    res = _run(dump, "--grad", str(dump / "grad.npy"))
+    assert res.exit_code == 0
+    assert "verdict: ok" in res.stdout and "\x1b[" not in res.stdout
+    assert "Loss error histogram" in res.stdout
+    res = _run(dump, "-f", "markdown")
+    assert res.stdout.startswith("## smcheck compare: pass (ok)")
+    res = _run(dump, "-f", "github")
+    assert res.stdout.startswith("::notice title=smcheck compare::ok: ")
+    out = dump / "report.json"
+    res = _run(dump, "-f", "json", "-o", str(out))
+    assert res.exit_code == 0 and res.stdout == ""
+    assert json.loads(out.read_text())["ok"] is True
+    res = _run(dump, "-o", str(dump / "loss.npy"))  # never onto an input
+    assert res.exit_code == 2 and "refusing to write" in res.stderr
+    assert np.load(dump / "loss.npy").shape == (N,)
+
+
+def test_color(dump: Path) -> None:
+    res = _run(dump, "--color", "always")
+    assert "\x1b[" in res.stdout
+    res = CliRunner(env={"FORCE_COLOR": "1", "NO_COLOR": "1"}).invoke(
+        cli,
+        [
+            "compare",
+            str(dump / "logits.npy"),
+            "--labels",
+            str(dump / "labels.npy"),
+            "--loss",
+            str(dump / "loss.npy"),
+        ],
+    )
+    assert "\x1b[" not in res.stdout
+
+
+def test_help_lists_every_option() -> None:
+    res = CliRunner().invoke(cli, ["compare", "--help"])
+    assert res.exit_code == 0
+    for opt in (
+        "--labels", "--label-column", "--logits-key", "--labels-key", "--loss", "--loss-key",
+        "--grad", "--grad-key", "--reduction", "--ignore-index", "--dtype", "--accum", "--cast",
+        "--max-loss-ulp", "--max-grad-err", "--fail-on", "--exit-zero", "--top", "--format",
+        "--output", "--color",
+    ):  # fmt: skip
+        assert opt in res.stdout, opt
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "compare.md").read_text()
+    for opt in ("--labels", "--loss", "--grad", "--reduction", "--fail-on", "--top"):
+        assert f"`{opt}" in doc, opt
