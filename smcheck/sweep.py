@@ -511,6 +511,8 @@ def _measure(
         n_fin = finite.sum(axis=1)
         geo = _geometry(prep.x, labels, s, r)
         ref = core.reference_of(prep) if with_ref else None
+        # the condition number is the problem's (reference only): once for every method
+        kappa = None if ref is None else metrics.condition_number(prep.x, ref.grad, ref.loss)
         for m in methods:
             res = core.run_method(m, prep, prob.accum)
             assert res.grad is not None
@@ -524,7 +526,7 @@ def _measure(
             }
             errs: dict[str, list] = {}
             if ref is not None:
-                errs = _errors(res, prep.x, ref, prep.working, finite, nl, ng, s, r)
+                errs = _errors(res, kappa, ref, prep.working, finite, nl, s, r)
             for i in range(s):
                 out[m].append(
                     _Stats(
@@ -540,12 +542,11 @@ def _measure(
 
 def _errors(
     res: core.CrossEntropyResult,
-    res_x: np.ndarray,
+    kappa: np.ndarray,
     ref: object,
     working: Precision,
     finite: np.ndarray,
     nl: np.ndarray,
-    ng: np.ndarray,
     s: int,
     r: int,
 ) -> dict[str, list]:
@@ -559,7 +560,6 @@ def _errors(
     max_bits, med_bits = _max_med(bits, measured)
     # error beyond what the problem forces: kappa * eps is the relative error that rounding
     # the shifted logits alone causes (exp turns an absolute error of z - m into a relative one)
-    kappa = metrics.condition_number(res_x, ref.grad, ref_loss)  # type: ignore[attr-defined]
     with np.errstate(invalid="ignore"):  # NaN rows (non-finite input or loss) stay NaN
         excess = metrics.bits_of_error(
             metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo) / np.maximum(kappa, 1.0)
@@ -678,7 +678,8 @@ def _refine(
         todo = [(key, b) for key, b in brackets.items() if is_open(b)]
         if not todo:
             break
-        plan: dict[tuple[str, bool], set[float]] = {}
+        # point -> methods to run there, and whether the reference is needed there
+        need_at: dict[float, tuple[set[str], list[bool]]] = {}
         points: dict[tuple[str, str], list[float]] = {}
         for (m, kind), (lo, hi) in todo:
             assert lo is not None and hi is not None
@@ -687,16 +688,23 @@ def _refine(
             pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
             points[(m, kind)] = pts
             with_ref = kind == "precision"
-            missing = {
-                p for p in pts if (m, p) not in cache or (with_ref and not cache[(m, p)].has_ref)
-            }
-            plan.setdefault((m, with_ref), set()).update(missing)
-        for (m, with_ref), pts_set in plan.items():
-            if not pts_set:
-                continue
-            ordered = sorted(pts_set)
-            for p, st in zip(ordered, _measure(prob, ordered, [m], with_ref)[m], strict=True):
-                cache[(m, p)] = st
+            for p in pts:
+                if (m, p) in cache and (cache[(m, p)].has_ref or not with_ref):
+                    continue
+                methods, ref = need_at.setdefault(p, (set(), [False]))
+                methods.add(m)
+                ref[0] = ref[0] or with_ref
+        # points that need the same methods share one batch: one rounding, one reference
+        batches: dict[tuple[tuple[str, ...], bool], list[float]] = {}
+        for p, (methods, ref) in need_at.items():
+            order = tuple(x for x in grid if x in methods)
+            batches.setdefault((order, ref[0]), []).append(p)
+        for (methods_t, with_ref), pts_list in batches.items():
+            ordered = sorted(pts_list)
+            measured = _measure(prob, ordered, methods_t, with_ref)
+            for m in methods_t:
+                for p, st in zip(ordered, measured[m], strict=True):
+                    cache[(m, p)] = st
         for (m, kind), pts in points.items():
             b = brackets[(m, kind)]
             hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
