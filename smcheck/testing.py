@@ -80,11 +80,13 @@ DEFAULT_MEMORY = 64 * 2**20
 #: Rows listed per failed check in the report.
 WORST_ROWS = 5
 
+DtypeLike = str | np.dtype | Precision
+
 
 def default_thresholds(
     n_classes: int,
-    dtype: str | np.dtype | Precision,
-    accum: str | np.dtype | Precision | None = None,
+    dtype: DtypeLike,
+    accum: DtypeLike | None = None,
 ) -> tuple[float, float]:
     """``(max_loss_ulp, max_grad_err)`` for C classes in ``dtype`` with sums in ``accum``.
 
@@ -313,18 +315,21 @@ def _render(
 
 
 def _check_args(
-    logits: object, labels: object, dtype: object, accum: object
+    logits: np.ndarray, labels: np.ndarray, dtype: DtypeLike, accum: DtypeLike | None
 ) -> tuple[np.ndarray, np.ndarray, Precision, Precision]:
+    """Arrays of the right shapes and the two precisions (errors name what is wrong)."""
     x = np.asarray(logits)
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2:
         raise InputError(f"logits must be 2-D (rows, classes), got shape {x.shape}")
+    if labels is None:
+        raise UsageError("labels are required: one class index per row")
     y = np.asarray(labels)
     if y.shape != (x.shape[0],):
         raise InputError(f"labels have shape {y.shape}, expected ({x.shape[0]},)")
-    working = get_precision(dtype)  # type: ignore[arg-type]
-    return x, y, working, resolve_accum(working, accum)  # type: ignore[arg-type]
+    working = get_precision(dtype)
+    return x, y, working, resolve_accum(working, accum)
 
 
 def _new_checks(
@@ -353,9 +358,9 @@ def assert_stable(
     logits: np.ndarray,
     labels: np.ndarray,
     *,
-    dtype: str | np.dtype | Precision,
+    dtype: DtypeLike,
     methods: Sequence[str] = ("fused",),
-    accum: str | np.dtype | Precision | None = None,
+    accum: DtypeLike | None = None,
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     ignore_index: int = -100,
@@ -409,9 +414,9 @@ def assert_matches_reference(
     logits: np.ndarray,
     labels: np.ndarray,
     *,
-    dtype: str | np.dtype | Precision,
+    dtype: DtypeLike,
     grad: np.ndarray | None = None,
-    accum: str | np.dtype | Precision | None = None,
+    accum: DtypeLike | None = None,
     max_ulp: float | None = None,
     max_grad_err: float | None = None,
     ignore_index: int = -100,

@@ -152,6 +152,8 @@ def test_bad_arguments_are_usage_errors_not_assertions() -> None:
         assert_stable(z, y[:2], dtype="float16")
     with pytest.raises(InputError, match="row 1: label 9"):
         assert_stable(z, np.array([0, 9, 1]), dtype="float16")
+    with pytest.raises(UsageError, match="labels are required"):
+        assert_stable(z, None, dtype="float16")  # type: ignore[arg-type]
 
 
 # --- assert_matches_reference -------------------------------------------------------------------
