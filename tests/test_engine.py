@@ -19,10 +19,12 @@ from smcheck.engine import (
     MethodStats,
     _hist,
     chunk_rows_for,
+    grad_errors,
     grad_labels,
     hist_quantile,
     run,
 )
+from smcheck.metrics import grad_abs_err, grad_rel_err
 from smcheck.precisions import get_precision
 
 
@@ -217,3 +219,19 @@ def test_method_counts_against_an_independent_count() -> None:
     assert st.methods["naive"].nonfinite_grad == len(over_rows)
     assert st.methods["fused"].overflow == 0 and st.methods["fused"].nan_loss == 0
     assert st.methods["fused"].measured == 50
+
+
+def test_grad_errors_equal_the_metrics_functions() -> None:
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal((8, 5)).astype(np.float32)
+    ref = g.astype(np.float64) + rng.standard_normal((8, 5)) * 1e-7
+    lo = rng.standard_normal((8, 5)) * 1e-24
+    g[1, 2] = np.nan
+    g[2, 0] = np.inf
+    ref[3, 1] = np.nan  # reference not finite: not measurable
+    ref[4] = 0.0  # ||g*|| = 0
+    g[4] = 0.0
+    for low in (None, lo):
+        gabs, grel = grad_errors(g, ref, low)
+        np.testing.assert_array_equal(gabs, grad_abs_err(g, ref, low))
+        np.testing.assert_array_equal(grel, grad_rel_err(g, ref, low))
