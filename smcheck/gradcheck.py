@@ -40,6 +40,7 @@ sum is formed once), each direction O(C) per evaluation; ``full`` costs O(C**2).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -894,7 +895,7 @@ def gradcheck(
     # ---- each method against the truth
     case_of = None if row_cases is None else list(row_cases)
     checks: list[MethodCheck] = []
-    worst_all: list[WorstEntry] = []
+    ranked: list[list[WorstEntry]] = []
 
     def entry(
         name: str, flat: int, vals_e: np.ndarray, vals_d: np.ndarray, r: np.ndarray
@@ -950,9 +951,15 @@ def gradcheck(
         nonfinite_rows = int(np.count_nonzero(~np.isfinite(g64).all(axis=1)))
         worst = None
         if r_all.size:
-            order = np.argsort(-r_all, kind="stable")[: max(top, 1)]
+            # this method's worst entries, one per row (a NaN row would fill the list alone)
+            order = np.argsort(-r_all, kind="stable")
+            probe_row = np.concatenate(
+                [np.repeat(np.arange(n), sel.shape[1]), np.tile(np.arange(n), cs_d.shape[0])]
+            )
+            _, at = np.unique(probe_row[order], return_index=True)
+            picks = order[np.sort(at)][:top]
             worst = entry(name, int(order[0]), vals_e, vals_d, r_all)
-            worst_all.extend(entry(name, int(k), vals_e, vals_d, r_all) for k in order[:top])
+            ranked.append([entry(name, int(k), vals_e, vals_d, r_all) for k in picks])
         l0 = None if loss0 is None else np.asarray(loss0).astype(np.float64)
         checks.append(
             MethodCheck(
@@ -976,7 +983,8 @@ def gradcheck(
                 ),
             )
         )
-    worst_all.sort(key=lambda w: -w.ratio)
+    # the worst list takes each method's worst, then each one's second worst, ...
+    worst_all = [w for rank in itertools.zip_longest(*ranked) for w in rank if w is not None]
     if n == 0:
         notes.append("no row to check: every row is ignored or has NaN/inf logits")
     cases: tuple[tuple[str, int], ...] = ()

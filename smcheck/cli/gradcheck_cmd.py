@@ -1,0 +1,247 @@
+"""``smcheck gradcheck``: each method's gradient against complex-step and central-difference
+derivatives (parse, load or synthesise, check, render, exit code)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from ..errors import UsageError
+from ..gradcheck import CASE_CHOICES, GradcheckReport, gradcheck, synthetic
+from ..loading import load_input
+from ..precisions import PRECISIONS
+from ..render.gradcheck import (
+    render_github,
+    render_json,
+    render_markdown,
+    render_table,
+    summary,
+)
+from . import cli
+from .options import (
+    color_option,
+    dtype_options,
+    emit,
+    exit_code,
+    format_option,
+    methods_option,
+    output_option,
+    parse_methods,
+    wants_color,
+)
+
+#: --format -> pure renderer (report, colour) -> text.
+RENDERERS: dict[str, Callable[[GradcheckReport, bool], str]] = {
+    "table": lambda r, color: render_table(r, color=color),
+    "json": lambda r, color: render_json(r),
+    "markdown": lambda r, color: render_markdown(r),
+    "github": lambda r, color: render_github(r),
+}
+
+#: Synthetic input when no LOGITS is given.
+DEFAULT_SYNTHETIC_ROWS = 50
+
+
+@cli.command("gradcheck")
+@click.argument("logits", metavar="[LOGITS]", required=False)
+@click.option("--labels", metavar="FILE", help="Labels (.npy, .csv or .txt, one per row).")
+@click.option("--logits-key", metavar="KEY", help="Array name of the logits in an .npz.")
+@click.option("--labels-key", metavar="KEY", help="Array name of the labels in an .npz.")
+@click.option("--label-column", metavar="NAME|INDEX", help="Labels from this column of a CSV.")
+@click.option(
+    "--ignore-index",
+    type=int,
+    default=-100,
+    show_default=True,
+    help="Label value of rows to skip (as PyTorch's cross_entropy).",
+)
+@click.option(
+    "--case",
+    type=click.Choice(list(CASE_CHOICES)),
+    default=None,
+    help="Synthetic rows (no LOGITS): random, confident (label at the max), wrong (label at "
+    "the min), uniform (ties), extreme (the seed's [0, -800, 1], +-1000 shifts, 100x spread) "
+    "or all (mixed row by row). Default: all.",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Synthetic: rows to make (default {DEFAULT_SYNTHETIC_ROWS}). A file: check only this "
+    "many rows (the largest margin, the largest |z|, then a random sample).",
+)
+@click.option(
+    "--classes",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Synthetic: classes per row (default 10).",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Synthetic: standard deviation of the logits (default 4).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the synthetic rows, the random directions and coordinates.",
+)
+@dtype_options("the file's float dtype (float32 for text and synthetic input)")
+@methods_option()
+@click.option(
+    "--gate",
+    metavar="LIST",
+    default="fused",
+    show_default=True,
+    help="Comma-separated methods whose failure fails the run (exit 1); 'none' gates nothing, "
+    "'all' every method run.",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Absolute tolerance: an entry passes when |g - g*| <= atol + rtol |g*|. Default per "
+    "dtype: float64 1e-13, float32 1e-5, float16 1e-2, bfloat16 1e-1, float8 0.25/0.5.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Relative tolerance (default: the same per-dtype value as --atol).",
+)
+@click.option(
+    "--directions",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Random unit directions v per row: v . grad against the derivative along v.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Random coordinates per row, besides the label, argmax, argmin and next largest.",
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Check every coordinate of every row (costs rows x classes**2; for small C).",
+)
+@click.option(
+    "--consistency-step",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Step of the working-dtype check of each method's loss against its own gradient "
+    "(default: chosen per row from the loss's rounding noise). Try 1e-3 in float16.",
+)
+@click.option(
+    "--top",
+    "top_k",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="How many worst derivatives to list.",
+)
+@format_option(tuple(RENDERERS))
+@output_option()
+@color_option()
+@click.option(
+    "--exit-zero",
+    is_flag=True,
+    help="Exit 0 even when a gated check fails (bad input still exits 2).",
+)
+def gradcheck_cmd(
+    logits: str | None,
+    labels: str | None,
+    logits_key: str | None,
+    labels_key: str | None,
+    label_column: str | None,
+    ignore_index: int,
+    case: str | None,
+    rows: int | None,
+    classes: int | None,
+    scale: float | None,
+    seed: int,
+    dtype: str | None,
+    accum: str | None,
+    cast_mode: str,
+    methods: str,
+    gate: str,
+    atol: float | None,
+    rtol: float | None,
+    directions: int,
+    sample: int,
+    full: bool,
+    consistency_step: float | None,
+    top_k: int,
+    fmt: str,
+    output: str | None,
+    color: str,
+    exit_zero: bool,
+) -> None:
+    """Check each method's gradient dL/dz, computed in the working dtype, against the truth:
+    complex-step derivatives in complex128, confirmed by central differences (Richardson) in
+    the reference's high precision and by the reference's own gradient - all on the same
+    rounded logits.
+
+    Checks the coordinates that matter in every row (label, argmax, argmin, the largest
+    logits, a random sample; --full: all) and random directional derivatives. Without LOGITS
+    it makes synthetic rows (--case, --rows, --classes, --scale, --seed), the seed's
+    underflow case [0, -800, 1] among them. Exit status: 0 every gated method passes, 1 one
+    fails (or the truth itself disagrees, or no row is checkable), 2 bad input or usage,
+    3 internal error.
+
+    Example: smcheck gradcheck --dtype float16 --methods all
+    """
+    if logits is None:
+        if labels or logits_key or labels_key or label_column:
+            raise UsageError("--labels and the key/column options need a LOGITS file")
+        s = synthetic(
+            case or "all",
+            rows=rows or DEFAULT_SYNTHETIC_ROWS,
+            classes=classes or 10,
+            scale=4.0 if scale is None else scale,
+            seed=seed,
+        )
+        x, y, name, cases, inputs = s.logits, s.labels, s.description, s.cases, []
+        dtype = dtype or "float32"
+        rows = None
+    else:
+        given = [n for n, v in (("--case", case), ("--classes", classes), ("--scale", scale)) if v]
+        if given:
+            raise UsageError(f"{', '.join(given)} make synthetic input: drop them or LOGITS")
+        column: str | int | None = label_column
+        if label_column is not None and label_column.lstrip("-").isdigit():
+            column = int(label_column)
+        loaded = load_input(
+            logits,
+            labels,
+            logits_key=logits_key,
+            labels_key=labels_key,
+            label_column=column,
+            ignore_index=ignore_index,
+        )
+        if dtype is None and loaded.file_dtype not in PRECISIONS:
+            dtype = "float32"  # text and integer files
+        x, y, cases = loaded.logits, loaded.labels, None
+        name = loaded.logits_name + (f" with labels {loaded.labels_name}" if labels else "")
+        inputs = [p for p in (logits, labels) if p]
+    run = parse_methods(methods)
+    gated = () if gate.strip().lower() == "none" else parse_methods(gate, "--gate")
+    if gate.strip().lower() == "all":
+        gated = run
+    report = gradcheck(
+        x, y, dtype=dtype, accum=accum, cast=cast_mode, ignore_index=ignore_index,
+        methods=run, gate=gated, atol=atol, rtol=rtol, directions=directions, sample=sample,
+        full=full, consistency_step=consistency_step, rows=rows, seed=seed, top=top_k,
+        source=name, row_cases=cases,
+    )  # fmt: skip
+    emit(RENDERERS[fmt](report, wants_color(color)), output, inputs)
+    if report.rows == 0:
+        click.echo(f"smcheck: {summary(report)}", err=True)
+    click.get_current_context().exit(exit_code(report.ok, exit_zero))
