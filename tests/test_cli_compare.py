@@ -205,6 +205,8 @@ def test_table_markdown_github_and_output_file(dump: Path) -> None:
     assert res.stdout.startswith("## smcheck compare: pass (ok)")
     res = _run(dump, "-f", "github")
     assert res.stdout.startswith("::notice title=smcheck compare::ok: ")
+    res = _run(dump, "-f", "junit")
+    assert res.stdout.startswith('<?xml version="1.0"') and 'failures="0"' in res.stdout
     out = dump / "report.json"
     res = _run(dump, "-f", "json", "-o", str(out))
     assert res.exit_code == 0 and res.stdout == ""

@@ -550,6 +550,19 @@ def test_markdown_and_github_renderers() -> None:
     assert len(gh) == 3
 
 
+def test_junit_renderer() -> None:
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(render(_hand_report(), "junit"))
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("tests") == "5" and suite.get("failures") == "2"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert list(cases) == ["loss-error", "grad-error", "nonfinite", "ref-nonfinite", "ignored"]
+    failure = cases["grad-error"].find("failure")
+    assert failure is not None and failure.get("message") == "their gradient is off by up to 1"
+    assert cases["loss-error"].find("failure") is None
+
+
 def test_registries_are_documented() -> None:
     doc = DOCS.read_text()
     for fmt in RENDERERS:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
+from xml.sax.saxutils import escape, quoteattr
 
 from rich.table import Table
 from rich.text import Text
@@ -18,7 +19,7 @@ from rich.text import Text
 from ..compare import CompareReport, HistBin
 from .common import STYLE_OF, fmt_num, render_to_text
 
-__all__ = ["RENDERERS", "render", "to_github", "to_json", "to_markdown", "to_table"]
+__all__ = ["RENDERERS", "render", "to_github", "to_json", "to_junit", "to_markdown", "to_table"]
 
 #: Most GitHub annotations of one level (GitHub shows only 10 per step anyway).
 MAX_ANNOTATIONS = 10
@@ -361,6 +362,34 @@ def to_github(report: CompareReport, *, color: bool = False, width: int = 100) -
     return "\n".join(lines) + "\n"
 
 
+def to_junit(report: CompareReport, *, color: bool = False, width: int = 100) -> str:
+    """``--format junit``: JUnit XML, one test case per check - a failure for a failed gated
+    check, ``skipped`` for a failed ungated one (reported, not gating)."""
+    cases = []
+    failures = skipped = 0
+    for c in report.checks:
+        body = ""
+        if not c.ok and c.gated:
+            failures += 1
+            body = f"<failure message={quoteattr(c.message)}>{escape(report.summary)}</failure>"
+        elif not c.ok:
+            skipped += 1
+            body = f"<skipped message={quoteattr('not gated: ' + c.message)}/>"
+        name = quoteattr(c.name)
+        cases.append(f'    <testcase classname="smcheck.compare" name={name}>{body}</testcase>')
+    suite = quoteattr(f"smcheck compare {report.loss_file} ({report.dtype})")
+    n = len(report.checks)
+    lines = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<testsuites name="smcheck compare" tests="{n}" failures="{failures}">',
+        f'  <testsuite name={suite} tests="{n}" failures="{failures}" skipped="{skipped}">',
+        *cases,
+        "  </testsuite>",
+        "</testsuites>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 Renderer = Callable[..., str]
 
 #: ``--format`` name -> renderer (each takes the report, ``color`` and ``width``).
@@ -369,6 +398,7 @@ RENDERERS: dict[str, Renderer] = {
     "json": to_json,
     "markdown": to_markdown,
     "github": to_github,
+    "junit": to_junit,
 }
 
 
