@@ -25,6 +25,7 @@ list with a total order - so the merge is associative and commutative and the re
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ __all__ = [
     "grad_errors",
     "hist_quantile",
     "merge",
+    "release_pages",
     "run",
     "total_of",
 ]
@@ -732,6 +734,30 @@ def _per_row(
     return PerRowBlock(rows_g, label, e, np.where(e, ref_loss, np.nan), out)
 
 
+def release_pages(block: np.ndarray) -> bool:
+    """Drop a memory-mapped block's pages from this process (they stay in the page cache).
+
+    A read-only ``np.memmap`` keeps every page it has touched mapped, so the resident set of a
+    scan would grow to the file's size; ``madvise(MADV_DONTNEED)`` after each block keeps it at
+    a few blocks. Returns whether pages were released (False: not a memmap, or no madvise).
+    """
+    mm = getattr(block, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    if block.size == 0 or not block.flags.c_contiguous:
+        return False
+    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    start = block.ctypes.data - base
+    stop = start + block.nbytes
+    page = mmap.PAGESIZE
+    lo = start - start % page  # madvise wants a page-aligned start
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, lo, stop - lo)
+    except (OSError, ValueError):  # e.g. a mapping the kernel will not advise: keep going
+        return False
+    return True
+
+
 def run(
     logits: np.ndarray,
     labels: np.ndarray | None,
@@ -757,8 +783,12 @@ def run(
     def task(start: int) -> tuple[ChunkStats, PerRowBlock | None]:
         block = logits[start : start + step]
         lab = None if labels is None else np.asarray(labels[start : start + step])
-        return chunk_stats(np.asarray(block), lab, start, cfg)
+        try:
+            return chunk_stats(np.asarray(block), lab, start, cfg)
+        finally:
+            release_pages(block)
 
+    release_pages(logits)  # pages a loader touched (e.g. scanning for inf) need not stay mapped
     starts = list(range(0, n, step)) or [0]
     total: ChunkStats | None = None
     for start, (st, rows) in zip(starts, _ordered(task, starts, workers), strict=True):

@@ -22,6 +22,7 @@ from smcheck.engine import (
     grad_errors,
     grad_labels,
     hist_quantile,
+    release_pages,
     run,
 )
 from smcheck.metrics import grad_abs_err, grad_rel_err
@@ -235,3 +236,17 @@ def test_grad_errors_equal_the_metrics_functions() -> None:
         gabs, grel = grad_errors(g, ref, low)
         np.testing.assert_array_equal(gabs, grad_abs_err(g, ref, low))
         np.testing.assert_array_equal(grel, grad_rel_err(g, ref, low))
+
+
+def test_release_pages_keeps_values_and_skips_plain_arrays(tmp_path) -> None:
+    a = np.arange(3000 * 8, dtype=np.float32).reshape(3000, 8)
+    np.save(tmp_path / "a.npy", a)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    block = mm[1000:2000]
+    before = np.array(block)
+    assert release_pages(block) is True
+    np.testing.assert_array_equal(block, before)  # pages come back from the file
+    assert release_pages(a[10:20]) is False
+    cfg = EngineConfig(get_precision("float32"), get_precision("float32"), ("fused",))
+    got = run(mm, None, cfg, chunk_rows=512)
+    assert got.methods["fused"].measured == 3000 * 8
