@@ -246,3 +246,23 @@ def test_help_lists_every_option() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "compare.md").read_text()
     for opt in ("--labels", "--loss", "--grad", "--reduction", "--fail-on", "--top"):
         assert f"`{opt}" in doc, opt
+
+
+def test_shared_config_file_serves_compare(dump: Path) -> None:
+    # one [tool.smcheck]-style table for every command: eval's fail-on values and formats
+    # must not break compare
+    cfg = dump / "smcheck.toml"
+    cfg.write_text(
+        'fail-on = "overflow,underflow,nonfinite"\nformat = "json"\n\n[compare]\ntop = 2\n'
+    )
+    loss = np.load(dump / "loss.npy")
+    loss[[1, 2, 3]] = np.inf
+    np.save(dump / "bad.npy", loss)
+    args = ["--config", str(cfg), "compare", str(dump / "logits.npy"), "--labels"]
+    args += [str(dump / "labels.npy"), "--loss", str(dump / "bad.npy")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["thresholds"]["fail_on"] == ["nonfinite"]
+    assert [w["row"] for w in doc["worst_rows"]] == [1, 2]
+    assert doc["loss"]["inf_rows"] == 3
