@@ -4,6 +4,7 @@
 
 * ``healthy_f32.npy`` + ``healthy_labels.npy`` - a float32 classifier (1000 rows, 10 classes)
   with moderate confidence: every method is fine in float32 and in float16.
+* ``healthy.npz`` - the same two arrays in one file (``logits``, ``labels``).
 * ``overconfident_f32.npy`` + ``overconfident_labels.npy`` - the same shape, trained too long:
   logits up to ~25, so exp(z) overflows float16 (ln(65504) = 11.09) and naive breaks there;
   some labels sit far below the max (p_y underflows, shifted gives inf).
@@ -36,6 +37,8 @@ def main(out: Path = HERE) -> None:
     z, y = classifier(rng, 1000, 10, 1.5, 0.9)
     np.save(out / "healthy_f32.npy", z.astype(np.float32))
     np.save(out / "healthy_labels.npy", y.astype(np.int64))
+    with open(out / "healthy.npz", "wb") as fh:  # the same arrays under the default names
+        np.savez(fh, logits=z.astype(np.float32), labels=y.astype(np.int64))
 
     z, y = classifier(rng, 1000, 10, 6.0, 0.95)
     np.save(out / "overconfident_f32.npy", z.astype(np.float32))

@@ -367,7 +367,10 @@ def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport
         grads = [m.grad_max_abs_err for m in gated if m.grad_max_abs_err is not None]
         detail = ""
         if losses and grads:
-            detail = f" (loss error <= {max(losses):.3g} ulp, gradient error <= {max(grads):.3g})"
+            detail = (
+                f" (loss error <= {max(losses):.3g} ulps of max(|loss|, 1), "
+                f"gradient error <= {max(grads):.3g})"
+            )
         verb = "pass" if len(gated) > 1 else "passes"
         parts.append(
             f"{names} {verb} in {inp.dtype} on {inp.eligible_rows} rows{detail}"

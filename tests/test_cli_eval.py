@@ -266,3 +266,41 @@ def test_chunked_run_equals_one_shot(tmp_path: Path) -> None:
     assert as_json(run(*args, "--chunk-rows", "16", "--workers", "2")) == one
     # a 0.01 MiB budget forces many chunks (one row of 64 classes costs ~12 KiB)
     assert as_json(run(*args, "--chunk-mb", "0.01")) == one
+
+
+# ---------------------------------------------------------------- samples
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+def test_samples_are_what_the_script_makes(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_samples", SAMPLES / "make_samples.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "made"
+    out.mkdir()
+    mod.main(out)
+    made = sorted(p.name for p in out.iterdir())
+    assert made == sorted(p.name for p in SAMPLES.iterdir() if p.suffix in (".npy", ".npz", ".csv"))
+    for name in made:
+        assert (out / name).read_bytes() == (SAMPLES / name).read_bytes(), name
+    assert sum((SAMPLES / n).stat().st_size for n in made) < 1_000_000
+
+
+def test_samples_show_what_their_readme_says() -> None:
+    s = str(SAMPLES)
+    healthy = as_json(run(f"{s}/healthy_f32.npy", "--labels", f"{s}/healthy_labels.npy",
+                          "--dtype", "float16", "-f", "json"))  # fmt: skip
+    assert all(m["verdict"] == "ok" for m in healthy["methods"].values())
+    over = as_json(run(f"{s}/overconfident_f32.npy", "--labels", f"{s}/overconfident_labels.npy",
+                       "--dtype", "float16", "-f", "json"))  # fmt: skip
+    assert over["methods"]["naive"]["verdict"] == "broken"
+    assert over["methods"]["shifted"]["verdict"] == "broken"
+    assert over["methods"]["fused"]["verdict"] == "ok" and over["ok"]
+    csv = as_json(run(f"{s}/classifier.csv", "--label-column", "label", "-f", "json"))
+    assert csv["input"]["ignored_rows"] == 1 and csv["input"]["rows"] == 40
+    lm = as_json(run(f"{s}/lm_logits_f16.npy", "--labels", f"{s}/lm_labels.npy", "-f", "json"))
+    assert lm["input"]["original_shape"] == [4, 32, 512] and lm["input"]["dtype"] == "float16"

@@ -141,13 +141,19 @@ def _worst_table(report: EvalReport) -> Table | None:
 
 def _gate_line(report: EvalReport) -> Text:
     g = report.gate
-    return Text(
-        f"* gated: {', '.join(g.methods) or 'none'}; loss error <= {g.max_loss_ulp:.3g} ulps of "
-        f"max(|loss|, 1), gradient error <= {g.max_grad_err:.3g}"
-        + (" (defaults for this dtype and class count)" if g.thresholds_default else "")
-        + f"; fail on {', '.join(g.fail_on) or 'nothing'}",
-        style="dim",
-    )
+    gated = [m for m in report.methods if m.gated]
+    loss_seen = ", ".join(f"{m.name} {fmt_num(m.loss_max_gate_err)}" for m in gated)
+    grad_seen = ", ".join(f"{m.name} {fmt_num(m.grad_max_abs_err)}" for m in gated)
+    text = f"* gated: {', '.join(g.methods) or 'none'}"
+    if gated:
+        text += (
+            f"; loss error <= {g.max_loss_ulp:.3g} ulps of max(|loss|, 1) (seen: {loss_seen}),"
+            f" gradient error <= {g.max_grad_err:.3g} (seen: {grad_seen})"
+        )
+        if g.thresholds_default:
+            text += " - defaults for this dtype and class count"
+    text += f"; fail on {', '.join(g.fail_on) or 'nothing'}"
+    return Text(text, style="dim")
 
 
 def eval_renderables(report: EvalReport) -> list[RenderableType]:
