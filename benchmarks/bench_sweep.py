@@ -9,7 +9,8 @@ Each run is ``python -m smcheck sweep --format json`` in a fresh interpreter (st
 grid of 40 scales x 4 dtypes x classes {10, 32000} x 4 cases x 5 methods, the bisection of every
 break and the JSON rendering included), output discarded. It prints the CPUs available, the load
 average before the runs (other work on the machine slows the timings), then per ``--jobs`` value
-the median and the fastest of the runs, the grid size and the break count of the last run.
+the median and the fastest wall time, the median CPU time of the run and its workers (less
+sensitive to other load than wall time), the grid size and the break count of the last run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,16 +33,24 @@ def cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_once(jobs: int | None) -> tuple[float, dict]:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_once(jobs: int | None) -> tuple[float, float, dict]:
+    """Wall seconds, CPU seconds (the run and its worker processes) and the JSON report."""
     cmd = [sys.executable, "-m", "smcheck", "sweep", "--format", "json"]
     if jobs is not None:
         cmd += ["--jobs", str(jobs)]
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
     if proc.returncode not in (0, 1):
         sys.exit(f"sweep failed ({proc.returncode}): {proc.stderr.strip()}")
-    return elapsed, json.loads(proc.stdout)
+    return elapsed, cpu, json.loads(proc.stdout)
 
 
 def main() -> None:
@@ -54,15 +64,18 @@ def main() -> None:
     print(f"python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
     for value in args.jobs.split(","):
         jobs = None if value == "default" else int(value)
-        times = []
+        times, cpus_used = [], []
         doc: dict = {}
         for _ in range(args.runs):
-            t, doc = run_once(jobs)
+            t, cpu, doc = run_once(jobs)
             times.append(t)
+            cpus_used.append(cpu)
         found = sum(b["scale"] is not None for b in doc["breaks"])
         print(
-            f"--jobs {value}: median {statistics.median(times):.2f} s, fastest {min(times):.2f} s"
-            f" over {args.runs} runs; {len(doc['grid'])} cells, {found} break points"
+            f"--jobs {value}: wall median {statistics.median(times):.2f} s, fastest "
+            f"{min(times):.2f} s; CPU (user + sys, all processes) median "
+            f"{statistics.median(cpus_used):.2f} s; {args.runs} runs; {len(doc['grid'])} cells, "
+            f"{found} break points; load average after {os.getloadavg()[0]:.2f}"
         )
 
 

@@ -494,3 +494,22 @@ def test_dtype_theory_matches_mpmath() -> None:
         t = DtypeTheory.of(d, "float32")
         assert math.isclose(t.ln_max, ln_max(d), rel_tol=1e-12)
         assert math.isclose(t.ln_underflow, ln_half_subnormal(d), rel_tol=1e-12)
+
+
+def test_overflow_window_narrower_than_a_grid_step_is_found() -> None:
+    """Regression: in float32 the overflow flag of the chained gradient is on only while
+    ln(max) < loss < -ln(sub/2) (88.7..104: -1/p_y is inf but p_y not yet 0), a window between
+    two grid points here. The nonfinite_grad bisection lands in it; the overflow break must
+    move there instead of staying at exp's overflow (largest logit ln max, scale 89)."""
+    rep = sweep(
+        SweepConfig(
+            dtypes=("float32",),
+            classes=(10,),
+            cases=("wrong",),
+            methods=("naive",),
+            scales=parse_scales("1:1e3:20"),
+        )
+    )
+    b = the_break(rep, kind="overflow")
+    assert b.cause == "1/p_y overflow" and within(b.loss, ln_max("float32"))
+    assert b.scale is not None and b.scale < 50

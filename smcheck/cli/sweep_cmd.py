@@ -164,7 +164,8 @@ def sweep_cmd(
         if output is not None and os.path.abspath(plot) == os.path.abspath(output):
             raise UsageError(f"--plot and --output are the same file: {plot}")
     report = sweep(config, jobs=jobs or default_jobs())
-    emit(RENDERERS[fmt](report, wants_color(color)), output)
+    color_on = wants_color(color) if output is None else color == "always"  # no ANSI in files
+    emit(RENDERERS[fmt](report, color_on), output)
     if plot is not None and plot_fmt is not None:
         from ..output import write_atomic
         from ..render.sweep_plot import render_plot

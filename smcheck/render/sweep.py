@@ -226,8 +226,8 @@ def _never_summary(report: SweepReport) -> list[str]:
 def _theory_line(t: DtypeTheory) -> str:
     return (
         f"{t.dtype} (accumulate in {t.accum}): ln(max) = {t.ln_max:.4g}, "
-        f"ln(smallest subnormal) = {t.ln_smallest_subnormal:.4g}, "
-        f"p rounds to 0 below ln(sub/2) = {t.ln_underflow:.4g}"
+        f"ln(smallest subnormal) = {t.ln_smallest_subnormal:.4g}, p = 0 below ln(sub/2) = "
+        f"{t.ln_underflow:.4g}"
     )
 
 
@@ -301,11 +301,11 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
             f"smcheck sweep: {len(c.scales)} scales {fmt_num(c.scales[0])}..{fmt_num(c.scales[-1])}"
             f" (scale = largest logit) x classes {', '.join(map(str, c.classes))}"
             f" x cases {', '.join(c.cases)}\n"
-            f"heat map (worst over classes and cases): . ok  ~ lossy (loss error > "
-            f"{fmt_num(c.max_bits)} bits beyond its condition)  X broken (overflow, NaN/inf)"
-            "  ? input overflowed\n"
-            "breaks: ovf = overflow flag, loss/grad = NaN/inf loss/gradient, bits = precision;"
-            " each bisected to --tol; off = how far past the theory threshold it was seen",
+            f"heat maps, worst over classes and cases: . ok  ~ lossy (loss error beyond its"
+            f" condition > {fmt_num(c.max_bits)} bits)\n"
+            "  X broken (overflow, NaN/inf loss or gradient)  ? input overflowed the dtype\n"
+            "breaks: ovf = overflow, loss/grad = NaN/inf loss/gradient, bits = precision\n"
+            "  (each bisected to --tol); off = how far past the theory threshold it was seen",
         )
     ]
     for t in report.theory:
