@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import ClassVar
 
@@ -406,74 +406,6 @@ def _histogram(ulps: np.ndarray) -> tuple[HistBin, ...]:
     return tuple(HistBin(u, int(k)) for u, k in zip(uppers, counts, strict=True))
 
 
-@dataclass
-class _Rows:
-    """Per-row arrays gathered block by block (all (N,) float64/bool/int)."""
-
-    ref_hi: list[np.ndarray]
-    ref_lo: list[np.ndarray]
-    max_logit: list[np.ndarray]
-    min_logit: list[np.ndarray]
-    label_logit: list[np.ndarray]
-    p_label: list[np.ndarray]
-    grad_abs: list[np.ndarray]
-    grad_rel: list[np.ndarray]
-    grad_cls: list[np.ndarray]
-    grad_their_bad: list[np.ndarray]
-    grad_ref_bad: list[np.ndarray]
-    grad_ign_nonzero: list[np.ndarray]
-    finite_input: list[np.ndarray]
-
-
-def _block_reference(
-    x: np.ndarray,
-    labels: np.ndarray,
-    working: Precision,
-    cast_mode: str,
-    ignore_index: int,
-    grad: np.ndarray | None,
-    grad_scale: int,
-    out: _Rows,
-) -> tuple[int, int]:
-    """Reference and per-row measures of one block of rows; returns cast (changed, overflowed)."""
-    prep = prepare(x, labels, dtype=working, cast_mode=cast_mode, ignore_index=ignore_index)
-    ref = reference_of(prep)
-    n = prep.x.shape[0]
-    rows = np.arange(n)
-    y = prep.safe_labels
-    assert y is not None and ref.grad is not None
-    z = prep.x.astype(np.float64)
-    out.ref_hi.append(ref.loss)
-    out.ref_lo.append(np.zeros(n) if ref.loss_lo is None else ref.loss_lo)
-    out.max_logit.append(np.max(np.where(np.isnan(z), -np.inf, z), axis=1))
-    out.min_logit.append(np.min(np.where(np.isnan(z), np.inf, z), axis=1))
-    out.label_logit.append(z[rows, y])
-    out.p_label.append(ref.prob[rows, y])
-    out.finite_input.append(prep.finite_input)
-    if grad is not None:
-        g = np.asarray(grad).astype(np.float64)
-        lo = np.zeros_like(ref.grad) if ref.grad_lo is None else ref.grad_lo
-        if grad_scale != 1:
-            # their gradient is of the mean: compare n * g (kept exact as p + e) in per-row units
-            with np.errstate(over="ignore", invalid="ignore"):  # huge/NaN entries: findings
-                g, e = _two_prod(g, float(grad_scale))
-            lo = lo - e
-        ae = grad_abs_err(g, ref.grad, lo)
-        re = grad_rel_err(g, ref.grad, lo)
-        with np.errstate(invalid="ignore"):  # inf - inf on non-finite entries: ranked as inf
-            d = np.abs((g - ref.grad) - lo)
-        cls = np.argmax(np.where(np.isnan(d), np.inf, d), axis=1)
-        their_bad = ~np.isfinite(g).all(axis=1)
-        ref_bad = ~np.isfinite(ref.grad).all(axis=1)
-        out.grad_abs.append(ae)
-        out.grad_rel.append(re)
-        out.grad_cls.append(cls)
-        out.grad_their_bad.append(their_bad)
-        out.grad_ref_bad.append(ref_bad)
-        out.grad_ign_nonzero.append(prep.ignored & (g != 0).any(axis=1))
-    return prep.cast_report.changed, prep.cast_report.overflowed
-
-
 def _dist(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
     """(max, p99, median) of the finite-or-inf values given; Nones when there are none."""
     if values.size == 0:
@@ -506,6 +438,253 @@ def _reduced_reference(
     if reduction == "mean":
         exact /= counted
     return exact, float(exact)
+
+
+@dataclass
+class _Blocks:
+    """Per-row arrays gathered block by block; :meth:`cat` joins one of them."""
+
+    ref_hi: list[np.ndarray] = field(default_factory=list)
+    ref_lo: list[np.ndarray] = field(default_factory=list)
+    finite_input: list[np.ndarray] = field(default_factory=list)
+    max_logit: list[np.ndarray] = field(default_factory=list)
+    min_logit: list[np.ndarray] = field(default_factory=list)
+    label_logit: list[np.ndarray] = field(default_factory=list)
+    p_label: list[np.ndarray] = field(default_factory=list)
+    grad_abs: list[np.ndarray] = field(default_factory=list)
+    grad_rel: list[np.ndarray] = field(default_factory=list)
+    grad_cls: list[np.ndarray] = field(default_factory=list)
+    grad_their_bad: list[np.ndarray] = field(default_factory=list)
+    grad_ref_bad: list[np.ndarray] = field(default_factory=list)
+    grad_ign_nonzero: list[np.ndarray] = field(default_factory=list)
+    cast_changed: int = 0
+    cast_overflowed: int = 0
+
+    def cat(self, name: str) -> np.ndarray:
+        return np.concatenate(getattr(self, name))
+
+
+def _block(
+    x: np.ndarray,
+    labels: np.ndarray,
+    working: Precision,
+    cast_mode: str,
+    ignore_index: int,
+    grad: np.ndarray | None,
+    grad_scale: int,
+    out: _Blocks,
+) -> None:
+    """Reference and per-row measures of one block of rows, appended to ``out``."""
+    prep = prepare(x, labels, dtype=working, cast_mode=cast_mode, ignore_index=ignore_index)
+    ref = reference_of(prep)
+    n = prep.x.shape[0]
+    rows = np.arange(n)
+    y = prep.safe_labels
+    assert y is not None and ref.grad is not None
+    z = prep.x.astype(np.float64)
+    out.cast_changed += prep.cast_report.changed
+    out.cast_overflowed += prep.cast_report.overflowed
+    out.ref_hi.append(ref.loss)
+    out.ref_lo.append(np.zeros(n) if ref.loss_lo is None else ref.loss_lo)
+    out.finite_input.append(prep.finite_input)
+    out.max_logit.append(np.max(np.where(np.isnan(z), -np.inf, z), axis=1))
+    out.min_logit.append(np.min(np.where(np.isnan(z), np.inf, z), axis=1))
+    out.label_logit.append(z[rows, y])
+    out.p_label.append(ref.prob[rows, y])
+    if grad is None:
+        return
+    g = np.asarray(grad).astype(np.float64)
+    lo = np.zeros_like(ref.grad) if ref.grad_lo is None else ref.grad_lo
+    if grad_scale != 1:
+        # their gradient is of the mean: compare n * g (kept exact as p + e) in per-row units
+        with np.errstate(over="ignore", invalid="ignore"):  # huge/NaN entries: findings
+            g, e = _two_prod(g, float(grad_scale))
+        lo = lo - e
+    with np.errstate(invalid="ignore"):  # inf - inf on non-finite entries: ranked as inf
+        d = np.abs((g - ref.grad) - lo)
+    out.grad_abs.append(grad_abs_err(g, ref.grad, lo))
+    out.grad_rel.append(grad_rel_err(g, ref.grad, lo))
+    out.grad_cls.append(np.argmax(np.where(np.isnan(d), np.inf, d), axis=1))
+    out.grad_their_bad.append(~np.isfinite(g).all(axis=1))
+    out.grad_ref_bad.append(~np.isfinite(ref.grad).all(axis=1))
+    out.grad_ign_nonzero.append(prep.ignored & (g != 0).any(axis=1))
+
+
+@dataclass(frozen=True)
+class _LossRows:
+    """Loss measures per row (reduction none) or of the one reduced value (arrays of 1)."""
+
+    theirs: np.ndarray
+    measured: np.ndarray  # both finite, row counted
+    abs_err: np.ndarray
+    rel_err: np.ndarray
+    ulp_err: np.ndarray  # ulps at L*
+    gate_err: np.ndarray  # ulps of max(|L*|, 1)
+    scaled_err: np.ndarray  # |L - L*| / max(|L*|, 1)
+    their_bad: np.ndarray
+    ref_bad: np.ndarray
+    both_bad: np.ndarray
+    ignored_nonzero: int = 0
+    their_value: float | None = None
+    ref_value: float | None = None
+
+
+def _loss_rows(
+    theirs: np.ndarray, hi: np.ndarray, lo: np.ndarray, ignored: np.ndarray, working: Precision
+) -> _LossRows:
+    """Per-row measures, reduction none (ignored rows are left out but must be 0)."""
+    counted = ~ignored
+    t_fin, r_fin = np.isfinite(theirs), np.isfinite(hi)
+    abs_err = loss_abs_err(theirs, hi, lo)
+    scale = np.maximum(np.abs(hi), 1.0)
+    with np.errstate(invalid="ignore"):  # NaN where not measurable (NaN reference)
+        scaled = abs_err / scale
+    return _LossRows(
+        theirs=theirs,
+        measured=counted & t_fin & r_fin,
+        abs_err=abs_err,
+        rel_err=loss_rel_err(theirs, hi, lo),
+        ulp_err=abs_err / working.ulp(hi),
+        gate_err=abs_err / working.ulp(scale),
+        scaled_err=scaled,
+        their_bad=counted & ~t_fin & r_fin,
+        ref_bad=counted & t_fin & ~r_fin,
+        both_bad=counted & ~t_fin & ~r_fin,
+        ignored_nonzero=int(np.count_nonzero(ignored & (theirs != 0))),
+    )
+
+
+def _reduced_loss_rows(
+    theirs: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    ignored: np.ndarray,
+    reduction: str,
+    working: Precision,
+) -> _LossRows:
+    """Measures of their one reduced number against the exact reference mean/sum."""
+    counted = ~ignored
+    exact, ref = _reduced_reference(hi[counted], lo[counted], reduction, int(counted.sum()))
+    value = float(theirs[0])
+    t_ok, r_ok = math.isfinite(value), math.isfinite(ref)
+    # the error from the exact rationals, not from ref (which is rounded to float64)
+    a = abs(float(Fraction(value) - exact)) if t_ok and exact is not None else math.nan
+    if math.isnan(a):
+        rel = math.nan
+    elif ref != 0:
+        rel = a / abs(ref)
+    else:
+        rel = 0.0 if a == 0 else math.inf
+    scale = max(abs(ref), 1.0) if r_ok else math.nan
+    return _LossRows(
+        theirs=theirs,
+        measured=np.array([t_ok and r_ok]),
+        abs_err=np.array([a]),
+        rel_err=np.array([rel]),
+        ulp_err=np.array([a]) / working.ulp(np.array([ref])),
+        gate_err=np.array([a]) / working.ulp(np.array([scale])),
+        scaled_err=np.array([a / scale if r_ok else math.nan]),
+        their_bad=np.array([not t_ok and r_ok]),
+        ref_bad=np.array([t_ok and not r_ok]),
+        both_bad=np.array([not t_ok and not r_ok]),
+        their_value=value,
+        ref_value=ref,
+    )
+
+
+def _loss_stats(lr: _LossRows, per_row: bool) -> LossStats:
+    m = lr.measured
+    ulps = lr.ulp_err[m]
+    umax, up99, umed = _dist(ulps)
+    bmax, bp99, bmed = _dist(bits_of_error(ulps))
+    rmax, _, rmed = _dist(lr.rel_err[m])
+    return LossStats(
+        measured=int(np.count_nonzero(m)),
+        max_ulp_err=umax,
+        p99_ulp_err=up99,
+        median_ulp_err=umed,
+        max_bits=bmax,
+        p99_bits=bp99,
+        median_bits=bmed,
+        max_rel_err=rmax,
+        median_rel_err=rmed,
+        max_abs_err=_dist(lr.abs_err[m])[0],
+        max_gate_ulp_err=_dist(lr.gate_err[m])[0],
+        worst_row=int(np.flatnonzero(m)[np.argmax(ulps)]) if ulps.size and per_row else None,
+        histogram=_histogram(ulps),
+        nonfinite_rows=int(np.count_nonzero(lr.their_bad)),
+        nonfinite_row_ids=_ids(lr.their_bad) if per_row else (),
+        nan_rows=int(np.count_nonzero(lr.their_bad & np.isnan(lr.theirs))),
+        inf_rows=int(np.count_nonzero(lr.their_bad & np.isinf(lr.theirs))),
+        ref_nonfinite_rows=int(np.count_nonzero(lr.ref_bad)),
+        ref_nonfinite_row_ids=_ids(lr.ref_bad) if per_row else (),
+        both_nonfinite_rows=int(np.count_nonzero(lr.both_bad)),
+        ignored_nonzero_rows=lr.ignored_nonzero,
+        their_value=lr.their_value,
+        ref_value=lr.ref_value,
+    )
+
+
+@dataclass(frozen=True)
+class _GradRows:
+    """Gradient measures per row (counted rows only in the masks)."""
+
+    abs_err: np.ndarray  # max over entries; inf where theirs is non-finite
+    rel_err: np.ndarray
+    worst_class: np.ndarray
+    measured: np.ndarray
+    their_bad: np.ndarray
+    ref_bad: np.ndarray
+    both_bad: np.ndarray
+    ignored_nonzero: int
+
+
+def _grad_rows(blocks: _Blocks, ignored: np.ndarray) -> _GradRows:
+    counted = ~ignored
+    abs_err = blocks.cat("grad_abs")
+    tb, rb = blocks.cat("grad_their_bad"), blocks.cat("grad_ref_bad")
+    return _GradRows(
+        abs_err=abs_err,
+        rel_err=blocks.cat("grad_rel"),
+        worst_class=blocks.cat("grad_cls"),
+        measured=counted & np.isfinite(abs_err),
+        their_bad=counted & tb & ~rb,
+        ref_bad=counted & rb & ~tb,
+        both_bad=counted & tb & rb,
+        ignored_nonzero=int(np.count_nonzero(blocks.cat("grad_ign_nonzero"))),
+    )
+
+
+def _grad_stats(gr: _GradRows, scale: int) -> GradStats:
+    m = gr.measured
+    amax, ap99, amed = _dist(gr.abs_err[m])
+    rmax, _, rmed = _dist(gr.rel_err[m])
+    return GradStats(
+        measured=int(np.count_nonzero(m)),
+        max_abs_err=amax,
+        p99_abs_err=ap99,
+        median_abs_err=amed,
+        max_rel_err=rmax,
+        median_rel_err=rmed,
+        worst_row=int(np.flatnonzero(m)[np.argmax(gr.abs_err[m])]) if amax is not None else None,
+        nonfinite_rows=int(np.count_nonzero(gr.their_bad)),
+        nonfinite_row_ids=_ids(gr.their_bad),
+        ref_nonfinite_rows=int(np.count_nonzero(gr.ref_bad)),
+        ref_nonfinite_row_ids=_ids(gr.ref_bad),
+        both_nonfinite_rows=int(np.count_nonzero(gr.both_bad)),
+        ignored_nonzero_rows=gr.ignored_nonzero,
+        scale=scale,
+    )
+
+
+def _check_options(reduction: str, fail_on: Sequence[str]) -> None:
+    if reduction not in REDUCTIONS:
+        expected = ", ".join(REDUCTIONS)
+        raise UsageError(f"unknown reduction {reduction!r}; expected one of: {expected}")
+    bad = [f for f in fail_on if f not in FAIL_ON]
+    if bad:
+        expected = ", ".join(FAIL_ON)
+        raise UsageError(f"fail_on: unknown value {bad[0]!r}; expected one of: {expected}")
 
 
 def compare(
@@ -546,15 +725,7 @@ def compare(
     >>> round(r.loss.max_ulp_err, 2), round(r.grad.max_abs_err, 6), r.grad.worst_row, r.verdict
     (0.67, 1.0, 0, 'broken')
     """
-    if reduction not in REDUCTIONS:
-        raise UsageError(
-            f"unknown reduction {reduction!r}; expected one of: {', '.join(REDUCTIONS)}"
-        )
-    bad = [f for f in fail_on if f not in FAIL_ON]
-    if bad:
-        raise UsageError(
-            f"fail_on: unknown value {bad[0]!r}; expected one of: {', '.join(FAIL_ON)}"
-        )
+    _check_options(reduction, fail_on)
     x = np.asarray(logits)
     if x.ndim != 2:
         raise InputError(f"{names[0]}: logits must be 2-D (rows, classes), got shape {x.shape}")
@@ -566,8 +737,6 @@ def compare(
         raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
     working = get_precision(x.dtype if dtype is None else dtype)
     acc = resolve_accum(working, accum)
-    ignored = lab == ignore_index
-    counted = int(n - np.count_nonzero(ignored))
     loss_in = np.asarray(loss)
     theirs = loss_in.astype(np.float64).reshape(-1)
     want = n if reduction == "none" else 1
@@ -575,172 +744,42 @@ def compare(
         raise InputError(f"{names[2]}: {theirs.size} loss values, expected {want}")
     if grad is not None and tuple(np.shape(grad)) != (n, c):
         raise InputError(f"{names[3]}: gradient shape {np.shape(grad)}, expected ({n}, {c})")
+    ignored = lab == ignore_index
+    counted = int(n - np.count_nonzero(ignored))
     default_loss, default_grad = default_tolerances(working, acc, c, reduction, counted)
     loss_limit = default_loss if max_loss_ulp is None else float(max_loss_ulp)
     grad_limit = None if grad is None else (default_grad if max_grad_err is None else max_grad_err)
     grad_scale = counted if reduction == "mean" and counted > 0 else 1
 
-    acc_rows = _Rows(*([] for _ in range(13)))
-    step = max(1, _CELLS_PER_BLOCK // max(c, 1))
-    changed = overflowed = 0
+    blocks = _Blocks()
+    step = max(1, _CELLS_PER_BLOCK // c)
     for i in range(0, n, step):
-        ch, ov = _block_reference(
-            x[i : i + step],
-            lab[i : i + step],
-            working,
-            cast_mode,
-            ignore_index,
-            None if grad is None else grad[i : i + step],
-            grad_scale,
-            acc_rows,
-        )
-        changed += ch
-        overflowed += ov
-    ref_hi = np.concatenate(acc_rows.ref_hi)
-    ref_lo = np.concatenate(acc_rows.ref_lo)
-    finite_input = np.concatenate(acc_rows.finite_input)
-    counted_mask = ~ignored
-
-    # ------------------------------------------------------------------ loss
-    if reduction == "none":
-        their_value = ref_value = None
-        t_fin = np.isfinite(theirs)
-        r_fin = np.isfinite(ref_hi)
-        meas = counted_mask & t_fin & r_fin
-        abs_err = loss_abs_err(theirs, ref_hi, ref_lo)
-        rel_err = loss_rel_err(theirs, ref_hi, ref_lo)
-        ulp_err = abs_err / working.ulp(ref_hi)
-        gate_err = abs_err / working.ulp(np.maximum(np.abs(ref_hi), 1.0))
-        with np.errstate(invalid="ignore"):  # NaN rows are not measured
-            scaled = abs_err / np.maximum(np.abs(ref_hi), 1.0)
-        their_bad = counted_mask & ~t_fin & r_fin
-        ref_bad = counted_mask & t_fin & ~r_fin
-        both_bad = counted_mask & ~t_fin & ~r_fin
-        ign_nonzero = int(np.count_nonzero(ignored & (theirs != 0)))
+        g_block = None if grad is None else grad[i : i + step]
+        _block(
+            x[i : i + step], lab[i : i + step], working, cast_mode, ignore_index, g_block,
+            grad_scale, blocks,
+        )  # fmt: skip
+    hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
+    per_row = reduction == "none"
+    if per_row:
+        lr = _loss_rows(theirs, hi, lo, ignored, working)
     else:
-        exact, ref_f = _reduced_reference(
-            ref_hi[counted_mask], ref_lo[counted_mask], reduction, counted
-        )
-        their_value, ref_value = float(theirs[0]), ref_f
-        t_ok, r_ok = math.isfinite(their_value), math.isfinite(ref_f)
-        meas = np.array([t_ok and r_ok])
-        if t_ok and exact is not None:
-            a = abs(float(Fraction(their_value) - exact))
-        else:
-            a = math.nan
-        abs_err = np.array([a])
-        rel_err = loss_rel_err(theirs, np.array([ref_f]))
-        if exact is not None and t_ok:  # recompute from the exact difference, not ref_f
-            rel_err = np.array([a / abs(ref_f) if ref_f != 0 else (0.0 if a == 0 else math.inf)])
-        ulp_err = abs_err / working.ulp(np.array([ref_f]))
-        gate_err = abs_err / working.ulp(np.array([max(abs(ref_f), 1.0)]))
-        with np.errstate(invalid="ignore"):
-            scaled = abs_err / max(abs(ref_f), 1.0)
-        their_bad = np.array([not t_ok and r_ok])
-        ref_bad = np.array([t_ok and not r_ok])
-        both_bad = np.array([not t_ok and not r_ok])
-        ign_nonzero = 0
-    m_ulp = ulp_err[meas]
-    m_bits = bits_of_error(m_ulp)
-    m_rel = rel_err[meas]
-    lmax, lp99, lmed = _dist(m_ulp)
-    bmax, bp99, bmed = _dist(m_bits)
-    loss_stats = LossStats(
-        measured=int(np.count_nonzero(meas)),
-        max_ulp_err=lmax,
-        p99_ulp_err=lp99,
-        median_ulp_err=lmed,
-        max_bits=bmax,
-        p99_bits=bp99,
-        median_bits=bmed,
-        max_rel_err=_dist(m_rel)[0],
-        median_rel_err=_dist(m_rel)[2],
-        max_abs_err=_dist(abs_err[meas])[0],
-        max_gate_ulp_err=_dist(gate_err[meas])[0],
-        worst_row=(
-            int(np.flatnonzero(meas)[np.argmax(m_ulp)])
-            if m_ulp.size and reduction == "none"
-            else None
-        ),
-        histogram=_histogram(m_ulp),
-        nonfinite_rows=int(np.count_nonzero(their_bad)),
-        nonfinite_row_ids=_ids(their_bad) if reduction == "none" else (),
-        nan_rows=int(np.count_nonzero(their_bad & np.isnan(theirs))),
-        inf_rows=int(np.count_nonzero(their_bad & np.isinf(theirs))),
-        ref_nonfinite_rows=int(np.count_nonzero(ref_bad)),
-        ref_nonfinite_row_ids=_ids(ref_bad) if reduction == "none" else (),
-        both_nonfinite_rows=int(np.count_nonzero(both_bad)),
-        ignored_nonzero_rows=ign_nonzero,
-        their_value=their_value,
-        ref_value=ref_value,
-    )
-    loss_broken = bool(np.any(scaled[meas] >= BROKEN_FRACTION))
+        lr = _reduced_loss_rows(theirs, hi, lo, ignored, reduction, working)
+    loss_stats = _loss_stats(lr, per_row)
+    gr = None if grad is None else _grad_rows(blocks, ignored)
+    grad_stats = None if gr is None else _grad_stats(gr, grad_scale)
 
-    # ------------------------------------------------------------------ gradient
-    grad_stats: GradStats | None = None
-    g_abs = g_cls = g_their_bad = g_ref_bad = None
-    grad_broken = False
-    if grad is not None:
-        g_abs = np.concatenate(acc_rows.grad_abs)
-        g_rel = np.concatenate(acc_rows.grad_rel)
-        g_cls = np.concatenate(acc_rows.grad_cls)
-        tb = np.concatenate(acc_rows.grad_their_bad)
-        rb = np.concatenate(acc_rows.grad_ref_bad)
-        g_their_bad = counted_mask & tb & ~rb
-        g_ref_bad = counted_mask & rb & ~tb
-        g_both = counted_mask & tb & rb
-        g_meas = counted_mask & np.isfinite(g_abs)
-        ga, gp99, gmed = _dist(g_abs[g_meas])
-        gr = g_rel[g_meas]
-        grad_stats = GradStats(
-            measured=int(np.count_nonzero(g_meas)),
-            max_abs_err=ga,
-            p99_abs_err=gp99,
-            median_abs_err=gmed,
-            max_rel_err=_dist(gr)[0],
-            median_rel_err=_dist(gr)[2],
-            worst_row=(
-                int(np.flatnonzero(g_meas)[np.argmax(g_abs[g_meas])]) if ga is not None else None
-            ),
-            nonfinite_rows=int(np.count_nonzero(g_their_bad)),
-            nonfinite_row_ids=_ids(g_their_bad),
-            ref_nonfinite_rows=int(np.count_nonzero(g_ref_bad)),
-            ref_nonfinite_row_ids=_ids(g_ref_bad),
-            both_nonfinite_rows=int(np.count_nonzero(g_both)),
-            ignored_nonzero_rows=int(np.count_nonzero(np.concatenate(acc_rows.grad_ign_nonzero))),
-            scale=grad_scale,
-        )
-        grad_broken = ga is not None and ga >= BROKEN_FRACTION
-
-    # ------------------------------------------------------------------ worst rows
-    worst_rows = _worst_rows(
-        worst,
-        reduction,
-        counted_mask,
-        lab,
-        theirs,
-        ref_hi,
-        ulp_err,
-        rel_err,
-        gate_err,
-        their_bad,
-        ref_bad,
-        working,
-        g_abs,
-        g_cls,
-        g_their_bad,
-        g_ref_bad,
-        acc_rows,
-    )
-
-    # ------------------------------------------------------------------ checks and verdict
     checks = _checks(loss_stats, grad_stats, loss_limit, grad_limit, tuple(fail_on), reduction)
-    nothing = loss_stats.measured == 0
-    nonfinite = loss_stats.nonfinite_rows + (grad_stats.nonfinite_rows if grad_stats else 0)
-    ign_bad = loss_stats.ignored_nonzero_rows + (
-        grad_stats.ignored_nonzero_rows if grad_stats else 0
+    broken = (
+        loss_stats.nonfinite_rows > 0
+        or loss_stats.ignored_nonzero_rows > 0
+        or bool(np.any(lr.scaled_err[lr.measured] >= BROKEN_FRACTION))
     )
-    if nonfinite or ign_bad or loss_broken or grad_broken:
+    if grad_stats is not None:
+        broken = broken or grad_stats.nonfinite_rows > 0 or grad_stats.ignored_nonzero_rows > 0
+        broken = broken or (grad_stats.max_abs_err or 0.0) >= BROKEN_FRACTION
+    nothing = loss_stats.measured == 0
+    if broken:
         verdict = "broken"
     elif nothing:
         verdict = "inconclusive"
@@ -748,36 +787,25 @@ def compare(
         verdict = "lossy"
     else:
         verdict = "ok"
-    ok = not nothing and all(ch.ok for ch in checks if ch.gated)
-    severity = ("nonfinite", "grad-error", "loss-error", "ignored", "ref-nonfinite")
-    failed = sorted((ch for ch in checks if not ch.ok), key=lambda ch: severity.index(ch.name))
-    passed = [ch.message for ch in checks if ch.ok and ch.name in ("loss-error", "grad-error")]
-    summary = "; ".join(ch.message for ch in failed) if failed else "; ".join(passed)
-    if reduction == "none" and their_bad.any():
-        summary += _underflow_hint(acc_rows, their_bad, working)
+    summary = _summary(checks)
+    if per_row and lr.their_bad.any():
+        summary += _underflow_hint(blocks, lr.their_bad, working)
 
-    all_notes = list(notes)
+    finite_input = blocks.cat("finite_input")
     n_bad_in = int(n - np.count_nonzero(finite_input))
-    if n_bad_in:
-        all_notes.append(
-            f"{n_bad_in} row(s) of the logits hold NaN/inf after rounding to {working.name}: the "
-            "reference is NaN there (or +inf for a label on a -inf logit)"
-        )
-    if overflowed:
-        all_notes.append(
-            f"{overflowed} logit(s) overflowed when rounded to {working.name} (cast {cast_mode})"
-        )
     t_loss_dtype, t_grad_dtype = their_dtypes or (loss_in.dtype.name, None)
     if grad is not None and their_dtypes is None:
         t_grad_dtype = np.asarray(grad[:0]).dtype.name
+    all_notes = [
+        *notes,
+        *_notes(working, cast_mode, n_bad_in, blocks.cast_overflowed, reduction, counted),
+    ]
     for what, dt in (("loss", t_loss_dtype), ("gradient", t_grad_dtype)):
         if dt in PRECISIONS and dt != working.name:
             all_notes.append(
                 f"their {what} is stored as {dt} but the working dtype is {working.name}: "
                 f"errors are in {working.name} ulps"
             )
-    if reduction == "mean" and counted == 0:
-        all_notes.append("every row is ignored: the reference mean is NaN (0/0), as PyTorch's")
     return CompareReport(
         logits=names[0],
         labels=names[1],
@@ -793,30 +821,62 @@ def compare(
         counted_rows=counted,
         ignored_rows=n - counted,
         nonfinite_input_rows=n_bad_in,
-        cast_changed=changed,
-        cast_overflowed=overflowed,
+        cast_changed=blocks.cast_changed,
+        cast_overflowed=blocks.cast_overflowed,
         their_loss_dtype=t_loss_dtype,
         their_grad_dtype=t_grad_dtype if grad is not None else None,
         loss=loss_stats,
         grad=grad_stats,
-        worst=worst_rows,
+        worst=_worst_rows(worst, lab, ~ignored, lr if per_row else None, gr, blocks, working),
         max_loss_ulp=loss_limit,
         max_grad_err=grad_limit,
         fail_on=tuple(fail_on),
         checks=checks,
         verdict=verdict,
         summary=summary,
-        ok=ok,
+        ok=not nothing and all(ch.ok for ch in checks if ch.gated),
         notes=tuple(all_notes),
     )
 
 
-def _underflow_hint(rows: _Rows, their_bad: np.ndarray, working: Precision) -> str:
+def _summary(checks: tuple[Check, ...]) -> str:
+    """The failed checks, most severe first; else what the error checks measured."""
+    severity = ("nonfinite", "grad-error", "loss-error", "ignored", "ref-nonfinite")
+    failed = sorted((ch for ch in checks if not ch.ok), key=lambda ch: severity.index(ch.name))
+    if failed:
+        return "; ".join(ch.message for ch in failed)
+    return "; ".join(ch.message for ch in checks if ch.name in ("loss-error", "grad-error"))
+
+
+def _notes(
+    working: Precision,
+    cast_mode: str,
+    nonfinite_input: int,
+    overflowed: int,
+    reduction: str,
+    counted: int,
+) -> list[str]:
+    out = []
+    if nonfinite_input:
+        out.append(
+            f"{nonfinite_input} row(s) of the logits hold NaN/inf after rounding to "
+            f"{working.name}: the reference is NaN there (or +inf for a label on a -inf logit)"
+        )
+    if overflowed:
+        out.append(
+            f"{overflowed} logit(s) overflowed when rounded to {working.name} (cast {cast_mode})"
+        )
+    if reduction == "mean" and counted == 0:
+        out.append("every row is ignored: the reference mean is NaN (0/0), as PyTorch's")
+    return out
+
+
+def _underflow_hint(blocks: _Blocks, their_bad: np.ndarray, working: Precision) -> str:
     """Why their loss is inf, when the margins say so: p_y = exp(-margin) underflows to 0 in
     the working dtype once margin > -ln(smallest subnormal) (16.64 in float16), and a kernel
     that takes -log(softmax(z)_y) then returns -log(0) = inf."""
     with np.errstate(invalid="ignore"):  # inf - inf on rows with non-finite logits
-        margin = np.concatenate(rows.max_logit) - np.concatenate(rows.label_logit)
+        margin = blocks.cat("max_logit") - blocks.cat("label_logit")
     worst = float(np.nanmax(np.where(their_bad, margin, np.nan), initial=-np.inf))
     limit = -working.ln_smallest_subnormal
     if not worst > limit:
@@ -939,46 +999,32 @@ def _checks(
 
 def _worst_rows(
     k: int,
-    reduction: str,
-    counted: np.ndarray,
     labels: np.ndarray,
-    theirs: np.ndarray,
-    ref_hi: np.ndarray,
-    ulp_err: np.ndarray,
-    rel_err: np.ndarray,
-    gate_err: np.ndarray,
-    their_bad: np.ndarray,
-    ref_bad: np.ndarray,
+    counted: np.ndarray,
+    lr: _LossRows | None,
+    gr: _GradRows | None,
+    blocks: _Blocks,
     working: Precision,
-    g_abs: np.ndarray | None,
-    g_cls: np.ndarray | None,
-    g_their_bad: np.ndarray | None,
-    g_ref_bad: np.ndarray | None,
-    rows: _Rows,
 ) -> tuple[WorstRow, ...]:
     """The ``k`` worst counted rows: non-finite where the reference is finite first, then finite
-    where it is not, then by error (loss in ulps of max(|L|, 1), gradient in ulps of 1)."""
-    n = counted.shape[0]
-    per_row_loss = reduction == "none"
-    if k <= 0 or (not per_row_loss and g_abs is None):
+    where it is not, then by error (loss in ulps of max(|L|, 1), gradient in ulps of 1).
+    ``lr`` is None with a reduction (no per-row loss): the gradient alone ranks the rows."""
+    if k <= 0 or (lr is None and gr is None):
         return ()
+    n = counted.shape[0]
     issue = np.zeros(n, dtype=np.int8)
     score = np.zeros(n)
-    if per_row_loss:
-        issue = np.where(their_bad, 2, np.where(ref_bad, 1, 0)).astype(np.int8)
-        score = np.where(np.isnan(gate_err), 0.0, gate_err)
-    if g_abs is not None:
-        assert g_their_bad is not None and g_ref_bad is not None
-        issue = np.maximum(issue, np.where(g_their_bad, 2, np.where(g_ref_bad, 1, 0)))
-        g_score = np.where(np.isfinite(g_abs), g_abs, 0.0) / working.eps
-        score = np.maximum(score, g_score)
-    keep = counted & ((issue > 0) | (score > 0))
-    cand = np.flatnonzero(keep)
+    if lr is not None:
+        issue = np.where(lr.their_bad, 2, np.where(lr.ref_bad, 1, 0)).astype(np.int8)
+        score = np.where(np.isnan(lr.gate_err), 0.0, lr.gate_err)
+    if gr is not None:
+        issue = np.maximum(issue, np.where(gr.their_bad, 2, np.where(gr.ref_bad, 1, 0)))
+        score = np.maximum(score, np.where(np.isfinite(gr.abs_err), gr.abs_err, 0.0) / working.eps)
+    cand = np.flatnonzero(counted & ((issue > 0) | (score > 0)))
     order = cand[np.lexsort((cand, -score[cand], -issue[cand]))][:k]
-    max_logit = np.concatenate(rows.max_logit)
-    min_logit = np.concatenate(rows.min_logit)
-    label_logit = np.concatenate(rows.label_logit)
-    p_label = np.concatenate(rows.p_label)
+    max_logit, min_logit = blocks.cat("max_logit"), blocks.cat("min_logit")
+    label_logit, p_label = blocks.cat("label_logit"), blocks.cat("p_label")
+    ref_hi = blocks.cat("ref_hi")
     names = {2: "nonfinite", 1: "ref-nonfinite", 0: ""}
     out = []
     for r in order.tolist():
@@ -989,12 +1035,12 @@ def _worst_rows(
                 row=r,
                 label=int(labels[r]),
                 issue=names[int(issue[r])],
-                their_loss=float(theirs[r]) if per_row_loss else None,
-                ref_loss=float(ref_hi[r]) if per_row_loss else None,
-                loss_ulp_err=_opt(float(ulp_err[r])) if per_row_loss else None,
-                loss_rel_err=_opt(float(rel_err[r])) if per_row_loss else None,
-                grad_abs_err=None if g_abs is None else _opt(float(g_abs[r])),
-                grad_worst_class=None if g_cls is None else int(g_cls[r]),
+                their_loss=None if lr is None else float(lr.theirs[r]),
+                ref_loss=None if lr is None else float(ref_hi[r]),
+                loss_ulp_err=None if lr is None else _opt(float(lr.ulp_err[r])),
+                loss_rel_err=None if lr is None else _opt(float(lr.rel_err[r])),
+                grad_abs_err=None if gr is None else _opt(float(gr.abs_err[r])),
+                grad_worst_class=None if gr is None else int(gr.worst_class[r]),
                 max_logit=float(max_logit[r]),
                 min_logit=float(min_logit[r]),
                 label_logit=float(label_logit[r]),
@@ -1035,10 +1081,7 @@ def compare_files(
     The working dtype defaults to the logits file's float dtype (float32 for text and integer
     files). Labels are required (a file, the ``labels`` array of an ``.npz``, or a text column).
     """
-    if reduction not in REDUCTIONS:
-        raise UsageError(
-            f"unknown reduction {reduction!r}; expected one of: {', '.join(REDUCTIONS)}"
-        )
+    _check_options(reduction, fail_on)  # before reading any file
     got = load_input(
         logits,
         labels,
