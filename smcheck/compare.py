@@ -76,6 +76,9 @@ FAIL_ON_ALIASES: dict[str, str] = {"overflow": "nonfinite", "underflow": "nonfin
 #: Upper edges (ulps, inclusive) of the loss-error histogram; a last bin holds the rest.
 HIST_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 65536.0)
 
+#: Largest .npz member read into memory (declared uncompressed size), as smcheck.loading's default.
+MAX_MEMBER_BYTES = 8 * 2**30
+
 #: Row ids kept per finding (the counts are complete).
 MAX_ROW_IDS = 20
 
@@ -235,13 +238,20 @@ class LoadedValues:
     dtype: str  # stored dtype, or "text"
 
 
-def load_values(path: str | os.PathLike[str], *, key: str | None, default_key: str) -> LoadedValues:
+def load_values(
+    path: str | os.PathLike[str],
+    *,
+    key: str | None,
+    default_key: str,
+    max_bytes: int = MAX_MEMBER_BYTES,
+) -> LoadedValues:
     """Read a float array of any shape (0-d included) from .npy, .npz or text.
 
     The format is sniffed from the bytes as :mod:`smcheck.loading` does. ``.npy`` is memory
     mapped and never unpickled; in an ``.npz`` the array is ``key``, else ``default_key``, else
-    the only one; text goes through :func:`smcheck.loading.load_input` (one value per line, or a
-    table). Integer arrays are read as float64. Raises :class:`InputError` naming the file.
+    the only one, read only if its declared size is at most ``max_bytes``; text goes through
+    :func:`smcheck.loading.load_input` (one value per line, or a table). Integer arrays are read
+    as float64. Raises :class:`InputError` naming the file.
     """
     name = os.fspath(path)
     try:
@@ -258,7 +268,7 @@ def load_values(path: str | os.PathLike[str], *, key: str | None, default_key: s
     if head.startswith(b"\x93NUMPY") or head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         if head.startswith(b"\x93NUMPY") and key is not None:
             raise InputError(f"{name}: key {key!r} given but this is a .npy array, not an .npz")
-        arr, where = _load_numpy(name, head.startswith(b"\x93NUMPY"), key, default_key)
+        arr, where = _load_numpy(name, head.startswith(b"\x93NUMPY"), key, default_key, max_bytes)
         stored = arr.dtype
         kind = stored.kind
         if kind == "V" and stored.itemsize in (1, 2):
@@ -280,7 +290,7 @@ def load_values(path: str | os.PathLike[str], *, key: str | None, default_key: s
 
 
 def _load_numpy(
-    name: str, is_npy: bool, key: str | None, default_key: str
+    name: str, is_npy: bool, key: str | None, default_key: str, max_bytes: int
 ) -> tuple[np.ndarray, str]:
     # numpy raises ValueError, OSError, EOFError, BadZipFile, KeyError ... on a damaged file:
     # each means "this file cannot be read", said once with the file's name
@@ -308,6 +318,15 @@ def _load_numpy(
             if chosen not in keys:
                 shown = ", ".join(repr(k) for k in keys)
                 raise InputError(f"{name}: no array {chosen!r}; it holds: {shown}")
+            # the declared size is checked before inflating: a few KiB of DEFLATE can expand to
+            # gigabytes (the limit smcheck.loading applies to .npz members)
+            member = f"{chosen}.npy" if f"{chosen}.npy" in z.zip.namelist() else chosen
+            size = z.zip.getinfo(member).file_size
+            if size > max_bytes:
+                raise InputError(
+                    f"{name}[{chosen!r}]: declares {size} bytes uncompressed, over the limit of "
+                    f"{max_bytes}; save it as .npy (memory-mapped, no limit)"
+                )
             return np.asarray(z[chosen]), f"{name}[{chosen!r}]"
     except InputError:
         raise

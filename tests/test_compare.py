@@ -457,6 +457,9 @@ def test_load_values_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(InputError, match="is empty"):
         load_values(tmp_path / "empty.txt", key=None, default_key="loss")
+    np.savez_compressed(tmp_path / "zeros.npz", loss=np.zeros(10_000))  # ~80 kB -> ~100 B
+    with pytest.raises(InputError, match=r"zeros.npz\['loss'\]: declares 80128 bytes"):
+        load_values(tmp_path / "zeros.npz", key=None, default_key="loss", max_bytes=50_000)
     np.save(tmp_path / "ints.npy", np.array([1, 2], dtype=np.int32))
     got = load_values(tmp_path / "ints.npy", key=None, default_key="loss")
     assert got.values.dtype == np.float64 and got.dtype == "int32"
