@@ -26,13 +26,14 @@ Three checks, in this order, per method (or for your kernel):
 Default thresholds (:func:`default_thresholds`), for C classes, working dtype T and accumulation
 dtype A:
 
-* ``max_loss_ulp = 4 + log2(C) * eps(A) / eps(T)``. A fused loss ``log(sum exp(z - m)) - (z_y - m)``
-  rounds about four times in T (the shift, the ``exp``, the ``log``, the final subtraction),
-  each at most half an ulp of ``max(|L|, 1)`` - 4 ulps is twice that. The pairwise sum of C
-  terms in A adds at most ``log2(C)`` roundings of relative size ``eps(A) / 2``, which move
-  ``log(s)`` by as much in absolute terms. float16 with float32 sums, C = 50 000: 4.0 ulps;
-  float32 throughout: 19.6 ulps. A real defect (overflow, a lost ``-onehot``, a missing shift,
-  a ``log(p)`` of an underflowed ``p``) is off by orders of magnitude more than this slack.
+* ``max_loss_ulp = 4 + ceil(log2 C) * eps(A) / eps(T)`` (rounded to 2 decimals), the same as
+  ``smcheck eval``. A fused loss ``log(sum exp(z - m)) - (z_y - m)`` rounds about four times in
+  T (the shift, the ``exp``, the ``log``, the final subtraction), each at most half an ulp of
+  ``max(|L|, 1)`` - 4 ulps is twice that. The pairwise sum of C terms in A adds at most
+  ``ceil(log2 C)`` roundings of relative size ``eps(A) / 2``, which move ``log(s)`` by as much
+  in absolute terms. float16 with float32 sums, C = 50 000: 4.0 ulps; float32 throughout:
+  20 ulps. A real defect (overflow, a lost ``-onehot``, a missing shift, a ``log(p)`` of an
+  underflowed ``p``) is off by orders of magnitude more than this slack.
 * ``max_grad_err = max_loss_ulp * eps(T)``: ``p_j = exp(d_j) / s`` carries the same relative
   error as ``s`` plus two roundings in T, and ``|p_j| <= 1``.
 
@@ -62,6 +63,7 @@ import numpy as np
 
 from .core import Prepared, prepare, reference_of, run_method
 from .errors import InputError, UsageError
+from .evaluate import default_thresholds as eval_thresholds
 from .methods import METHODS
 from .metrics import loss_abs_err
 from .precisions import Precision, get_precision, resolve_accum
@@ -90,17 +92,16 @@ def default_thresholds(
 ) -> tuple[float, float]:
     """``(max_loss_ulp, max_grad_err)`` for C classes in ``dtype`` with sums in ``accum``.
 
-    See the module docstring for the reasoning.
+    The same numbers ``smcheck eval`` gates with by default (one source:
+    :func:`smcheck.evaluate.default_thresholds`); the module docstring gives the reasoning.
 
-    >>> [round(v, 6) for v in default_thresholds(50_000, "float16")]  # + log2(C) * 2**-13 ulps
-    [4.001905, 0.003908]
-    >>> round(default_thresholds(50_000, "float32")[0], 1)
-    19.6
+    >>> default_thresholds(50_000, "float16")  # + 16 * 2**-13 ulps for the float32 sum
+    (4.0, 0.00390625)
+    >>> default_thresholds(50_000, "float32")[0]
+    20.0
     """
     working = get_precision(dtype)
-    acc = resolve_accum(working, accum)
-    loss_ulp = 4.0 + math.log2(max(n_classes, 1)) * acc.eps / working.eps
-    return loss_ulp, loss_ulp * working.eps
+    return eval_thresholds(working, resolve_accum(working, accum), n_classes)
 
 
 # --- collecting failures chunk by chunk --------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from smcheck import InputError, UsageError, reference
-from smcheck.precisions import PRECISIONS, get_precision
+from smcheck.precisions import PRECISIONS, get_precision, resolve_accum
 from smcheck.testing import (
     WORST_ROWS,
     assert_matches_reference,
@@ -45,14 +45,23 @@ def _table_rows(message: str) -> list[list[str]]:
 
 
 def test_default_thresholds_follow_the_rounding_count() -> None:
-    # 4 ulps for the ~4 roundings in T, + log2(C) roundings of the sum in A (in ulps of T)
-    loss16, grad16 = default_thresholds(1024, "float16")
-    assert loss16 == 4 + 10 * 2.0**-23 / 2.0**-10
-    assert grad16 == loss16 * 2.0**-10
-    loss32, _ = default_thresholds(1024, "float32")
-    assert loss32 == 14.0  # sums in float32 too: 10 ulps for the tree
-    assert default_thresholds(1024, "float16", accum="float16")[0] == 14.0
+    # 4 ulps for the ~4 roundings in T, + ceil(log2 C) roundings of the sum in A (in ulps of T)
+    loss16, grad16 = default_thresholds(1000, "float16")
+    assert loss16 == 4.0  # 10 * 2**-13 ulps for the float32 sum, rounded away
+    assert grad16 == 4 * 2.0**-10
+    assert default_thresholds(1000, "float32") == (14.0, 14 * 2.0**-23)
+    assert default_thresholds(1025, "float32")[0] == 15.0
+    assert default_thresholds(1000, "float16", accum="float16")[0] == 14.0
     assert default_thresholds(1, "bfloat16")[0] == 4.0
+
+
+def test_default_thresholds_are_the_eval_gate() -> None:
+    from smcheck.evaluate import default_thresholds as eval_default
+
+    for dtype in ALL_DTYPES:
+        p = get_precision(dtype)
+        for c in (2, 10, 1000, 50_000):
+            assert default_thresholds(c, dtype) == eval_default(p, resolve_accum(p, None), c)
 
 
 # --- assert_stable ------------------------------------------------------------------------------
