@@ -232,9 +232,16 @@ def _junit_cases(report: EvalReport) -> list[tuple[str, str, str | None]]:
         if not m.gated:
             continue
         cls = f"smcheck.eval.{m.name}"
-        nonfinite = m.nan_loss_rows + m.inf_loss_rows + m.nonfinite_grad_rows
+        bad_loss = m.nan_loss_rows + m.inf_loss_rows
+        nonfinite = bad_loss + m.nonfinite_grad_rows
+        unit = report.input.unit
+        grad_unit = "pairs" if report.input.label_free else "rows"
         checks = {
-            "nonfinite": (nonfinite, f"{nonfinite} non-finite loss/gradient {report.input.unit}"),
+            "nonfinite": (
+                nonfinite,
+                f"NaN/inf loss on {bad_loss} {unit}, "
+                f"non-finite gradient on {m.nonfinite_grad_rows} {grad_unit}",
+            ),
             "overflow": (m.overflow_rows, f"overflow on {m.overflow_rows} {report.input.unit}"),
             "underflow": (m.underflow_rows, f"underflow on {m.underflow_rows} {report.input.unit}"),
         }
