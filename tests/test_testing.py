@@ -236,3 +236,12 @@ def test_matches_reference_shape_errors() -> None:
         assert_matches_reference(loss[:3], z, y, dtype="float32")
     with pytest.raises(InputError, match=r"grad has shape \(4, 2\), expected \(4, 3\)"):
         assert_matches_reference(loss, z, y, dtype="float32", grad=grad[:, :2])
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_framework_methods_are_checked_like_the_others(framework: str) -> None:
+    pytest.importorskip(framework)
+    z, y = _logits(64, 100, 3.0)
+    assert_stable(z, y, dtype="float16", methods=(framework,))
+    with pytest.raises(AssertionError, match=rf"{framework}: loss error > max_loss_ulp = 0\.01"):
+        assert_stable(z, y, dtype="bfloat16", methods=(framework,), max_loss_ulp=0.01)
