@@ -56,7 +56,13 @@ if ! "$py" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shl
     "$SMCHECK_COMMAND" > "$tmp/args" 2> "$tmp/split.err"; then
   fail_usage "cannot split the command '$SMCHECK_COMMAND': $(tail -n 1 "$tmp/split.err")"
 fi
-mapfile -d '' args < "$tmp/args"
+args=()
+while IFS= read -r -d '' a; do  # not mapfile: macOS runners may have bash 3.2
+  args+=("$a")
+done < "$tmp/args"
+if (( ${#args[@]} == 0 )); then
+  fail_usage "the 'command' input is blank; e.g. 'eval logits.npy --labels labels.npy --dtype float16'"
+fi
 for a in "${args[@]}"; do
   case "$a" in
     -f | --format | --format=* | -o | --output | --output=*)

@@ -136,6 +136,7 @@ def test_bad_input_exits_2_with_the_message_in_summary_and_annotation(tmp_path: 
     ("command", "message"),
     [
         ("", "the 'command' input is empty"),
+        ("  ", "the 'command' input is blank"),
         ("eval x.npy --format json", "leave '--format' out of the command"),
         ("eval x.npy -o out.md", "leave '-o' out of the command"),
         ("eval 'unbalanced", "cannot split the command"),
