@@ -51,7 +51,7 @@ from .core import prepare, reference_of
 from .errors import InputError, UsageError
 from .methods import DEFAULT_METHODS, METHODS, MethodFn
 from .precisions import Precision, get_precision, resolve_accum
-from .reference import reference_precision_name
+from .reference import _two_diff_residual, reference_precision_name
 
 try:  # binary128 for the central differences of float64 work (a hard dependency)
     import numpy_quaddtype as _nq
@@ -191,7 +191,7 @@ def synthetic(
                 z[i] -= 1000.0
             else:
                 z[i] *= 100.0
-    desc = f"synthetic {case}: {rows} rows x {classes} classes, scale {scale:g}, seed {seed}"
+    desc = f"synthetic {case}: {rows} x {classes} logits, scale {scale:g}, seed {seed}"
     return Synthetic(z, y.astype(np.int64), kinds, desc)
 
 
@@ -199,10 +199,9 @@ def synthetic(
 
 
 def _two_diff(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """d, r with d = fl(a - b) and a - b = d + r exactly (Knuth's TwoSum; finite inputs)."""
+    """d, r with d = fl(a - b) and a - b = d + r exactly (the reference's TwoSum)."""
     d = a - b
-    bb = a - d
-    return d, (a - (d + bb)) + (bb - b)
+    return d, _two_diff_residual(a, b, d)
 
 
 def complex_loss(z: np.ndarray, y: np.ndarray, rest: np.ndarray | None = None) -> np.ndarray:
@@ -279,7 +278,8 @@ def central_difference(
     step: float | None = None,
     richardson: bool = True,
 ) -> np.ndarray:
-    """Derivative of the loss of rows ``x`` (M, K) along ``u`` by central differences.
+    """Derivative of the loss of rows ``x`` (M, K) along ``u`` (M, K), or along each of
+    ``u`` (D, M, K) (one result per direction), by central differences.
 
     Evaluated in the reference arithmetic of ``working`` (binary128 for float64, else float64)
     on L(x + t u) = log(sum_j exp(d_j + t u_j) + rest) - (d_y + t u_y), d = x - max x (exact).
@@ -300,36 +300,37 @@ def central_difference(
     h = cd_step(p, xf.shape[1]) if step is None else float(step)
     m = xf.max(axis=1)
     pivot = xf[rows, y] == m
-    uf = np.asarray(u, dtype=np.float64)
-    uy = uf[rows, y]
-    shift = np.where(pivot, uy, 0.0)  # the pivot's own move, taken out of every exponent
-    d = xf.astype(dt) - m.astype(dt)[:, None]  # exact: a difference of doubles in dt
-    w = (uf - shift[:, None]).astype(dt)
     r = None if rest is None else np.asarray(rest).astype(dt)
-    r_w = (-shift).astype(dt)
-    # binary128 exp is the cost here: exp(d + t w) = exp(d) exp(t w), and exp(+-h w) is the
-    # square of exp(+-h w / 2), so four points take three exps (rounding: a few u, harmless)
     t0 = h / 2 if richardson else h
-    tq = np.asarray(t0).astype(dt)
     # numpy-quaddtype's exp and sum raise spurious underflow/invalid flags on terms below ~1e-308
     # (the results are right); float64 underflow of far-off classes is exact enough too
     with np.errstate(under="ignore", invalid="ignore"):
-        e = np.exp(d)
-        grow, shrink = np.exp(tq * w), np.exp(-tq * w)
+        # binary128 exp is the cost: exp(d + t w) = exp(d) exp(t w) with exp(d) shared by every
+        # direction, and exp(+-h w) is the square of exp(+-h w / 2): four points, two more exps
+        e = np.exp(xf.astype(dt) - m.astype(dt)[:, None])  # the shift is exact in dt
 
-        def lse(factor: np.ndarray, t: float) -> np.ndarray:
-            s = (e * factor).sum(axis=1)
-            if r is not None:
-                s = s + r * np.exp(np.asarray(t).astype(dt) * r_w)
-            return np.log(s)
+        def one(uf: np.ndarray) -> np.ndarray:
+            uy = uf[rows, y]
+            shift = np.where(pivot, uy, 0.0)  # the pivot's own move, out of every exponent
+            tw = t0 * (uf - shift[:, None])  # float64; exact scaling by a power of 2
+            grow, shrink = np.exp(tw.astype(dt)), np.exp((-tw).astype(dt))
 
-        def diff(up: np.ndarray, down: np.ndarray, t: float) -> np.ndarray:
-            return (lse(up, t) - lse(down, -t)) / np.asarray(2 * t).astype(dt)
+            def lse(factor: np.ndarray, t: float) -> np.ndarray:
+                s = (e * factor).sum(axis=1)
+                if r is not None:  # the left-out classes move with the pivot only
+                    s = s + r * np.exp((-t * shift).astype(dt))
+                return np.log(s)
 
-        out = diff(grow, shrink, t0)
-        if richardson:  # D(h/2) is ``out``; D(h) from the squares
-            out = (4 * out - diff(grow * grow, shrink * shrink, h)) / 3
-    return out.astype(np.float64) - np.where(pivot, 0.0, uy)
+            def diff(up: np.ndarray, down: np.ndarray, t: float) -> np.ndarray:
+                return (lse(up, t) - lse(down, -t)) / np.asarray(2 * t).astype(dt)
+
+            out = diff(grow, shrink, t0)
+            if richardson:  # D(h/2) is ``out``; D(h) from the squares
+                out = (4 * out - diff(grow * grow, shrink * shrink, h)) / 3
+            return out.astype(np.float64) - np.where(pivot, 0.0, uy)
+
+        uf = np.asarray(u, dtype=np.float64)
+        return np.stack([one(v) for v in uf]) if uf.ndim == 3 else one(uf)
 
 
 # --------------------------------------------------------------------------- report
@@ -551,10 +552,11 @@ def _truth_directions(
     cs = np.empty(dirs.shape[:2])
     cd = np.empty(dirs.shape[:2])
     xf = np.asarray(x, dtype=np.float64)
-    for i in range(dirs.shape[0]):
-        for sl in _row_chunks(n, c):
+    for sl in _row_chunks(n, c):
+        for i in range(dirs.shape[0]):
             cs[i, sl] = complex_step(xf[sl], y[sl], dirs[i, sl])
-            cd[i, sl] = central_difference(xf[sl], y[sl], dirs[i, sl], working)
+        if dirs.shape[0]:
+            cd[:, sl] = central_difference(xf[sl], y[sl], dirs[:, sl], working)
     return cs, cd
 
 

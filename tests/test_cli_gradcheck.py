@@ -207,3 +207,33 @@ def test_github_caps_and_empty_reports() -> None:
     gh = render_github(empty).splitlines()
     assert gh[0].startswith("::error") and len(gh) <= 2 * GITHUB_MAX + 1
     assert "no row" in render_table(empty)
+
+
+def test_docs_cover_every_option_and_json_key() -> None:
+    """docs/gradcheck.md names every option of the command and every key of the JSON."""
+    import click
+
+    from smcheck.cli.gradcheck_cmd import gradcheck_cmd
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "gradcheck.md").read_text()
+    for param in gradcheck_cmd.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert any(f"`{o}" in doc for o in param.opts), param.opts
+    d = to_dict(_report(methods=["fused"]))  # type: ignore[arg-type]
+
+    def keys(obj: object) -> set[str]:
+        """Every key name in a JSON document; the names under methods/cases are data."""
+        out: set[str] = set()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                out.add(k)
+                if k == "methods":
+                    out |= {k2 for m in v.values() for k2 in keys(m)}
+                elif k != "cases":
+                    out |= keys(v)
+        elif isinstance(obj, list):
+            out = {k for v in obj for k in keys(v)}
+        return out
+
+    for key in keys(d):
+        assert f"`{key}`" in doc or f".{key}`" in doc, key

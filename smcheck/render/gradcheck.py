@@ -74,7 +74,8 @@ def method_problem(m: MethodCheck) -> str | None:
     if beyond > 0:
         parts.append(f"{beyond} of {m.checked_entries} entries beyond the tolerance")
     if m.failed_directions:
-        parts.append(f"{m.failed_directions} of {m.checked_directions} directions beyond it")
+        n_dir = f"{m.failed_directions} of {m.checked_directions}"
+        parts.append(f"{n_dir} directional derivatives fail")
     if not parts:
         parts.append("nothing checked")
     if m.worst is not None:
@@ -252,7 +253,8 @@ def _panel(r: GradcheckReport) -> Panel:
 
 def _methods_table(r: GradcheckReport) -> Table:
     t = Table(
-        title="Gradients against the truth (* gated; errors over checked entries)",
+        title="Gradients against the truth (* gated; errors over the checked entries; own loss: "
+        "the working-dtype check)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -265,11 +267,11 @@ def _methods_table(r: GradcheckReport) -> Table:
         "max abs\nerr",
         "max rel\nerr",
         "max\nulps",
-        "bad\ndirections",
-        "own loss\n(consistency)",
+        "bad\ndirs",
+        "own loss",
         "verdict",
     ):
-        just = "left" if name in ("method", "verdict") or "consistency" in name else "right"
+        just = "left" if name in ("method", "verdict", "own loss") else "right"
         t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for m in r.methods:
         style = STYLE_OF["ok" if m.passed else "broken"]
@@ -306,7 +308,9 @@ def _worst_table(r: GradcheckReport) -> Table | None:
         pad_edge=False,
         collapse_padding=True,
     )
-    for name in ("method", "row", "label", "case", "probe", "truth", "value", "|err|", "/ tol"):
+    cases = any(w.case for w in r.worst)
+    names = ["method", "row", "label", *(["case"] if cases else []), "probe"]
+    for name in (*names, "truth", "value", "|err|", "/ tol"):
         just = "left" if name in ("method", "case", "probe") else "right"
         t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for w in r.worst:
@@ -315,7 +319,7 @@ def _worst_table(r: GradcheckReport) -> Table | None:
             w.method,
             str(w.row),
             str(w.label),
-            w.case or "",
+            *([w.case or ""] if cases else []),
             w.probe,
             _num(w.truth),
             Text(_num(w.value), style=style),
