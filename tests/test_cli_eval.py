@@ -304,3 +304,25 @@ def test_samples_show_what_their_readme_says() -> None:
     assert csv["input"]["ignored_rows"] == 1 and csv["input"]["rows"] == 40
     lm = as_json(run(f"{s}/lm_logits_f16.npy", "--labels", f"{s}/lm_labels.npy", "-f", "json"))
     assert lm["input"]["original_shape"] == [4, 32, 512] and lm["input"]["dtype"] == "float16"
+
+
+# ---------------------------------------------------------------- documentation is complete
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "eval.md"
+
+
+def test_every_option_format_and_json_key_is_documented(files: dict[str, Path]) -> None:
+    from smcheck.cli.eval_cmd import RENDERERS, eval_cmd
+
+    doc = DOC.read_text(encoding="utf-8")
+    for param in eval_cmd.params:
+        if getattr(param, "hidden", False) or not param.opts or not param.opts[0].startswith("-"):
+            continue
+        assert f"`{param.opts[0]}" in doc, param.opts[0]
+    for fmt in RENDERERS:
+        assert f"`--format {fmt}`" in doc or f"`{fmt}`" in doc, fmt
+    d = as_json(run(str(files["x"]), "--labels", str(files["y"]), "-f", "json"))
+    keys = set(d) | set(d["input"]) | set(d["gate"]) | set(d["methods"]["fused"])
+    keys |= set(d["worst_rows"][0]) | set(d["worst_rows"][0]["methods"]["fused"])
+    for key in keys - {"methods"}:
+        assert f"`{key}`" in doc, key
