@@ -128,7 +128,13 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, no_config: bool, debug: bool) -> None:
     """Audit softmax cross-entropy numerics: loss and gradient of each formulation, in the
-    precision you name, against a high-precision reference."""
+    precision you name, against a high-precision reference.
+
+    Option defaults can live in [tool.smcheck] of the nearest pyproject.toml, or in a
+    smcheck.toml; 'smcheck config' shows each command's settings and where they come from.
+
+    Example: smcheck eval logits.npy --labels labels.npy --dtype float16
+    """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if no_config and config_file is not None:
