@@ -136,7 +136,9 @@ def sweep_cmd(
 
     Exit status: 0 ok, 1 a --gate method breaks, 2 bad options, 3 internal error.
 
-    Example: smcheck sweep --dtype float16 --classes 10 --gate log1p --plot sweep.png
+    \b
+    Example:
+      smcheck sweep --dtype float16 --classes 10 --gate log1p --plot sweep.png
     """
     try:
         class_counts = tuple(int(c) for c in _split(classes))
