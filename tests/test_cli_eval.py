@@ -250,6 +250,11 @@ def test_colour_policy(files: dict[str, Path]) -> None:
     assert "\x1b[" not in run(x, env={"FORCE_COLOR": "1", "NO_COLOR": "1"}).stdout
     assert "\x1b[" in run(x, "--color", "always", env={"NO_COLOR": "1"}).stdout
     assert "\x1b[" not in run(x, "--color", "never", env={"FORCE_COLOR": "1"}).stdout
+    # a report file is not a terminal: plain unless forced
+    assert run(x, "-o", "plain.txt").exit_code == 0
+    assert "\x1b[" not in Path("plain.txt").read_text()
+    assert run(x, "-o", "forced.txt", "--color", "always").exit_code == 0
+    assert "\x1b[" in Path("forced.txt").read_text()
     # colour never leaks into machine formats
     assert "\x1b[" not in run(x, "-f", "json", "--color", "always").stdout
 

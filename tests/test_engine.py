@@ -7,6 +7,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from smcheck.engine import (
     FULL_GRAD_CLASSES,
@@ -250,3 +253,34 @@ def test_release_pages_keeps_values_and_skips_plain_arrays(tmp_path) -> None:
     cfg = EngineConfig(get_precision("float32"), get_precision("float32"), ("fused",))
     got = run(mm, None, cfg, chunk_rows=512)
     assert got.methods["fused"].measured == 3000 * 8
+
+
+_VALUES = st.one_of(
+    st.floats(-40, 40, width=32),
+    st.sampled_from([np.inf, -np.inf, np.nan, 11.5, -17.0]),
+)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_property_chunking_never_changes_the_stats(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 10), label="rows")
+    c = data.draw(st.integers(1, 40), label="classes")
+    x = data.draw(hnp.arrays(np.float32, (n, c), elements=_VALUES), label="x")
+    labelled = data.draw(st.booleans(), label="labelled")
+    y = None
+    if labelled:
+        y = np.array(data.draw(st.lists(st.integers(-1, c - 1), min_size=n, max_size=n)))
+        y[y == -1] = -100
+    dtype = data.draw(st.sampled_from(["float16", "bfloat16", "float32"]), label="dtype")
+    rows = data.draw(st.integers(1, n), label="chunk rows")
+    cfg = EngineConfig(get_precision(dtype), get_precision("float32"), ("naive", "fused", "log1p"))
+    whole = run(x, y, cfg, chunk_rows=n)
+    parts = run(x, y, cfg, chunk_rows=rows)
+    assert parts.input == whole.input
+    for m in cfg.methods:
+        assert _same(parts.methods[m], whole.methods[m]), m
+    # the stable formulations are finite wherever the input is finite
+    for m in ("fused", "log1p"):
+        st_m = whole.methods[m]
+        assert st_m.nan_loss == st_m.inf_loss == st_m.overflow == st_m.nonfinite_grad == 0

@@ -17,6 +17,7 @@ from ..render.eval_table import render_table
 from . import cli
 from .options import (
     FAIL_ON_CHOICES,
+    check_output,
     color_option,
     dtype_options,
     emit,
@@ -120,6 +121,11 @@ def eval_cmd(
     Example: smcheck eval samples/overconfident_f32.npy --labels samples/overconfident_labels.npy
     --dtype float16
     """
+    chosen, checks = (
+        parse_methods(methods),
+        parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on"),
+    )
+    gated = parse_methods(gate, "--gate") if gate.strip().lower() != "none" else ()
     column: str | int | None = label_column
     if label_column is not None and label_column.lstrip("-").isdigit():
         column = int(label_column)
@@ -134,21 +140,20 @@ def eval_cmd(
     if dtype is None and loaded.file_dtype not in PRECISIONS:
         dtype = "float32"  # text and integer files
     inputs = [p for p in (logits, labels) if p]
+    check_output(output, inputs)
     per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
         report = evaluate(
             loaded.logits, loaded.labels, dtype=dtype, accum=accum, cast=cast_mode,
-            methods=parse_methods(methods),
-            gate=parse_methods(gate, "--gate") if gate.strip().lower() != "none" else (),
-            ignore_index=ignore_index, max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err,
-            fail_on=parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on"), top_k=top_k,
+            methods=chosen, gate=gated, ignore_index=ignore_index, max_loss_ulp=max_loss_ulp,
+            max_grad_err=max_grad_err, fail_on=checks, top_k=top_k,
             chunk_bytes=int(chunk_mb * 2**20), chunk_rows=chunk_rows,
             workers=workers or os.cpu_count() or 1, progress=progress,
             per_row=sink if per_row else None, logits_name=loaded.logits_name,
             labels_name=loaded.labels_name, notes=loaded.notes,
             original_shape=loaded.original_shape,
         )  # fmt: skip
-    emit(RENDERERS[fmt](report, wants_color(color)), output, inputs)
+    emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, inputs)
     if report.input.eligible_rows == 0:
         click.echo(f"smcheck: {report.verdict}", err=True)
     click.get_current_context().exit(exit_code(report.ok, exit_zero))

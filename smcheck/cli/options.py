@@ -31,6 +31,7 @@ from ..render.common import use_color
 
 __all__ = [
     "FAIL_ON_CHOICES",
+    "check_output",
     "FORMATS",
     "color_option",
     "dtype_options",
@@ -247,11 +248,23 @@ def gate_options(
     )
 
 
-def wants_color(choice: str, stream: Any = None) -> bool:
-    """Resolve ``--color`` for ``stream`` (default stdout) with :func:`use_color`."""
+def wants_color(choice: str, stream: Any = None, output: str | None = None) -> bool:
+    """Resolve ``--color`` for ``stream`` (default stdout) with :func:`use_color`; a report
+    going to an ``--output`` file is not a terminal (only ``always``/FORCE_COLOR colour it)."""
+    if output is not None and output != "-":
+        return use_color(choice, False, os.environ)
     stream = sys.stdout if stream is None else stream
     isatty = getattr(stream, "isatty", None)
     return use_color(choice, bool(isatty and isatty()), os.environ)
+
+
+def check_output(output: str | None, inputs: Iterable[str | None] = ()) -> None:
+    """Refuse an ``--output`` that is one of the inputs before any work is done (exit 2)."""
+    if output is None or output == "-":
+        return
+    from ..output import check_not_input
+
+    check_not_input(output, [i for i in inputs if i])
 
 
 def emit(text: str, output: str | None, inputs: Iterable[str | None] = ()) -> None:
