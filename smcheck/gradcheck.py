@@ -103,7 +103,7 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 #: The truth is trusted when complex step and central differences agree within this fraction of
-#: every probe's tolerance.
+#: every probe's tolerance (the dtype's default, or the given one where that is looser).
 TRUTH_FRACTION = 0.1
 #: Largest logits (as loss terms) one batch of the truth holds: ~2**21 complex128 = 32 MiB.
 _BATCH_TERMS = 1 << 21
@@ -226,10 +226,6 @@ def complex_loss(z: np.ndarray, y: np.ndarray, rest: np.ndarray | None = None) -
     if rest is not None:
         s = s + rest * np.exp(m - c)  # exp(m - c) = exp(-i Im c): the pivot's phase
     return np.log(s) + (c - zy)
-
-
-def _unit_rows(k: int) -> np.ndarray:
-    return np.eye(k)
 
 
 def complex_step(
@@ -365,8 +361,8 @@ class Truth:
     reference: str
     agreement: float  # max |cs - cd| / max(1, |cs|) over every probe
     reference_agreement: float  # max |ref - cs| / max(1, |cs|)
-    worst_fraction: float  # max |cs - cd| / tolerance of the probe
-    reference_fraction: float  # max |ref - cs| / tolerance of the probe
+    worst_fraction: float  # max |cs - cd| / tolerance of the probe (default, or looser given)
+    reference_fraction: float  # max |ref - cs| / that tolerance
     probes: int
     ok: bool  # worst_fraction <= TRUTH_FRACTION
 
@@ -509,17 +505,6 @@ def _rest_sum(x: np.ndarray, sel: np.ndarray, dt: np.dtype) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class _Probed:
-    """Truth and witnesses at the probes: entries (N, K) and directions (D, N)."""
-
-    cs: np.ndarray
-    cd: np.ndarray
-    ref: np.ndarray
-    gabs: np.ndarray | None  # directions only: |v| . |g_ref|, the tolerance's scale
-    l1: np.ndarray | None  # directions only: |v|_1
-
-
 def _truth_entries(
     x: np.ndarray, y: np.ndarray, sel: np.ndarray, working: Precision
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +517,7 @@ def _truth_entries(
     rest_p = rest64 if dt == np.float64 else _rest_sum(x, sel, dt)
     cs = np.empty((n, k))
     cd = np.empty((n, k))
-    eye = _unit_rows(k)
+    eye = np.eye(k)
     for sl in _row_chunks(n, k * k):
         rows = np.arange(sl.start, sl.stop)
         xb = np.repeat(xs[rows], k, axis=0)  # (rows * K, K): row r, probe j
@@ -597,7 +582,9 @@ def _consistency_block(
     spread = u.max(axis=1) - u.min(axis=1)
     m3 = 0.0962 * spread**3
     if step is None:  # balance rounding noise/t against truncation t**2 m3 / 6
-        t = np.exp2(np.round(np.log2((3 * _loss_noise(loss0, x, eps) / m3) ** (1 / 3))))
+        # m3 = 0 only for C = 1 (L is constant): any step will do, take a coordinate's
+        curv = np.where(m3 > 0, m3, 0.0962)
+        t = np.exp2(np.round(np.log2((3 * _loss_noise(loss0, x, eps) / curv) ** (1 / 3))))
     else:
         t = np.full(x.shape[0], float(step))
     # rounding the points to the working dtype may overflow: that is a finding (inf), not noise
@@ -863,12 +850,19 @@ def gradcheck(
     g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
     ref_e = np.take_along_axis(g_ref, sel, 1)
     ref_d = (dirs * g_ref).sum(axis=2)
-    tol_e = atol_v + rtol_v * np.abs(cs_e)
-    tol_d = atol_v * np.abs(dirs).sum(axis=2) + rtol_v * (np.abs(dirs) * np.abs(g_ref)).sum(axis=2)
+    l1, gabs = np.abs(dirs).sum(axis=2), (np.abs(dirs) * np.abs(g_ref)).sum(axis=2)
+
+    def tolerances(a: float, r: float) -> tuple[np.ndarray, np.ndarray]:
+        return a + r * np.abs(cs_e), a * l1 + r * gabs
+
+    tol_e, tol_d = tolerances(atol_v, rtol_v)
+    # the truth is judged against the dtype's default tolerance, or the given one if looser: a
+    # tolerance of 0 cannot be met by any truth, and that says nothing about the truth
+    trust_e, trust_d = tolerances(max(atol_v, a_def), max(rtol_v, r_def))
     gap_e, gap_d = np.abs(cs_e - cd_e), np.abs(cs_d - cd_d)
     rgap_e, rgap_d = np.abs(ref_e - cs_e), np.abs(ref_d - cs_d)
     fraction = max(
-        _max_or_none(_ratio(gap_e, tol_e)) or 0.0, _max_or_none(_ratio(gap_d, tol_d)) or 0.0
+        _max_or_none(_ratio(gap_e, trust_e)) or 0.0, _max_or_none(_ratio(gap_d, trust_d)) or 0.0
     )
     truth = Truth(
         complex_step=f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}",
@@ -883,7 +877,8 @@ def gradcheck(
         reference_agreement=max(_mixed(rgap_e, cs_e), _mixed(rgap_d, cs_d)),
         worst_fraction=fraction,
         reference_fraction=max(
-            _max_or_none(_ratio(rgap_e, tol_e)) or 0.0, _max_or_none(_ratio(rgap_d, tol_d)) or 0.0
+            _max_or_none(_ratio(rgap_e, trust_e)) or 0.0,
+            _max_or_none(_ratio(rgap_d, trust_d)) or 0.0,
         ),
         probes=int(cs_e.size + cs_d.size),
         ok=n > 0 and fraction <= TRUTH_FRACTION,

@@ -237,3 +237,19 @@ def test_docs_cover_every_option_and_json_key() -> None:
 
     for key in keys(d):
         assert f"`{key}`" in doc or f".{key}`" in doc, key
+
+
+def test_an_untrusted_truth_fails_the_run_in_every_format() -> None:
+    """A hand-built report whose two truths disagree: every renderer says so."""
+    import dataclasses
+
+    r = _report(dtype="float32", methods=["fused"])
+    bad = dataclasses.replace(
+        r,  # type: ignore[type-var]
+        truth=dataclasses.replace(r.truth, ok=False, worst_fraction=0.5),  # type: ignore[attr-defined]
+        ok=False,
+    )
+    assert to_dict(bad)["verdict"].startswith("FAIL: the truth is not trustworthy")
+    assert "NOT trusted" in render_table(bad)
+    assert render_github(bad).startswith("::error") and "0.5 of the tolerance" in render_github(bad)
+    assert "not trustworthy" in render_markdown(bad)

@@ -95,7 +95,7 @@ def summary(r: GradcheckReport) -> str:
         )
     by = {m.name: m for m in r.methods}
     failed = [m.name for m in r.methods if m.gated and not m.passed]
-    gated = ", ".join(r.gate) or "none"
+    gated = ", ".join(r.gate)
     if failed:
         return (
             f"FAIL: gated {', '.join(failed)} "
@@ -103,7 +103,10 @@ def summary(r: GradcheckReport) -> str:
             + f" the gradient check in {r.dtype}"
         )
     others = [m.name for m in r.methods if not m.passed]
-    text = f"PASS: gated {gated} " + ("passes" if len(r.gate) == 1 else "pass")
+    if not r.gate:
+        text = "PASS: no method is gated"
+    else:
+        text = f"PASS: gated {gated} " + ("passes" if len(r.gate) == 1 else "pass")
     if others:
         bad = [n for n in others if by[n].nonfinite_grad_rows]
         text += f"; {', '.join(others)} fail" + ("s" if len(others) == 1 else "")
