@@ -325,3 +325,17 @@ def test_per_row_writer_refuses_bad_suffix_and_inputs(tmp_path) -> None:
         with PerRowWriter(str(src), inputs=[str(src)]):
             pass
     assert src.read_text() == "1,2\n"
+
+
+def test_regression_online_bfloat16_nan_row_does_not_warn() -> None:
+    # methods.online takes its first block max outside np.errstate: a NaN row in bfloat16 used
+    # to raise "invalid value encountered in reduce" (an error under filterwarnings = error)
+    x = np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32)
+    rep = evaluate(x, None, dtype="bfloat16", methods=["online"])
+    assert rep.input.nonfinite_input_rows == 1 and rep.method("online").verdict == "ok"
+
+
+def test_regression_label_free_margin_of_an_inf_row_does_not_warn() -> None:
+    x = np.array([[0.0], [np.inf]], dtype=np.float32)
+    rep = evaluate(x, None, dtype="float16", chunk_rows=1)
+    assert rep.input.eligible_rows == 1
