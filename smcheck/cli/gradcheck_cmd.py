@@ -229,7 +229,9 @@ def gradcheck_cmd(
         if dtype is None and loaded.file_dtype not in PRECISIONS:
             dtype = "float32"  # text and integer files
         x, y, cases = loaded.logits, loaded.labels, None
-        name = loaded.logits_name + (f" with labels {loaded.labels_name}" if labels else "")
+        name = loaded.logits_name
+        if loaded.labels_name and loaded.labels_name != loaded.logits_name:
+            name += f" with labels {loaded.labels_name}"
         inputs = [p for p in (logits, labels) if p]
     run = parse_methods(methods)
     gated = () if gate.strip().lower() == "none" else parse_methods(gate, "--gate")
