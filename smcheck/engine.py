@@ -321,7 +321,7 @@ def _merge_cast(a: CastReport | None, b: CastReport | None) -> CastReport | None
 #: Per-row columns every worst row carries (besides one ``<method>:<field>`` per method).
 WORST_FIELDS = ("row", "label", "max_logit", "margin", "ref_p", "ref_loss", "n_bad", "score")
 #: Per-method fields of a worst row.
-WORST_METHOD_FIELDS = ("loss", "rel_err", "ulp_err", "gate_err", "grad_abs_err", "nonfinite")
+WORST_METHOD_FIELDS = ("loss", "rel_err", "ulp_err", "grad_abs_err", "nonfinite")
 
 
 @dataclass(frozen=True)
@@ -728,7 +728,7 @@ def _per_row(
             nonfinite_loss = ~np.isfinite(loss).all(axis=1)
             loss = loss[idx, k] if n else np.zeros(0)
             ulp = np.fmax.reduce(ulp, axis=1) if n else np.zeros(0)
-            under = under.any(axis=1)
+            under = np.asarray(under.any(axis=1))
         else:
             nonfinite_loss = ~np.isfinite(loss)
         nonfinite = (nonfinite_loss | np.isinf(pm["grad_abs_err"])) & e

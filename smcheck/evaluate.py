@@ -48,7 +48,7 @@ from .engine import (
 from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
 from .methods import DEFAULT_METHODS, METHODS
-from .precisions import PRECISIONS, Precision, get_precision, resolve_accum
+from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
 
 __all__ = [
@@ -544,11 +544,6 @@ def _worst_rows(stats: ChunkStats, names: Sequence[str]) -> tuple[WorstRow, ...]
     return tuple(out)
 
 
-def precision_names() -> tuple[str, ...]:
-    """Names of the working precisions (for help texts)."""
-    return tuple(PRECISIONS)
-
-
 PER_ROW_FIELDS = ("loss", "loss_ulp_err", "grad_rel_err", "overflow", "underflow", "nonfinite")
 
 
@@ -621,6 +616,6 @@ class PerRowWriter:
                 names = self._parts[0].keys() if self._parts else ()
                 merged = {n: np.concatenate([p[n] for p in self._parts]) for n in names}
                 with open(self._tmp, "wb") as fh:
-                    np.savez(fh, **merged)
+                    np.savez(fh, **merged)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
         finally:
             self._ctx.__exit__(*exc)

@@ -15,6 +15,8 @@ from smcheck.engine import (
     FULL_GRAD_CLASSES,
     HIST_BINS,
     RANDOM_GRAD_LABELS,
+    WORST_FIELDS,
+    WORST_METHOD_FIELDS,
     EngineConfig,
     ExactSum,
     Extreme,
@@ -284,3 +286,12 @@ def test_property_chunking_never_changes_the_stats(data: st.DataObject) -> None:
     for m in ("fused", "log1p"):
         st_m = whole.methods[m]
         assert st_m.nan_loss == st_m.inf_loss == st_m.overflow == st_m.nonfinite_grad == 0
+
+
+def test_worst_rows_columns_are_the_declared_fields() -> None:
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    cfg = EngineConfig(get_precision("float32"), get_precision("float32"), ("naive", "fused"))
+    for y in (np.zeros(6, np.int64), None):
+        cols = run(x, y, cfg, chunk_rows=4).worst.cols
+        want = set(WORST_FIELDS) | {f"{m}:{f}" for m in cfg.methods for f in WORST_METHOD_FIELDS}
+        assert set(cols) == want
