@@ -173,7 +173,8 @@ def test_fused_and_log1p_never_overflow_or_go_nonfinite() -> None:
     for b in rep.breaks:
         if b.kind != "precision":
             assert b.scale is None, b
-    # log1p keeps every loss within max_bits of its condition number, everywhere
+    # with 10 and 2000 classes log1p keeps every loss within max_bits of its condition number
+    # (not with 32000 in float16: see the subnormal-terms test below)
     assert all(b.scale is None for b in rep.breaks if b.method == "log1p")
     for cell in rep.cells:
         assert cell.nonfinite_loss_frac == 0 and cell.nonfinite_grad_frac == 0
@@ -513,3 +514,25 @@ def test_overflow_window_narrower_than_a_grid_step_is_found() -> None:
     b = the_break(rep, kind="overflow")
     assert b.cause == "1/p_y overflow" and within(b.loss, ln_max("float32"))
     assert b.scale is not None and b.scale < 50
+
+
+def test_log1p_float16_many_classes_loses_bits_where_exp_terms_are_subnormal() -> None:
+    """Finding against "log1p never breaks": each exp(z_j - m) is rounded to float16 before the
+    (float32) sum. On the margin case with 32000 classes the terms e^-t.. are float16 subnormals
+    (below 2^-14, relative spacing up to 1) while their sum, the loss, is still a normal float16
+    number: log1p's loss is off by more than 4 bits beyond its condition there. The grid steps
+    over the window (excess < 4 at both neighbours); the near-miss midpoint finds it."""
+    rep = sweep(
+        SweepConfig(
+            dtypes=("float16",),
+            classes=(32000,),
+            cases=("margin",),
+            methods=("log1p",),
+            scales=(8.0, 11.0, 15.0, 20.0, 27.0),
+        )
+    )
+    b = the_break(rep, kind="precision")
+    assert b.scale is not None and b.loss is not None
+    smallest_normal = float(FINFO["float16"].smallest_normal)  # 2^-14
+    assert math.exp(-b.scale) < smallest_normal < b.loss
+    assert all(x.scale is None for x in rep.breaks if x.kind != "precision")
