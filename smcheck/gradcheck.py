@@ -20,8 +20,8 @@ Truth, two ways plus a witness:
   derivatives of log-sum-exp do not grow with |z| (they are moments of the softmax), and with an
   exact shift and the linear part -t u_y differenced exactly the rounding does not either, so
   the step is ``h = (u (1 + ln C))**(1/5)`` (u: unit roundoff) - not the textbook
-  ``eps**(1/3) * max(1, |z|)``, whose truncation error grows like |z|**2 (a row at |z| = 1000
-  would get h = 5e-3 in float64 and lose 8 digits).
+  ``eps**(1/3) * max(1, |z|)``, whose truncation error grows like |z|**2 (on the seed's row,
+  |z| = 800, it takes h = 4.8e-3 and errs by 3.6e-7 in float64; this step errs by 1.6e-13).
 * **the reference gradient** of :mod:`smcheck.reference` (an analytic formula in high
   precision): a third witness, reported beside the two.
 
@@ -71,6 +71,7 @@ __all__ = [
     "Synthetic",
     "Truth",
     "WorstEntry",
+    "cd_step",
     "central_difference",
     "complex_loss",
     "complex_step",
