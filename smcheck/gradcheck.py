@@ -40,6 +40,7 @@ sum is formed once), each direction O(C) per evaluation; ``full`` costs O(C**2).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import prepare, reference_of
+from .core import Prepared, prepare, reference_of
 from .errors import InputError, UsageError
 from .methods import DEFAULT_METHODS, METHODS, MethodFn
 from .precisions import Precision, get_precision, resolve_accum
@@ -713,6 +714,252 @@ def _pick_rows(x: np.ndarray, y: np.ndarray, rows: int, rng: np.random.Generator
     return np.sort(np.array(order, dtype=np.int64))
 
 
+@dataclass(frozen=True)
+class _Probes:
+    """Where derivatives are checked (rows, classes, directions) and the witnesses there."""
+
+    row_ids: np.ndarray  # (N,) input row of each checked row
+    y: np.ndarray  # (N,) its label
+    cases: list[str] | None  # synthetic case of each input row
+    sel: np.ndarray  # (N, K) classes checked, per row
+    dirs: np.ndarray  # (D, N, C) unit directions
+    cs_e: np.ndarray  # (N, K) complex step: the truth
+    cs_d: np.ndarray  # (D, N)
+    cd_e: np.ndarray  # central differences
+    cd_d: np.ndarray
+    ref_e: np.ndarray  # the reference gradient
+    ref_d: np.ndarray
+    l1: np.ndarray  # (D, N) |v|_1
+    gabs: np.ndarray  # (D, N) |v| . |g_ref|
+
+    def tolerances(self, atol: float, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+        """atol + rtol |g*| per entry; atol |v|_1 + rtol |v| . |g*| per direction."""
+        return atol + rtol * np.abs(self.cs_e), atol * self.l1 + rtol * self.gabs
+
+    def entry(
+        self,
+        method: str,
+        flat: int,
+        values: tuple[np.ndarray, np.ndarray],
+        tols: tuple[np.ndarray, np.ndarray],
+        ratio: float,
+    ) -> WorstEntry:
+        """Derivative ``flat`` (entries first, then directions) as a report entry."""
+        n, k = self.sel.shape
+        if flat < n * k:
+            i, j = divmod(flat, k)
+            probe, at = f"class {int(self.sel[i, j])}", (0, i, j)
+        else:
+            d, i = divmod(flat - n * k, n)
+            probe, at = f"direction {d}", (1, d, i)
+        side, a, b = at
+        t = (self.cs_e, self.cs_d)[side][a, b]
+        v, tl = values[side][a, b], tols[side][a, b]
+        rid = int(self.row_ids[i])
+        return WorstEntry(
+            method=method,
+            row=rid,
+            label=int(self.y[i]),
+            case=None if self.cases is None else self.cases[rid],
+            probe=probe,
+            truth=float(t),
+            value=float(v),
+            abs_err=float(abs(v - t)) if np.isfinite(v) else None,
+            tol=float(tl),
+            ratio=ratio,
+        )
+
+
+def _probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    row_ids: np.ndarray,
+    cases: Sequence[str] | None,
+    working: Precision,
+    full: bool,
+    sample: int,
+    directions: int,
+    rng: np.random.Generator,
+) -> _Probes:
+    """Choose the probes and compute the truth and both witnesses there."""
+    n, c = x.shape
+    sel = np.tile(np.arange(c), (n, 1)) if full else _select(x.astype(np.float64), y, sample, rng)
+    dirs = _directions(n, c, directions, rng)
+    cs_e, cd_e = _truth_entries(x, y, sel, working)
+    cs_d, cd_d = _truth_directions(x, y, dirs, working)
+    ref = reference_of(prepare(x, y, dtype=working))
+    assert ref.grad is not None
+    g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
+    return _Probes(
+        row_ids=row_ids,
+        y=y,
+        cases=None if cases is None else list(cases),
+        sel=sel,
+        dirs=dirs,
+        cs_e=cs_e,
+        cs_d=cs_d,
+        cd_e=cd_e,
+        cd_d=cd_d,
+        ref_e=np.take_along_axis(g_ref, sel, 1),
+        ref_d=(dirs * g_ref).sum(axis=2),
+        l1=np.abs(dirs).sum(axis=2),
+        gabs=(np.abs(dirs) * np.abs(g_ref)).sum(axis=2),
+    )
+
+
+def _judge_truth(p: _Probes, working: Precision, atol: float, rtol: float) -> Truth:
+    """How well complex step, central differences and the reference agree.
+
+    The truth is judged against the dtype's default tolerance, or the given one where looser: a
+    tolerance of 0 cannot be met by any truth, and that says nothing about the truth.
+    """
+    a_def, r_def = default_tolerance(working)
+    trust_e, trust_d = p.tolerances(max(atol, a_def), max(rtol, r_def))
+
+    def worst(gap_e: np.ndarray, gap_d: np.ndarray) -> tuple[float, float]:
+        mixed = max(_mixed(gap_e, p.cs_e), _mixed(gap_d, p.cs_d))
+        frac = max(_max_or_none(_ratio(gap_e, trust_e)) or 0.0,
+                   _max_or_none(_ratio(gap_d, trust_d)) or 0.0)  # fmt: skip
+        return mixed, frac
+
+    agreement, fraction = worst(np.abs(p.cs_e - p.cd_e), np.abs(p.cs_d - p.cd_d))
+    ref_agreement, ref_fraction = worst(np.abs(p.ref_e - p.cs_e), np.abs(p.ref_d - p.cs_d))
+    cd_arith = "float64 with exact shifts" if working.mantissa_bits <= 24 else "binary128"
+    return Truth(
+        complex_step=f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}",
+        central_difference=f"central differences in {cd_arith}, Richardson on h and h/2, "
+        "h = (u (1 + ln C))**(1/5)",
+        reference=reference_precision_name(working),
+        agreement=agreement,
+        reference_agreement=ref_agreement,
+        worst_fraction=fraction,
+        reference_fraction=ref_fraction,
+        probes=int(p.cs_e.size + p.cs_d.size),
+        ok=p.sel.shape[0] > 0 and fraction <= TRUTH_FRACTION,
+    )
+
+
+def _check_method(
+    name: str,
+    grad: np.ndarray,
+    p: _Probes,
+    working: Precision,
+    atol: float,
+    rtol: float,
+    top: int,
+) -> tuple[MethodCheck, list[WorstEntry]]:
+    """One gradient (N, C) against the truth at the probes; its worst entries, one per row.
+
+    The returned check's consistency is a placeholder ("unavailable") for the caller to fill.
+    """
+    n = p.sel.shape[0]
+    tol_e, tol_d = p.tolerances(atol, rtol)
+    g64 = np.asarray(grad).astype(np.float64)
+    vals_e = np.take_along_axis(g64, p.sel, 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: counted below
+        vals_d = (p.dirs * g64).sum(axis=2)
+        fin_e, fin_d = np.isfinite(vals_e), np.isfinite(vals_d)
+        err_e = np.where(fin_e, np.abs(vals_e - p.cs_e), np.inf)
+        err_d = np.where(fin_d, np.abs(vals_d - p.cs_d), np.inf)
+    r_e, r_d = _ratio(err_e, tol_e), _ratio(err_d, tol_d)
+    # relative and ulp errors need a truth with full relative accuracy: a normal number of the
+    # working dtype, and (float64) one whose complex-step part exp(d) h was not subnormal
+    floor = max(working.smallest_normal, float(np.finfo(np.float64).smallest_normal) / COMPLEX_STEP)
+    normal = fin_e & (np.abs(p.cs_e) >= floor)
+    ulps = err_e[normal] / working.ulp(p.cs_e[normal])
+    failed_e = int(np.count_nonzero(r_e > 1))
+    failed_d = int(np.count_nonzero(r_d > 1))
+    nonfinite_rows = int(np.count_nonzero(~np.isfinite(g64).all(axis=1)))
+    r_all = np.concatenate([r_e.ravel(), r_d.ravel()])
+    ranked: list[WorstEntry] = []
+    if r_all.size:
+        # the worst entries, one per row (a NaN row would fill the list alone)
+        order = np.argsort(-r_all, kind="stable")
+        k, d = p.sel.shape[1], p.cs_d.shape[0]
+        row_of = np.concatenate([np.repeat(np.arange(n), k), np.tile(np.arange(n), d)])
+        _, at = np.unique(row_of[order], return_index=True)
+        picks = order[np.sort(at)][: max(top, 1)]
+        ranked = [
+            p.entry(name, int(f), (vals_e, vals_d), (tol_e, tol_d), float(r_all[f])) for f in picks
+        ]
+    check = MethodCheck(
+        name=name,
+        gated=False,
+        passed=n > 0 and failed_e == 0 and failed_d == 0 and nonfinite_rows == 0,
+        checked_entries=int(p.cs_e.size),
+        failed_entries=failed_e,
+        nonfinite_entries=int(np.count_nonzero(~fin_e)),
+        checked_directions=int(p.cs_d.size),
+        failed_directions=failed_d,
+        nonfinite_grad_rows=nonfinite_rows,
+        max_abs_err=_max_or_none(err_e[fin_e]),
+        max_rel_err=_max_or_none(err_e[normal] / np.abs(p.cs_e[normal])),
+        max_ulp_err=_max_or_none(ulps),
+        max_bits_err=None if not ulps.size else float(np.log2(ulps.max() + 1)),
+        max_dir_err=_max_or_none(err_d[fin_d]),
+        worst=ranked[0] if ranked else None,
+        consistency=Consistency("unavailable", 0, 0, 0, 0, 0, 0, ""),
+    )
+    return check, ranked[:top]
+
+
+def _rows_to_check(
+    first: Prepared, rows: int | None, rng: np.random.Generator, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(input row, label) of every checked row, and notes saying how they were chosen.
+
+    Rows with NaN/inf logits and ignored rows are left out. Without labels each row is checked
+    with its argmax and its argmin as the label (once when they coincide). ``rows`` keeps a
+    sample: the largest margin, the largest |z|, then seeded random rows.
+    """
+    notes: list[str] = []
+    row_ids = np.flatnonzero(first.finite_input & ~first.ignored)
+    if first.labels is None:
+        xe = first.x[row_ids].astype(np.float64)
+        hi, lo = xe.argmax(axis=1), xe.argmin(axis=1)
+        two = hi != lo
+        row_ids = np.repeat(row_ids, np.where(two, 2, 1))
+        y = np.stack([hi, lo], axis=1)[np.stack([np.ones_like(two), two], axis=1)]
+        notes.append("label-free: each row is checked with its argmax and its argmin as label")
+    else:
+        assert first.safe_labels is not None
+        y = first.safe_labels[row_ids]
+    if rows is not None and len(row_ids) > rows:
+        keep = _pick_rows(first.x[row_ids], y, rows, rng)
+        notes.append(
+            f"checked {rows} of {len(row_ids)} rows: the largest margin, the largest |z| "
+            f"and a random sample (seed {seed})"
+        )
+        row_ids, y = row_ids[keep], y[keep]
+    return row_ids, y, notes
+
+
+def _gradients_under_test(
+    methods: Sequence[str] | None,
+    custom: Mapping[str, MethodFn] | None,
+    given: Mapping[str, np.ndarray],
+    gate: Sequence[str],
+    working: Precision,
+    accum: Precision,
+) -> dict[str, _Evaluator | None]:
+    """name -> evaluator (None: a precomputed gradient). Gated registered methods are added."""
+    names = list(DEFAULT_METHODS if methods is None else methods)
+    for name in names:
+        if name not in METHODS:
+            raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
+    extra = dict(custom or {})
+    names += [g for g in gate if g in METHODS and g not in names and g not in extra]
+    fns: dict[str, _Evaluator | None] = {
+        name: _evaluator(METHODS[name], working, accum) for name in names if name not in extra
+    }
+    fns.update({name: _evaluator(fn, working, accum) for name, fn in extra.items()})
+    fns.update(dict.fromkeys(given))
+    unknown = [g for g in gate if g not in fns]
+    if unknown:
+        raise UsageError(f"gate names {', '.join(unknown)}, which is not run")
+    return fns
+
+
 def gradcheck(
     logits: np.ndarray,
     labels: np.ndarray | None = None,
@@ -775,33 +1022,12 @@ def gradcheck(
     rtol_v = r_def if rtol is None else float(rtol)
     tol_source = "default for " + working.name if atol is None and rtol is None else "given"
 
-    # ---- which (row, label) pairs are checked
     n_in, c = first.x.shape
-    eligible = first.finite_input & ~first.ignored
-    row_ids = np.flatnonzero(eligible)
     label_free = first.labels is None
-    notes: list[str] = []
-    if label_free:
-        if gradients:
-            raise UsageError("precomputed gradients need labels")
-        xe = first.x[row_ids].astype(np.float64)
-        hi, lo = xe.argmax(axis=1), xe.argmin(axis=1)
-        pairs = np.stack([hi, lo], axis=1)
-        two = hi != lo
-        row_ids = np.repeat(row_ids, np.where(two, 2, 1))
-        y = pairs[np.repeat(two, 2).reshape(-1, 2) | (np.arange(2) == 0)]
-        notes.append("label-free: each row is checked with its argmax and its argmin as label")
-    else:
-        assert first.safe_labels is not None
-        y = first.safe_labels[row_ids]
+    if label_free and gradients:
+        raise UsageError("precomputed gradients need labels")
     rng = np.random.default_rng([seed, 1])
-    if rows is not None and len(row_ids) > rows:
-        keep = _pick_rows(first.x[row_ids], y, rows, rng)
-        notes.append(
-            f"checked {rows} of {len(row_ids)} rows: the largest margin, the largest |z| "
-            f"and a random sample (seed {seed})"
-        )
-        row_ids, y = row_ids[keep], y[keep]
+    row_ids, y, notes = _rows_to_check(first, rows, rng, seed)
     x = np.ascontiguousarray(first.x[row_ids])
     n = len(row_ids)
     if n * c > MAX_CELLS:
@@ -818,110 +1044,19 @@ def gradcheck(
     if skipped:
         notes.append(f"{skipped} rows with NaN/inf logits are skipped (no derivative to check)")
 
-    # ---- the gradients under test
-    run_names = list(DEFAULT_METHODS if methods is None else methods)
-    for name in run_names:
-        if name not in METHODS:
-            raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    extra = dict(custom or {})
     given = dict(gradients or {})
-    for g in gate:
-        if g in METHODS and g not in run_names and g not in extra:
-            run_names.append(g)
-    fns: dict[str, _Evaluator | None] = {
-        name: _evaluator(METHODS[name], working, acc) for name in run_names if name not in extra
-    }
-    fns.update({name: _evaluator(fn, working, acc) for name, fn in extra.items()})
-    for name in given:
-        fns[name] = None
-    unknown = [g for g in gate if g not in fns]
-    if unknown:
-        raise UsageError(f"gate names {', '.join(unknown)}, which is not run")
+    fns = _gradients_under_test(methods, custom, given, gate, working, acc)
 
-    # ---- probes, truth and witnesses
-    if full:
-        sel = np.tile(np.arange(c), (n, 1))
-    else:
-        sel = _select(x.astype(np.float64), y, sample, rng)
-    dirs = _directions(n, c, directions, rng)
-    cs_e, cd_e = _truth_entries(x, y, sel, working)
-    cs_d, cd_d = _truth_directions(x, y, dirs, working)
-    ref = reference_of(prepare(x, y, dtype=working))
-    assert ref.grad is not None
-    g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
-    ref_e = np.take_along_axis(g_ref, sel, 1)
-    ref_d = (dirs * g_ref).sum(axis=2)
-    l1, gabs = np.abs(dirs).sum(axis=2), (np.abs(dirs) * np.abs(g_ref)).sum(axis=2)
-
-    def tolerances(a: float, r: float) -> tuple[np.ndarray, np.ndarray]:
-        return a + r * np.abs(cs_e), a * l1 + r * gabs
-
-    tol_e, tol_d = tolerances(atol_v, rtol_v)
-    # the truth is judged against the dtype's default tolerance, or the given one if looser: a
-    # tolerance of 0 cannot be met by any truth, and that says nothing about the truth
-    trust_e, trust_d = tolerances(max(atol_v, a_def), max(rtol_v, r_def))
-    gap_e, gap_d = np.abs(cs_e - cd_e), np.abs(cs_d - cd_d)
-    rgap_e, rgap_d = np.abs(ref_e - cs_e), np.abs(ref_d - cs_d)
-    fraction = max(
-        _max_or_none(_ratio(gap_e, trust_e)) or 0.0, _max_or_none(_ratio(gap_d, trust_d)) or 0.0
-    )
-    truth = Truth(
-        complex_step=f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}",
-        central_difference=(
-            f"central differences in {reference_precision_name(working).split(' (')[0]}"
-            if working.mantissa_bits <= 24
-            else "central differences in binary128"
-        )
-        + ", Richardson on h and h/2, h = (u (1 + ln C))**(1/5)",
-        reference=reference_precision_name(working),
-        agreement=max(_mixed(gap_e, cs_e), _mixed(gap_d, cs_d)),
-        reference_agreement=max(_mixed(rgap_e, cs_e), _mixed(rgap_d, cs_d)),
-        worst_fraction=fraction,
-        reference_fraction=max(
-            _max_or_none(_ratio(rgap_e, trust_e)) or 0.0,
-            _max_or_none(_ratio(rgap_d, trust_d)) or 0.0,
-        ),
-        probes=int(cs_e.size + cs_d.size),
-        ok=n > 0 and fraction <= TRUTH_FRACTION,
-    )
+    # ---- probes, the truth there, and each method against it
+    p = _probe(x, y, row_ids, row_cases, working, full, sample, directions, rng)
+    truth = _judge_truth(p, working, atol_v, rtol_v)
     if truth.reference_fraction > TRUTH_FRACTION:
         notes.append(
             "the reference gradient disagrees with the complex-step truth by "
             f"{truth.reference_fraction:.2g} of the tolerance: a bug in smcheck's reference"
         )
-
-    # ---- each method against the truth
-    case_of = None if row_cases is None else list(row_cases)
     checks: list[MethodCheck] = []
     ranked: list[list[WorstEntry]] = []
-
-    def entry(
-        name: str, flat: int, vals_e: np.ndarray, vals_d: np.ndarray, r: np.ndarray
-    ) -> WorstEntry:
-        if flat < vals_e.size:
-            i, j = divmod(flat, sel.shape[1])
-            probe, t, v, tl = f"class {int(sel[i, j])}", cs_e[i, j], vals_e[i, j], tol_e[i, j]
-        else:
-            d, i = divmod(flat - vals_e.size, n)
-            probe, t, v, tl = f"direction {d}", cs_d[d, i], vals_d[d, i], tol_d[d, i]
-        rid = int(row_ids[i])
-        fin = bool(np.isfinite(v))
-        return WorstEntry(
-            method=name,
-            row=rid,
-            label=int(y[i]),
-            case=None if case_of is None else case_of[rid],
-            probe=probe,
-            truth=float(t),
-            value=float(v),
-            abs_err=float(abs(v - t)) if fin else None,
-            tol=float(tl),
-            ratio=float(r[flat]),
-        )
-
-    # relative and ulp errors need a truth with full relative accuracy: a normal number of the
-    # working dtype, and (float64) one whose complex-step part exp(d) h was not subnormal
-    floor = max(working.smallest_normal, float(np.finfo(np.float64).smallest_normal) / COMPLEX_STEP)
     for name, fn in fns.items():
         if fn is None:
             g0 = np.asarray(given[name])
@@ -929,65 +1064,22 @@ def gradcheck(
                 raise InputError(
                     f"gradient {name!r} has shape {g0.shape}, expected {first.x.shape}"
                 )
-            loss0 = None
-            g0 = g0[row_ids]
+            loss0, grad = None, g0[row_ids]
         else:
-            loss0, g0 = fn(x, y)
-        g64 = np.asarray(g0).astype(np.float64)
-        vals_e = np.take_along_axis(g64, sel, 1)
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: counted below
-            vals_d = (dirs * g64).sum(axis=2)
-            fin_e, fin_d = np.isfinite(vals_e), np.isfinite(vals_d)
-            err_e = np.where(fin_e, np.abs(vals_e - cs_e), np.inf)
-            err_d = np.where(fin_d, np.abs(vals_d - cs_d), np.inf)
-        r_all = np.concatenate([_ratio(err_e, tol_e).ravel(), _ratio(err_d, tol_d).ravel()])
-        fe = err_e[fin_e]
-        normal = fin_e & (np.abs(cs_e) >= floor)
-        ulps = err_e[normal] / working.ulp(cs_e[normal])
-        failed_e = int(np.count_nonzero(_ratio(err_e, tol_e) > 1))
-        failed_d = int(np.count_nonzero(_ratio(err_d, tol_d) > 1))
-        nonfinite_rows = int(np.count_nonzero(~np.isfinite(g64).all(axis=1)))
-        worst = None
-        if r_all.size:
-            # this method's worst entries, one per row (a NaN row would fill the list alone)
-            order = np.argsort(-r_all, kind="stable")
-            probe_row = np.concatenate(
-                [np.repeat(np.arange(n), sel.shape[1]), np.tile(np.arange(n), cs_d.shape[0])]
-            )
-            _, at = np.unique(probe_row[order], return_index=True)
-            picks = order[np.sort(at)][:top]
-            worst = entry(name, int(order[0]), vals_e, vals_d, r_all)
-            ranked.append([entry(name, int(k), vals_e, vals_d, r_all) for k in picks])
+            loss0, grad = fn(x, y)
+        check, worst = _check_method(name, grad, p, working, atol_v, rtol_v, top)
         l0 = None if loss0 is None else np.asarray(loss0).astype(np.float64)
-        checks.append(
-            MethodCheck(
-                name=name,
-                gated=name in gate,
-                passed=n > 0 and failed_e == 0 and failed_d == 0 and nonfinite_rows == 0,
-                checked_entries=int(cs_e.size),
-                failed_entries=failed_e,
-                nonfinite_entries=int(np.count_nonzero(~fin_e)),
-                checked_directions=int(cs_d.size),
-                failed_directions=failed_d,
-                nonfinite_grad_rows=nonfinite_rows,
-                max_abs_err=_max_or_none(fe),
-                max_rel_err=_max_or_none(err_e[normal] / np.abs(cs_e[normal])),
-                max_ulp_err=_max_or_none(ulps),
-                max_bits_err=None if not ulps.size else float(np.log2(ulps.max() + 1)),
-                max_dir_err=_max_or_none(err_d[fin_d]),
-                worst=worst,
-                consistency=_consistency(
-                    fn, x, y, l0, g64, dirs, working, atol_v, rtol_v, consistency_step
-                ),
-            )
-        )
+        g64 = np.asarray(grad).astype(np.float64)
+        cons = _consistency(fn, x, y, l0, g64, p.dirs, working, atol_v, rtol_v, consistency_step)
+        checks.append(dataclasses.replace(check, gated=name in gate, consistency=cons))
+        ranked.append(worst)
     # the worst list takes each method's worst, then each one's second worst, ...
     worst_all = [w for rank in itertools.zip_longest(*ranked) for w in rank if w is not None]
     if n == 0:
         notes.append("no row to check: every row is ignored or has NaN/inf logits")
     cases: tuple[tuple[str, int], ...] = ()
-    if case_of is not None:
-        picked = [case_of[int(r)] for r in row_ids]
+    if row_cases is not None:
+        picked = [row_cases[int(r)] for r in row_ids]
         cases = tuple((k, picked.count(k)) for k in dict.fromkeys(picked))
     gated_ok = all(m.passed for m in checks if m.gated)
     return GradcheckReport(
@@ -1003,7 +1095,7 @@ def gradcheck(
         ignored=int(np.count_nonzero(first.ignored)),
         cases=cases,
         full=full,
-        entries_per_row=int(sel.shape[1]),
+        entries_per_row=int(p.sel.shape[1]),
         directions=directions,
         seed=seed,
         atol=atol_v,
