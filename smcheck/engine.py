@@ -500,11 +500,11 @@ def _grad_stats(
     measured: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray | None,
+    ref_norm: np.ndarray,
 ) -> tuple[MethodStats, np.ndarray, np.ndarray]:
     """Gradient statistics over the ``measured`` rows; ``rows``/``cols`` name them globally."""
     assert res.grad is not None and ref.grad is not None
-    gabs, grel = grad_errors(res.grad, ref.grad, ref.grad_lo)
-    bad = ~np.isfinite(res.grad).all(axis=1)
+    gabs, grel, bad = grad_errors(res.grad, ref.grad, ref.grad_lo, ref_norm=ref_norm)
     m = measured
     c = None if cols is None else cols[m]
     st = MethodStats(
@@ -517,26 +517,35 @@ def _grad_stats(
 
 
 def grad_errors(
-    grad: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    grad: np.ndarray,
+    ref: np.ndarray,
+    ref_lo: np.ndarray | None = None,
+    *,
+    ref_norm: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`~smcheck.metrics.grad_abs_err` and :func:`~smcheck.metrics.grad_rel_err` in one
-    pass over the (N, C) difference (the same values, bit for bit; tested)."""
-    d = np.asarray(grad).astype(np.float64)
-    # inf - inf where the method's gradient is non-finite: reported as inf error below
+    pass over the (N, C) difference (the same values, bit for bit; tested), and the rows whose
+    gradient is not finite. ``ref_norm`` (||g*||_2 per row) may be passed in when several
+    methods share one reference."""
+    g = np.asarray(grad)
+    bad = ~np.isfinite(g).all(axis=1)
+    d = g.astype(np.float64)
+    # inf - inf and NaN where the method's gradient is non-finite: those rows are set to inf
     with np.errstate(invalid="ignore", over="ignore"):
         d -= ref
         if ref_lo is not None:
             d -= ref_lo
         np.abs(d, out=d)
-        d[np.isnan(d)] = np.inf
         gabs = d.max(axis=1) if d.shape[1] else np.zeros(d.shape[0])
         np.multiply(d, d, out=d)
         num = np.sqrt(d.sum(axis=1))
-        den = np.sqrt(np.sum(ref * ref, axis=1))
+        den = np.sqrt(np.sum(ref * ref, axis=1)) if ref_norm is None else ref_norm
+    gabs = np.where(bad, np.inf, gabs)
+    num = np.where(bad, np.inf, num)
     ref_bad = ~np.isfinite(ref).all(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0.0, np.inf))
-    return np.where(ref_bad, np.nan, gabs), np.where(ref_bad, np.nan, rel)
+    return np.where(ref_bad, np.nan, gabs), np.where(ref_bad, np.nan, rel), bad
 
 
 def _row_max(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
@@ -614,13 +623,15 @@ def chunk_stats(
         gprep, gref, g_rows, g_cols = prep, ref, rows_g, None
     assert gref.grad is not None
     g_measured = np.isfinite(gref.grad).all(axis=1) & (True if label_free else e)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN rows are not measured
+        ref_norm = np.sqrt(np.sum(gref.grad * gref.grad, axis=1))
     methods: dict[str, MethodStats] = {}
     per_method: dict[str, dict[str, np.ndarray]] = {}
     for name in cfg.methods:
         res = _run(name, prep, cfg)
         st, arrays = _loss_stats(res, cfg, ref_loss, ref_lo, measured, row0)
         gres = _run(name, gprep, cfg) if label_free else res
-        gst, gabs, grel = _grad_stats(gres, gref, g_measured, g_rows, g_cols)
+        gst, gabs, grel = _grad_stats(gres, gref, g_measured, g_rows, g_cols, ref_norm)
         if label_free:
             gabs, grel = _row_max(gabs, pr, n), _row_max(grel, pr, n)
         methods[name] = st + gst

@@ -238,9 +238,14 @@ def test_grad_errors_equal_the_metrics_functions() -> None:
     ref[4] = 0.0  # ||g*|| = 0
     g[4] = 0.0
     for low in (None, lo):
-        gabs, grel = grad_errors(g, ref, low)
+        gabs, grel, bad = grad_errors(g, ref, low)
         np.testing.assert_array_equal(gabs, grad_abs_err(g, ref, low))
         np.testing.assert_array_equal(grel, grad_rel_err(g, ref, low))
+        assert bad.tolist() == [False, True, True] + [False] * 5
+        with np.errstate(invalid="ignore"):
+            norm = np.sqrt(np.sum(ref * ref, axis=1))
+        shared = grad_errors(g, ref, low, ref_norm=norm)
+        np.testing.assert_array_equal(shared[1], grel)
 
 
 def test_release_pages_keeps_values_and_skips_plain_arrays(tmp_path) -> None:
