@@ -187,7 +187,7 @@ def _report(dtype: str = "float16", **kw: object) -> object:
 
 
 def test_renderers_agree_with_the_report() -> None:
-    r = _report(methods=["naive", "shifted", "fused"], gate=["fused", "shifted"])
+    r = _report(methods=["naive", "shifted", "fused"], gate=["fused", "shifted"], source="a:b,c")
     d = to_dict(r)  # type: ignore[arg-type]
     assert d["ok"] is False and d["verdict"].startswith("FAIL: gated shifted fails")
     json.dumps(d, allow_nan=False)  # strict JSON: no NaN/inf anywhere
@@ -199,6 +199,9 @@ def test_renderers_agree_with_the_report() -> None:
     assert gh[0].startswith("::error title=smcheck gradcheck") and "shifted:" in gh[0]
     assert any(line.startswith("::warning") and "naive:" in line for line in gh)
     assert gh[-1].startswith("::notice") and "FAIL" in gh[-1]
+    # the title is a property: its ':' and ',' are escaped, the message's are not
+    title = gh[0].split("::")[1]
+    assert title == "error title=smcheck gradcheck a%3Ab%2Cc"
 
 
 def test_github_caps_and_empty_reports() -> None:

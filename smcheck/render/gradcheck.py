@@ -399,6 +399,11 @@ def _gh(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def _gh_property(text: str) -> str:
+    """Workflow-command property escaping: the data's, plus ':' and ',' (separators there)."""
+    return _gh(text).replace(":", "%3A").replace(",", "%2C")
+
+
 def render_github(r: GradcheckReport) -> str:
     """``--format github``: ``::error`` for gated failures and an untrusted truth, ``::warning``
     for other failing methods (at most 10 of each), then a ``::notice`` with the verdict."""
@@ -410,7 +415,7 @@ def render_github(r: GradcheckReport) -> str:
         p = method_problem(m)
         if p:
             (errors if m.gated else warnings).append(p)
-    title = _gh(f"smcheck gradcheck {r.source}")
+    title = _gh_property(f"smcheck gradcheck {r.source}")
     out: list[str] = []
     for kind, items in (("error", errors), ("warning", warnings)):
         shown = items if len(items) <= GITHUB_MAX else items[: GITHUB_MAX - 1]
