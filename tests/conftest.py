@@ -19,7 +19,10 @@ def mp_truth(row: np.ndarray, label: int) -> tuple[mpmath.mpf, list[mpmath.mpf]]
         others = mpmath.fsum(mpmath.exp(v - z[label]) for j, v in enumerate(z) if j != label)
         loss = mpmath.log1p(others)
         lse = z[label] + loss
-        grad = [mpmath.exp(v - lse) - (1 if j == label else 0) for j, v in enumerate(z)]
+        grad = [mpmath.exp(v - lse) for v in z]
+        # the label entry p_y - 1 = -sum_{j != y} p_j: summed, not cancelled (margins > 140
+        # would cancel p_y - 1 to 0 at 60 digits)
+        grad[label] = -mpmath.fsum(g for j, g in enumerate(grad) if j != label)
     return loss, grad
 
 
