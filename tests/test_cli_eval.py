@@ -158,6 +158,8 @@ def test_exit_codes(files: dict[str, Path], tmp_path: Path) -> None:
     r = run(x, "--labels", str(bad))
     assert r.exit_code == 2 and "bad.npy" in r.stderr and "row 0" in r.stderr
     assert run(x, "--format", "yaml").exit_code == 2
+    r = run(str(files["npz"]), "--logits-key", "scores", "--max-bytes", "100")
+    assert r.exit_code == 2 and "100" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_no_eligible_row_exits_1(tmp_path: Path) -> None:

@@ -49,6 +49,13 @@ RENDERERS: dict[str, Callable[[EvalReport, bool], str]] = {
 @click.option("--logits-key", metavar="KEY", help="Array name of the logits in an .npz.")
 @click.option("--labels-key", metavar="KEY", help="Array name of the labels in an .npz.")
 @click.option("--label-column", metavar="NAME|INDEX", help="Labels from this column of a CSV.")
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=8 * 2**30,
+    show_default=True,
+    help="Most bytes read into memory from text, stdin or one .npz member (.npy is mapped).",
+)
 @dtype_options()
 @methods_option()
 @click.option(
@@ -91,6 +98,7 @@ def eval_cmd(
     logits_key: str | None,
     labels_key: str | None,
     label_column: str | None,
+    max_bytes: int,
     dtype: str | None,
     accum: str | None,
     cast_mode: str,
@@ -136,6 +144,7 @@ def eval_cmd(
         labels_key=labels_key,
         label_column=column,
         ignore_index=ignore_index,
+        max_bytes=max_bytes,
     )
     if dtype is None and loaded.file_dtype not in PRECISIONS:
         dtype = "float32"  # text and integer files
