@@ -333,3 +333,22 @@ def test_every_option_format_and_json_key_is_documented(files: dict[str, Path]) 
     keys |= set(d["worst_rows"][0]) | set(d["worst_rows"][0]["methods"]["fused"])
     for key in keys - {"methods"}:
         assert f"`{key}`" in doc, key
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from smcheck.cli.options import progress_reporter
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    with progress_reporter(io.StringIO()) as cb:
+        assert cb is None
+    tty = Tty()
+    with progress_reporter(tty) as cb:
+        assert cb is not None
+        cb(5, 10)
+        cb(10, 10)
+    assert "10/10" in tty.getvalue()

@@ -339,3 +339,24 @@ def test_regression_label_free_margin_of_an_inf_row_does_not_warn() -> None:
     x = np.array([[0.0], [np.inf]], dtype=np.float32)
     rep = evaluate(x, None, dtype="float16", chunk_rows=1)
     assert rep.input.eligible_rows == 1
+
+
+def test_per_row_label_free_columns() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((9, 40)) * 5).astype(np.float32)
+    x[2, 5] = np.nan
+    blocks = []
+    evaluate(x, None, dtype="float16", methods=["fused"], chunk_rows=4, per_row=blocks.append)
+    cols = {k: np.concatenate([per_row_columns(b)[k] for b in blocks]) for k in
+            per_row_columns(blocks[0])}  # fmt: skip
+    assert cols["label"].tolist() == [-1] * 9
+    assert cols["eligible"].tolist() == [0 if i == 2 else 1 for i in range(9)]
+    ref = smcheck.reference(x, None, dtype="float16").loss  # (N, C) label-free
+    fused = smcheck.cross_entropy(x, None, method="fused", dtype="float16").loss
+    k = np.argmax(x.astype(np.float16), axis=1)
+    ok = np.arange(9) != 2
+    # the loss columns are the argmax class: the row's smallest reference loss
+    np.testing.assert_array_equal(cols["ref_loss"][ok], ref[ok].min(axis=1))
+    np.testing.assert_array_equal(cols["ref_loss"][ok], ref[np.arange(9), k][ok])
+    np.testing.assert_array_equal(cols["fused_loss"][ok], fused[np.arange(9), k][ok])
+    assert np.isnan(cols["ref_loss"][2])
