@@ -350,6 +350,8 @@ def _advice(m: MethodReport, reports: Sequence[MethodReport], dtype: str) -> str
 
 
 def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport]) -> str:
+    if inp.rows == 0:
+        return "no eligible row: the input has no rows; nothing was checked"
     if inp.eligible_rows == 0:
         return (
             f"no eligible row: all {inp.rows} rows are ignored ({inp.ignored_rows}) or have "

@@ -72,6 +72,8 @@ def test_no_eligible_row_is_not_a_pass() -> None:
     d = to_dict(rep)
     assert d["methods"]["fused"]["loss_max_rel_err"] is None
     assert d["methods"]["fused"]["mean_loss_rel_err"] is None
+    empty = evaluate(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    assert not empty.ok and empty.verdict.startswith("no eligible row: the input has no rows")
 
 
 # ---------------------------------------------------------------- errors against mpmath
