@@ -248,6 +248,8 @@ def test_markdown_summary() -> None:
     assert rows[1].startswith("| naive |") and "❌ broken" in rows[1]
     assert rows[2].startswith("| fused | yes |") and "✅ ok" in rows[2]
     assert f"- {NAIVE_PROBLEM}" in md
+    assert "| row | label | max logit | margin | ref p_y | naive | fused |" in md
+    assert "| 3 | 7 | 22.9 | 30.2 | 7.30e-14 | non-finite | 1.00e-04 |" in md
 
 
 # ---------------------------------------------------------------- github

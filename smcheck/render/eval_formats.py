@@ -24,6 +24,8 @@ __all__ = [
 
 #: ``--format github`` prints at most this many ``::error`` and this many ``::warning`` lines.
 GITHUB_MAX = 10
+#: ``--format markdown`` lists at most this many worst rows (a job summary stays short).
+MARKDOWN_WORST = 5
 
 
 def _f(x: float | None) -> float | None:
@@ -188,6 +190,24 @@ def render_markdown(report: EvalReport) -> str:
     problems = [p for m in report.methods for p in m.problems]
     if problems:
         lines += ["", "Findings:", ""] + [f"- {_md_cell(p)}" for p in problems]
+    if report.worst:
+        label = "class" if i.label_free else "label"
+        names = [name for name, *_ in report.worst[0].methods]
+        lines += [
+            "",
+            f"Worst rows (loss relative error; at most {MARKDOWN_WORST}):",
+            "",
+            f"| row | {label} | max logit | margin | ref p_y | " + " | ".join(names) + " |",
+            "|--:|--:|--:|--:|--:|" + "--:|" * len(names),
+        ]
+        for w in report.worst[:MARKDOWN_WORST]:
+            errs = [
+                ("non-finite" if loss is None else "bad grad") if bad else fmt_num(rel)
+                for _, loss, rel, bad in w.methods
+            ]
+            cells = [str(w.row), str(w.label), fmt_num(w.max_logit), fmt_num(w.margin)]
+            cells += [fmt_num(w.ref_p), *errs]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
