@@ -9,8 +9,9 @@ Each run is ``python -m smcheck sweep --format json`` in a fresh interpreter (st
 grid of 40 scales x 4 dtypes x classes {10, 32000} x 4 cases x 5 methods, the bisection of every
 break and the JSON rendering included), output discarded. It prints the CPUs available, the load
 average before the runs (other work on the machine slows the timings), then per ``--jobs`` value
-the median and the fastest wall time, the median CPU time of the run and its workers (less
-sensitive to other load than wall time), the grid size and the break count of the last run.
+the median and the fastest wall time, the median CPU time (less sensitive to other load than
+wall time; measured with ``--jobs 1`` only: worker processes are forked from a forkserver, not
+waited for by the run), the grid size and the break count of the last run.
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ def main() -> None:
             times.append(t)
             cpus_used.append(cpu)
         found = sum(b["scale"] is not None for b in doc["breaks"])
+        # workers are forked from a forkserver, not waited for by the run: only --jobs 1 counts
+        cpu = f"{statistics.median(cpus_used):.2f} s" if jobs == 1 else "not measured"
         print(
             f"--jobs {value}: wall median {statistics.median(times):.2f} s, fastest "
-            f"{min(times):.2f} s; CPU (user + sys, all processes) median "
-            f"{statistics.median(cpus_used):.2f} s; {args.runs} runs; {len(doc['grid'])} cells, "
-            f"{found} break points; load average after {os.getloadavg()[0]:.2f}"
+            f"{min(times):.2f} s; CPU (user + sys) median {cpu}; {args.runs} runs; "
+            f"{len(doc['grid'])} cells, {found} break points; load average after "
+            f"{os.getloadavg()[0]:.2f}"
         )
 
 

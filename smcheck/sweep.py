@@ -50,6 +50,8 @@ rounds to 0 once 1 + s' rounds to 1, say. The plain bits are reported too.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -851,6 +853,17 @@ def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
     return weight * classes * config.rows_for(classes)
 
 
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """Workers that do not inherit threads: a fork of a process running threads (JAX's, a
+    progress bar's) can deadlock, so fork from a fresh server that has imported smcheck.sweep
+    once (spawn where there is no forkserver)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
+
+
 def default_jobs() -> int:
     """Worker processes: the CPUs this process may use, at most 8."""
     try:
@@ -876,7 +889,7 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     tasks = [(d, c, k) for d in config.dtypes for c in config.classes for k in config.cases]
     if jobs > 1 and len(tasks) > 1:
         order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as ex:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_mp_context()) as ex:
             futures = {i: ex.submit(_run_task, config, *tasks[i]) for i in order}
             results = [futures[i].result() for i in range(len(tasks))]
     else:
