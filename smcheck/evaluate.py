@@ -227,6 +227,11 @@ def _row(e: Extreme) -> int | None:
     return None if math.isnan(e.value) else e.row
 
 
+def _where(e: Extreme) -> str:
+    """'row R' or, for a (row, class) pair of the label-free mode, 'row R, class K'."""
+    return f"row {e.row}" if e.col < 0 else f"row {e.row}, class {e.col}"
+
+
 def _grad_policy(label_free: bool, classes: int) -> str:
     if not label_free:
         return "gradient of every eligible row at its label"
@@ -280,13 +285,13 @@ def _method_report(
     if not math.isnan(st.loss_gate.value) and st.loss_gate.value > gate.max_loss_ulp:
         lossy = True
         problems.append(
-            f"{name} loss error reaches {st.loss_gate.value:.3g} ulps of max(|loss|, 1) at row "
-            f"{st.loss_gate.row} (gate {gate.max_loss_ulp:.3g})"
+            f"{name} loss error reaches {st.loss_gate.value:.3g} ulps of max(|loss|, 1) at "
+            f"{_where(st.loss_gate)} (gate {gate.max_loss_ulp:.3g})"
         )
     if not math.isnan(st.grad_abs.value) and st.grad_abs.value > gate.max_grad_err:
         lossy = True
         problems.append(
-            f"{name} gradient error reaches {st.grad_abs.value:.3g} at row {st.grad_abs.row} "
+            f"{name} gradient error reaches {st.grad_abs.value:.3g} at {_where(st.grad_abs)} "
             f"(gate {gate.max_grad_err:.3g})"
         )
     failed |= lossy
@@ -340,13 +345,15 @@ def _overflow_text(name: str, count: int, inp: InputSummary, working: Precision)
     return f"{head}: an intermediate sum exceeds max {inp.accum} or {inp.dtype}"
 
 
-def _advice(m: MethodReport, reports: Sequence[MethodReport], dtype: str) -> str:
+def _advice(m: MethodReport, reports: Sequence[MethodReport], dtype: str, accum: str) -> str:
     if m.verdict == "broken" and m.name not in _STABLE:
         return "use a fused log-softmax (fused or log1p)"
     better = [r.name for r in reports if r.name != m.name and r.verdict == "ok"]
     if better:
         return f"{', '.join(better)} {'passes' if len(better) == 1 else 'pass'}"
-    return f"compute in a wider dtype than {dtype} or accumulate in float32/float64 (--accum)"
+    if get_precision(accum).eps >= get_precision(dtype).eps:
+        return f"accumulate in a wider dtype (--accum) or compute in a wider dtype than {dtype}"
+    return f"compute in a wider dtype than {dtype} (sums already accumulate in {accum})"
 
 
 def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport]) -> str:
@@ -362,7 +369,7 @@ def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport
     parts: list[str] = []
     if failing:
         m = failing[0]
-        parts.append(f"{m.problems[0]}; {_advice(m, reports, inp.dtype)}")
+        parts.append(f"{m.problems[0]}; {_advice(m, reports, inp.dtype, inp.accum)}")
     else:
         names = ", ".join(m.name for m in gated) or "no method"
         losses = [m.loss_max_gate_err for m in gated if m.loss_max_gate_err is not None]
@@ -386,7 +393,7 @@ def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport
         others = [m for m in reports if not m.gated and m.problems]
         if others:
             m = others[0]
-            parts.append(f"{m.problems[0]} - {_advice(m, reports, inp.dtype)}")
+            parts.append(f"{m.problems[0]} - {_advice(m, reports, inp.dtype, inp.accum)}")
     return "; ".join(parts)
 
 
