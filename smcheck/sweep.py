@@ -63,6 +63,7 @@ from . import core, metrics
 from .errors import UsageError
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
+from .reference import ReferenceOutput, reference_precision_name
 
 __all__ = [
     "CASES",
@@ -515,7 +516,9 @@ def _measure(
         geo = _geometry(prep.x, labels, s, r)
         ref = core.reference_of(prep) if with_ref else None
         # the condition number is the problem's (reference only): once for every method
-        kappa = None if ref is None else metrics.condition_number(prep.x, ref.grad, ref.loss)
+        kappa = None
+        if ref is not None and ref.grad is not None:
+            kappa = metrics.condition_number(prep.x, ref.grad, ref.loss)
         for m in methods:
             res = core.run_method(m, prep, prob.accum)
             assert res.grad is not None
@@ -528,7 +531,7 @@ def _measure(
                 "underflow_frac": _fracs(res.underflow.reshape(s, r), finite, n_fin),
             }
             errs: dict[str, list] = {}
-            if ref is not None:
+            if ref is not None and kappa is not None:
                 errs = _errors(res, kappa, ref, prep.working, finite, nl, s, r)
             for i in range(s):
                 out[m].append(
@@ -546,7 +549,7 @@ def _measure(
 def _errors(
     res: core.CrossEntropyResult,
     kappa: np.ndarray,
-    ref: object,
+    ref: ReferenceOutput,
     working: Precision,
     finite: np.ndarray,
     nl: np.ndarray,
@@ -554,7 +557,7 @@ def _errors(
     r: int,
 ) -> dict[str, list]:
     """Loss errors (bits, relative), mean-loss error and gradient error per scale."""
-    ref_loss, ref_lo = ref.loss, ref.loss_lo  # type: ignore[attr-defined]
+    ref_loss, ref_lo = ref.loss, ref.loss_lo
     rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo).reshape(s, r)
     bits = metrics.bits_of_error(metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo)).reshape(
         s, r
@@ -569,7 +572,8 @@ def _errors(
         ).reshape(s, r)
     max_excess, _ = _max_med(excess, finite & np.isfinite(excess))
     max_rel, med_rel = _max_med(rel, finite & np.isfinite(rel))
-    g_err = metrics.grad_abs_err(res.grad, ref.grad, ref.grad_lo).reshape(s, r)  # type: ignore
+    assert res.grad is not None and ref.grad is not None
+    g_err = metrics.grad_abs_err(res.grad, ref.grad, ref.grad_lo).reshape(s, r)
     g_max, _ = _max_med(g_err, finite & np.isfinite(g_err))
     # error of the batch-mean loss (what reduction="mean" reports): sum of signed row errors
     loss64 = np.asarray(res.loss, dtype=np.float64).reshape(s, r)
@@ -617,12 +621,15 @@ def _verdict(st: _Stats, max_bits: float) -> str:
 # Break points: grid, then bisection
 
 
-def _explain(st: _Stats, theory: DtypeTheory, kind: str) -> dict[str, object]:
+def _explain(
+    st: _Stats, theory: DtypeTheory, kind: str
+) -> tuple[str | None, str | None, float | None, float | None]:
     """Which threshold a break crossed: among the mechanisms its flags allow, the first (in the
     order exp, sum, 1/p_y) whose quantity is just past its threshold (ratio in [0.99, 1.03]:
-    the bisection tolerance plus the rounding of the logits), else the closest one past it."""
+    the bisection tolerance plus the rounding of the logits), else the closest one past it.
+    Returns (cause, theory name, theory value, observed value)."""
     if kind == "precision":
-        return {"cause": "lost bits"}
+        return "lost bits", None, None, None
     cands: list[tuple[str, str, float, float | None]] = []
     if st.overflow_frac:
         cands.append(("exp overflow", "ln(max)", theory.ln_max, st.largest_logit))
@@ -630,7 +637,7 @@ def _explain(st: _Stats, theory: DtypeTheory, kind: str) -> dict[str, object]:
         cands.append(("1/p_y overflow", "ln(max)", theory.ln_max, st.loss))
     if st.underflow_frac:
         cands.append(("p_y underflow", "-ln(sub/2)", -theory.ln_underflow, st.loss))
-    best: tuple[float, tuple[str, str, float, float]] | None = None
+    best: tuple[float, tuple[str | None, str | None, float | None, float | None]] | None = None
     for cause, name, value, obs in cands:
         if obs is None or obs / value < 0.99:
             continue
@@ -641,9 +648,8 @@ def _explain(st: _Stats, theory: DtypeTheory, kind: str) -> dict[str, object]:
         if best is None or d < best[0]:
             best = (d, (cause, name, value, obs))
     if best is None:
-        return {"cause": "overflow" if st.overflow_frac else None}
-    cause, name, value, obs = best[1]
-    return {"cause": cause, "theory": name, "theory_value": value, "observed": obs}
+        return ("overflow" if st.overflow_frac else None), None, None, None
+    return best[1]
 
 
 def _refine(
@@ -726,13 +732,15 @@ def _refine(
                 if i > 0:
                     b[0] = pts[i - 1]
     out: list[Break] = []
-    ident = {"dtype": prob.dtype, "classes": prob.classes, "case": prob.case}
     for (m, kind), (lo, hi) in brackets.items():
         assert hi is not None
         st = cache[(m, hi)]
+        cause, name, value, observed = _explain(st, theory, kind)
         out.append(
             Break(
-                **ident,
+                prob.dtype,
+                prob.classes,
+                prob.case,
                 method=m,
                 kind=kind,
                 scale=hi,
@@ -740,10 +748,16 @@ def _refine(
                 largest_logit=st.largest_logit,
                 margin=st.margin,
                 loss=st.loss,
-                **_explain(st, theory, kind),  # type: ignore[arg-type]
+                cause=cause,
+                theory=name,
+                theory_value=value,
+                observed=observed,
             )
         )
-    out.extend(Break(**ident, method=m, kind=kind, scale=None) for m, kind in never)
+    out.extend(
+        Break(prob.dtype, prob.classes, prob.case, method=m, kind=kind, scale=None)
+        for m, kind in never
+    )
     return out
 
 
@@ -907,7 +921,5 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     cells.sort(key=lambda x: (*key(x), x.scale))
     breaks.sort(key=lambda x: (*key(x), KINDS.index(x.kind)))
     theory = tuple(DtypeTheory.of(d, config.accum_for(d).name) for d in config.dtypes)
-    from .reference import reference_precision_name
-
     ref = {d: reference_precision_name(get_precision(d)) for d in config.dtypes}
     return SweepReport(config, theory, tuple(cells), tuple(breaks), ref)

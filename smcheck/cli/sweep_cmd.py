@@ -9,7 +9,16 @@ import click
 from ..errors import UsageError
 from ..methods import METHODS
 from ..render.sweep import RENDERERS
-from ..sweep import CASES, DEFAULT_SCALES_SPEC, SweepConfig, default_jobs, parse_scales, sweep
+from ..sweep import (
+    CASES,
+    DEFAULT_CLASSES,
+    DEFAULT_DTYPES,
+    DEFAULT_SCALES_SPEC,
+    SweepConfig,
+    default_jobs,
+    parse_scales,
+    sweep,
+)
 from . import EXIT_FINDINGS, EXIT_OK, cli
 from .options import (
     color_option,
@@ -145,9 +154,9 @@ def sweep_cmd(
     except ValueError:
         raise UsageError(f"--classes {' '.join(classes)}: expected integers") from None
     config = SweepConfig(
-        **({"dtypes": tuple(_split(dtypes))} if dtypes else {}),
-        **({"classes": class_counts} if classes else {}),
-        **({"cases": parse_csv_choices(",".join(cases), tuple(CASES), "--case")} if cases else {}),
+        dtypes=tuple(_split(dtypes)) or DEFAULT_DTYPES,
+        classes=class_counts or DEFAULT_CLASSES,
+        cases=parse_csv_choices(",".join(cases), tuple(CASES), "--case") if cases else tuple(CASES),
         scales=parse_scales(scales),
         methods=parse_methods(methods),
         accum=accum,

@@ -250,7 +250,7 @@ def _heat_text(report: SweepReport, dtype: str, color: bool) -> Text:
     for m, verdicts in rows.items():
         text.append(f"{m:<{width}}")
         for v in verdicts:
-            text.append(HEAT_CHAR[v], style=STYLE_OF.get(v) if color else None)
+            text.append(HEAT_CHAR[v], style=STYLE_OF.get(v, "") if color else "")
         text.append("\n")
     text.append(" " * width + _axis(report.config.scales) + "  (scale = largest logit)")
     return text
@@ -310,12 +310,12 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
     ]
     for t in report.theory:
         out.append(Text(""))
-        out.append(Text(_theory_line(t), style="bold" if color else None))
+        out.append(Text(_theory_line(t), style="bold" if color else ""))
         out.append(_heat_text(report, t.dtype, color))
         out.append(Text(""))
         out.append(_break_table(report, t.dtype, color))
     out.append(Text(""))
-    out.extend(Text(line, style="green" if color else None) for line in _never_summary(report))
+    out.extend(Text(line, style="green" if color else "") for line in _never_summary(report))
     if c.gate:
         fails = report.gate_failures
         status = "PASS" if report.ok else f"FAIL ({len(fails)} break(s) of gated methods, marked *)"
@@ -323,9 +323,9 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
     return out
 
 
-def _gate_style(report: SweepReport, color: bool) -> str | None:
+def _gate_style(report: SweepReport, color: bool) -> str:
     if not color:
-        return None
+        return ""
     return "bold green" if report.ok else "bold red"
 
 
