@@ -81,10 +81,17 @@ def render_plot(report: SweepReport, fmt: str) -> bytes:
         ax.set_xscale("log")
         ax.set_ylim(0, ceiling * 1.05)
         ax.axhline(c.max_bits, color="0.5", linestyle=":", linewidth=1)
-        for x, label in ((t.ln_max, "ln max"), (-t.ln_underflow, "-ln(sub/2)")):
-            if c.scales[0] <= x <= c.scales[-1]:
+        for j, (x, label) in enumerate(((t.ln_max, "ln max"), (-t.ln_underflow, "-ln(sub/2)"))):
+            if c.scales[0] <= x <= c.scales[-1]:  # the two labels at different heights and sides
                 ax.axvline(x, color="0.3", linestyle="--", linewidth=1)
-                ax.text(x, ceiling * 0.5, f" {label} = {x:.4g}", rotation=90, fontsize=7)
+                ax.text(
+                    x,
+                    ceiling * (0.55 - 0.3 * j),
+                    f" {label} = {x:.4g} ",
+                    rotation=90,
+                    fontsize=7,
+                    ha="right" if j == 0 else "left",
+                )
         ax.set_title(f"{t.dtype} (accumulate in {t.accum})", fontsize=10)
         ax.set_xlabel("scale = largest logit")
         ax.set_ylabel("loss error beyond conditioning (bits)")
