@@ -420,6 +420,8 @@ def evaluate(
     labels_name: str | None = None,
     notes: Sequence[str] = (),
     original_shape: Sequence[int] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> EvalReport:
     """Audit ``logits`` (N, C) - or (..., C), leading axes flattened - with optional labels.
 
@@ -428,6 +430,9 @@ def evaluate(
     Work runs in chunks of ``chunk_rows`` rows (default: what fits ``chunk_bytes``) on
     ``workers`` threads; ``per_row`` receives each chunk's per-row values in row order.
     ``original_shape`` is reported as the input's shape (a loader that flattened it says so).
+    ``engine="dask"`` runs the chunks on a Dask cluster (``scheduler`` address, else a local
+    one with ``workers`` processes); it needs ``logits`` memory-mapped from a ``.npy`` file,
+    which each worker maps itself. The result is the same as the local engine's.
 
     >>> import numpy as np
     >>> z = np.array([[12.0, 0.0], [1.0, 2.0]], dtype=np.float16)
@@ -473,9 +478,23 @@ def evaluate(
     )
     cfg = EngineConfig(working, acc, run_methods, cast, ignore_index, top_k)
     rows_per_chunk = chunk_rows or chunk_rows_for(c, len(run_methods), label_free, chunk_bytes)
-    stats: ChunkStats = run(
-        x, lab, cfg, chunk_rows=rows_per_chunk, workers=workers, progress=progress, per_row=per_row
-    )
+    if engine == "local":
+        stats: ChunkStats = run(
+            x, lab, cfg, chunk_rows=rows_per_chunk, workers=workers, progress=progress,
+            per_row=per_row,
+        )  # fmt: skip
+    elif engine == "dask":
+        source = getattr(x, "filename", None)
+        if not isinstance(x, np.memmap) or not source:
+            raise UsageError("--engine dask reads a .npy file (each worker maps it itself)")
+        from .dask_engine import run_dask
+
+        stats = run_dask(
+            source, lab, cfg, rows=n, chunk_rows=rows_per_chunk, scheduler=scheduler,
+            workers=workers, progress=progress, per_row=per_row,
+        )  # fmt: skip
+    else:
+        raise UsageError(f"unknown engine {engine!r}; expected 'local' or 'dask'")
     si = stats.input
     cr = si.cast
     inp = InputSummary(

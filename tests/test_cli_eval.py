@@ -352,3 +352,15 @@ def test_progress_bar_only_on_a_terminal() -> None:
         cb(5, 10)
         cb(10, 10)
     assert "10/10" in tty.getvalue()
+
+
+def test_dask_engine_gives_the_local_json(tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "x.npy", (rng.standard_normal((2, 20, 30)) * 6).astype(np.float16))
+    np.save(tmp_path / "y.npy", rng.integers(0, 30, 40))
+    args = ["x.npy", "--labels", "y.npy", "-f", "json", "--chunk-rows", "7", "--workers", "2"]
+    local = as_json(run(*args))
+    assert as_json(run(*args, "--engine", "dask")) == local
+    r = run(str(SAMPLES / "classifier.csv"), "--label-column", "label", "--engine", "dask")
+    assert r.exit_code == 2 and "--engine dask reads a .npy file" in r.stderr

@@ -85,6 +85,19 @@ RENDERERS: dict[str, Callable[[EvalReport, bool], str]] = {
 @gate_options()
 @workers_option()
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Where chunks run: threads here, or a Dask cluster (a .npy input; extra [dask]).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="With --engine dask: the scheduler of an existing cluster (else a local one).",
+)
+@click.option(
     "--chunk-mb",
     type=click.FloatRange(min=0.001),
     default=DEFAULT_CHUNK_BYTES / 2**20,
@@ -115,6 +128,8 @@ def eval_cmd(
     fail_on: str,
     exit_zero: bool,
     workers: int | None,
+    engine: str,
+    scheduler: str | None,
     chunk_mb: float,
     chunk_rows: int | None,
 ) -> None:
@@ -161,6 +176,7 @@ def eval_cmd(
             per_row=sink if per_row else None, logits_name=loaded.logits_name,
             labels_name=loaded.labels_name, notes=loaded.notes,
             original_shape=loaded.original_shape,
+            engine=engine, scheduler=scheduler,
         )  # fmt: skip
     emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, inputs)
     if report.input.eligible_rows == 0:
