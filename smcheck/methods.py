@@ -52,10 +52,12 @@ def _rows(n: int) -> np.ndarray:
 
 
 def _inf_rows(*arrays: np.ndarray) -> np.ndarray:
-    """Rows (axis 0) in which any of the arrays holds +-inf."""
+    """Rows (axis 0) in which any of the arrays holds +-inf - or NaN, which is how a type
+    without inf (float8_e4m3fn) overflows. Callers keep only rows with finite input, where a
+    forward intermediate can become non-finite by overflow alone."""
     out: np.ndarray | None = None
     for a in arrays:
-        r = np.isinf(a)
+        r = ~np.isfinite(a)
         if r.ndim > 1:
             r = r.any(axis=tuple(range(1, r.ndim)))
         out = r if out is None else out | r
@@ -148,7 +150,7 @@ def _weighted_chained(
     g = np.where(c != 0, np.divide(-c, p).astype(t.dtype), t.dtype.type(0.0))
     dot = accumulate(p * g, a)
     diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
-    overflow = forward_inf | (np.isinf(g) & (p != 0)).any(axis=1)
+    overflow = forward_inf | (~np.isfinite(g) & (p != 0)).any(axis=1)
     return MethodOutput(loss, p * diff, overflow, ((p == 0) & (c != 0)).any(axis=1))
 
 
@@ -188,7 +190,7 @@ def naive(
         p_y = p[rows, y]
         loss = -np.log(p_y)
         grad, g_y = _chained_backward(p, y, t, a)
-    overflow = forward_inf | (np.isinf(g_y) & (p_y != 0))
+    overflow = forward_inf | (~np.isfinite(g_y) & (p_y != 0))
     return MethodOutput(loss, grad, overflow, p_y == 0)
 
 
@@ -228,7 +230,7 @@ def shifted(
         p_y = p[rows, y]
         loss = -np.log(p_y)
         grad, g_y = _chained_backward(p, y, t, a)
-    overflow = forward_inf | (np.isinf(g_y) & (p_y != 0))
+    overflow = forward_inf | (~np.isfinite(g_y) & (p_y != 0))
     return MethodOutput(loss, grad, overflow, p_y == 0)
 
 

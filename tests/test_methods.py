@@ -301,3 +301,14 @@ def test_label_free_loss_matrix_matches_per_label_runs() -> None:
         for k in range(5):
             lab = cross_entropy(x, np.full(3, k), method=method, dtype="float16")
             np.testing.assert_array_equal(free.loss[:, k], lab.loss)
+
+
+def test_float8_e4m3fn_overflow_is_flagged_although_it_gives_nan() -> None:
+    # e4m3fn has no inf: the shift 0 - 300 = -300 fits, but -200 - 300 = -500 > 448 overflows to
+    # NaN; that is an overflow of an intermediate on finite input and must be flagged
+    z = np.array([[300.0, -200.0, 0.0]])
+    for method in ("shifted", "fused", "log1p", "online"):
+        r = cross_entropy(z, np.array([0]), method=method, dtype="float8_e4m3fn")
+        assert r.overflow[0], method
+    ok = cross_entropy(np.array([[300.0, 100.0]]), np.array([0]), dtype="float8_e4m3fn")
+    assert not ok.overflow[0] and np.isfinite(ok.grad).all()
