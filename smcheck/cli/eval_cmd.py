@@ -141,8 +141,11 @@ def eval_cmd(
     (label-free mode). Exit status: 0 every gated method passes, 1 one fails (or no row is
     eligible), 2 bad input or usage, 3 internal error.
 
-    Example: smcheck eval samples/overconfident_f32.npy --labels samples/overconfident_labels.npy
-    --dtype float16
+    Example (naive overflows on 617 rows in float16; fused passes, exit 0):
+
+    \b
+        smcheck eval samples/overconfident_f32.npy \\
+            --labels samples/overconfident_labels.npy --dtype float16
     """
     chosen, checks = (
         parse_methods(methods),

@@ -155,7 +155,8 @@ def methods_option(default: str = ",".join(DEFAULT_METHODS)) -> Callable[[F], F]
         metavar="LIST",
         default=default,
         show_default=True,
-        help=f"Comma-separated formulations to run ({', '.join(METHODS)}; 'all' runs every one).",
+        help=f"Comma-separated formulations to run ({', '.join(METHODS)}; 'all' runs every one; "
+        "'torch', 'jax' run the frameworks if installed).",
     )
 
 
@@ -224,7 +225,7 @@ def gate_options(
             type=click.FloatRange(min=0),
             default=None,
             help="Largest loss error a gated method may have, in ulps of max(|loss|, 1) of the "
-            "working dtype. Default: 4 + log2(classes) * eps(accum) / eps(dtype).",
+            "working dtype. Default: 4 + ceil(log2(classes)) * eps(accum) / eps(dtype).",
         ),
         click.option(
             "--max-grad-err",
