@@ -99,8 +99,11 @@ def prepare(
     ignore_index: int = -100,
     weight: np.ndarray | None = None,
     label_smoothing: float = 0.0,
+    row_offset: int = 0,
 ) -> Prepared:
     """Round logits to the working dtype and validate labels (``InputError`` naming the row).
+
+    ``row_offset`` is added to row numbers in messages (a caller working on a block of rows).
 
     ``labels`` are class indices (N,), or soft targets (N, C) of non-negative probabilities;
     ``weight`` (C,) and ``label_smoothing`` in [0, 1] are PyTorch's ``CrossEntropyLoss`` options.
@@ -131,7 +134,7 @@ def prepare(
             raise InputError(f"soft targets have shape {soft.shape}, expected ({n}, {c})")
         bad = ~np.isfinite(soft) | (soft < 0)
         if bad.any():
-            row = int(np.argmax(bad.any(axis=1)))
+            row = int(np.argmax(bad.any(axis=1))) + row_offset
             raise InputError(f"row {row}: soft targets must be finite and non-negative")
         labels = None
     if labels is None:
@@ -153,7 +156,7 @@ def prepare(
         if bad.any():
             row = int(np.argmax(bad))
             raise InputError(
-                f"row {row}: label {int(lab[row])} is outside [0, {c})"
+                f"row {row + row_offset}: label {int(lab[row])} is outside [0, {c})"
                 f" (and is not ignore_index {ignore_index})"
             )
         safe = np.where(ignored, 0, lab)

@@ -25,7 +25,6 @@ list with a total order - so the merge is associative and commutative and the re
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from functools import reduce
 import numpy as np
 
 from .core import CrossEntropyResult, Prepared, prepare, reference_of, run_method
+from .memmaps import release_pages
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
 from .precisions import CastReport, Precision
 from .reference import ReferenceOutput
@@ -752,30 +752,6 @@ def _per_row(
             "nonfinite": nonfinite,
         }
     return PerRowBlock(rows_g, label, e, np.where(e, ref_loss, np.nan), out)
-
-
-def release_pages(block: np.ndarray) -> bool:
-    """Drop a memory-mapped block's pages from this process (they stay in the page cache).
-
-    A read-only ``np.memmap`` keeps every page it has touched mapped, so the resident set of a
-    scan would grow to the file's size; ``madvise(MADV_DONTNEED)`` after each block keeps it at
-    a few blocks. Returns whether pages were released (False: not a memmap, or no madvise).
-    """
-    mm = getattr(block, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return False
-    if block.size == 0 or not block.flags.c_contiguous:
-        return False
-    base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-    start = block.ctypes.data - base
-    stop = start + block.nbytes
-    page = mmap.PAGESIZE
-    lo = start - start % page  # madvise wants a page-aligned start
-    try:
-        mm.madvise(mmap.MADV_DONTNEED, lo, stop - lo)
-    except (OSError, ValueError):  # e.g. a mapping the kernel will not advise: keep going
-        return False
-    return True
 
 
 def run(

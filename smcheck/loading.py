@@ -35,6 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import InputError, UsageError
+from .memmaps import release_pages
 
 __all__ = ["LoadedInput", "load_input"]
 
@@ -470,10 +471,12 @@ def _count_nonfinite(a: np.ndarray) -> int:
     if a.dtype.kind != "f":
         return 0
     step = max(1, _CELLS_PER_CHUNK // max(1, a.shape[1]))
-    return sum(
-        int(a.size - np.count_nonzero(np.isfinite(a[i : i + step])))
-        for i in range(0, a.shape[0], step)
-    )
+    bad = 0
+    for i in range(0, a.shape[0], step):
+        block = a[i : i + step]
+        bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+        release_pages(block)  # a memmap's scanned pages need not stay resident
+    return bad
 
 
 # --------------------------------------------------------------------------- text

@@ -352,12 +352,13 @@ def online(
     """
     n, c = x.shape
     one_t = t.dtype.type(1.0)
-    # the running max starts at the first block's max (float8_e4m3fn has no -inf to start from)
-    m = x[:, :ONLINE_BLOCK].max(axis=1)
     s = np.zeros(n, dtype=a.dtype)
     seen_inf = np.zeros(n, dtype=bool)
-    # overflowing shifts are findings; -inf - -inf is guarded explicitly below
+    # overflowing shifts are findings; -inf - -inf is guarded explicitly below; NaN input rows
+    # make max() complain, and they are input findings
     with np.errstate(all="ignore"):
+        # the running max starts at the first block's max (float8_e4m3fn has no -inf)
+        m = x[:, :ONLINE_BLOCK].max(axis=1)
         for start in range(0, c, ONLINE_BLOCK):
             block = x[:, start : start + ONLINE_BLOCK]
             m_new = np.maximum(m, block.max(axis=1))

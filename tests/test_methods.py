@@ -312,3 +312,18 @@ def test_float8_e4m3fn_overflow_is_flagged_although_it_gives_nan() -> None:
         assert r.overflow[0], method
     ok = cross_entropy(np.array([[300.0, 100.0]]), np.array([0]), dtype="float8_e4m3fn")
     assert not ok.overflow[0] and np.isfinite(ok.grad).all()
+
+
+def test_label_errors_name_the_global_row_with_an_offset() -> None:
+    with pytest.raises(InputError, match="row 1001: label 9"):
+        prepare(np.zeros((3, 4)), np.array([0, 9, 1]), row_offset=1000)
+
+
+def test_nan_rows_raise_no_warning_in_any_dtype() -> None:
+    # pytest turns warnings into errors: NaN input rows are findings, never noise
+    x = np.array([[np.nan, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    for name in ALL_DTYPES:
+        for method in METHODS:
+            r = cross_entropy(x, np.array([0, 1]), method=method, dtype=name)
+            assert not r.finite_input[0] and r.finite_input[1]
+        reference(x, np.array([0, 1]), dtype=name)
