@@ -84,11 +84,17 @@ def _chained_backward(
     rows = _rows(n)
     p_y = p[rows, y]
     g_y = np.divide(t.dtype.type(-1.0), p_y).astype(t.dtype)  # -1/p_y, rounded to T
-    g = np.zeros_like(p)
-    g[rows, y] = g_y
-    dot = accumulate(p * g, a)  # <p, g> in A
-    diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)  # g - <p, g>, rounded to T
-    return p * diff, g_y
+    # <p, g> accumulated in A over a g that is zero off the label: a sum of one product (T) and
+    # exact zeros is that product exactly, unless some other p_j is NaN/inf (0 * inf = NaN).
+    # Computed that way here - the same bits as the full reduction, without its C-wide passes.
+    dot = (p_y * g_y).astype(a.dtype)
+    other_bad = ~np.isfinite(p).all(axis=1) & np.isfinite(p_y)
+    dot = np.where(other_bad, a.dtype.type(np.nan), dot)
+    # g - <p, g> rounded to T: -<p, g> off the label (exact: dot holds a T value or NaN/inf)
+    off = (-dot).astype(t.dtype)
+    grad = p * off[:, None]
+    grad[rows, y] = p_y * (g_y.astype(a.dtype) - dot).astype(t.dtype)
+    return grad, g_y
 
 
 @dataclass(frozen=True)

@@ -327,3 +327,32 @@ def test_nan_rows_raise_no_warning_in_any_dtype() -> None:
             r = cross_entropy(x, np.array([0, 1]), method=method, dtype=name)
             assert not r.finite_input[0] and r.finite_input[1]
         reference(x, np.array([0, 1]), dtype=name)
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
+def test_chained_backward_is_the_literal_two_layer_formula(name: str) -> None:
+    """naive/shifted's gradient equals p * (g - <p, g>) written out with a full one-hot g and a
+    full reduction in the accumulation dtype - including overflow, underflow and NaN rows."""
+    from smcheck.precisions import accumulate, resolve_accum
+
+    t = get_precision(name)
+    a = resolve_accum(t, None)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((40, 9)) * 6
+    x[0, 3] = 2000.0  # exp overflow in every dtype but float64: p = NaN
+    x[1, :] = [0.0, -800.0, 1.0, 0, 0, 0, 0, 0, 0]  # p_y underflows for label 1
+    y = rng.integers(0, 9, 40)
+    y[1] = 1
+    for method in ("naive", "shifted"):
+        r = cross_entropy(x, y, method=method, dtype=name)
+        xr = prepare(x, None, dtype=name).x
+        with np.errstate(all="ignore"):
+            z = xr if method == "naive" else xr - xr.max(axis=1)[:, None]
+            e = np.exp(z)
+            s = accumulate(e, a)
+            p = (e.astype(a.dtype) / s[:, None]).astype(t.dtype)
+            g = np.zeros_like(p)
+            g[np.arange(40), y] = np.divide(t.dtype.type(-1), p[np.arange(40), y])
+            dot = accumulate(p * g, a)
+            want = p * (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
+        np.testing.assert_array_equal(r.grad.astype(np.float64), want.astype(np.float64))
