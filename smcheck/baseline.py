@@ -16,15 +16,23 @@ report's schema (:data:`RULES`):
   absolute and relative errors) is a regression - below the floor a change is rounding noise;
 * a gated method that passed its gate and now fails is a regression.
 
+What a "method" is depends on the command: eval's and gradcheck's methods, compare's ``loss``
+and ``grad`` (their kernel's), and for compare a gated check (``loss-error``, ``nonfinite``...)
+takes a method's place in the gate rule. ``sweep`` has no per-method numbers but break points:
+a break that appears where the baseline had none, or moves to a smaller scale (beyond the
+bisection's ``tol``), is a regression (:func:`sweep_breaks`).
+
 An input whose shape, dtype or content differs from the baseline's is reported (a note, not a
-failure: comparing the same check on new data is the point). Pure: dicts in, a
-:class:`BaselineResult` out; :func:`input_identity` hashes arrays in bounded memory.
+failure: comparing the same check on new data is the point); sweep, which has no input file,
+records its grid instead. Pure: dicts in, a :class:`BaselineResult` out;
+:func:`input_identity` hashes arrays in bounded memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +49,13 @@ __all__ = [
     "Regression",
     "Rules",
     "compare",
+    "check_baseline",
+    "grid_identity",
     "input_identity",
+    "load_identity",
     "make_baseline",
     "render_result",
+    "sweep_breaks",
 ]
 
 BASELINE_SCHEMA = "smcheck.baseline/1"
@@ -52,17 +64,141 @@ DEFAULT_FACTOR = 2.0
 #: Bytes hashed per step, so a memory-mapped input is never loaded whole.
 _HASH_CHUNK = 16 * 2**20
 
+Report = dict[str, Any]
+
+
+def _eval_units(report: Report) -> dict[str, dict[str, Any]]:
+    return dict(report.get("methods") or {})
+
+
+def _eval_rows(report: Report, method: str, key: str) -> set[int]:
+    """Rows eval's worst-rows list shows as non-finite for ``method`` (not for underflow)."""
+    if key == "underflow_rows":
+        return set()
+    rows = set()
+    for entry in report.get("worst_rows") or []:
+        info = (entry.get("methods") or {}).get(method) or {}
+        if info.get("nonfinite"):
+            rows.add(int(entry["row"]))
+    return rows
+
+
+def _method_gates(ok_key: str) -> Callable[[Report], dict[str, bool]]:
+    def gates(report: Report) -> dict[str, bool]:
+        methods = report.get("methods") or {}
+        return {m: bool(v.get(ok_key)) for m, v in methods.items() if v.get("gated")}
+
+    return gates
+
+
+def _gradcheck_rows(report: Report, method: str, key: str) -> set[int]:
+    """Rows of gradcheck's worst derivatives that are NaN/inf for ``method``."""
+    if key not in ("nonfinite_grad_rows", "nonfinite_entries"):
+        return set()
+    return {
+        int(w["row"])
+        for w in report.get("worst") or []
+        if w.get("method") == method and w.get("nonfinite")
+    }
+
+
+#: compare: what is compared of their loss and of their gradient. The loss error is the gated
+#: one, in ulps of max(|L*|, 1): ulps at L* itself swing wildly on a confident row's tiny loss.
+_COMPARE_KEYS = {
+    "loss": ("nonfinite_rows", "ref_nonfinite_rows", "ignored_nonzero_rows", "max_gate_ulp_err"),
+    "grad": ("nonfinite_rows", "ref_nonfinite_rows", "ignored_nonzero_rows", "max_abs_err"),
+}
+
+
+def _compare_units(report: Report) -> dict[str, dict[str, Any]]:
+    return {
+        unit: {k: report[unit].get(k) for k in keys}
+        for unit, keys in _COMPARE_KEYS.items()
+        if isinstance(report.get(unit), dict)
+    }
+
+
+def _compare_rows(report: Report, unit: str, key: str) -> set[int]:
+    """compare lists the first row ids of each finding: ``nonfinite_rows`` -> ``..._row_ids``."""
+    ids = (report.get(unit) or {}).get(key.removesuffix("rows") + "row_ids") or []
+    return {int(i) for i in ids}
+
+
+def _compare_gates(report: Report) -> dict[str, bool]:
+    return {c["name"]: bool(c.get("ok")) for c in report.get("checks") or [] if c.get("gated")}
+
+
+def _no_units(report: Report) -> dict[str, dict[str, Any]]:
+    return {}
+
+
+def _no_gates(report: Report) -> dict[str, bool]:
+    return {}
+
+
+def _no_rows(report: Report, unit: str, key: str) -> set[int]:
+    return set()
+
+
+def _break_key(b: dict[str, Any]) -> tuple[str, int, str, str, str]:
+    return (b["dtype"], b["classes"], b["case"], b["method"], b["kind"])
+
+
+def sweep_breaks(old: Report, new: Report) -> tuple[list[Regression], list[str]]:
+    """Break points of a sweep that appear or move to a smaller scale; notes on the rest.
+
+    Breaks are bisected until ``scale / scale_lo <= 1 + tol``, so the same break point found
+    twice lies within that ratio: only ``after < before / (1 + tol)`` is a move.
+
+    >>> b = {"dtype": "float16", "classes": 10, "case": "margin", "method": "naive",
+    ...      "kind": "overflow", "scale": 100.0}
+    >>> old = {"config": {"tol": 0.01}, "breaks": [b]}
+    >>> new = {"config": {"tol": 0.01}, "breaks": [{**b, "scale": 11.134}]}
+    >>> print(sweep_breaks(old, new)[0][0].describe())
+    naive: overflow in float16, C=10, case margin from scale 11.1 (baseline: 100)
+    """
+    tol = max(float((r.get("config") or {}).get("tol") or 0.0) for r in (old, new))
+    before = {_break_key(b): b.get("scale") for b in old.get("breaks") or []}
+    regressions, missing, added = [], 0, 0
+    for b in new.get("breaks") or []:
+        key = _break_key(b)
+        now = b.get("scale")
+        if key not in before:
+            added += now is not None
+            continue
+        then = before[key]
+        if now is None or (then is not None and now >= then / (1 + tol)):
+            continue
+        dtype, classes, case, method, kind = key
+        where = f"{kind} in {dtype}, C={classes}, case {case} from scale {_num(now)}"
+        was = "never in the baseline's range" if then is None else f"baseline: {_num(then)}"
+        regressions.append(Regression(method, kind, then, now, detail=f"{where} ({was})"))
+    missing = len(before.keys() - {_break_key(b) for b in new.get("breaks") or []})
+    notes = []
+    if missing:
+        notes.append(f"{missing} break points of the baseline's grid not swept now")
+    if added:
+        notes.append(f"{added} breaks in cells the baseline did not sweep (nothing to compare)")
+    return regressions, notes
+
 
 @dataclass(frozen=True)
 class Rules:
-    """What to compare in a report schema: per-method counts, and errors with their floor.
+    """What to compare in a report schema.
 
-    ``floors`` maps an error key to ``"ulp"`` (floor 1 ulp) or ``"eps"`` (floor eps(dtype)).
+    ``units`` picks the report's methods (name -> flat dict of numbers); ``counts`` and
+    ``errors`` are keys of those dicts (``errors`` maps a key to ``"ulp"``, floor 1 ulp, or
+    ``"eps"``, floor eps(dtype)); ``rows(report, method, count_key)`` names the rows behind a
+    count; ``gates`` gives each gated name and whether it passed; ``extra(old, new)`` adds a
+    command's own regressions and notes (sweep's break points).
     """
 
-    counts: tuple[str, ...]
-    errors: dict[str, str]
-    methods_key: str = "methods"
+    counts: tuple[str, ...] = ()
+    errors: Mapping[str, str] = field(default_factory=dict)
+    units: Callable[[Report], dict[str, dict[str, Any]]] = _eval_units
+    rows: Callable[[Report, str, str], set[int]] = _eval_rows
+    gates: Callable[[Report], dict[str, bool]] = _method_gates("ok")
+    extra: Callable[[Report, Report], tuple[list[Regression], list[str]]] | None = None
 
 
 #: Comparison rules by report schema (a command's ``--format json`` ``"schema"`` field).
@@ -82,21 +218,42 @@ RULES: dict[str, Rules] = {
             "mean_loss_rel_err": "eps",
         },
     ),
+    # relative errors and bits are left out: a gradient entry near 0 makes them noise
+    "smcheck.gradcheck/1": Rules(
+        counts=("nonfinite_grad_rows", "nonfinite_entries", "failed_entries", "failed_directions"),
+        errors={"max_abs_err": "eps", "max_ulp_err": "ulp", "max_dir_err": "eps"},
+        rows=_gradcheck_rows,
+        gates=_method_gates("passed"),
+    ),
+    "smcheck.compare/1": Rules(
+        counts=("nonfinite_rows", "ref_nonfinite_rows", "ignored_nonzero_rows"),
+        errors={"max_gate_ulp_err": "ulp", "max_abs_err": "eps"},
+        units=_compare_units,
+        rows=_compare_rows,
+        gates=_compare_gates,
+    ),
+    "smcheck.sweep/1": Rules(units=_no_units, rows=_no_rows, gates=_no_gates, extra=sweep_breaks),
 }
 
 
 @dataclass(frozen=True)
 class Regression:
-    """One way the new run is worse: ``method``, the metric, before and after, affected rows."""
+    """One way the new run is worse: ``method``, the metric, before and after, affected rows.
+
+    ``detail``, when given, is the whole description after ``method:`` (sweep's break points).
+    """
 
     method: str
     metric: str
     before: float | None
     after: float | None
     rows: tuple[int, ...] = ()
+    detail: str = ""
 
     def describe(self) -> str:
         """``fused: overflow_rows 0 -> 1 (rows 17)``."""
+        if self.detail:
+            return f"{self.method}: {self.detail}"
         if self.metric == "gate":
             return f"{self.method}: passed its gate in the baseline, fails now"
         text = f"{self.method}: {self.metric} {_num(self.before)} -> {_num(self.after)}"
@@ -155,12 +312,32 @@ def input_identity(logits: np.ndarray, labels: np.ndarray | None = None) -> dict
     return out
 
 
+def load_identity(logits: str, labels: str | None = None, **load: Any) -> dict[str, Any]:
+    """:func:`input_identity` of files, read again with :func:`smcheck.loading.load_input`
+    (``load``: its keyword arguments) - for a command whose analysis loads them itself.
+
+    Standard input cannot be read twice: ``-`` gives an identity without shape or hash.
+    """
+    if "-" in (logits, labels):
+        return {"source": "stdin"}
+    from .loading import load_input
+
+    got = load_input(logits, labels, **load)
+    return input_identity(got.logits, got.labels)
+
+
+def grid_identity(report: Report) -> dict[str, Any]:
+    """sweep's identity: its grid (``config`` of the report), as it has no input file."""
+    return {"grid": report.get("config")}
+
+
 def make_baseline(command: str, report: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     """The baseline document for ``--write-baseline``."""
     return {"schema": BASELINE_SCHEMA, "command": command, "input": identity, "report": report}
 
 
-def _check_baseline(baseline: Any, command: str, name: str) -> dict[str, Any]:
+def check_baseline(baseline: Any, command: str, name: str) -> dict[str, Any]:
+    """``baseline`` if it is a baseline of ``command``; else :class:`InputError` naming ``name``."""
     if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA:
         raise InputError(f"{name}: not a smcheck baseline (expected schema {BASELINE_SCHEMA!r})")
     if baseline.get("command") != command:
@@ -184,17 +361,13 @@ def _identity_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         notes.append("input content differs from the baseline's (sha256)")
     if old.get("labels_sha256") != new.get("labels_sha256"):
         notes.append("labels differ from the baseline's")
+    old_grid, new_grid = old.get("grid") or {}, new.get("grid") or {}
+    notes += [
+        f"grid differs from the baseline's: {key} {old_grid.get(key)} -> {new_grid.get(key)}"
+        for key in dict.fromkeys([*old_grid, *new_grid])
+        if old_grid.get(key) != new_grid.get(key)
+    ]
     return notes
-
-
-def _nonfinite_rows(report: dict[str, Any], method: str) -> set[int]:
-    """Rows the report's worst-rows list shows as non-finite for ``method``."""
-    rows = set()
-    for entry in report.get("worst_rows") or []:
-        info = (entry.get("methods") or {}).get(method) or {}
-        if info.get("nonfinite"):
-            rows.add(int(entry["row"]))
-    return rows
 
 
 def _floor(kind: str, dtype: str | None) -> float:
@@ -220,7 +393,7 @@ def compare(
     ``name`` (the file) is used in the :class:`InputError` raised for a file that is not a
     baseline of ``command``.
     """
-    base = _check_baseline(baseline, command, name)
+    base = check_baseline(baseline, command, name)
     old = base["report"]
     if report.get("schema") != old.get("schema"):
         raise InputError(
@@ -232,8 +405,8 @@ def compare(
     if dtype != (old.get("input") or {}).get("dtype"):
         notes.append(f"working dtype differs: {(old.get('input') or {}).get('dtype')} -> {dtype}")
     regressions: list[Regression] = []
-    old_methods = old.get(rules.methods_key) or {}
-    new_methods = report.get(rules.methods_key) or {}
+    old_methods = rules.units(old)
+    new_methods = rules.units(report)
     for method in old_methods.keys() - new_methods.keys():
         notes.append(f"{method}: in the baseline, not run now")
     for method in new_methods.keys() - old_methods.keys():
@@ -242,20 +415,25 @@ def compare(
         then = old_methods.get(method)
         if then is None:
             continue
-        new_rows = tuple(sorted(_nonfinite_rows(report, method) - _nonfinite_rows(old, method)))
         for key in rules.counts:
             b, a = then.get(key), now.get(key)
             if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
-                rows = new_rows if key != "underflow_rows" else ()
-                regressions.append(Regression(method, key, b, a, rows))
+                rows = rules.rows(report, method, key) - rules.rows(old, method, key)
+                regressions.append(Regression(method, key, b, a, tuple(sorted(rows))))
         for key, kind in rules.errors.items():
             b, a = then.get(key), now.get(key)
             if not (isinstance(a, int | float) and isinstance(b, int | float)):
                 continue
             if a > factor * b and a > _floor(kind, dtype) and math.isfinite(a):
                 regressions.append(Regression(method, key, b, a))
-        if then.get("gated") and now.get("gated") and then.get("ok") and not now.get("ok"):
-            regressions.append(Regression(method, "gate", None, None))
+    old_gates, new_gates = rules.gates(old), rules.gates(report)
+    for gated, ok in new_gates.items():
+        if old_gates.get(gated) and not ok:
+            regressions.append(Regression(gated, "gate", None, None))
+    if rules.extra is not None:
+        more, more_notes = rules.extra(old, report)
+        regressions += more
+        notes += more_notes
     return BaselineResult(regressions, notes)
 
 

@@ -364,3 +364,58 @@ def test_dask_engine_gives_the_local_json(tmp_path: Path) -> None:
     assert as_json(run(*args, "--engine", "dask")) == local
     r = run(str(SAMPLES / "classifier.csv"), "--label-column", "label", "--engine", "dask")
     assert r.exit_code == 2 and "--engine dask reads a .npy file" in r.stderr
+
+
+# ---------------------------------------------------------------- --baseline / --write-baseline
+
+
+def test_baseline_passes_on_itself_and_names_one_more_overflowing_row(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    base = tmp_path / "base.json"
+    args = [str(files["x"]), "--labels", str(files["y"]), "--dtype", "float16", "-f", "json"]
+    first = run(*args, "--gate", "naive", "--write-baseline", str(base))
+    assert first.exit_code == 1, first.output  # naive overflows on rows 0..5: its own status
+    doc = json.loads(base.read_text())
+    assert doc["command"] == "eval" and doc["report"] == json.loads(first.stdout)
+    assert doc["input"]["shape"] == [40, 6] and doc["input"]["dtype"] == "float32"
+
+    same = run(*args, "--gate", "naive", "--baseline", str(base))
+    assert same.exit_code == 0, same.output  # today's findings are accepted
+    assert same.stderr.splitlines() == [
+        "smcheck: no regression against base.json (errors may grow up to 2x)"
+    ]
+    assert same.stdout == first.stdout  # the report itself is unchanged
+
+    x = np.load(files["x"])
+    x[30, 4] = 11.5  # exp(11.5) = 98715 > 65504: one more overflowing row in float16
+    np.save(files["x"], x)
+    worse = run(*args, "--gate", "naive", "--baseline", str(base))
+    assert worse.exit_code == 1, worse.output
+    lines = worse.stderr.splitlines()
+    assert lines[0].startswith("smcheck: ") and "regressions against base.json:" in lines[0]
+    assert "  naive: overflow_rows 6 -> 7 (row 30)" in lines
+    assert "  note: input content differs from the baseline's (sha256)" in lines
+    assert run(*args, "--baseline", str(base), "--exit-zero").exit_code == 0
+
+
+def test_write_baseline_never_onto_an_input_or_the_report(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    x, y = str(files["x"]), str(files["y"])
+    before = files["y"].read_bytes()
+    onto_input = run(x, "--labels", y, "--write-baseline", y)
+    assert onto_input.exit_code == 2 and "refusing to write" in onto_input.stderr
+    assert files["y"].read_bytes() == before
+    out = str(tmp_path / "r.json")
+    same = run(x, "--labels", y, "-o", out, "--write-baseline", out)
+    assert same.exit_code == 2 and "--write-baseline and --output" in same.stderr
+    assert not Path(out).exists()  # refused before the run
+
+
+def test_baseline_of_another_command_is_bad_input(files: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "sweep-base.json"
+    other.write_text(json.dumps({"schema": "smcheck.baseline/1", "command": "sweep"}))
+    r = run(str(files["x"]), "--labels", str(files["y"]), "--baseline", str(other))
+    assert r.exit_code == 2 and r.stdout == ""  # checked before the run: no report
+    assert "a baseline of 'smcheck sweep', not of 'smcheck eval'" in r.stderr

@@ -9,12 +9,14 @@ from collections.abc import Callable
 
 import click
 
+from ..baseline import input_identity
 from ..evaluate import DEFAULT_CHUNK_BYTES, EvalReport, PerRowWriter, evaluate
 from ..loading import load_input
 from ..precisions import PRECISIONS
-from ..render.eval_formats import render_github, render_json, render_junit, render_markdown
+from ..render.eval_formats import render_github, render_json, render_junit, render_markdown, to_dict
 from ..render.eval_table import render_table
 from . import cli
+from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     FAIL_ON_CHOICES,
     check_output,
@@ -83,6 +85,7 @@ RENDERERS: dict[str, Callable[[EvalReport, bool], str]] = {
 )
 @color_option()
 @gate_options()
+@baseline_options()
 @workers_option()
 @click.option(
     "--engine",
@@ -127,6 +130,9 @@ def eval_cmd(
     max_grad_err: float | None,
     fail_on: str,
     exit_zero: bool,
+    baseline: str | None,
+    write_baseline: str | None,
+    regression_factor: float,
     workers: int | None,
     engine: str,
     scheduler: str | None,
@@ -168,6 +174,9 @@ def eval_cmd(
         dtype = "float32"  # text and integer files
     inputs = [p for p in (logits, labels) if p]
     check_output(output, inputs)
+    start_baseline(
+        "eval", baseline, write_baseline, inputs, {"--output": output, "--per-row": per_row}
+    )
     per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
         report = evaluate(
@@ -184,4 +193,9 @@ def eval_cmd(
     emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, inputs)
     if report.input.eligible_rows == 0:
         click.echo(f"smcheck: {report.verdict}", err=True)
-    click.get_current_context().exit(exit_code(report.ok, exit_zero))
+    code = finish_baseline(
+        "eval", to_dict(report), lambda: input_identity(loaded.logits, loaded.labels),
+        exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
+        exit_zero, inputs,
+    )  # fmt: skip
+    click.get_current_context().exit(code)
