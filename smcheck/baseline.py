@@ -264,10 +264,12 @@ class Regression:
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """Regressions (fail), input differences and other notes (reported only)."""
+    """Regressions (fail), input differences and other notes (reported only);
+    ``errors_compared``: whether error metrics (and so the factor) took part."""
 
     regressions: list[Regression] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    errors_compared: bool = True
 
     @property
     def ok(self) -> bool:
@@ -434,7 +436,7 @@ def compare(
         more, more_notes = rules.extra(old, report)
         regressions += more
         notes += more_notes
-    return BaselineResult(regressions, notes)
+    return BaselineResult(regressions, notes, bool(rules.errors))
 
 
 def render_result(result: BaselineResult, name: str, factor: float = DEFAULT_FACTOR) -> str:
@@ -447,7 +449,9 @@ def render_result(result: BaselineResult, name: str, factor: float = DEFAULT_FAC
       note: x
     """
     if result.ok:
-        head = f"smcheck: no regression against {name} (errors may grow up to {factor:g}x)"
+        head = f"smcheck: no regression against {name}"
+        if result.errors_compared:
+            head += f" (errors may grow up to {factor:g}x)"
     else:
         n = len(result.regressions)
         head = f"smcheck: {n} regression{'s' * (n != 1)} against {name}:"

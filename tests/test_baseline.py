@@ -15,10 +15,14 @@ from click.testing import CliRunner
 
 from smcheck.baseline import (
     BASELINE_SCHEMA,
+    RULES,
     Regression,
     compare,
+    grid_identity,
     input_identity,
     make_baseline,
+    render_result,
+    sweep_breaks,
 )
 from smcheck.cli import cli
 from smcheck.cli.baseline_opts import baseline_options, finish_baseline
@@ -245,3 +249,143 @@ def test_cli_bad_baseline_files_exit_2(with_probe: None, tmp_path: Path) -> None
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2
         assert result.stderr.startswith("smcheck: error: ") and message in result.stderr
+
+
+# --- the other commands' rules, on hand-built reports --------------------------------------------
+
+
+def test_every_command_with_a_json_report_takes_the_baseline_options_and_has_rules() -> None:
+    from smcheck.compare import CompareReport
+    from smcheck.evaluate import SCHEMA as EVAL
+    from smcheck.render.gradcheck import SCHEMA as GRADCHECK
+    from smcheck.sweep import SCHEMA as SWEEP
+
+    assert set(RULES) == {EVAL, GRADCHECK, SWEEP, CompareReport.SCHEMA}
+    for name in ("eval", "gradcheck", "sweep", "compare"):
+        opts = {o for p in cli.commands[name].params for o in p.opts}
+        assert {"--baseline", "--write-baseline", "--regression-factor"} <= opts, name
+
+
+def _grad_report(nonfinite_rows: int, worst_rows: tuple[int, ...], **over: Any) -> dict[str, Any]:
+    method = {
+        "max_abs_err": 1e-4,
+        "max_ulp_err": 2.0,
+        "max_dir_err": 5e-5,
+        "nonfinite_grad_rows": nonfinite_rows,
+        "nonfinite_entries": 10 * nonfinite_rows,
+        "failed_entries": 10 * nonfinite_rows,
+        "failed_directions": 0,
+        "gated": True,
+        "passed": nonfinite_rows == 0,
+    }
+    method.update(over)
+    worst = [{"method": "naive", "row": r, "nonfinite": True} for r in worst_rows]
+    return {
+        "schema": "smcheck.gradcheck/1",
+        "input": {"dtype": "float16"},
+        "methods": {"naive": method},
+        "worst": worst,
+    }
+
+
+def test_gradcheck_rules() -> None:
+    old = _grad_report(0, ())
+    base = make_baseline("gradcheck", old, IDENT)
+    assert compare(base, copy.deepcopy(old), IDENT, command="gradcheck").ok
+    new = _grad_report(1, (6,))
+    lines = [r.describe() for r in compare(base, new, IDENT, command="gradcheck").regressions]
+    assert lines == [
+        "naive: nonfinite_grad_rows 0 -> 1 (row 6)",
+        "naive: nonfinite_entries 0 -> 10 (row 6)",
+        "naive: failed_entries 0 -> 10",
+        "naive: passed its gate in the baseline, fails now",  # "passed", not "ok", in gradcheck
+    ]
+    # an error beyond the factor and above eps(float16); max_rel_err is not compared
+    worse = _grad_report(0, (), max_abs_err=3e-3, max_rel_err=1.0)
+    (reg,) = compare(base, worse, IDENT, command="gradcheck").regressions
+    assert reg == Regression("naive", "max_abs_err", 1e-4, 3e-3)
+
+
+def _cmp_report(nan_rows: tuple[int, ...], grad_err: float = 1e-7, **checks: bool) -> dict:
+    unit = {"ref_nonfinite_rows": 0, "ref_nonfinite_row_ids": [], "ignored_nonzero_rows": 0}
+    return {
+        "schema": "smcheck.compare/1",
+        "input": {"dtype": "float32"},
+        "loss": {
+            **unit,
+            "nonfinite_rows": len(nan_rows),
+            "nonfinite_row_ids": list(nan_rows),
+            "max_gate_ulp_err": 0.5,
+            "max_ulp_err": 1e6,  # ulps at a tiny L*: not compared
+            "max_abs_err": 1.0,  # the loss's absolute error: not compared
+        },
+        "grad": {**unit, "nonfinite_rows": 0, "nonfinite_row_ids": [], "max_abs_err": grad_err},
+        "checks": [{"name": n, "gated": True, "ok": ok} for n, ok in checks.items()],
+    }
+
+
+def test_compare_rules_name_the_new_nan_rows_and_failing_checks() -> None:
+    old = _cmp_report((4,), nonfinite=False, **{"grad-error": True})
+    base = make_baseline("compare", old, IDENT)
+    assert compare(base, copy.deepcopy(old), IDENT, command="compare").ok
+    new = _cmp_report((4, 7, 9), 1e-3, nonfinite=False, **{"grad-error": False})
+    new["loss"].update(max_ulp_err=1e9, max_abs_err=9.0)
+    lines = [r.describe() for r in compare(base, new, IDENT, command="compare").regressions]
+    assert lines == [
+        "loss: nonfinite_rows 1 -> 3 (rows 7, 9)",
+        "grad: max_abs_err 1e-07 -> 0.001",
+        "grad-error: passed its gate in the baseline, fails now",
+    ]
+    no_grad = _cmp_report((4,), nonfinite=False)
+    no_grad["grad"] = None
+    result = compare(base, no_grad, IDENT, command="compare")
+    assert result.ok and result.notes == ["grad: in the baseline, not run now"]
+
+
+def _brk(method: str, kind: str, scale: float | None) -> dict[str, Any]:
+    return {"dtype": "float16", "classes": 10, "case": "margin", "method": method, "kind": kind,
+            "scale": scale}  # fmt: skip
+
+
+def _sweep(*breaks: dict[str, Any], scales: tuple[float, ...] = (1.0, 20.0)) -> dict[str, Any]:
+    return {
+        "schema": "smcheck.sweep/1",
+        "config": {"scales": list(scales), "tol": 0.01},
+        "breaks": list(breaks),
+    }
+
+
+def test_sweep_breaks_earlier_or_new_are_regressions() -> None:
+    old = _sweep(_brk("naive", "overflow", 11.13), _brk("fused", "overflow", None))
+    assert sweep_breaks(old, copy.deepcopy(old)) == ([], [])
+    same = _sweep(_brk("naive", "overflow", 11.05), _brk("fused", "overflow", None))
+    assert sweep_breaks(old, same) == ([], [])  # within tol: the same break, bisected again
+    later = _sweep(_brk("naive", "overflow", 50.0), _brk("fused", "overflow", None))
+    assert sweep_breaks(old, later) == ([], [])  # an improvement
+    worse = _sweep(_brk("naive", "overflow", 10.9), _brk("fused", "overflow", 700.0))
+    regs, notes = sweep_breaks(old, worse)
+    assert [r.describe() for r in regs] == [
+        "naive: overflow in float16, C=10, case margin from scale 10.9 (baseline: 11.1)",
+        "fused: overflow in float16, C=10, case margin from scale 700 (never in the baseline's "
+        "range)",
+    ]
+    other = _sweep(_brk("log1p", "overflow", 3.0))
+    assert sweep_breaks(old, other) == (
+        [],
+        [
+            "2 break points of the baseline's grid not swept now",
+            "1 breaks in cells the baseline did not sweep (nothing to compare)",
+        ],
+    )
+
+
+def test_sweep_baseline_notes_a_different_grid_and_no_factor() -> None:
+    old = _sweep(_brk("naive", "overflow", 11.13))
+    new = _sweep(_brk("naive", "overflow", 11.13), scales=(1.0, 30.0))
+    base = make_baseline("sweep", old, grid_identity(old))
+    result = compare(base, new, grid_identity(new), command="sweep")
+    assert result.ok
+    assert result.notes == ["grid differs from the baseline's: scales [1.0, 20.0] -> [1.0, 30.0]"]
+    assert render_result(result, "b.json", 2.0).splitlines()[0] == (
+        "smcheck: no regression against b.json"  # sweep compares no errors: no factor to show
+    )

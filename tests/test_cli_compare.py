@@ -266,3 +266,56 @@ def test_shared_config_file_serves_compare(dump: Path) -> None:
     assert doc["thresholds"]["fail_on"] == ["nonfinite"]
     assert [w["row"] for w in doc["worst_rows"]] == [1, 2]
     assert doc["loss"]["inf_rows"] == 3
+
+
+# --- --baseline / --write-baseline ---------------------------------------------------------
+
+
+def _nan_rows(dump: Path, name: str, rows: list[int]) -> None:
+    loss = np.load(dump / "loss.npy")
+    loss[rows] = np.nan
+    np.save(dump / name, loss)
+
+
+def test_baseline_passes_on_itself_and_names_one_more_nan_row(dump: Path) -> None:
+    base = str(dump / "base.json")
+    _nan_rows(dump, "one.npy", [4])
+    _nan_rows(dump, "two.npy", [4, 7])
+    first = _run(dump, "-f", "json", "--write-baseline", base, loss="one.npy")
+    assert first.exit_code == 1, first.output  # the NaN row fails the run: its own status
+    doc = json.loads(Path(base).read_text())
+    assert doc["command"] == "compare" and doc["input"]["shape"] == [N, C]
+    assert doc["report"]["loss"]["nonfinite_row_ids"] == [4]
+
+    same = _run(dump, "-f", "json", "--baseline", base, loss="one.npy")
+    assert same.exit_code == 0, same.output  # the accepted NaN row does not fail
+    assert same.stderr.startswith("smcheck: no regression against base.json")
+    assert same.stdout == first.stdout
+
+    worse = _run(dump, "-f", "json", "--baseline", base, loss="two.npy")
+    assert worse.exit_code == 1, worse.output
+    assert worse.stderr.splitlines() == [
+        "smcheck: 1 regression against base.json:",
+        "  loss: nonfinite_rows 1 -> 2 (row 7)",
+    ]  # same logits and labels: no note
+
+
+def test_baseline_gradient_error_and_gate(dump: Path) -> None:
+    base = str(dump / "base.json")
+    grad = np.load(dump / "grad.npy")
+    args = ["-f", "json", "--grad"]
+    assert _run(dump, *args, str(dump / "grad.npy"), "--write-baseline", base).exit_code == 0
+    grad[3, 1] += 0.5  # far beyond twice the baseline's error and eps(float32)
+    np.save(dump / "off.npy", grad)
+    worse = _run(dump, *args, str(dump / "off.npy"), "--baseline", base)
+    assert worse.exit_code == 1, worse.output
+    lines = worse.stderr.splitlines()
+    assert any(line.startswith("  grad: max_abs_err ") for line in lines), lines
+    assert "  grad-error: passed its gate in the baseline, fails now" in lines
+    # a larger factor does not excuse a gate that now fails
+    lax = _run(dump, *args, str(dump / "off.npy"), "--baseline", base, "--regression-factor", "1e9")
+    assert lax.exit_code == 1 and "max_abs_err" not in lax.stderr
+    # other logits are a note, not a failure
+    np.save(dump / "logits.npy", np.load(dump / "logits.npy") * 1.0001)
+    moved = _run(dump, *args, str(dump / "grad.npy"), "--baseline", base, "--exit-zero")
+    assert "  note: input content differs from the baseline's (sha256)" in moved.stderr

@@ -256,3 +256,49 @@ def test_an_untrusted_truth_fails_the_run_in_every_format() -> None:
     assert "NOT trusted" in render_table(bad)
     assert render_github(bad).startswith("::error") and "0.5 of the tolerance" in render_github(bad)
     assert "not trustworthy" in render_markdown(bad)
+
+
+# --- --baseline / --write-baseline ---------------------------------------------------------
+
+
+def test_baseline_passes_on_itself_and_fails_on_a_worse_case(tmp_path: Path) -> None:
+    base = str(tmp_path / "base.json")
+    opts = ["--dtype", "float16", "--methods", "naive,fused", "--rows", "10", "-f", "json"]
+    first = run(*opts, "--case", "random", "--write-baseline", base)
+    assert first.exit_code == 0, first.output
+    doc = json.loads(Path(base).read_text())
+    assert doc["command"] == "gradcheck" and doc["report"]["methods"]["naive"]["passed"] is False
+    assert doc["input"]["shape"] == [10, 10]
+
+    same = run(*opts, "--case", "random", "--baseline", base)
+    assert same.exit_code == 0, same.output
+    assert same.stderr.startswith("smcheck: no regression against base.json")
+    assert same.stdout == first.stdout
+
+    # the extreme rows ([0, -800, 1], +-1000 shifts) make naive's gradient NaN in every row
+    worse = run(*opts, "--case", "extreme", "--baseline", base)
+    assert worse.exit_code == 1, worse.output
+    lines = worse.stderr.splitlines()
+    assert "  naive: nonfinite_grad_rows 1 -> 10 (rows 0, 1, 2, 3)" in lines
+    assert not any(line.startswith("  fused:") for line in lines)  # fused is as good as before
+    assert "  note: input content differs from the baseline's (sha256)" in lines
+
+
+def test_baseline_a_gated_method_newly_failing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 3, (12, 5)).astype(np.float32)
+    xp, yp, base = tmp_path / "x.npy", tmp_path / "y.npy", str(tmp_path / "base.json")
+    np.save(xp, x)
+    np.save(yp, rng.integers(0, 5, 12))
+    args = [str(xp), "--labels", str(yp), "--methods", "naive,fused", "--gate", "all", "-f", "json"]
+    first = run(*args, "--write-baseline", base)
+    assert first.exit_code == 0, first.output  # both methods pass in float32
+    x[5, 2] = 100.0  # exp(100) overflows float32 (ln max = 88.7): naive's gradient is NaN
+    np.save(xp, x)
+    worse = run(*args, "--baseline", base)
+    assert worse.exit_code == 1, worse.output
+    lines = worse.stderr.splitlines()
+    assert "  naive: nonfinite_grad_rows 0 -> 1 (row 5)" in lines
+    assert "  naive: passed its gate in the baseline, fails now" in lines
+    onto_input = run(*args, "--write-baseline", str(yp))
+    assert onto_input.exit_code == 2 and "refusing to write" in onto_input.stderr

@@ -145,3 +145,67 @@ def test_help_lists_every_option() -> None:
         "--jobs",
     ):
         assert opt in result.stdout
+
+
+# --- --baseline / --write-baseline --------------------------------------------------------------
+
+TINY = ["--no-config", "sweep", "--dtype", "float16", "--classes", "10", "--case", "margin"]
+TINY += ["--methods", "naive,fused", "--scales", "1,20", "--jobs", "1"]
+
+
+def _edit_baseline(src: Path, dest: Path, method: str, kind: str, scale: float | None) -> None:
+    doc = json.loads(src.read_text())
+    for b in doc["report"]["breaks"]:
+        if (b["method"], b["kind"]) == (method, kind):
+            b["scale"] = scale
+    dest.write_text(json.dumps(doc))
+
+
+def test_baseline_passes_on_itself_and_fails_on_an_earlier_or_new_break(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    invoke = CliRunner().invoke
+    first = invoke(cli, [*TINY, "-f", "json", "--write-baseline", str(base)])
+    assert first.exit_code == 0, first.output
+    doc = json.loads(base.read_text())
+    assert doc["command"] == "sweep" and doc["input"]["grid"]["scales"] == [1.0, 20.0]
+    (overflow,) = [
+        b for b in doc["report"]["breaks"] if (b["method"], b["kind"]) == ("naive", "overflow")
+    ]
+    assert 11.0 < overflow["scale"] < 11.2  # ln(65504) = 11.09
+
+    same = invoke(cli, [*TINY, "-f", "json", "--baseline", str(base)])
+    assert same.exit_code == 0, same.output
+    assert same.stderr.splitlines() == ["smcheck: no regression against base.json"]
+    assert same.stdout == first.stdout
+
+    # a baseline whose naive overflowed only at scale 100: now it breaks at 11.1, earlier
+    _edit_baseline(base, tmp_path / "later.json", "naive", "overflow", 100.0)
+    earlier = invoke(cli, [*TINY, "--baseline", str(tmp_path / "later.json")])
+    assert earlier.exit_code == 1, earlier.output
+    assert earlier.stderr.splitlines() == [
+        "smcheck: 1 regression against later.json:",
+        "  naive: overflow in float16, C=10, case margin from scale 11.1 (baseline: 100)",
+    ]
+    # a baseline where naive never gave an inf loss in the swept range
+    _edit_baseline(base, tmp_path / "never.json", "naive", "nonfinite_loss", None)
+    new = invoke(cli, [*TINY, "--baseline", str(tmp_path / "never.json")])
+    assert new.exit_code == 1, new.output
+    assert "(never in the baseline's range)" in new.stderr
+    # within --tol of the baseline's break point is the same break
+    _edit_baseline(base, tmp_path / "close.json", "naive", "overflow", overflow["scale"] * 1.005)
+    assert invoke(cli, [*TINY, "--baseline", str(tmp_path / "close.json")]).exit_code == 0
+
+
+def test_baseline_grid_differences_are_notes(tmp_path: Path) -> None:
+    base = str(tmp_path / "base.json")
+    invoke = CliRunner().invoke
+    assert invoke(cli, [*TINY, "--write-baseline", base]).exit_code == 0
+    wider = [*TINY[:-4], "--scales", "1,30", "--jobs", "1", "--baseline", base]
+    result = invoke(cli, wider)
+    assert result.exit_code == 0, result.output
+    assert "  note: grid differs from the baseline's: scales [1.0, 20.0] -> [1.0, 30.0]" in (
+        result.stderr.splitlines()
+    )
+    out = str(tmp_path / "report.json")
+    same = invoke(cli, [*TINY, "-o", out, "--write-baseline", out])
+    assert same.exit_code == 2 and "--write-baseline and --output" in same.stderr

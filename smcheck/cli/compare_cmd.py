@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import click
 
+from ..baseline import load_identity
 from ..compare import DEFAULT_FAIL_ON, FAIL_ON, FAIL_ON_ALIASES, REDUCTIONS, compare_files
-from ..render.compare import RENDERERS, render
+from ..render.compare import RENDERERS, render, to_dict
 from . import EXIT_FINDINGS, EXIT_OK, cli
+from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     color_option,
     dtype_options,
@@ -86,6 +90,7 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
 @format_option(choices=tuple(RENDERERS))
 @output_option()
 @color_option()
+@baseline_options()
 def compare_cmd(
     logits: str,
     labels: str | None,
@@ -109,6 +114,9 @@ def compare_cmd(
     fmt: str,
     output: str | None,
     color: str,
+    baseline: str | None,
+    write_baseline: str | None,
+    regression_factor: float,
 ) -> None:
     """Compare a kernel's dumped loss (and gradient) with the reference computed on the same
     logits rounded to the working dtype: loss error in ulps and bits (max, p99, median,
@@ -123,6 +131,8 @@ def compare_cmd(
       smcheck compare logits.npy --labels labels.npy --loss their_loss.npy \\
           --grad their_grad.npy --dtype float16
     """
+    inputs = (logits, labels, loss_file, grad_file)
+    start_baseline("compare", baseline, write_baseline, inputs, {"--output": output})
     report = compare_files(
         logits,
         labels,
@@ -154,5 +164,13 @@ def compare_cmd(
     if to_stdout:  # emit's click.echo would strip the ANSI codes --color=always asked for
         click.echo(text, nl=not text.endswith("\n"), color=use)
     else:
-        emit(text, output, [logits, labels, loss_file, grad_file])
-    click.get_current_context().exit(exit_code(report.ok, exit_zero))
+        emit(text, output, inputs)
+    identity = partial(  # read and hashed only with a baseline option
+        load_identity, logits, labels, logits_key=logits_key, labels_key=labels_key,
+        label_column=label_column, ignore_index=ignore_index,
+    )  # fmt: skip
+    code = finish_baseline(
+        "compare", to_dict(report), identity, exit_code(report.ok, exit_zero), baseline,
+        write_baseline, regression_factor, exit_zero, inputs,
+    )  # fmt: skip
+    click.get_current_context().exit(code)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import click
 
+from ..baseline import input_identity
 from ..errors import UsageError
 from ..gradcheck import CASE_CHOICES, GradcheckReport, gradcheck, synthetic
 from ..loading import load_input
@@ -17,8 +18,10 @@ from ..render.gradcheck import (
     render_markdown,
     render_table,
     summary,
+    to_dict,
 )
 from . import cli
+from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     color_option,
     dtype_options,
@@ -155,6 +158,7 @@ DEFAULT_SYNTHETIC_ROWS = 50
     is_flag=True,
     help="Exit 0 even when a gated check fails (bad input still exits 2).",
 )
+@baseline_options()
 def gradcheck_cmd(
     logits: str | None,
     labels: str | None,
@@ -183,6 +187,9 @@ def gradcheck_cmd(
     output: str | None,
     color: str,
     exit_zero: bool,
+    baseline: str | None,
+    write_baseline: str | None,
+    regression_factor: float,
 ) -> None:
     """Check each method's gradient dL/dz, computed in the working dtype, against the truth:
     complex-step derivatives in complex128, confirmed by central differences (Richardson) in
@@ -233,6 +240,7 @@ def gradcheck_cmd(
         if loaded.labels_name and loaded.labels_name != loaded.logits_name:
             name += f" with labels {loaded.labels_name}"
         inputs = [p for p in (logits, labels) if p]
+    start_baseline("gradcheck", baseline, write_baseline, inputs, {"--output": output})
     run = parse_methods(methods)
     gated = () if gate.strip().lower() == "none" else parse_methods(gate, "--gate")
     if gate.strip().lower() == "all":
@@ -246,4 +254,9 @@ def gradcheck_cmd(
     emit(RENDERERS[fmt](report, wants_color(color)), output, inputs)
     if report.rows == 0:
         click.echo(f"smcheck: {summary(report)}", err=True)
-    click.get_current_context().exit(exit_code(report.ok, exit_zero))
+    code = finish_baseline(
+        "gradcheck", to_dict(report), lambda: input_identity(x, y),
+        exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
+        exit_zero, inputs,
+    )  # fmt: skip
+    click.get_current_context().exit(code)

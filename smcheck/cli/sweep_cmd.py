@@ -6,9 +6,10 @@ import os
 
 import click
 
+from ..baseline import grid_identity
 from ..errors import UsageError
 from ..methods import METHODS
-from ..render.sweep import RENDERERS
+from ..render.sweep import RENDERERS, to_dict
 from ..sweep import (
     CASES,
     DEFAULT_CLASSES,
@@ -20,6 +21,7 @@ from ..sweep import (
     sweep,
 )
 from . import EXIT_FINDINGS, EXIT_OK, cli
+from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     color_option,
     emit,
@@ -117,6 +119,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     default=None,
     help="Worker processes. Default: the CPU cores available (at most 8).",
 )
+@baseline_options()
 def sweep_cmd(
     dtypes: tuple[str, ...],
     accum: str | None,
@@ -134,6 +137,9 @@ def sweep_cmd(
     output: str | None,
     color: str,
     jobs: int | None,
+    baseline: str | None,
+    write_baseline: str | None,
+    regression_factor: float,
 ) -> None:
     """Map where each softmax cross-entropy formulation breaks as the logits grow.
 
@@ -174,6 +180,7 @@ def sweep_cmd(
         require_matplotlib()
         if output is not None and os.path.abspath(plot) == os.path.abspath(output):
             raise UsageError(f"--plot and --output are the same file: {plot}")
+    start_baseline("sweep", baseline, write_baseline, (), {"--output": output, "--plot": plot})
     report = sweep(config, jobs=jobs or default_jobs())
     color_on = wants_color(color) if output is None else color == "always"  # no ANSI in files
     emit(RENDERERS[fmt](report, color_on), output)
@@ -182,4 +189,9 @@ def sweep_cmd(
         from ..render.sweep_plot import render_plot
 
         write_atomic(plot, render_plot(report, plot_fmt))
-    click.get_current_context().exit(EXIT_OK if report.ok else EXIT_FINDINGS)
+    doc = to_dict(report)
+    code = finish_baseline(
+        "sweep", doc, grid_identity(doc), EXIT_OK if report.ok else EXIT_FINDINGS,
+        baseline, write_baseline, regression_factor,
+    )  # fmt: skip
+    click.get_current_context().exit(code)
