@@ -419,3 +419,13 @@ def test_baseline_of_another_command_is_bad_input(files: dict[str, Path], tmp_pa
     r = run(str(files["x"]), "--labels", str(files["y"]), "--baseline", str(other))
     assert r.exit_code == 2 and r.stdout == ""  # checked before the run: no report
     assert "a baseline of 'smcheck sweep', not of 'smcheck eval'" in r.stderr
+
+
+def test_baseline_does_not_excuse_a_run_that_checked_nothing(tmp_path: Path) -> None:
+    np.save(tmp_path / "nan.npy", np.full((3, 4), np.nan, np.float32))
+    base = str(tmp_path / "base.json")
+    assert run(str(tmp_path / "nan.npy"), "--write-baseline", base).exit_code == 1
+    again = run(str(tmp_path / "nan.npy"), "--baseline", base)
+    assert again.exit_code == 1  # no regression, but no row was eligible either
+    assert "smcheck: no regression against base.json" in again.stderr
+    assert "no eligible row" in again.stderr

@@ -302,3 +302,14 @@ def test_baseline_a_gated_method_newly_failing(tmp_path: Path) -> None:
     assert "  naive: passed its gate in the baseline, fails now" in lines
     onto_input = run(*args, "--write-baseline", str(yp))
     assert onto_input.exit_code == 2 and "refusing to write" in onto_input.stderr
+
+
+def test_baseline_does_not_excuse_a_run_that_checked_nothing(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), np.float32))
+    np.save(tmp_path / "y.npy", np.full(4, -100))
+    args = [str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    base = str(tmp_path / "base.json")
+    assert run(*args, "--write-baseline", base).exit_code == 1
+    again = run(*args, "--baseline", base)
+    assert again.exit_code == 1 and "no row to check" in again.stderr
+    assert run(*args, "--baseline", base, "--exit-zero").exit_code == 0

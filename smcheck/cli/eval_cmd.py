@@ -198,4 +198,6 @@ def eval_cmd(
         exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
         exit_zero, inputs,
     )  # fmt: skip
+    if report.input.eligible_rows == 0:  # nothing was checked: no baseline excuses that
+        code = exit_code(False, exit_zero)
     click.get_current_context().exit(code)

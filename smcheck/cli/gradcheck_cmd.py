@@ -259,4 +259,6 @@ def gradcheck_cmd(
         exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
         exit_zero, inputs,
     )  # fmt: skip
+    if report.rows == 0 or not report.truth.ok:  # no valid check: no baseline excuses that
+        code = exit_code(False, exit_zero)
     click.get_current_context().exit(code)
