@@ -51,23 +51,32 @@ def _rows(n: int) -> np.ndarray:
     return np.arange(n)
 
 
-def _inf_rows(*arrays: np.ndarray) -> np.ndarray:
-    """Rows (axis 0) in which any of the arrays holds +-inf - or NaN, which is how a type
-    without inf (float8_e4m3fn) overflows. Callers keep only rows with finite input, where a
-    forward intermediate can become non-finite by overflow alone."""
+def _overflow_rows(*checks: tuple[np.ndarray, Precision]) -> np.ndarray:
+    """Rows (axis 0) where an intermediate overflowed: holds +-inf - or, in a dtype without inf
+    (float8_e4m3fn), NaN, which is how it overflows. Each array is checked in its own dtype,
+    by a max/min reduction per row (no N x C temporaries). Callers keep only rows with finite
+    input, where these intermediates can become non-finite by overflow alone."""
     out: np.ndarray | None = None
-    for a in arrays:
-        r = ~np.isfinite(a)
-        if r.ndim > 1:
-            r = r.any(axis=tuple(range(1, r.ndim)))
+    for a, prec in checks:
+        if a.ndim == 1:
+            hi = lo = a
+        else:
+            hi, lo = a.max(axis=1), a.min(axis=1)  # NaN propagates through max/min
+        r = (np.isinf(hi) | np.isinf(lo)) if prec.has_inf else np.isnan(hi)
         out = r if out is None else out | r
     assert out is not None
     return out
 
 
+def _overflowed(a: np.ndarray, prec: Precision) -> np.ndarray:
+    """Elementwise: inf, or NaN in a dtype without inf (its overflow)."""
+    return np.isinf(a) if prec.has_inf else np.isnan(a)
+
+
 def _softmax_div(e: np.ndarray, s: np.ndarray, t: Precision) -> np.ndarray:
     """p = e / s: the division runs in the accumulation dtype of ``s``, the result rounded to T."""
-    return (e.astype(s.dtype) / s[:, None]).astype(t.dtype)
+    q = np.divide(e.astype(s.dtype, copy=False), s[:, None])
+    return q.astype(t.dtype, copy=False)
 
 
 def _chained_backward(
@@ -156,7 +165,7 @@ def _weighted_chained(
     g = np.where(c != 0, np.divide(-c, p).astype(t.dtype), t.dtype.type(0.0))
     dot = accumulate(p * g, a)
     diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
-    overflow = forward_inf | (~np.isfinite(g) & (p != 0)).any(axis=1)
+    overflow = forward_inf | (_overflowed(g, t) & (p != 0) & np.isfinite(p)).any(axis=1)
     return MethodOutput(loss, p * diff, overflow, ((p == 0) & (c != 0)).any(axis=1))
 
 
@@ -186,18 +195,21 @@ def naive(
         e = np.exp(x)
         s = accumulate(e, a)
         p = _softmax_div(e, s, t)
-        forward_inf = _inf_rows(e, s, p)
+        forward_inf = _overflow_rows((e, t), (s, a))
+        # every exp(z) underflowed: s = 0 and p = 0/0 = NaN - an underflow, not an overflow
+        sum_under = s == 0
         if targets is not None:
-            return _weighted_chained(p, targets, t, a, forward_inf)
+            out = _weighted_chained(p, targets, t, a, forward_inf)
+            return MethodOutput(out.loss, out.grad, out.overflow, out.underflow | sum_under)
         if y is None:
             loss = -np.log(p)
-            return MethodOutput(loss, None, forward_inf, p == 0)
+            return MethodOutput(loss, None, forward_inf, (p == 0) | sum_under[:, None])
         rows = _rows(x.shape[0])
         p_y = p[rows, y]
         loss = -np.log(p_y)
         grad, g_y = _chained_backward(p, y, t, a)
-    overflow = forward_inf | (~np.isfinite(g_y) & (p_y != 0))
-    return MethodOutput(loss, grad, overflow, p_y == 0)
+    overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
+    return MethodOutput(loss, grad, overflow, (p_y == 0) | sum_under)
 
 
 def shifted(
@@ -227,7 +239,7 @@ def shifted(
         e = np.exp(d)
         s = accumulate(e, a)
         p = _softmax_div(e, s, t)
-        forward_inf = _inf_rows(d, e, s, p)
+        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
         if targets is not None:
             return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
@@ -236,7 +248,7 @@ def shifted(
         p_y = p[rows, y]
         loss = -np.log(p_y)
         grad, g_y = _chained_backward(p, y, t, a)
-    overflow = forward_inf | (~np.isfinite(g_y) & (p_y != 0))
+    overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
     return MethodOutput(loss, grad, overflow, p_y == 0)
 
 
@@ -270,7 +282,7 @@ def fused(
         s = accumulate(e, a)
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = _inf_rows(d, e, s, p)
+        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
@@ -317,7 +329,7 @@ def log1p(
         s = s_rest + a.dtype.type(1.0)  # in A
         lse = np.log1p(s_rest).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = _inf_rows(d, e, s, p)
+        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
         if targets is not None:
             fix = (k, s_rest / s)
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)
@@ -374,13 +386,13 @@ def online(
             db = block - m_new[:, None]
             eb = np.where(live[:, None], np.exp(db), t.dtype.type(0.0))
             s = np.where(live, s * scale.astype(a.dtype) + accumulate(eb, a), s)
-            seen_inf |= _inf_rows(db, eb, s)
+            seen_inf |= _overflow_rows((db, t), (eb, t), (s, a))
             m = m_new
         d = x - m[:, None]
         e = np.exp(d)
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = seen_inf | _inf_rows(d, e, p)
+        forward_inf = seen_inf | _overflow_rows((d, t), (e, t))
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:

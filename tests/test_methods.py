@@ -356,3 +356,14 @@ def test_chained_backward_is_the_literal_two_layer_formula(name: str) -> None:
             dot = accumulate(p * g, a)
             want = p * (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
         np.testing.assert_array_equal(r.grad.astype(np.float64), want.astype(np.float64))
+
+
+def test_naive_sum_underflow_is_an_underflow_not_an_overflow() -> None:
+    # exp(-20) underflows to 0 in float16 (below ln(sub/2) = -17.33): s = 0, p = 0/0 = NaN
+    z = np.array([[-20.0, -21.0, -22.0]])
+    r = cross_entropy(z, np.array([0]), method="naive", dtype="float16")
+    assert r.underflow[0] and not r.overflow[0] and np.isnan(r.loss[0])
+    r = cross_entropy(np.array([[-1000.0, -1001.0, -1002.0]]), np.array([0]), method="naive")
+    assert r.underflow[0] and not r.overflow[0]
+    free = cross_entropy(z, None, method="naive", dtype="float16")
+    assert free.underflow.all() and not free.overflow.any()
