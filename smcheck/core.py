@@ -59,6 +59,8 @@ class Prepared:
         if self.soft_targets is not None:
             return float(self.x.shape[0])
         counted = ~self.ignored
+        if self.labels is None:  # label-free: the mean over every (row, class) pair
+            return float(np.count_nonzero(counted) * self.x.shape[1])
         if self.weight is None or self.safe_labels is None:
             return float(np.count_nonzero(counted))
         return math.fsum(self.weight[self.safe_labels[counted]])

@@ -146,7 +146,9 @@ def jax_method(
     (grad_j,) = pullback(jnp.ones_like(loss_j))
     loss = np.asarray(loss_j).astype(t.dtype)
     grad = np.asarray(grad_j).astype(t.dtype)
-    overflow = np.isinf(loss.astype(np.float64)) | np.isinf(grad.astype(np.float64)).any(axis=1)
+    # float8_e4m3fn has no inf: there an overflow shows as NaN
+    bad = np.isinf if t.has_inf else np.isnan
+    overflow = bad(loss.astype(np.float64)) | bad(grad.astype(np.float64)).any(axis=1)
     if targets is not None:
         return MethodOutput(loss, grad, overflow, ((prob == 0) & (targets.coeff != 0)).any(1))
     p_y = prob[np.arange(len(y)), np.asarray(y)]

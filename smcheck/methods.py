@@ -68,6 +68,17 @@ def _overflow_rows(*checks: tuple[np.ndarray, Precision]) -> np.ndarray:
     return out
 
 
+def _shift_check(d: np.ndarray, t: Precision) -> tuple[tuple[np.ndarray, Precision], ...]:
+    """Which shifted logits d = z - m to check for overflow.
+
+    In a dtype with inf, a shift that overflows is -inf, and exp(-inf) = 0 is exp's exact limit;
+    if the label sits there its loss exceeds the dtype's range anyway (|d_y| > max), so inf is
+    the correctly rounded loss. That overflow changes no result and is not counted. Without inf
+    (float8_e4m3fn) the overflow is NaN and poisons the row: counted.
+    """
+    return () if t.has_inf else ((d, t),)
+
+
 def _overflowed(a: np.ndarray, prec: Precision) -> np.ndarray:
     """Elementwise: inf, or NaN in a dtype without inf (its overflow)."""
     return np.isinf(a) if prec.has_inf else np.isnan(a)
@@ -239,7 +250,7 @@ def shifted(
         e = np.exp(d)
         s = accumulate(e, a)
         p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
         if targets is not None:
             return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
@@ -282,7 +293,7 @@ def fused(
         s = accumulate(e, a)
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
@@ -329,7 +340,7 @@ def log1p(
         s = s_rest + a.dtype.type(1.0)  # in A
         lse = np.log1p(s_rest).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows((d, t), (e, t), (s, a))
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
         if targets is not None:
             fix = (k, s_rest / s)
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)
@@ -386,13 +397,13 @@ def online(
             db = block - m_new[:, None]
             eb = np.where(live[:, None], np.exp(db), t.dtype.type(0.0))
             s = np.where(live, s * scale.astype(a.dtype) + accumulate(eb, a), s)
-            seen_inf |= _overflow_rows((db, t), (eb, t), (s, a))
+            seen_inf |= _overflow_rows(*_shift_check(db, t), (eb, t), (s, a))
             m = m_new
         d = x - m[:, None]
         e = np.exp(d)
         lse = np.log(s).astype(t.dtype)
         p = _softmax_div(e, s, t)
-        forward_inf = seen_inf | _overflow_rows((d, t), (e, t))
+        forward_inf = seen_inf | _overflow_rows(*_shift_check(d, t), (e, t))
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:

@@ -183,7 +183,7 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     if src.dtype == precision.dtype:
         n = int(src.size)
         return src, CastReport(precision.name, mode, n, 0, 0.0, 0.0, 0, 0, 0)
-    wide = src.astype(np.float64)
+    wide = orig = src.astype(np.float64)
     finite_before = np.isfinite(wide)
     saturated = 0
     if mode == "saturate":
@@ -199,8 +199,9 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     both = finite_before & finite_after
     # inf - inf on non-finite cells is masked out by `both`
     with np.errstate(divide="ignore", invalid="ignore"):
-        diff = np.where(both, np.abs(back - wide), 0.0)
-        rel = np.where(both & (wide != 0), diff / np.abs(wide), 0.0)
+        # measured against the original values: a saturated value changed too
+        diff = np.where(both, np.abs(back - orig), 0.0)
+        rel = np.where(both & (orig != 0), diff / np.abs(orig), 0.0)
     report = CastReport(
         dtype=precision.name,
         mode=mode,
@@ -210,7 +211,7 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
         max_rel_change=float(rel.max(initial=0.0)),
         overflowed=int(np.count_nonzero(finite_before & ~finite_after)),
         saturated=saturated,
-        flushed_to_zero=int(np.count_nonzero(both & (wide != 0) & (back == 0))),
+        flushed_to_zero=int(np.count_nonzero(both & (orig != 0) & (back == 0))),
     )
     return out, report
 

@@ -367,3 +367,30 @@ def test_naive_sum_underflow_is_an_underflow_not_an_overflow() -> None:
     assert r.underflow[0] and not r.overflow[0]
     free = cross_entropy(z, None, method="naive", dtype="float16")
     assert free.underflow.all() and not free.overflow.any()
+
+
+def test_benign_shift_overflow_is_not_an_overflow() -> None:
+    # float16: -60000 - 60000 overflows to -inf, exp(-inf) = 0 is exact; the loss (label 0) is
+    # exactly 0 to float16 and the gradient exact: nothing to flag
+    z = np.array([[60000.0, -60000.0, 0.0]])
+    for method in ("fused", "log1p", "online"):
+        r = cross_entropy(z, np.array([0]), method=method, dtype="float16")
+        assert not r.overflow[0], method
+        assert r.loss[0] == 0 and r.grad[0].tolist() == [0.0, 0.0, 0.0]
+    # label on the class whose shift overflowed: the true loss 120000 exceeds 65504 -> inf
+    r = cross_entropy(z, np.array([1]), method="fused", dtype="float16")
+    assert r.loss[0] == np.inf and np.isfinite(r.grad).all()
+
+
+def test_cast_report_counts_saturated_values_as_changed() -> None:
+    from smcheck.precisions import cast
+
+    _, rep = cast(np.array([500.0, 1.0]), get_precision("float8_e4m3fn"), mode="saturate")
+    assert rep.saturated == 1 and rep.changed == 1
+    assert rep.max_rel_change == pytest.approx((500 - 448) / 500)
+
+
+def test_label_free_mean_is_over_pairs() -> None:
+    x = np.array([[0.0, 0.0], [0.0, 0.0]])
+    # every -log p_k is log 2: the mean over the 4 (row, class) pairs is log 2
+    assert reference(x, None).reduced("mean") == pytest.approx(math.log(2), rel=1e-15)
