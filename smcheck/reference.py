@@ -9,10 +9,11 @@ s' = sum_{j != k} exp(z_j - m), s = 1 + s'):
 
 Precision used:
 
-* working dtype float32 or narrower: float64 arithmetic. Every shift z_j - m is made exact with
-  an error-free transformation (TwoSum): exp(d + r) = exp(d) * (1 + r) to first order, so the
-  only errors left are a few float64 roundings - relative error below 1e-15, far under the
-  required eps(working) * 2**-20 (1.1e-13 for float32).
+* working dtype float32 or narrower: float64 arithmetic. Every shift z_j - m is exact: in
+  float16 and float8 by itself (their values span at most 41 bits), in float32 and bfloat16
+  through an error-free transformation (TwoSum): exp(d + r) = exp(d) * (1 + r) to first
+  order, so the only errors left are a few float64 roundings - relative error below 1e-15,
+  far under the required eps(working) * 2**-20 (1.1e-13 for float32).
 * working dtype float64: IEEE binary128 through numpy-quaddtype (113-bit significand, SLEEF's
   exp/log1p). The result is returned as a double-double: ``loss + loss_lo`` (and
   ``grad + grad_lo``), both float64 arrays, so errors of a float64 method can be measured
@@ -24,6 +25,7 @@ a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,7 +153,11 @@ def reference_block(
         if working.mantissa_bits <= 24:
             z = np.asarray(x).astype(np.float64)
             c64 = None if coeff is None else np.asarray(coeff).astype(np.float64)
-            loss, grad, prob, prob_rest = _core(z, y, exact_shift=True, coeff=c64)
+            # float16 and float8 values span at most 2**16 / 2**-24: any difference of two of
+            # them fits float64's 53 bits, so the shift is exact without TwoSum
+            span_bits = math.log2(working.max) - math.log2(working.smallest_subnormal) + 1
+            twosum = span_bits > 53
+            loss, grad, prob, prob_rest = _core(z, y, exact_shift=twosum, coeff=c64)
             return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
         if _QUAD is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required for a float64 reference")
