@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .precisions import Precision, accumulate
+from .precisions import Precision, accumulate, round_to
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "LossTargets", "MethodOutput", "MethodFn"]
 
@@ -84,10 +84,18 @@ def _overflowed(a: np.ndarray, prec: Precision) -> np.ndarray:
     return np.isinf(a) if prec.has_inf else np.isnan(a)
 
 
+def _mul(p: np.ndarray, q: np.ndarray, t: Precision) -> np.ndarray:
+    """p * q rounded to T. float16 products are formed in float32 and rounded once: the same
+    bits (float32 has more than 2p + 2 bits), without numpy's per-element underflow flag."""
+    if t.dtype == np.float16:
+        return round_to(p.astype(np.float32) * q.astype(np.float32), t)
+    return p * q
+
+
 def _softmax_div(e: np.ndarray, s: np.ndarray, t: Precision) -> np.ndarray:
     """p = e / s: the division runs in the accumulation dtype of ``s``, the result rounded to T."""
     q = np.divide(e.astype(s.dtype, copy=False), s[:, None])
-    return q.astype(t.dtype, copy=False)
+    return round_to(q, t)
 
 
 def _chained_backward(
@@ -112,7 +120,7 @@ def _chained_backward(
     dot = np.where(other_bad, a.dtype.type(np.nan), dot)
     # g - <p, g> rounded to T: -<p, g> off the label (exact: dot holds a T value or NaN/inf)
     off = (-dot).astype(t.dtype)
-    grad = p * off[:, None]
+    grad = _mul(p, off[:, None], t)
     grad[rows, y] = p_y * (g_y.astype(a.dtype) - dot).astype(t.dtype)
     return grad, g_y
 
@@ -204,9 +212,10 @@ def naive(
     # overflow and 0*inf below are the findings this tool counts, not noise
     with np.errstate(all="ignore"):
         e = np.exp(x)
-        s = accumulate(e, a)
-        p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows((e, t), (s, a))
+        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        s = accumulate(e_a, a)
+        p = _softmax_div(e_a, s, t)
+        forward_inf = _overflow_rows((e_a, t), (s, a))
         # every exp(z) underflowed: s = 0 and p = 0/0 = NaN - an underflow, not an overflow
         sum_under = s == 0
         if targets is not None:
@@ -248,9 +257,10 @@ def shifted(
         m = x.max(axis=1)
         d = x - m[:, None]
         e = np.exp(d)
-        s = accumulate(e, a)
-        p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
+        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        s = accumulate(e_a, a)
+        p = _softmax_div(e_a, s, t)
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
         if targets is not None:
             return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
@@ -290,10 +300,11 @@ def fused(
         m = x.max(axis=1)
         d = x - m[:, None]
         e = np.exp(d)
-        s = accumulate(e, a)
+        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        s = accumulate(e_a, a)
         lse = np.log(s).astype(t.dtype)
-        p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
+        p = _softmax_div(e_a, s, t)
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
@@ -334,13 +345,14 @@ def log1p(
         k = x.argmax(axis=1)
         d = x - m[:, None]
         e = np.exp(d)
-        rest = e.copy()
+        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        rest = e_a.copy()
         rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
         s_rest = accumulate(rest, a)
         s = s_rest + a.dtype.type(1.0)  # in A
         lse = np.log1p(s_rest).astype(t.dtype)
-        p = _softmax_div(e, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e, t), (s, a))
+        p = _softmax_div(e_a, s, t)
+        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
         if targets is not None:
             fix = (k, s_rest / s)
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)

@@ -110,3 +110,26 @@ def test_cast_modes() -> None:
     assert float(y[0]) == 448.0 and math.isnan(float(y[1]))
     with pytest.raises(UsageError):
         cast(np.array([1.0]), f16, mode="clip")
+
+
+def test_fast_float16_rounding_matches_numpy_cast() -> None:
+    from smcheck.precisions import round_to
+
+    f16 = get_precision("float16")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    # every float16 value, the midpoints between neighbours (ties to even) and one float32
+    # step either side of each midpoint
+    h = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    hf = np.sort(h[np.isfinite(h)].astype(np.float32))
+    mid = ((hf[:-1].astype(np.float64) + hf[1:]) / 2).astype(np.float32)
+    up, down = np.nextafter(mid, np.float32(np.inf)), np.nextafter(mid, np.float32(-np.inf))
+    extra = np.float32([65504, 65519.99, 65520, 1e-8, 2.9802322e-08, 0, -0.0, np.inf, -np.inf])
+    for values in (x, np.concatenate([hf, mid, up, down, extra])):
+        with np.errstate(all="ignore"):
+            want = values.astype(np.float16)
+        got = round_to(values, f16)
+        nan = np.isnan(want)
+        assert np.array_equal(nan, np.isnan(got))
+        np.testing.assert_array_equal(want.view(np.uint16)[~nan], got.view(np.uint16)[~nan])
+    assert round_to(np.ones((2, 3), np.float32), f16).shape == (2, 3)
