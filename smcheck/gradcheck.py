@@ -48,8 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import Prepared, prepare, reference_of
+from .core import Prepared, get_method, prepare, reference_of
 from .errors import InputError, UsageError
+from .frameworks import FRAMEWORK_METHODS
 from .methods import DEFAULT_METHODS, METHODS, MethodFn
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import _two_diff_residual, reference_precision_name
@@ -944,13 +945,14 @@ def _gradients_under_test(
 ) -> dict[str, _Evaluator | None]:
     """name -> evaluator (None: a precomputed gradient). Gated registered methods are added."""
     names = list(DEFAULT_METHODS if methods is None else methods)
+    known = (*METHODS, *FRAMEWORK_METHODS)  # framework methods (torch, jax) by name too
     for name in names:
-        if name not in METHODS:
-            raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
+        if name not in known:
+            raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(known)}")
     extra = dict(custom or {})
-    names += [g for g in gate if g in METHODS and g not in names and g not in extra]
+    names += [g for g in gate if g in known and g not in names and g not in extra]
     fns: dict[str, _Evaluator | None] = {
-        name: _evaluator(METHODS[name], working, accum) for name in names if name not in extra
+        name: _evaluator(get_method(name), working, accum) for name in names if name not in extra
     }
     fns.update({name: _evaluator(fn, working, accum) for name, fn in extra.items()})
     fns.update(dict.fromkeys(given))

@@ -61,6 +61,7 @@ import numpy as np
 
 from . import core, metrics
 from .errors import UsageError
+from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import ReferenceOutput, reference_precision_name
@@ -266,13 +267,14 @@ class SweepConfig:
             need(c in CASES, f"unknown case {c!r}; expected one of: {', '.join(CASES)}")
         need(bool(self.cases), "sweep: no case to sweep")
         object.__setattr__(self, "cases", tuple(c for c in CASES if c in self.cases))
+        known = (*METHODS, *FRAMEWORK_METHODS)  # framework methods (torch, jax) by name too
         for m in (*self.methods, *self.gate):
-            need(m in METHODS, f"unknown method {m!r}; expected one of: {', '.join(METHODS)}")
+            need(m in known, f"unknown method {m!r}; expected one of: {', '.join(known)}")
         need(bool(self.methods), "sweep: no method to sweep")
-        object.__setattr__(self, "methods", tuple(m for m in METHODS if m in self.methods))
+        object.__setattr__(self, "methods", tuple(m for m in known if m in self.methods))
         missing = [m for m in self.gate if m not in self.methods]
         need(not missing, f"--gate {','.join(missing)}: not among the swept --methods")
-        object.__setattr__(self, "gate", tuple(m for m in METHODS if m in self.gate))
+        object.__setattr__(self, "gate", tuple(m for m in known if m in self.gate))
         if self.accum is not None and self.accum != "working":
             object.__setattr__(self, "accum", get_precision(self.accum).name)
         need(self.rows is None or self.rows >= 1, f"--rows {self.rows}: must be >= 1")

@@ -88,3 +88,16 @@ def test_framework_methods_with_loss_options(framework: str, dtype: str) -> None
         scale = 1 + np.abs(ref.loss) + 2 * 12
         assert np.all(np.abs(r.loss.astype(np.float64) - ref.loss) <= 16 * p.eps * scale)
         assert np.all(np.abs(r.grad.astype(np.float64) - ref.grad) <= 16 * p.eps * 2 * 12)
+
+
+def test_framework_methods_in_gradcheck_and_sweep() -> None:
+    pytest.importorskip("torch")
+    from smcheck.gradcheck import gradcheck, synthetic
+    from smcheck.sweep import SweepConfig
+
+    syn = synthetic("all", rows=6, classes=10, scale=4.0, seed=0)
+    rep = gradcheck(syn.logits, syn.labels, dtype="float32", methods=("fused", "torch"))
+    by_name = {m.name: m for m in rep.methods}
+    assert by_name["torch"].passed and by_name["fused"].passed
+    cfg = SweepConfig(dtypes=("float32",), classes=(10,), scales=(1.0,), methods=("torch",))
+    assert cfg.methods == ("torch",)
