@@ -14,18 +14,24 @@ their kernel saw them, computes the high-precision reference on those rounded nu
 * rows where they are NaN/inf but the reference is finite (a bug in their kernel), and the
   reverse (their kernel hides a non-finite input behind a finite number).
 
-Reductions follow PyTorch: ignored rows (``ignore_index``) are left out, ``mean`` divides by the
-number of counted rows. The reference's sum is exact to ~2**-106 (``math.fsum`` over the
-double-double row values) and their error is formed with exact rationals, so the reference
-contributes nothing measurable to the error of a float64 mean. With a reduction their gradient
-is the gradient of the reduced loss: for ``mean`` it is compared after multiplying by the count
-(exactly, as a double-double product), so gradient errors are always in per-row units.
+PyTorch's loss options (class ``weight``, ``label_smoothing``) go to :func:`smcheck.core.prepare`,
+so the reference is PyTorch's weighted/smoothed loss per row. Reductions follow PyTorch: ignored
+rows (``ignore_index``) are left out, ``mean`` divides by the summed weight of the counted rows'
+labels (their number without weights, ``Prepared.mean_denominator``); when that is 0 (every row
+ignored) PyTorch's mean is NaN (0/0) and optax's is 0, and ``convention="torch"|"jax"`` picks
+the reference. The reference's sum is exact to ~2**-106 (``math.fsum`` over the double-double
+row values), the weight sum exact (integers), and their error is formed with exact rationals,
+so the reference contributes nothing measurable to the error of a float64 mean. With a
+reduction their gradient is the gradient of the reduced loss: for ``mean`` it is compared after
+multiplying by that denominator (exactly, as a double-double product), so gradient errors are
+always in per-row units.
 
 Everything but :func:`load_values` and :func:`compare_files` is pure (arrays in, report out).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -35,7 +41,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .core import prepare, reference_of
+from .core import loss_coefficients, prepare, reference_of
 from .errors import InputError, UsageError
 from .loading import load_input
 from .metrics import bits_of_error, grad_abs_err, grad_rel_err, loss_abs_err, loss_rel_err
@@ -43,6 +49,7 @@ from .precisions import PRECISIONS, Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
 
 __all__ = [
+    "CONVENTIONS",
     "DEFAULT_FAIL_ON",
     "FAIL_ON",
     "FAIL_ON_ALIASES",
@@ -63,6 +70,9 @@ __all__ = [
 
 #: Loss reductions, as PyTorch's ``CrossEntropyLoss(reduction=...)``.
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+#: Whose mean over no counted rows the reference follows: PyTorch's NaN (0/0) or optax's 0.
+CONVENTIONS: tuple[str, ...] = ("torch", "jax")
 
 #: Findings ``fail_on`` can gate: their value non-finite where the reference is finite; the
 #: reference non-finite where theirs is finite; an ignored row with a non-zero loss/gradient.
@@ -138,7 +148,8 @@ class LossStats:
 @dataclass(frozen=True)
 class GradStats:
     """Their gradient against the reference, per row (max over entries / normwise), in
-    per-row units: for ``mean`` their gradient is multiplied by ``scale`` (the counted rows)."""
+    per-row units: for ``mean`` their gradient is multiplied by ``scale`` (the counted rows, or
+    the summed weight of their labels with class weights)."""
 
     measured: int
     max_abs_err: float | None
@@ -153,7 +164,7 @@ class GradStats:
     ref_nonfinite_row_ids: tuple[int, ...]
     both_nonfinite_rows: int
     ignored_nonzero_rows: int
-    scale: int
+    scale: float  # an int without class weights
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,9 @@ class CompareReport:
     summary: str
     ok: bool
     notes: tuple[str, ...] = ()
+    weight: str | None = None  # where the class weights came from; None without weights
+    label_smoothing: float = 0.0
+    convention: str = "torch"
 
 
 # --------------------------------------------------------------------------- loading
@@ -437,26 +451,76 @@ def _dist(values: np.ndarray) -> tuple[float | None, float | None, float | None]
 
 
 def _reduced_reference(
-    hi: np.ndarray, lo: np.ndarray, reduction: str, counted: int
+    hi: np.ndarray, lo: np.ndarray, reduction: str, denominator: Fraction, convention: str
 ) -> tuple[Fraction | None, float]:
     """The reference mean/sum of the counted rows: (exact-ish Fraction or None, float64 value).
 
-    None when a row's reference is non-finite (the float value then follows IEEE: NaN wins,
-    else the infinity) or, for ``mean`` over no rows, NaN as PyTorch's 0/0.
+    ``denominator`` is what the mean divides by (:func:`_mean_denominator`). None when a row's
+    reference is non-finite (the float value then follows IEEE: NaN wins, else the infinity)
+    or, for ``mean`` with a denominator of 0, NaN as PyTorch's 0/0 (``convention="torch"``);
+    optax's convention (``"jax"``) is an exact 0 there.
     """
     if np.isnan(hi).any():
         return None, math.nan
     if np.isinf(hi).any():
         return None, math.inf if (hi == math.inf).any() else -math.inf
-    if reduction == "mean" and counted == 0:
-        return None, math.nan
+    if reduction == "mean" and denominator == 0:
+        return (Fraction(0), 0.0) if convention == "jax" else (None, math.nan)
     terms = [*hi.tolist(), *lo.tolist()]
     s = math.fsum(terms)
     s_lo = math.fsum([*terms, -s])  # what fsum rounded away: the sum is s + s_lo to ~2**-106
     exact = Fraction(s) + Fraction(s_lo)
     if reduction == "mean":
-        exact /= counted
+        exact /= denominator
     return exact, float(exact)
+
+
+def _mean_denominator(
+    labels: np.ndarray, ignored: np.ndarray, weight: np.ndarray | None, classes: int
+) -> Fraction:
+    """What ``mean`` divides by, exactly: the counted rows, or with class weights the sum of
+    their labels' weights (``Prepared.mean_denominator``, which rounds it to float64).
+
+    Labels outside [0, C) are skipped here; :func:`smcheck.core.prepare` reports them.
+    """
+    ids = labels[~ignored]
+    if weight is None:
+        return Fraction(int(ids.shape[0]))
+    if ids.dtype.kind == "f":
+        ids = np.where(np.isfinite(ids), ids, -1)
+    ids = ids.astype(np.int64)
+    counts = np.bincount(ids[(ids >= 0) & (ids < classes)], minlength=classes)
+    used = np.flatnonzero(counts)
+    # each weight is m / 2**k: summed as integers over the largest 2**k, so exactly
+    ratios = [float(v).as_integer_ratio() for v in weight[used].tolist()]
+    big = max((d for _, d in ratios), default=1)
+    total = sum(m * (big // d) * int(k) for (m, d), k in zip(ratios, counts[used], strict=True))
+    return Fraction(total, big)
+
+
+def _check_weight(weight: np.ndarray | None, classes: int, name: str) -> np.ndarray | None:
+    """Class weights as float64 (C,): one per class, finite and >= 0; InputError naming ``name``."""
+    if weight is None:
+        return None
+    try:
+        w = np.asarray(weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: class weights must be numbers") from None
+    if w.ndim == 2 and 1 in w.shape:  # a column (text one per line) or a row
+        w = w.reshape(-1)
+    if w.shape != (classes,):
+        raise InputError(
+            f"{name}: {w.size} class weight(s) (shape {tuple(w.shape)}), expected {classes}: one "
+            "per class of the logits"
+        )
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputError(
+            f"{name}: the weight of class {k} is {float(w[k])!r}; class weights must be finite "
+            "and >= 0"
+        )
+    return w
 
 
 @dataclass
@@ -489,12 +553,32 @@ def _block(
     working: Precision,
     cast_mode: str,
     ignore_index: int,
+    weight: np.ndarray | None,
+    label_smoothing: float,
     grad: np.ndarray | None,
-    grad_scale: int,
+    grad_scale: float,
     out: _Blocks,
 ) -> None:
     """Reference and per-row measures of one block of rows, appended to ``out``."""
-    prep = prepare(x, labels, dtype=working, cast_mode=cast_mode, ignore_index=ignore_index)
+    prep = prepare(
+        x,
+        labels,
+        dtype=working,
+        cast_mode=cast_mode,
+        ignore_index=ignore_index,
+        weight=weight,
+        label_smoothing=label_smoothing,
+    )
+    if prep.coeff is not None:
+        # prepare rounds the loss coefficients to the working dtype, so that eval's methods and
+        # its reference share them; their kernel's truth is the loss itself: keep them in float64
+        # (eps / C = 0.1 / 7 is off by 2**-12 relative in float16, 2**-53 here)
+        n_rows, classes = prep.x.shape
+        coeff = loss_coefficients(
+            n_rows, classes, prep.safe_labels, prep.ignored, prep.weight, prep.label_smoothing,
+            prep.soft_targets,
+        )  # fmt: skip
+        prep = dataclasses.replace(prep, coeff=coeff)
     ref = reference_of(prep)
     n = prep.x.shape[0]
     rows = np.arange(n)
@@ -515,7 +599,8 @@ def _block(
     g = np.asarray(grad).astype(np.float64)
     lo = np.zeros_like(ref.grad) if ref.grad_lo is None else ref.grad_lo
     if grad_scale != 1:
-        # their gradient is of the mean: compare n * g (kept exact as p + e) in per-row units
+        # their gradient is of the mean: compare D * g (kept exact as p + e) in per-row units,
+        # D the counted rows (with weights: their labels' summed weight, rounded to float64)
         with np.errstate(over="ignore", invalid="ignore"):  # huge/NaN entries: findings
             g, e = _two_prod(g, float(grad_scale))
         lo = lo - e
@@ -580,11 +665,30 @@ def _reduced_loss_rows(
     ignored: np.ndarray,
     reduction: str,
     working: Precision,
+    denominator: Fraction,
+    convention: str,
 ) -> _LossRows:
     """Measures of their one reduced number against the exact reference mean/sum."""
     counted = ~ignored
-    exact, ref = _reduced_reference(hi[counted], lo[counted], reduction, int(counted.sum()))
+    exact, ref = _reduced_reference(hi[counted], lo[counted], reduction, denominator, convention)
     value = float(theirs[0])
+    if _empty_mean(reduction, denominator) and convention == "torch" and math.isnan(value):
+        # PyTorch's mean over nothing is 0/0 = NaN: their NaN is exactly the reference
+        zero, no = np.array([0.0]), np.array([False])
+        return _LossRows(
+            theirs=theirs,
+            measured=np.array([True]),
+            abs_err=zero,
+            rel_err=zero,
+            ulp_err=zero,
+            gate_err=zero,
+            scaled_err=zero,
+            their_bad=no,
+            ref_bad=no,
+            both_bad=no,
+            their_value=value,
+            ref_value=ref,
+        )
     t_ok, r_ok = math.isfinite(value), math.isfinite(ref)
     # the error from the exact rationals, not from ref (which is rounded to float64)
     a = abs(float(Fraction(value) - exact)) if t_ok and exact is not None else math.nan
@@ -609,6 +713,11 @@ def _reduced_loss_rows(
         their_value=value,
         ref_value=ref,
     )
+
+
+def _empty_mean(reduction: str, denominator: Fraction) -> bool:
+    """A mean over nothing (every row ignored, or their labels weigh 0): PyTorch's 0/0."""
+    return reduction == "mean" and denominator == 0
 
 
 def _loss_stats(lr: _LossRows, per_row: bool) -> LossStats:
@@ -696,10 +805,17 @@ def _grad_stats(gr: _GradRows, scale: int) -> GradStats:
     )
 
 
-def _check_options(reduction: str, fail_on: Sequence[str]) -> None:
+def _check_options(
+    reduction: str, fail_on: Sequence[str], label_smoothing: float = 0.0, convention: str = "torch"
+) -> None:
     if reduction not in REDUCTIONS:
         expected = ", ".join(REDUCTIONS)
         raise UsageError(f"unknown reduction {reduction!r}; expected one of: {expected}")
+    if not 0.0 <= label_smoothing <= 1.0:  # NaN fails both comparisons
+        raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if convention not in CONVENTIONS:
+        expected = ", ".join(CONVENTIONS)
+        raise UsageError(f"unknown convention {convention!r}; expected one of: {expected}")
     bad = [f for f in fail_on if f not in FAIL_ON]
     if bad:
         expected = ", ".join(FAIL_ON)
@@ -717,6 +833,9 @@ def compare(
     cast_mode: str = "ieee",
     ignore_index: int = -100,
     reduction: str = "none",
+    weight: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "torch",
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     fail_on: Sequence[str] = DEFAULT_FAIL_ON,
@@ -724,6 +843,7 @@ def compare(
     names: tuple[str, str | None, str, str | None] = ("logits", "labels", "loss", "grad"),
     their_dtypes: tuple[str, str | None] | None = None,
     notes: Sequence[str] = (),
+    weight_name: str = "weight",
 ) -> CompareReport:
     """Compare their ``loss`` (N,) - or one number for a reduction - and optional ``grad``
     (N, C) with the reference on ``logits`` (N, C) rounded to ``dtype``.
@@ -731,6 +851,12 @@ def compare(
     ``accum`` is the accumulation dtype their kernel is assumed to use: it only sets the default
     tolerances (:func:`default_tolerances`). ``names`` are (logits, labels, loss, grad) as the
     report shows them. Shapes must already be right (:func:`compare_files` checks files).
+
+    ``weight`` (C class weights, finite and >= 0; ``weight_name`` names them in messages) and
+    ``label_smoothing`` are PyTorch's ``CrossEntropyLoss`` options: the reference is that loss,
+    and ``mean`` divides by the summed weight of the counted rows' labels. With nothing to
+    divide by (every row ignored) the reference mean is PyTorch's NaN (``convention="torch"``)
+    or optax's 0 (``"jax"``).
 
     A loss one float32 ulp above the correctly rounded value, and a gradient that forgot the
     -onehot term:
@@ -744,7 +870,7 @@ def compare(
     >>> round(r.loss.max_ulp_err, 2), round(r.grad.max_abs_err, 6), r.grad.worst_row, r.verdict
     (0.67, 1.0, 0, 'broken')
     """
-    _check_options(reduction, fail_on)
+    _check_options(reduction, fail_on, label_smoothing, convention)
     x = np.asarray(logits)
     if x.ndim != 2:
         raise InputError(f"{names[0]}: logits must be 2-D (rows, classes), got shape {x.shape}")
@@ -763,36 +889,49 @@ def compare(
         raise InputError(f"{names[2]}: {theirs.size} loss values, expected {want}")
     if grad is not None and tuple(np.shape(grad)) != (n, c):
         raise InputError(f"{names[3]}: gradient shape {np.shape(grad)}, expected ({n}, {c})")
+    w = _check_weight(weight, c, weight_name)
     ignored = lab == ignore_index
     counted = int(n - np.count_nonzero(ignored))
+    denominator = _mean_denominator(lab, ignored, w, c)
     default_loss, default_grad = default_tolerances(working, acc, c, reduction, counted)
+    if w is not None:  # gradient entries lie in [-max w, max w] rather than [-1, 1]
+        default_grad *= max(1.0, float(w.max(initial=0.0)))
     loss_limit = default_loss if max_loss_ulp is None else float(max_loss_ulp)
     grad_limit = None if grad is None else (default_grad if max_grad_err is None else max_grad_err)
-    grad_scale = counted if reduction == "mean" and counted > 0 else 1
+    grad_scale: float = 1
+    if reduction == "mean" and denominator > 0:
+        grad_scale = counted if w is None else float(denominator)
 
     blocks = _Blocks()
     step = max(1, _CELLS_PER_BLOCK // c)
     for i in range(0, n, step):
         g_block = None if grad is None else grad[i : i + step]
         _block(
-            x[i : i + step], lab[i : i + step], working, cast_mode, ignore_index, g_block,
-            grad_scale, blocks,
+            x[i : i + step], lab[i : i + step], working, cast_mode, ignore_index, w,
+            label_smoothing, g_block, grad_scale, blocks,
         )  # fmt: skip
     hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
     per_row = reduction == "none"
     if per_row:
         lr = _loss_rows(theirs, hi, lo, ignored, working)
     else:
-        lr = _reduced_loss_rows(theirs, hi, lo, ignored, reduction, working)
+        lr = _reduced_loss_rows(
+            theirs, hi, lo, ignored, reduction, working, denominator, convention
+        )
     loss_stats = _loss_stats(lr, per_row)
     gr = None if grad is None else _grad_rows(blocks, ignored)
     grad_stats = None if gr is None else _grad_stats(gr, grad_scale)
 
-    checks = _checks(loss_stats, grad_stats, loss_limit, grad_limit, tuple(fail_on), reduction)
+    empty = convention if _empty_mean(reduction, denominator) else None
+    checks = _checks(
+        loss_stats, grad_stats, loss_limit, grad_limit, tuple(fail_on), reduction, empty
+    )
     broken = (
         loss_stats.nonfinite_rows > 0
         or loss_stats.ignored_nonzero_rows > 0
         or bool(np.any(lr.scaled_err[lr.measured] >= BROKEN_FRACTION))
+        # a number where PyTorch's mean over nothing is NaN: wrong under this convention
+        or (empty == "torch" and loss_stats.ref_nonfinite_rows > 0)
     )
     if grad_stats is not None:
         broken = broken or grad_stats.nonfinite_rows > 0 or grad_stats.ignored_nonzero_rows > 0
@@ -817,7 +956,7 @@ def compare(
         t_grad_dtype = np.asarray(grad[:0]).dtype.name
     all_notes = [
         *notes,
-        *_notes(working, cast_mode, n_bad_in, blocks.cast_overflowed, reduction, counted),
+        *_notes(working, cast_mode, n_bad_in, blocks.cast_overflowed, empty, counted),
     ]
     for what, dt in (("loss", t_loss_dtype), ("gradient", t_grad_dtype)):
         if dt in PRECISIONS and dt != working.name:
@@ -855,6 +994,9 @@ def compare(
         summary=summary,
         ok=not nothing and all(ch.ok for ch in checks if ch.gated),
         notes=tuple(all_notes),
+        weight=None if w is None else weight_name,
+        label_smoothing=float(label_smoothing),
+        convention=convention,
     )
 
 
@@ -872,7 +1014,7 @@ def _notes(
     cast_mode: str,
     nonfinite_input: int,
     overflowed: int,
-    reduction: str,
+    empty: str | None,
     counted: int,
 ) -> list[str]:
     out = []
@@ -885,8 +1027,13 @@ def _notes(
         out.append(
             f"{overflowed} logit(s) overflowed when rounded to {working.name} (cast {cast_mode})"
         )
-    if reduction == "mean" and counted == 0:
-        out.append("every row is ignored: the reference mean is NaN (0/0), as PyTorch's")
+    if empty is not None:
+        why = "every row is ignored" if counted == 0 else "the counted rows' labels weigh 0"
+        out.append(
+            f"{why}: the reference mean is NaN (0/0), as PyTorch's (--convention torch)"
+            if empty == "torch"
+            else f"{why}: the reference mean is 0, optax's convention (--convention jax)"
+        )
     return out
 
 
@@ -923,9 +1070,25 @@ def _checks(
     grad_limit: float | None,
     fail_on: tuple[str, ...],
     reduction: str,
+    empty: str | None = None,
 ) -> tuple[Check, ...]:
+    """``empty``: the convention, when the mean is over nothing (PyTorch NaN, optax 0)."""
     what = "their loss" if reduction == "none" else f"their {reduction} loss"
-    if loss.measured == 0:
+    if empty is not None:
+        # a mean over nothing: under torch a measured value is their NaN matching 0/0
+        ok = loss.measured > 0 and (loss.max_gate_ulp_err or 0.0) <= loss_limit
+        nothing = "with nothing to divide by (no counted rows, or their labels weigh 0)"
+        ref = {"torch": "PyTorch's mean is NaN (0/0)", "jax": "optax's mean is 0"}
+        alt = {
+            "torch": "optax returns 0 (--convention jax)",
+            "jax": "PyTorch returns NaN (--convention torch)",
+        }
+        message = (
+            f"{what} is {loss.their_value!r}{':' if ok else ' but'} {nothing} {ref[empty]}, the "
+            f"reference under --convention {empty}" + ("" if ok else f"; {alt[empty]}")
+        )
+        out = [Check("loss-error", ok, True, 0.0 if ok else None, loss_limit, message)]
+    elif loss.measured == 0:
         out = [
             Check(
                 "loss-error",
@@ -1089,6 +1252,9 @@ def compare_files(
     cast_mode: str = "ieee",
     ignore_index: int = -100,
     reduction: str = "none",
+    weight: str | os.PathLike[str] | None = None,
+    label_smoothing: float = 0.0,
+    convention: str = "torch",
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     fail_on: Sequence[str] = DEFAULT_FAIL_ON,
@@ -1097,10 +1263,13 @@ def compare_files(
     """Load the dump (logits/labels with :func:`smcheck.loading.load_input`, their loss and
     gradient with :func:`load_values`), check shapes, and :func:`compare`.
 
+    ``weight`` is a file of C class weights (``.npy``, ``.npz`` array ``weight``, text one per
+    line), checked against the logits' classes (InputError naming the file).
+
     The working dtype defaults to the logits file's float dtype (float32 for text and integer
     files). Labels are required (a file, the ``labels`` array of an ``.npz``, or a text column).
     """
-    _check_options(reduction, fail_on)  # before reading any file
+    _check_options(reduction, fail_on, label_smoothing, convention)  # before reading any file
     got = load_input(
         logits,
         labels,
@@ -1130,6 +1299,10 @@ def compare_files(
         their_grad = load_values(grad, key=grad_key, default_key="grad")
         grad_arr = _as_grad(their_grad, n, c, tuple(got.original_shape))
         grad_name, grad_dtype = their_grad.name, their_grad.dtype
+    w, w_name = None, "weight"
+    if weight is not None:
+        got_w = load_values(weight, key=None, default_key="weight")
+        w, w_name = _check_weight(got_w.values, c, got_w.name), got_w.name
     return compare(
         got.logits,
         got.labels,
@@ -1140,6 +1313,9 @@ def compare_files(
         cast_mode=cast_mode,
         ignore_index=ignore_index,
         reduction=reduction,
+        weight=w,
+        label_smoothing=label_smoothing,
+        convention=convention,
         max_loss_ulp=max_loss_ulp,
         max_grad_err=max_grad_err,
         fail_on=fail_on,
@@ -1147,4 +1323,5 @@ def compare_files(
         names=(got.logits_name, got.labels_name, their_loss.name, grad_name),
         their_dtypes=(their_loss.dtype, grad_dtype),
         notes=notes,
+        weight_name=w_name,
     )

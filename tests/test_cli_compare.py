@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mpmath
@@ -240,7 +241,7 @@ def test_help_lists_every_option() -> None:
         "--labels", "--label-column", "--logits-key", "--labels-key", "--loss", "--loss-key",
         "--grad", "--grad-key", "--reduction", "--ignore-index", "--dtype", "--accum", "--cast",
         "--max-loss-ulp", "--max-grad-err", "--fail-on", "--exit-zero", "--top", "--format",
-        "--output", "--color",
+        "--output", "--color", "--weight", "--label-smoothing", "--convention",
     ):  # fmt: skip
         assert opt in res.stdout, opt
     doc = (Path(__file__).resolve().parents[1] / "docs" / "compare.md").read_text()
@@ -319,3 +320,142 @@ def test_baseline_gradient_error_and_gate(dump: Path) -> None:
     np.save(dump / "logits.npy", np.load(dump / "logits.npy") * 1.0001)
     moved = _run(dump, *args, str(dump / "grad.npy"), "--baseline", base, "--exit-zero")
     assert "  note: input content differs from the baseline's (sha256)" in moved.stderr
+
+
+# --- loss options: --weight, --label-smoothing, --convention ------------------------------
+
+
+def _torch_dump(d: Path, seed: int, weight: bool, eps: float) -> None:
+    """PyTorch's own cross_entropy in float64 (the reference the options must reproduce)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    n, c = 40, 6
+    z = rng.standard_normal((n, c)) * 4
+    y = rng.integers(0, c, n)
+    y[::7] = -100
+    w = rng.uniform(0.25, 4.0, c)
+    np.save(d / "z.npy", z)
+    np.save(d / "y.npy", y)
+    (d / "w.txt").write_text("".join(f"{v!r}\n" for v in w.tolist()))
+    kw = {"weight": torch.tensor(w) if weight else None, "label_smoothing": eps}
+    for red in ("none", "mean", "sum"):
+        zt = torch.tensor(z, requires_grad=True)
+        loss = torch.nn.functional.cross_entropy(zt, torch.tensor(y), reduction=red, **kw)
+        (loss.sum() if red == "none" else loss).backward()
+        np.save(d / f"loss_{red}.npy", loss.detach().numpy())
+        np.save(d / f"grad_{red}.npy", zt.grad.numpy())
+
+
+def _run_opts(d: Path, red: str, *args: str) -> object:
+    argv = ["compare", str(d / "z.npy"), "--labels", str(d / "y.npy"), "--loss"]
+    argv += [str(d / f"loss_{red}.npy"), "--grad", str(d / f"grad_{red}.npy"), "--reduction", red]
+    return CliRunner().invoke(cli, [*argv, "--dtype", "float64", "-f", "json", *args])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(("weight", "eps"), [(True, 0.0), (False, 0.1), (True, 0.25)])
+@pytest.mark.parametrize("red", ["none", "mean", "sum"])
+def test_torch_float64_with_weight_and_label_smoothing(
+    tmp_path: Path, seed: int, weight: bool, eps: float, red: str
+) -> None:
+    _torch_dump(tmp_path, seed, weight, eps)
+    opts = ["--label-smoothing", str(eps)] + (
+        ["--weight", str(tmp_path / "w.txt")] if weight else []
+    )
+    res = _run_opts(tmp_path, red, *opts)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["verdict"] == "ok" and doc["loss"]["measured"] == (34 if red == "none" else 1)
+    assert doc["input"]["weight"] == (str(tmp_path / "w.txt") if weight else None)
+    assert doc["input"]["label_smoothing"] == eps and doc["input"]["convention"] == "torch"
+    # PyTorch's float64 mean/sum is within an ulp of the exact value; per row it rounds
+    # nll_y, then w_y nll_y (and with label smoothing (1 - eps) w_y nll_y + eps / C sum_k w_k
+    # nll_k): up to 1.8 ulps of max(|L|, 1) seen. Confident rows' small losses carry an absolute
+    # error of ~ulp(logsumexp), many ulps at L, so the per-row bound is on the gated error.
+    if red == "none":
+        assert doc["loss"]["max_gate_ulp_err"] <= 2.0, doc["loss"]
+    else:
+        assert doc["loss"]["max_ulp_err"] <= 1.0, doc["loss"]
+    assert doc["grad"]["max_abs_err"] <= 8 * 2.0**-52  # gradient entries in [-4, 4]
+    # the same dump judged as the plain loss: the weights/smoothing show as an error
+    res = _run_opts(tmp_path, red)
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["ok"] is False and doc["input"]["weight"] is None
+    assert doc["loss"]["max_gate_ulp_err"] > 1e6
+    assert "over the limit" in doc["summary"]
+
+
+def test_weighted_mean_divides_by_the_label_weights(tmp_path: Path) -> None:
+    _torch_dump(tmp_path, 3, True, 0.0)
+    y = np.load(tmp_path / "y.npy")
+    w = np.array([float(v) for v in (tmp_path / "w.txt").read_text().split()])
+    res = _run_opts(tmp_path, "mean", "--weight", str(tmp_path / "w.txt"))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    z = np.load(tmp_path / "z.npy")
+    with mpmath.workdps(TRUTH_DPS):  # sum_i w_yi nll_i / sum_i w_yi over the counted rows
+        kept = [i for i in range(len(y)) if y[i] != -100]
+        num = mpmath.fsum(mpmath.mpf(w[y[i]]) * mp_truth(z[i], int(y[i]))[0] for i in kept)
+        den = mpmath.fsum(mpmath.mpf(w[y[i]]) for i in kept)
+        want = num / den
+    assert doc["loss"]["reference"] == pytest.approx(float(want), rel=2.0**-52)
+    assert doc["grad"]["scale"] == pytest.approx(float(den), rel=2.0**-52)
+    assert doc["loss"]["max_ulp_err"] <= 1.0
+    # dividing by the row count instead (34 rows) is far off
+    np.save(tmp_path / "loss_mean.npy", np.float64(float(num) / len(kept)))
+    assert _run_opts(tmp_path, "mean", "--weight", str(tmp_path / "w.txt")).exit_code == 1
+
+
+def _all_ignored(d: Path, value: float) -> object:
+    np.save(d / "z.npy", np.zeros((3, 4)))
+    np.save(d / "y.npy", np.array([-100, -100, -100]))
+    np.save(d / "m.npy", np.float64(value))
+    return d
+
+
+@pytest.mark.parametrize(
+    ("convention", "value", "code"),
+    [("torch", math.nan, 0), ("torch", 0.0, 1), ("jax", 0.0, 0), ("jax", math.nan, 1)],
+)
+def test_all_ignored_mean_follows_the_convention(
+    tmp_path: Path, convention: str, value: float, code: int
+) -> None:
+    _all_ignored(tmp_path, value)
+    argv = ["compare", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy")]
+    argv += ["--loss", str(tmp_path / "m.npy"), "--reduction", "mean", "-f", "json"]
+    res = CliRunner().invoke(cli, [*argv, "--convention", convention])
+    assert res.exit_code == code, res.output
+    doc = json.loads(res.stdout)
+    assert doc["input"]["convention"] == convention and doc["ok"] is (code == 0)
+    assert doc["verdict"] == ("ok" if code == 0 else "broken")
+    assert doc["loss"]["reference"] == (None if convention == "torch" else 0.0)
+    loss_check = next(c for c in doc["checks"] if c["name"] == "loss-error")
+    assert f"--convention {convention}" in loss_check["message"]
+    # the default is PyTorch's
+    default = CliRunner().invoke(cli, argv)
+    assert default.exit_code == (0 if math.isnan(value) else 1)
+
+
+def test_bad_weight_file_exit_2_one_line(dump: Path) -> None:
+    cases = {
+        "short.npy": (np.ones(C - 1), f"short.npy: {C - 1} class weight(s) (shape ({C - 1},))"),
+        "neg.txt": ([1, 1, -2, 1, 1], "neg.txt: the weight of class 2 is -2.0"),
+        "nan.npy": (np.array([1, np.nan, 1, 1, 1]), "nan.npy: the weight of class 1 is nan"),
+    }
+    for name, (values, message) in cases.items():
+        if name.endswith(".txt"):
+            (dump / name).write_text("".join(f"{v}\n" for v in values))
+        else:
+            np.save(dump / name, values)
+        res = _run(dump, "--weight", str(dump / name))
+        assert res.exit_code == 2, (name, res.output)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (name, lines)
+        assert res.stdout == ""
+    res = _run(dump, "--weight", str(dump / "nowhere.npy"))
+    assert res.exit_code == 2 and "nowhere.npy: no such file" in res.stderr
+    res = _run(dump, "--label-smoothing", "1.5")
+    assert res.exit_code == 2 and "--label-smoothing" in res.stderr
+    res = _run(dump, "--convention", "numpy")
+    assert res.exit_code == 2 and "--convention" in res.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import mpmath
@@ -30,6 +31,7 @@ from smcheck.compare import (
     default_tolerances,
     load_values,
 )
+from smcheck.core import prepare
 from smcheck.errors import InputError, UsageError
 from smcheck.precisions import get_precision
 from smcheck.render.compare import RENDERERS, render, to_dict
@@ -323,17 +325,150 @@ def test_mean_gradient_is_compared_in_per_row_units() -> None:
     assert r.grad is not None and r.grad.scale == 1 and r.ok
 
 
-def test_mean_over_no_rows_is_nan_as_pytorch() -> None:
+def test_mean_over_no_rows_follows_the_convention() -> None:
     z = np.zeros((2, 3), dtype=np.float32)
     y = np.array([-100, -100])
-    r = compare(z, y, np.array([np.nan], dtype=np.float32), reduction="mean")
+    nan, zero = np.array([np.nan], dtype=np.float32), np.array([0.0], dtype=np.float32)
+    # PyTorch: 0/0 = NaN, so their NaN is the right answer and a 0 is wrong
+    r = compare(z, y, nan, reduction="mean")
     assert r.loss.ref_value is not None and math.isnan(r.loss.ref_value)
-    assert r.loss.both_nonfinite_rows == 1 and r.loss.measured == 0
-    assert r.verdict == "inconclusive" and not r.ok
-    assert any("0/0" in note for note in r.notes)
-    r = compare(z, y, np.array([0.0], dtype=np.float32), reduction="sum")
+    assert r.loss.measured == 1 and r.loss.max_ulp_err == 0.0 and r.loss.nonfinite_rows == 0
+    assert r.verdict == "ok" and r.ok and r.convention == "torch"
+    assert any("0/0" in note and "--convention torch" in note for note in r.notes)
+    r = compare(z, y, zero, reduction="mean")
+    assert not r.ok and r.verdict == "broken" and r.loss.ref_nonfinite_rows == 1
+    assert "optax returns 0 (--convention jax)" in r.summary
+    # optax: 0, so their 0 is right and NaN is wrong
+    r = compare(z, y, zero, reduction="mean", convention="jax")
+    assert r.loss.ref_value == 0.0 and r.loss.max_ulp_err == 0.0 and r.ok
+    assert any("--convention jax" in note for note in r.notes)
+    r = compare(z, y, nan, reduction="mean", convention="jax")
+    assert not r.ok and r.verdict == "broken" and r.loss.nonfinite_rows == 1
+    assert "PyTorch returns NaN (--convention torch)" in r.summary
+    # labels that weigh 0 in total are nothing to divide by too (PyTorch: NaN)
+    r = compare(z, np.array([0, 0]), nan, reduction="mean", weight=np.array([0.0, 1, 1]))
+    assert r.ok and any("weigh 0" in note for note in r.notes)
+    r = compare(z, y, zero, reduction="sum")
     assert r.loss.ref_value == 0.0 and r.loss.max_ulp_err == 0.0 and r.ok
     assert r.loss.histogram[0] == HistBin(0.0, 1)  # exact values have a bin of their own
+
+
+# --------------------------------------------------------------------------- loss options
+
+
+def _mp_option_truth(
+    z: np.ndarray, y: int, w: np.ndarray, eps: float
+) -> tuple[mpmath.mpf, list[mpmath.mpf]]:
+    """PyTorch's weighted, smoothed loss of one row and its gradient, in exact arithmetic
+    (60 digits): L = (1 - eps) w_y nll_y + (eps / C) sum_k w_k nll_k, dL/dz = p sum(c) - c."""
+    with mpmath.workdps(TRUTH_DPS):
+        c = len(z)
+        zs = [mpmath.mpf(float(v)) for v in z]
+        m = max(zs)
+        lse = m + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in zs))
+        e = mpmath.mpf(eps)
+        coeff = [e / c * mpmath.mpf(float(w[k])) for k in range(c)]
+        coeff[y] += (1 - e) * mpmath.mpf(float(w[y]))
+        loss = mpmath.fsum(ck * (lse - v) for ck, v in zip(coeff, zs, strict=True))
+        total = mpmath.fsum(coeff)
+        grad = [mpmath.exp(v - lse) * total - ck for ck, v in zip(coeff, zs, strict=True)]
+        return loss, grad
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize(("dtype", "k"), [("float32", 3), ("float16", 2)])
+def test_weight_and_label_smoothing_against_mpmath(eps: float, dtype: str, k: int) -> None:
+    z, y, _, _ = _case(dtype, 40, 7, seed=11)
+    w = np.random.default_rng(12).uniform(0.1, 3.0, 7)
+    truths = [_mp_option_truth(z[i], int(y[i]), w, eps) for i in range(40)]
+    loss = _round([t[0] for t in truths], dtype)
+    grad = np.stack([_round(t[1], dtype) for t in truths])
+    r = compare(z, y, loss, grad, weight=w, label_smoothing=eps)
+    # the correctly rounded loss is within half an ulp (the reference's float64 coefficients
+    # are 2**-53 off exact: nothing in float32/float16 ulps)
+    assert r.loss.max_ulp_err is not None and r.loss.max_ulp_err <= 0.5 + ULP_TOL
+    assert r.ok and r.weight == "weight" and r.label_smoothing == eps
+    # k ulps away: exactly what mpmath measures
+    moved = _move(loss, k)
+    r = compare(z, y, moved, weight=w, label_smoothing=eps)
+    want = max(_mp_ulps(float(moved[i]), truths[i][0], dtype) for i in range(40))
+    assert r.loss.max_ulp_err == pytest.approx(want, abs=ULP_TOL)
+    # the plain loss is another function: judged without the options, this fails
+    assert not compare(z, y, loss, weight=None).ok
+
+
+def test_weighted_mean_denominator_is_the_label_weights() -> None:
+    z, y, _, _ = _case("float64", 30, 5, seed=13)
+    y = y.copy()
+    y[[2, 9]] = -100
+    w = np.array([0.5, 1.25, 3.0, 0.1, 2.0])
+    kept = [i for i in range(30) if y[i] != -100]
+    truths = {i: _mp_option_truth(z[i], int(y[i]), w, 0.0) for i in kept}
+    with mpmath.workdps(TRUTH_DPS):
+        den = mpmath.fsum(mpmath.mpf(float(w[y[i]])) for i in kept)
+        want = mpmath.fsum(truths[i][0] for i in kept) / den
+        g = np.zeros((30, 5))
+        for i in kept:
+            g[i] = [float(v / den) for v in truths[i][1]]
+    theirs = _round([want], "float64")
+    r = compare(z, y, theirs, g, reduction="mean", weight=w)
+    assert r.loss.ref_value == pytest.approx(float(want), rel=2.0**-52, abs=0)
+    assert r.loss.max_ulp_err == pytest.approx(
+        _mp_ulps(float(theirs[0]), want, "float64"), abs=ULP_TOL
+    )
+    assert r.loss.max_ulp_err <= 0.5 + ULP_TOL and r.ok
+    # the same denominator as the core's (PyTorch's) definition, and what the gradient is scaled by
+    prep = prepare(z, y, dtype="float64", weight=w)
+    assert r.grad is not None and r.grad.scale == prep.mean_denominator == float(den)
+    assert r.grad.max_abs_err is not None and r.grad.max_abs_err < 1e-14
+    # a mean over the 28 counted rows instead of their weights is far off
+    with mpmath.workdps(TRUTH_DPS):
+        by_rows = _round([mpmath.fsum(truths[i][0] for i in kept) / len(kept)], "float64")
+    assert not compare(z, y, by_rows, reduction="mean", weight=w).ok
+
+
+def test_bad_loss_options() -> None:
+    z, y, truth, _ = _case("float32", 4, 3)
+    loss = _round(truth, "float32")
+    for bad, msg in [
+        (np.ones(2), "weight: 2 class weight(s) (shape (2,)), expected 3"),
+        (np.array([1.0, -1.0, 1.0]), "weight: the weight of class 1 is -1.0"),
+        (np.array([1.0, 1.0, np.inf]), "weight: the weight of class 2 is inf"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(msg)):
+            compare(z, y, loss, weight=bad)
+    with pytest.raises(InputError, match="my_w.npy: the weight"):
+        compare(z, y, loss, weight=np.array([1.0, np.nan, 1.0]), weight_name="my_w.npy")
+    with pytest.raises(UsageError, match="label_smoothing"):
+        compare(z, y, loss, label_smoothing=1.5)
+    with pytest.raises(UsageError, match="label_smoothing"):
+        compare(z, y, loss, label_smoothing=math.nan)
+    with pytest.raises(UsageError, match="convention"):
+        compare(z, y, loss, convention="numpy")
+
+
+def test_compare_files_reads_a_weight_file(tmp_path: Path) -> None:
+    z, y, _, _ = _case("float32", 6, 4, seed=4)
+    w = np.array([1.0, 2.0, 0.5, 3.0])
+    truths = [_mp_option_truth(z[i], int(y[i]), w, 0.2) for i in range(6)]
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "loss.npy", _round([t[0] for t in truths], "float32"))
+    (tmp_path / "w.csv").write_text("1\n2\n0.5\n3\n")
+    r = compare_files(
+        tmp_path / "z.npy", tmp_path / "y.npy", loss=tmp_path / "loss.npy",
+        weight=tmp_path / "w.csv", label_smoothing=0.2,
+    )  # fmt: skip
+    assert r.ok and r.weight == str(tmp_path / "w.csv")
+    doc = to_dict(r)["input"]
+    assert (doc["weight"], doc["label_smoothing"], doc["convention"]) == (r.weight, 0.2, "torch")
+    assert "loss options" in render(r, "table")
+    (tmp_path / "w5.csv").write_text("1\n2\n0.5\n3\n4\n")
+    with pytest.raises(InputError, match="w5.csv: 5 class weight"):
+        compare_files(
+            tmp_path / "z.npy", tmp_path / "y.npy", loss=tmp_path / "loss.npy",
+            weight=tmp_path / "w5.csv",
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- blocks

@@ -7,7 +7,14 @@ from functools import partial
 import click
 
 from ..baseline import load_identity
-from ..compare import DEFAULT_FAIL_ON, FAIL_ON, FAIL_ON_ALIASES, REDUCTIONS, compare_files
+from ..compare import (
+    CONVENTIONS,
+    DEFAULT_FAIL_ON,
+    FAIL_ON,
+    FAIL_ON_ALIASES,
+    REDUCTIONS,
+    compare_files,
+)
 from ..render.compare import RENDERERS, render, to_dict
 from . import EXIT_FINDINGS, EXIT_OK, cli
 from .baseline_opts import baseline_options, finish_baseline, start_baseline
@@ -57,6 +64,27 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
 @click.option(
     "--ignore-index", type=int, default=-100, show_default=True, help="Label of rows to skip."
 )
+@click.option(
+    "--weight",
+    metavar="FILE",
+    help="Class weights their loss used, as PyTorch's weight= (C values: .npy, .npz, text one "
+    "per line; finite, >= 0). The mean then divides by the summed weight of the counted labels.",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="EPS",
+    help="PyTorch's label_smoothing their loss used.",
+)
+@click.option(
+    "--convention",
+    type=click.Choice(list(CONVENTIONS)),
+    default="torch",
+    show_default=True,
+    help="The mean over no counted rows: PyTorch's NaN (0/0) or optax's 0 (jax).",
+)
 @dtype_options()
 @click.option(
     "--max-loss-ulp",
@@ -71,7 +99,7 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
     type=click.FloatRange(min=0),
     default=None,
     help="Largest absolute gradient error allowed (max over entries, per-row units). Default: "
-    "the per-row loss budget times eps(dtype).",
+    "the per-row loss budget times eps(dtype) (times the largest class weight, if above 1).",
 )
 @click.option(
     "--fail-on",
@@ -103,6 +131,9 @@ def compare_cmd(
     grad_key: str | None,
     reduction: str,
     ignore_index: int,
+    weight: str | None,
+    label_smoothing: float,
+    convention: str,
     dtype: str | None,
     accum: str | None,
     cast_mode: str,
@@ -123,6 +154,8 @@ def compare_cmd(
     histogram), gradient error, NaN/inf where the reference is finite (and the reverse), the
     worst rows with their logit statistics, and a verdict.
 
+    PyTorch's loss options: --weight and --label-smoothing as their loss used them.
+
     Exit status: 0 every gated check passed, 1 one failed, 2 bad input or usage, 3 internal
     error.
 
@@ -130,8 +163,10 @@ def compare_cmd(
     Example:
       smcheck compare logits.npy --labels labels.npy --loss their_loss.npy \\
           --grad their_grad.npy --dtype float16
+      smcheck compare logits.npy --labels labels.npy --loss their_mean.npy \\
+          --reduction mean --weight w.npy --label-smoothing 0.1
     """
-    inputs = (logits, labels, loss_file, grad_file)
+    inputs = (logits, labels, loss_file, grad_file, weight)
     start_baseline("compare", baseline, write_baseline, inputs, {"--output": output})
     report = compare_files(
         logits,
@@ -148,6 +183,9 @@ def compare_cmd(
         cast_mode=cast_mode,
         ignore_index=ignore_index,
         reduction=reduction,
+        weight=weight,
+        label_smoothing=label_smoothing,
+        convention=convention,
         max_loss_ulp=max_loss_ulp,
         max_grad_err=max_grad_err,
         fail_on=tuple(

@@ -57,6 +57,9 @@ def to_dict(report: CompareReport) -> dict[str, Any]:
             "accum": report.accum,
             "cast": report.cast_mode,
             "reduction": report.reduction,
+            "weight": report.weight,
+            "label_smoothing": report.label_smoothing,
+            "convention": report.convention,
             "counted_rows": report.counted_rows,
             "ignored_rows": report.ignored_rows,
             "nonfinite_input_rows": report.nonfinite_input_rows,
@@ -135,6 +138,12 @@ def to_table(report: CompareReport, *, color: bool = False, width: int = 100) ->
         f"{r.counted_rows} counted, {r.ignored_rows} ignored, "
         f"{r.nonfinite_input_rows} with NaN/inf logits",
     )
+    if r.weight is not None or r.label_smoothing or r.convention != "torch":
+        head.add_row(
+            "loss options",
+            f"weight {r.weight or '-'}, label_smoothing {r.label_smoothing:g}, "
+            f"convention {r.convention}",
+        )
     out.append(Text("smcheck compare: their kernel against the reference", style="bold"))
     out.append(head)
 
