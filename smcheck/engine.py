@@ -36,7 +36,7 @@ import numpy as np
 from .core import CrossEntropyResult, Prepared, prepare, reference_of, run_method
 from .memmaps import release_pages
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
-from .precisions import CastReport, Precision
+from .precisions import CastReport, Precision, accumulate
 from .reference import ReferenceOutput
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "EngineConfig",
     "ExactSum",
     "Extreme",
+    "OVERFLOW_CAUSES",
     "InputStats",
     "MethodStats",
     "PerRowBlock",
@@ -57,9 +58,11 @@ __all__ = [
     "grad_errors",
     "hist_quantile",
     "merge",
+    "overflow_causes",
     "release_pages",
     "run",
     "total_of",
+    "underflow_margin",
 ]
 
 #: Significand bits kept by the error histogram: 2**5 = 32 bins per octave.
@@ -234,6 +237,8 @@ class MethodStats:
     ulp_hist: Histogram = field(default_factory=Histogram)
     loss_sum: ExactSum = ExactSum()  # finite losses over measured rows
     ref_sum: ExactSum = ExactSum()  # reference losses (hi + lo) over the same rows
+    # overflow rows by what overflowed first, in the order of OVERFLOW_CAUSES
+    overflow_causes: tuple[int, ...] = (0,) * 5
 
     def __add__(self, o: MethodStats) -> MethodStats:
         return MethodStats(
@@ -253,6 +258,7 @@ class MethodStats:
             self.ulp_hist + o.ulp_hist,
             self.loss_sum + o.loss_sum,
             self.ref_sum + o.ref_sum,
+            tuple(a + b for a, b in zip(self.overflow_causes, o.overflow_causes, strict=True)),
         )
 
     def mean_loss_rel_err(self) -> float | None:
@@ -279,7 +285,7 @@ class InputStats:
     logit_min: float = math.nan
     margin_max: Extreme = Extreme()  # max(z) - z_y (label-free: max(z) - min(z))
     rows_over_ln_max: int = 0  # eligible rows with max(z) > ln(max) of the working dtype
-    rows_margin_underflow: int = 0  # eligible rows with margin > -ln(smallest subnormal)
+    rows_margin_underflow: int = 0  # eligible rows with margin > underflow_margin(working)
     cast: CastReport | None = None
 
     def __add__(self, o: InputStats) -> InputStats:
@@ -431,6 +437,83 @@ def grad_labels(x: np.ndarray, row0: int) -> tuple[np.ndarray, np.ndarray]:
     return keys // c, keys % c
 
 
+def underflow_margin(working: Precision) -> float:
+    """The margin beyond which exp(-margin) rounds to 0 in ``working``: -ln(smallest subnormal / 2).
+
+    Round to nearest sends a value to 0 only below half the smallest subnormal (exactly half
+    ties to the even 0; exp of a nonzero rational is never exactly that), so p = exp(d) / s
+    with s >= 1 is 0 once d < ln(smallest subnormal) - ln 2: 17.33 in float16, 103.97 in float32.
+
+    >>> from smcheck.precisions import get_precision
+    >>> round(underflow_margin(get_precision("float16")), 2)
+    17.33
+    """
+    return math.log(2.0) - working.ln_smallest_subnormal
+
+
+#: What overflowed first in a row a method flags: z - max(z) (only a dtype without inf shows it:
+#: NaN), exp(z) (naive's unshifted exp), the sum of exps in the accumulation dtype, the chained
+#: backward's -1/p_y, or something else (none of these reproduced).
+OVERFLOW_CAUSES = ("shift", "exp", "sum", "grad", "other")
+
+
+def _over(a: np.ndarray, prec: Precision) -> np.ndarray:
+    """Elementwise overflow: inf, or NaN in a dtype without inf (how it overflows there)."""
+    return np.isinf(a) if prec.has_inf else np.isnan(a)
+
+
+def overflow_causes(
+    name: str, x: np.ndarray, labels: np.ndarray | None, flagged: np.ndarray, cfg: EngineConfig
+) -> np.ndarray:
+    """Per row, the index in :data:`OVERFLOW_CAUSES` of what overflowed first; -1 if not flagged.
+
+    Recomputes, on the ``flagged`` rows of ``x`` (already in the working dtype T) only, the
+    intermediates of the method's definition in their own dtypes: d = z - max(z) (T; the
+    unshifted naive has none), exp (T), the sum of exps (accumulation dtype A; log1p's is
+    1 + the sum without the argmax term) and, for the chained methods (naive, shifted), the
+    label's -1/p_y (T) with p = exp / sum (division in A, rounded to T). Frameworks' methods and
+    the online method's running sum are not recomputed: their rows fall back to "sum" when the
+    plain sum overflows, else "other".
+    """
+    t, a = cfg.working, cfg.accum
+    code = np.full(x.shape[0], -1, np.int8)
+    rows = np.flatnonzero(flagged)
+    if rows.size == 0:
+        return code
+    z = x[rows]
+    found = np.zeros(rows.size, bool)
+    cause = np.full(rows.size, OVERFLOW_CAUSES.index("other"), np.int8)
+
+    def mark(hit: np.ndarray, what: str) -> None:
+        new = hit & ~found
+        cause[new] = OVERFLOW_CAUSES.index(what)
+        found[:] |= new
+
+    # overflow is what is being diagnosed here: inf/NaN intermediates are expected
+    with np.errstate(all="ignore"):
+        if name == "naive":
+            e = np.exp(z)
+        else:
+            d = z - z.max(axis=1)[:, None]
+            if not t.has_inf:  # with inf, a shift to -inf only makes exp exactly 0
+                mark(_over(d, t).any(axis=1), "shift")
+            e = np.exp(d)
+        mark(_over(e, t).any(axis=1), "exp")
+        if name == "log1p":
+            rest = e.copy()
+            rest[np.arange(rows.size), np.argmax(z, axis=1)] = 0
+            s = accumulate(rest, a) + a.dtype.type(1.0)
+        else:
+            s = accumulate(e, a)
+        mark(_over(s, a), "sum")
+        if name in ("naive", "shifted") and labels is not None:
+            p_y = (e[np.arange(rows.size), labels[rows]].astype(s.dtype) / s).astype(t.dtype)
+            g_y = np.divide(t.dtype.type(-1.0), p_y).astype(t.dtype)
+            mark(_over(g_y, t) & (p_y != 0) & np.isfinite(p_y), "grad")
+    code[rows] = cause
+    return code
+
+
 def chunk_rows_for(n_classes: int, n_methods: int, label_free: bool, budget: int) -> int:
     """Rows per chunk so the kernel's working arrays stay near ``budget`` bytes.
 
@@ -453,8 +536,10 @@ def _loss_stats(
     ref_lo: np.ndarray | None,
     measured: np.ndarray,
     row0: int,
+    causes: np.ndarray | None = None,
 ) -> tuple[MethodStats, dict[str, np.ndarray]]:
-    """Loss statistics of one method's result over the ``measured`` rows (pairs) of a block."""
+    """Loss statistics of one method's result over the ``measured`` rows (pairs) of a block;
+    ``causes`` (per row, :func:`overflow_causes`) splits the overflow count by cause."""
     loss = res.loss
     loss64 = np.asarray(loss, dtype=np.float64)
     rel = loss_rel_err(loss, ref_loss, ref_lo)
@@ -469,6 +554,14 @@ def _loss_stats(
     ref_sum = ExactSum.of(ref_loss[m])
     if ref_lo is not None:  # the double-double's low parts: same rows, not counted again
         ref_sum = ExactSum(ref_sum.num + ExactSum.of(ref_lo[m]).num, ref_sum.count)
+    counted = over & m
+    if causes is None:
+        by_cause = (0,) * (len(OVERFLOW_CAUSES) - 1) + (int(np.count_nonzero(counted)),)
+    else:
+        cz = causes if loss.ndim == 1 else np.broadcast_to(causes[:, None], loss.shape)
+        by_cause = tuple(
+            int(np.count_nonzero(counted & (cz == i))) for i in range(len(OVERFLOW_CAUSES))
+        )
     stats = MethodStats(
         measured=int(np.count_nonzero(m)),
         nan_loss=int(np.count_nonzero(np.isnan(lm))),
@@ -482,6 +575,7 @@ def _loss_stats(
         ulp_hist=_hist(ulp[m]),
         loss_sum=ExactSum.of(lm[np.isfinite(lm)]),
         ref_sum=ref_sum,
+        overflow_causes=by_cause,
     )
     arrays = {
         "loss": loss64,
@@ -585,8 +679,9 @@ def chunk_stats(
     zmax = xf.max(axis=1) if n else np.zeros(0)
     zmin = xf.min(axis=1) if n else np.zeros(0)
     amax = np.argmax(xf, axis=1) if n else np.zeros(0, np.int64)
-    # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused
-    with np.errstate(invalid="ignore"):
+    # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused;
+    # a margin beyond max float64 (1.7e308 - -1.7e308) overflows to inf, its correct rounding
+    with np.errstate(invalid="ignore", over="ignore"):
         if label_free:
             margin = zmax - zmin
         else:
@@ -604,11 +699,9 @@ def chunk_stats(
         ref_nonfinite=int(np.count_nonzero(e_loss & ~ref_finite)),
         logit_max=Extreme.of(zmax[e], rows_g[e], amax[e]),
         logit_min=float(zmin[e].min()) if e.any() else math.nan,
-        margin_max=Extreme.of(margin[e], rows_g[e]),
+        margin_max=_largest(margin[e], rows_g[e]),
         rows_over_ln_max=int(np.count_nonzero(e & (zmax > cfg.working.ln_max))),
-        rows_margin_underflow=int(
-            np.count_nonzero(e & (margin > -cfg.working.ln_smallest_subnormal))
-        ),
+        rows_margin_underflow=int(np.count_nonzero(e & (margin > underflow_margin(cfg.working)))),
         cast=prep.cast_report,
     )
     if label_free:  # gradient pairs: each checked (row, class) becomes a labelled row
@@ -629,7 +722,8 @@ def chunk_stats(
     per_method: dict[str, dict[str, np.ndarray]] = {}
     for name in cfg.methods:
         res = _run(name, prep, cfg)
-        st, arrays = _loss_stats(res, cfg, ref_loss, ref_lo, measured, row0)
+        causes = overflow_causes(name, prep.x, prep.safe_labels, res.overflow & e, cfg)
+        st, arrays = _loss_stats(res, cfg, ref_loss, ref_lo, measured, row0, causes)
         gres = _run(name, gprep, cfg) if label_free else res
         gst, gabs, grel = _grad_stats(gres, gref, g_measured, g_rows, g_cols, ref_norm)
         if label_free:
@@ -639,6 +733,14 @@ def chunk_stats(
     worst = _worst(cfg, rows_g, prep, ref, xf, zmax, margin, e, per_method)
     per_row = _per_row(rows_g, prep, e, ref, per_method) if cfg.per_row else None
     return ChunkStats(inp, methods, worst), per_row
+
+
+def _largest(values: np.ndarray, rows: np.ndarray) -> Extreme:
+    """Largest value and its (lowest) row, +inf included (a margin beyond max float64)."""
+    top = np.isposinf(values)
+    if top.any():
+        return Extreme(math.inf, int(rows[int(np.argmax(top))]), -1)
+    return Extreme.of(values, rows)
 
 
 def _finite_or(v: np.ndarray, fill: float) -> np.ndarray:
@@ -674,7 +776,8 @@ def _worst(
         bad_row = bad.max(axis=1)
         k = np.argmax(np.where(bad == bad_row[:, None], score, -np.inf), axis=1)
         label = k.astype(np.int64)
-        with np.errstate(invalid="ignore"):  # inf - inf on non-eligible rows, dropped below
+        # inf - inf on non-eligible rows, dropped below; a margin beyond max float64 is inf
+        with np.errstate(invalid="ignore", over="ignore"):
             margin = zmax - xf[idx, k]
     else:
         assert prep.safe_labels is not None

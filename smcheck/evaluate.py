@@ -35,6 +35,7 @@ import numpy as np
 
 from .engine import (
     FULL_GRAD_CLASSES,
+    OVERFLOW_CAUSES,
     RANDOM_GRAD_LABELS,
     ChunkStats,
     EngineConfig,
@@ -44,6 +45,7 @@ from .engine import (
     chunk_rows_for,
     hist_quantile,
     run,
+    underflow_margin,
 )
 from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
@@ -94,7 +96,7 @@ class InputSummary:
     margin_max: float | None
     margin_max_row: int | None
     ln_max: float
-    underflow_margin: float  # -ln(smallest subnormal): p_y underflows beyond this margin
+    underflow_margin: float  # -ln(smallest subnormal / 2): p_y is 0 beyond this margin
     rows_over_ln_max: int
     rows_margin_underflow: int
     cast_changed: int
@@ -148,6 +150,8 @@ class MethodReport:
     verdict: str  # ok | lossy | broken
     problems: tuple[str, ...]  # in words, most severe first
     ok: bool
+    # overflow rows by what overflowed first: (cause of OVERFLOW_CAUSES, count) with count > 0
+    overflow_causes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ def _method_report(
     if st.overflow:
         broken = True
         failed |= "overflow" in gate.fail_on
-        problems.append(_overflow_text(name, st.overflow, inp, working))
+        problems.append(_overflow_text(name, st, inp, working))
     if nonfinite or st.nonfinite_grad:
         broken = True
         failed |= "nonfinite" in gate.fail_on
@@ -274,7 +278,7 @@ def _method_report(
         if st.underflow and inp.margin_max is not None and not st.overflow:
             text += (
                 f": p_y underflows to 0 in {inp.dtype} once the margin max(z) - z_y exceeds "
-                f"{inp.underflow_margin:.3g} (largest margin {inp.margin_max:.3g})"
+                f"{inp.underflow_margin:.4g} (largest margin {_g(inp.margin_max)})"
             )
         problems.append(text)
     if st.underflow and "underflow" in gate.fail_on:
@@ -307,6 +311,9 @@ def _method_report(
         grad_checked=st.grad_checked,
         overflow_rows=st.overflow,
         underflow_rows=st.underflow,
+        overflow_causes=tuple(
+            (c, k) for c, k in zip(OVERFLOW_CAUSES, st.overflow_causes, strict=True) if k
+        ),
         loss_max_rel_err=_opt(st.loss_rel.value),
         loss_max_rel_err_row=_row(st.loss_rel),
         loss_median_rel_err=hist_quantile(st.rel_hist, 0.5),
@@ -330,19 +337,37 @@ def _method_report(
 _STABLE = ("fused", "log1p", "online")
 
 
-def _overflow_text(name: str, count: int, inp: InputSummary, working: Precision) -> str:
-    """Why a method overflows, in the terms of its formula."""
-    head = f"{name} overflows on {count} {inp.unit}"
-    if name == "naive" and inp.logit_max is not None and inp.logit_max > inp.ln_max:
-        return f"{head}: logits reach {inp.logit_max:.3g} > ln(max {inp.dtype}) = {inp.ln_max:.4g}"
-    if name in ("naive", "shifted"):
-        margin = "" if inp.margin_max is None else f", largest margin {inp.margin_max:.3g}"
-        return (
-            f"{head}: the chained backward -1/p_y exceeds max {inp.dtype} = {working.max:.4g} "
-            f"once p_y < {1 / working.max:.2g} (margin max(z) - z_y above about "
-            f"{inp.ln_max:.4g}{margin})"
-        )
-    return f"{head}: an intermediate sum exceeds max {inp.accum} or {inp.dtype}"
+def _overflow_text(name: str, st: MethodStats, inp: InputSummary, working: Precision) -> str:
+    """What overflowed in a method's rows, by cause (the engine recomputes it per row)."""
+    t = inp.dtype
+    why = {  # cause -> (what overflowed, the fact behind it)
+        "shift": (f"z - max(z) exceeds max {t} = {working.max:.4g}", f"NaN: {t} has no inf"),
+        "exp": (
+            f"exp(z) exceeds max {t}",
+            f"logits reach {_g(inp.logit_max)} > ln(max) = {inp.ln_max:.4g}",
+        ),  # fmt: skip
+        "sum": (
+            f"the {inp.accum} sum of exp(z) exceeds max {inp.accum} = "
+            f"{get_precision(inp.accum).max:.4g}",
+            "",
+        ),  # fmt: skip
+        "grad": (
+            f"-1/p_y exceeds max {t} = {working.max:.4g}",
+            f"p_y < {1 / working.max:.2g}; largest margin {_g(inp.margin_max)}",
+        ),  # fmt: skip
+        "other": ("an intermediate overflows", ""),
+    }
+    causes = [(c, k) for c, k in zip(OVERFLOW_CAUSES, st.overflow_causes, strict=True) if k]
+    parts = []
+    for c, k in causes:
+        what, detail = why[c]
+        count = f" on {k}" if len(causes) > 1 else ""
+        parts.append(what + count + (f" ({detail})" if detail else ""))
+    return f"{name} overflows on {st.overflow} {inp.unit}: " + "; ".join(parts)
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else "inf" if math.isinf(x) else f"{x:.3g}"
 
 
 def _advice(m: MethodReport, reports: Sequence[MethodReport], dtype: str, accum: str) -> str:
@@ -466,6 +491,9 @@ def evaluate(
     run_methods = tuple(m for m in known if m in set(methods) | set(gate))
     if not run_methods:
         raise UsageError("no method to run")
+    for flag, value in (("--max-loss-ulp", max_loss_ulp), ("--max-grad-err", max_grad_err)):
+        if value is not None and not (0 <= float(value) < math.inf):
+            raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
     lab = None if labels is None else _check_labels(labels, n, c, ignore_index)
     label_free = lab is None
     loss_k, grad_k = default_thresholds(working, acc, c)
@@ -514,10 +542,10 @@ def evaluate(
         logit_min=_opt(si.logit_min),
         logit_max=_opt(si.logit_max.value),
         logit_max_row=_row(si.logit_max),
-        margin_max=_opt(si.margin_max.value),
+        margin_max=None if math.isnan(si.margin_max.value) else si.margin_max.value,
         margin_max_row=_row(si.margin_max),
         ln_max=working.ln_max,
-        underflow_margin=-working.ln_smallest_subnormal,
+        underflow_margin=underflow_margin(working),
         rows_over_ln_max=si.rows_over_ln_max,
         rows_margin_underflow=si.rows_margin_underflow,
         cast_changed=0 if cr is None else cr.changed,

@@ -429,3 +429,40 @@ def test_baseline_does_not_excuse_a_run_that_checked_nothing(tmp_path: Path) -> 
     assert again.exit_code == 1  # no regression, but no row was eligible either
     assert "smcheck: no regression against base.json" in again.stderr
     assert "no eligible row" in again.stderr
+
+
+@pytest.mark.parametrize("flag", ["--max-loss-ulp", "--max-grad-err"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_regression_nan_or_inf_threshold_is_a_usage_error(
+    files: dict[str, Path], flag: str, value: str
+) -> None:
+    # a NaN threshold compares false with every error: it would switch the check off
+    r = run(str(files["x"]), "--labels", str(files["y"]), flag, value)
+    assert r.exit_code == 2
+    assert r.stdout == ""
+    assert [line for line in r.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: Invalid value for '{flag}': '{value}' is not a finite number."
+        if value != "-inf"
+        else f"Error: Invalid value for '{flag}': -inf is not in the range x>=0."
+    ]
+
+
+def test_regression_nan_threshold_from_the_config_file_is_a_usage_error(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "smcheck.toml").write_text("[eval]\nmax-loss-ulp = nan\n")
+    r = run(str(files["x"]), "--labels", str(files["y"]))
+    assert r.exit_code == 2, r.output
+    assert "max-loss-ulp" in r.stderr and "finite" in r.stderr
+
+
+def test_regression_reference_beyond_float64_row_is_shown(tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.array([[1.7e308, -1.7e308, 0.0], [1.0, 2.0, 3.0]]))
+    np.save(tmp_path / "l.npy", np.array([1, 0]))
+    r = run(str(tmp_path / "w.npy"), "--labels", str(tmp_path / "l.npy"))
+    assert r.exit_code == 0, r.output
+    assert "largest margin  inf (max(z) - z_y, row 0)" in r.stdout
+    assert "not measured    1 rows whose reference loss is not finite" in r.stdout
+    assert "Warning" not in r.stderr
+    d = as_json(run(str(tmp_path / "w.npy"), "--labels", str(tmp_path / "l.npy"), "-f", "json"))
+    assert d["input"]["ref_nonfinite_rows"] == 1

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from smcheck.engine import (
     FULL_GRAD_CLASSES,
     HIST_BINS,
+    OVERFLOW_CAUSES,
     RANDOM_GRAD_LABELS,
     WORST_FIELDS,
     WORST_METHOD_FIELDS,
@@ -27,6 +28,7 @@ from smcheck.engine import (
     grad_errors,
     grad_labels,
     hist_quantile,
+    overflow_causes,
     release_pages,
     run,
 )
@@ -225,6 +227,29 @@ def test_method_counts_against_an_independent_count() -> None:
     assert st.methods["naive"].nonfinite_grad == len(over_rows)
     assert st.methods["fused"].overflow == 0 and st.methods["fused"].nan_loss == 0
     assert st.methods["fused"].measured == 50
+    # exp overflowed in all six (the chunks' cause counts merge by addition)
+    assert st.methods["naive"].overflow_causes == (0, len(over_rows), 0, 0, 0)
+
+
+def test_overflow_causes_per_row_against_hand_facts() -> None:
+    # float16 rows, label 1, accumulated in float16:
+    # 0: [12, 0]: exp(12) = 162755 > 65520 (the float16 overflow threshold): exp
+    # 1: [10, 10, 10, 10]-like sum: four exp(10) = 22032 sum to 88128 > 65520: sum
+    # 2: [0, -12]: p_y = e^-12 / (1 + e^-12) = 6.1e-6 in (0, 1/65520): -1/p_y overflows: grad
+    # 3: [1, 2]: nothing (not flagged)
+    t, a = get_precision("float16"), get_precision("float16")
+    x = np.array([[12, 0, -30, -30], [10, 10, 10, 10], [0, -12, -30, -30], [1, 2, 0, 0]], t.dtype)
+    y = np.array([1, 1, 1, 1])
+    cfg = EngineConfig(t, a, ("naive",))
+    flagged = np.array([True, True, True, False])
+    got = overflow_causes("naive", x, y, flagged, cfg)
+    assert [OVERFLOW_CAUSES[i] if i >= 0 else None for i in got] == ["exp", "sum", "grad", None]
+    # shifted: d <= 0, so exp(d) <= 1 and four of them sum to 4; its -1/p_y row is the same
+    got = overflow_causes("shifted", x[1:3], y[1:3], flagged[1:3], cfg)
+    assert [OVERFLOW_CAUSES[i] for i in got] == ["other", "grad"]
+    # label-free: no -1/p_y is computed, so a flagged row nothing explains is "other"
+    got = overflow_causes("shifted", x[2:3], None, np.array([True]), cfg)
+    assert [OVERFLOW_CAUSES[i] for i in got] == ["other"]
 
 
 def test_grad_errors_equal_the_metrics_functions() -> None:

@@ -45,8 +45,9 @@ def test_float16_overflow_count_is_the_number_of_rows_above_ln_max() -> None:
     assert rep.input.rows_over_ln_max == 737
     fused = rep.method("fused")
     assert fused.verdict == "ok" and fused.gated and rep.ok
-    assert "naive overflows on 737 rows" in rep.verdict
-    assert "> ln(max float16) = 11.09" in rep.verdict
+    assert "naive overflows on 737 rows: exp(z) exceeds max float16" in rep.verdict
+    assert "> ln(max) = 11.09" in rep.verdict
+    assert naive.overflow_causes == (("exp", 737),)
     assert "use a fused log-softmax" in rep.verdict
 
 
@@ -362,3 +363,122 @@ def test_per_row_label_free_columns() -> None:
     np.testing.assert_array_equal(cols["ref_loss"][ok], ref[np.arange(9), k][ok])
     np.testing.assert_array_equal(cols["fused_loss"][ok], fused[np.arange(9), k][ok])
     assert np.isnan(cols["ref_loss"][2])
+
+
+# ---------------------------------------------------------------- what overflowed (regressions)
+
+
+def test_regression_float16_sum_overflow_is_named_not_minus_one_over_p_y() -> None:
+    # every logit 10: exp(10) = 22026.47 (mpmath) rounds to 22032 in float16 (spacing 16 there);
+    # the float16 pairwise sum 2 * 22032 = 44064 fits, 44064 + 44064 = 88128 > 65520 (the
+    # float16 overflow threshold, max + half an ulp) is inf; p_y = 0.25 is nowhere near 1/max
+    e10 = mpmath.exp(10)
+    assert 22024 < e10 < 22040 and 4 * 22032 > 65504 + 16 > 2 * 22032
+    x = np.full((2, 4), 10.0, dtype=np.float16)
+    rep = evaluate(x, np.array([0, 1]), accum="float16", gate=("naive",))
+    naive = rep.method("naive")
+    assert naive.overflow_rows == 2
+    assert naive.overflow_causes == (("sum", 2),)
+    assert naive.problems[0] == (
+        "naive overflows on 2 rows: the float16 sum of exp(z) exceeds max float16 = 6.55e+04"
+    )
+    assert "-1/p_y" not in rep.verdict and "largest margin" not in rep.verdict
+    # summed in float32 (88128 < 3.4e38) nothing overflows
+    assert evaluate(x, np.array([0, 1])).method("naive").overflow_rows == 0
+
+
+def test_regression_wide_float16_row_blames_exp_and_nothing_else() -> None:
+    # [6e4, -6e4, 0]: naive's exp(6e4) overflows; the shift -6e4 - 6e4 = -inf only makes
+    # exp exactly 0 (float16 has inf), p_y = 1 exactly: no other method overflows
+    x = np.array([[60000.0, -60000.0, 0.0]], dtype=np.float16)
+    rep = evaluate(x, np.array([0]), methods=("naive", "shifted", "fused", "log1p", "online"))
+    assert rep.method("naive").overflow_causes == (("exp", 1),)
+    assert (
+        rep.method("naive")
+        .problems[0]
+        .startswith(
+            "naive overflows on 1 rows: exp(z) exceeds max float16 (logits reach 6e+04 > ln(max) = "
+        )
+    )
+    for m in ("shifted", "fused", "log1p", "online"):
+        assert rep.method(m).overflow_rows == 0 and rep.method(m).problems == ()
+    assert "max float32 or" not in rep.verdict
+
+
+def test_float8_e4m3fn_shift_overflow_is_named() -> None:
+    # 400 rounds to 384 in float8_e4m3fn (tie between 384 and 416 to the even significand);
+    # 384 - (-384) = 768 > 448 = its max, and without inf that is NaN: every shifted method
+    # overflows in the shift; naive's exp(384) overflows first (384 > ln 448 = 6.1)
+    x = np.array([[400.0, -400.0, 0.0]], dtype=np.float32)
+    rep = evaluate(
+        x, np.array([0]), dtype="float8_e4m3fn", methods=("naive", "shifted", "fused", "log1p",
+                                                          "online"),
+    )  # fmt: skip
+    assert rep.method("naive").overflow_causes == (("exp", 1),)
+    for m in ("shifted", "fused", "log1p", "online"):
+        assert rep.method(m).overflow_causes == (("shift", 1),), m
+        assert "z - max(z) exceeds max float8_e4m3fn = 448" in rep.method(m).problems[0]
+
+
+def test_chained_backward_overflow_is_named_only_where_p_y_is_tiny_but_positive() -> None:
+    # float16, shifted: margin 12 gives p_y = e^-12 / (1 + e^-12) = 6.1e-6, positive and below
+    # 1 / 65520 = 1.53e-5, so -1/p_y overflows; margin 5 gives p_y = 6.7e-3: no overflow
+    p12 = mpmath.exp(-12) / (1 + mpmath.exp(-12))
+    assert 0 < p12 < mpmath.mpf(1) / 65520
+    x = np.array([[0.0, -12.0], [0.0, -5.0]], dtype=np.float16)
+    rep = evaluate(x, np.array([1, 1]), methods=("shifted", "fused"))
+    sh = rep.method("shifted")
+    assert sh.overflow_rows == 1 and sh.overflow_causes == (("grad", 1),)
+    assert sh.problems[0].startswith(
+        "shifted overflows on 1 rows: -1/p_y exceeds max float16 = 6.55e+04 (p_y < 1.5e-05"
+    )
+    assert rep.method("fused").overflow_rows == 0
+
+
+def test_regression_underflow_margin_is_minus_ln_half_the_smallest_subnormal() -> None:
+    # round to nearest sends exp(d) to 0 only below 2**-24 / 2 = 2**-25 in float16:
+    # exp(-17) = 4.1e-8 > 2**-25 = 2.98e-8 survives (rounds to 2**-24), exp(-17.5) = 2.5e-8 is 0
+    assert mpmath.exp(-17) > mpmath.mpf(2) ** -25 > mpmath.exp(-17.5)
+    x = np.array([[0.0, -17.0], [0.0, -17.5]], dtype=np.float16)
+    rep = evaluate(x, np.array([1, 1]), methods=("shifted", "fused"))
+    assert rep.input.underflow_margin == pytest.approx(float(25 * mpmath.log(2)), rel=1e-15)
+    assert round(rep.input.underflow_margin, 2) == 17.33
+    assert rep.input.rows_margin_underflow == 1
+    assert rep.method("fused").underflow_rows == 1  # the panel's count is what happens
+    f32 = evaluate(np.zeros((1, 2), np.float32), np.array([0])).input.underflow_margin
+    assert f32 == pytest.approx(float(150 * mpmath.log(2)), rel=1e-15)  # 103.97
+
+
+def test_nan_and_inf_thresholds_are_usage_errors() -> None:
+    x, y = np.zeros((2, 3), np.float32), np.array([0, 1])
+    for kw in (
+        {"max_loss_ulp": math.nan},
+        {"max_grad_err": math.nan},
+        {"max_loss_ulp": math.inf},
+        {"max_grad_err": -1.0},
+    ):
+        with pytest.raises(UsageError, match="must be a finite number >= 0"):
+            evaluate(x, y, **kw)  # type: ignore[arg-type]
+
+
+def test_regression_reference_beyond_float64_is_counted_and_shown() -> None:
+    # row 0, label 1: the true loss is 1.7e308 + 1.7e308 + log(1 + e^-1.7e308) = 3.4e308, beyond
+    # max float64 = 1.797e308: the reference cannot measure it; its margin is inf, not dropped.
+    # Warnings are errors in the test run: the margin's overflow must not warn.
+    assert 2 * mpmath.mpf(1.7e308) > mpmath.mpf(np.finfo(np.float64).max)
+    x = np.array([[1.7e308, -1.7e308, 0.0], [1.0, 2.0, 3.0]])
+    rep = evaluate(x, np.array([1, 0]))
+    assert rep.input.ref_nonfinite == 1
+    assert rep.input.margin_max == math.inf and rep.input.margin_max_row == 0
+    assert rep.input.rows_margin_underflow == 1
+    assert all(m.measured == 1 for m in rep.methods)
+    d = to_dict(rep)
+    assert d["input"]["ref_nonfinite_rows"] == 1
+    assert d["input"]["margin_max"] is None  # strict JSON has no inf
+
+
+def test_cast_flushed_to_zero_is_in_json() -> None:
+    # 1e-9 < 2**-25 (half the smallest float16 subnormal): it rounds to 0 in float16
+    x = np.array([[1e-9, 1.0, 2.0]], dtype=np.float32)
+    d = to_dict(evaluate(x, np.array([0]), dtype="float16"))
+    assert d["input"]["cast_flushed_to_zero"] == 1

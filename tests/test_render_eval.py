@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from smcheck.evaluate import EvalReport, GateConfig, InputSummary, MethodReport, WorstRow
+from smcheck.render.common import gh_escape_data, gh_escape_property
 from smcheck.render.eval_formats import (
     GITHUB_MAX,
     render_github,
@@ -299,3 +301,26 @@ def test_junit_one_case_per_gated_method_and_check(ok: bool) -> None:
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     assert failed == ([] if ok else ["overflow", "loss_error"])
     assert root.get("failures") == str(len(failed))
+
+
+def test_github_title_escapes_comma_and_colon() -> None:
+    # GitHub splits workflow-command properties at ',' and ends them at ':'
+    inp = dataclasses.replace(make_report().input, logits="runs/a,b:c.npy")
+    out = render_github(make_report(input=inp))
+    for line in out.splitlines():
+        assert line.split("::")[1].split(" ", 1)[1] == "title=smcheck eval runs/a%2Cb%3Ac.npy"
+
+
+def test_escaping_helpers() -> None:
+    assert gh_escape_data("a%b\r\nc:d,e") == "a%25b%0D%0Ac:d,e"
+    assert gh_escape_property("a%b\r\nc:d,e") == "a%25b%0D%0Ac%3Ad%2Ce"
+
+
+def test_table_shows_unmeasured_rows_and_an_inf_margin() -> None:
+    inp = dataclasses.replace(
+        make_report().input, ref_nonfinite=2, margin_max=math.inf, margin_max_row=4
+    )
+    text = render_table(make_report(input=inp), width=120)
+    assert "largest margin  inf (max(z) - z_y, row 4)" in text
+    assert "not measured    2 rows whose reference loss is not finite" in text
+    assert "not measured" not in render_table(make_report(), width=120)

@@ -17,6 +17,7 @@ with. Nothing here computes numbers; values are parsed and validated, never inte
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -206,6 +207,19 @@ def workers_option() -> Callable[[F], F]:
     )
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float range that refuses NaN and inf: ``v > nan`` is always False, so a NaN threshold
+    would pass every value and silently switch its check off (and inf likewise)."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
 def gate_options(
     default_gate: str = "fused", default_fail_on: str = "overflow,nonfinite"
 ) -> Callable[[F], F]:
@@ -222,14 +236,14 @@ def gate_options(
         ),
         click.option(
             "--max-loss-ulp",
-            type=click.FloatRange(min=0),
+            type=FiniteFloatRange(min=0),
             default=None,
             help="Largest loss error a gated method may have, in ulps of max(|loss|, 1) of the "
             "working dtype. Default: 4 + ceil(log2(classes)) * eps(accum) / eps(dtype).",
         ),
         click.option(
             "--max-grad-err",
-            type=click.FloatRange(min=0),
+            type=FiniteFloatRange(min=0),
             default=None,
             help="Largest absolute gradient error (max over entries) a gated method may have. "
             "Default: the loss budget times eps(dtype).",

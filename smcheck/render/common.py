@@ -12,6 +12,8 @@ from rich.console import Console, RenderableType
 __all__ = [
     "STYLE_OF",
     "fmt_num",
+    "gh_escape_data",
+    "gh_escape_property",
     "render_to_text",
     "use_color",
 ]
@@ -70,3 +72,14 @@ def fmt_num(x: float | int | None, digits: int = 3) -> str:
     if 1e-3 <= abs(x) < 1e5:
         return f"{x:.{digits}g}"
     return f"{x:.{max(digits - 1, 1)}e}"
+
+
+def gh_escape_data(text: str) -> str:
+    """GitHub workflow-command message escaping: ``%``, CR and LF (``::error ...::MESSAGE``)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def gh_escape_property(text: str) -> str:
+    """GitHub workflow-command property escaping (``title=...``): the message escapes plus
+    ``:`` and ``,``, at which GitHub would end the value or split the properties."""
+    return gh_escape_data(text).replace(":", "%3A").replace(",", "%2C")

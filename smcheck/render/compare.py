@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..compare import CompareReport, HistBin
-from .common import STYLE_OF, fmt_num, render_to_text
+from .common import STYLE_OF, fmt_num, gh_escape_data, gh_escape_property, render_to_text
 
 __all__ = ["RENDERERS", "render", "to_github", "to_json", "to_junit", "to_markdown", "to_table"]
 
@@ -347,12 +347,8 @@ def to_markdown(report: CompareReport, *, color: bool = False, width: int = 100)
     return "\n".join(lines) + "\n"
 
 
-def _escape_data(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_prop(s: str) -> str:
-    return _escape_data(s).replace(":", "%3A").replace(",", "%2C")
+_escape_data = gh_escape_data
+_escape_prop = gh_escape_property
 
 
 def to_github(report: CompareReport, *, color: bool = False, width: int = 100) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from ..evaluate import EvalReport, MethodReport
-from .common import fmt_num
+from .common import fmt_num, gh_escape_data, gh_escape_property
 
 __all__ = [
     "GITHUB_MAX",
@@ -40,6 +40,7 @@ def _method_dict(m: MethodReport) -> dict[str, Any]:
         "nonfinite_grad_rows": m.nonfinite_grad_rows,
         "overflow_rows": m.overflow_rows,
         "underflow_rows": m.underflow_rows,
+        "overflow_causes": dict(m.overflow_causes),
         "loss_max_rel_err": _f(m.loss_max_rel_err),
         "loss_median_rel_err": _f(m.loss_median_rel_err),
         "loss_max_ulp_err": _f(m.loss_max_ulp_err),
@@ -83,6 +84,7 @@ def to_dict(report: EvalReport) -> dict[str, Any]:
             "label_free": i.label_free,
             "unit": i.unit,
             "eligible_rows": i.eligible_rows,
+            "ref_nonfinite_rows": i.ref_nonfinite,
             "original_shape": list(i.original_shape),
             "logit_min": _f(i.logit_min),
             "logit_max": _f(i.logit_max),
@@ -95,6 +97,7 @@ def to_dict(report: EvalReport) -> dict[str, Any]:
             "cast_max_rel_change": i.cast_max_rel_change,
             "cast_overflowed": i.cast_overflowed,
             "cast_saturated": i.cast_saturated,
+            "cast_flushed_to_zero": i.cast_flushed_to_zero,
             "grad_policy": i.grad_policy,
             "notes": list(i.notes),
         },
@@ -211,11 +214,6 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gh_escape(text: str) -> str:
-    """Workflow-command data escaping (%, CR, LF)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
 def render_github(report: EvalReport) -> str:
     """``--format github``: ``::error``/``::warning`` workflow commands, at most 10 of each.
 
@@ -236,9 +234,10 @@ def render_github(report: EvalReport) -> str:
         if len(items) > GITHUB_MAX:
             shown = items[: GITHUB_MAX - 1]
             shown.append(f"... and {len(items) - len(shown)} more findings")
-        out += [f"::{kind} title={_gh_escape(title)}::{_gh_escape(p)}" for p in shown]
+        out += [f"::{kind} title={gh_escape_property(title)}::{gh_escape_data(p)}" for p in shown]
     status = "PASS" if report.ok else "FAIL"
-    out.append(f"::notice title={_gh_escape(title)}::{status}: {_gh_escape(report.verdict)}")
+    notice = f"{status}: {report.verdict}"
+    out.append(f"::notice title={gh_escape_property(title)}::{gh_escape_data(notice)}")
     return "\n".join(out) + "\n"
 
 

@@ -48,6 +48,12 @@ def _input_panel(report: EvalReport) -> Panel:
         f"{i.eligible_rows} eligible, {i.ignored_rows} ignored, "
         f"{i.nonfinite_input_rows} with non-finite input",
     )
+    if i.ref_nonfinite:
+        grid.add_row(
+            "not measured",
+            f"{i.ref_nonfinite} {i.unit} whose reference loss is not finite (the true loss "
+            "exceeds max float64)",
+        )
     cast = f"{i.cast_changed} values rounded, max relative change {fmt_num(i.cast_max_rel_change)}"
     if i.cast_overflowed:
         cast += f", {i.cast_overflowed} overflowed to inf"

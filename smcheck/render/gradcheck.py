@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..gradcheck import GradcheckReport, MethodCheck, WorstEntry
-from .common import STYLE_OF, fmt_num, render_to_text
+from .common import STYLE_OF, fmt_num, gh_escape_data, gh_escape_property, render_to_text
 
 __all__ = [
     "GITHUB_MAX",
@@ -394,14 +394,8 @@ def render_markdown(r: GradcheckReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _gh(text: str) -> str:
-    """Workflow-command data escaping (%, CR, LF)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_property(text: str) -> str:
-    """Workflow-command property escaping: the data's, plus ':' and ',' (separators there)."""
-    return _gh(text).replace(":", "%3A").replace(",", "%2C")
+_gh = gh_escape_data
+_gh_property = gh_escape_property
 
 
 def render_github(r: GradcheckReport) -> str:
