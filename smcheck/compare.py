@@ -783,7 +783,7 @@ def _grad_rows(blocks: _Blocks, ignored: np.ndarray) -> _GradRows:
     )
 
 
-def _grad_stats(gr: _GradRows, scale: int) -> GradStats:
+def _grad_stats(gr: _GradRows, scale: float) -> GradStats:
     m = gr.measured
     amax, ap99, amed = _dist(gr.abs_err[m])
     rmax, _, rmed = _dist(gr.rel_err[m])
