@@ -622,11 +622,9 @@ def grad_errors(
     gradient is not finite. ``ref_norm`` (||g*||_2 per row) may be passed in when several
     methods share one reference."""
     g = np.asarray(grad)
-    bad = ~np.isfinite(g).all(axis=1)
-    d = g.astype(np.float64)
     # inf - inf and NaN where the method's gradient is non-finite: those rows are set to inf
     with np.errstate(invalid="ignore", over="ignore"):
-        d -= ref
+        d = np.subtract(g, ref, dtype=np.float64)  # g widened exactly, then one rounding
         if ref_lo is not None:
             d -= ref_lo
         np.abs(d, out=d)
@@ -634,9 +632,17 @@ def grad_errors(
         np.multiply(d, d, out=d)
         num = np.sqrt(d.sum(axis=1))
         den = np.sqrt(np.sum(ref * ref, axis=1)) if ref_norm is None else ref_norm
+    # A non-finite entry of g or of the reference makes d non-finite there, and max() keeps NaN
+    # and inf: only rows whose gabs is not finite can be bad, so only they are scanned again
+    # (instead of two more (N, C) passes over g and the reference for every method).
+    maybe = ~np.isfinite(gabs)
+    bad = np.zeros(g.shape[0], bool)
+    ref_bad = np.zeros(g.shape[0], bool)
+    if maybe.any():
+        bad[maybe] = ~np.isfinite(g[maybe]).all(axis=1)
+        ref_bad[maybe] = ~np.isfinite(np.asarray(ref)[maybe]).all(axis=1)
     gabs = np.where(bad, np.inf, gabs)
     num = np.where(bad, np.inf, num)
-    ref_bad = ~np.isfinite(ref).all(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num == 0, 0.0, np.inf))
     return np.where(ref_bad, np.nan, gabs), np.where(ref_bad, np.nan, rel), bad
@@ -673,11 +679,14 @@ def chunk_stats(
     idx = np.arange(n)
     rows_g = np.arange(row0, row0 + n, dtype=np.int64)
     e = prep.finite_input & ~prep.ignored
-    xf = np.asarray(prep.x, dtype=np.float64)
+    # max, min, argmax and a gather are exact in any float dtype: reduce float32/float64 as they
+    # are (no (N, C) float64 copy); 16/8-bit types go through float64 (their reductions are slow)
+    native = prep.x.dtype.kind == "f" and prep.x.dtype.itemsize >= 4
+    xf = np.asarray(prep.x) if native else np.asarray(prep.x, dtype=np.float64)
     ref = reference_of(prep)
     label_free = labels is None
-    zmax = xf.max(axis=1) if n else np.zeros(0)
-    zmin = xf.min(axis=1) if n else np.zeros(0)
+    zmax = xf.max(axis=1).astype(np.float64) if n else np.zeros(0)
+    zmin = xf.min(axis=1).astype(np.float64) if n else np.zeros(0)
     amax = np.argmax(xf, axis=1) if n else np.zeros(0, np.int64)
     # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused;
     # a margin beyond max float64 (1.7e308 - -1.7e308) overflows to inf, its correct rounding
@@ -686,7 +695,7 @@ def chunk_stats(
             margin = zmax - zmin
         else:
             assert prep.safe_labels is not None
-            margin = zmax - xf[idx, prep.safe_labels]
+            margin = zmax - xf[idx, prep.safe_labels].astype(np.float64)
     ref_loss, ref_lo = ref.loss, ref.loss_lo
     ref_finite = np.isfinite(ref_loss)
     e_loss = e[:, None] if label_free else e
@@ -778,7 +787,7 @@ def _worst(
         label = k.astype(np.int64)
         # inf - inf on non-eligible rows, dropped below; a margin beyond max float64 is inf
         with np.errstate(invalid="ignore", over="ignore"):
-            margin = zmax - xf[idx, k]
+            margin = zmax - xf[idx, k].astype(np.float64)
     else:
         assert prep.safe_labels is not None
         label = prep.labels.astype(np.int64) if prep.labels is not None else idx

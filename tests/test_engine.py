@@ -273,6 +273,20 @@ def test_grad_errors_equal_the_metrics_functions() -> None:
         np.testing.assert_array_equal(shared[1], grel)
 
 
+def test_grad_errors_bad_rows_when_the_difference_overflows_or_the_reference_is_inf() -> None:
+    # float64 gradients: row 0 finite but g - g* = 1.5e308 + 1.5e308 overflows (not a bad
+    # gradient); row 1 an inf reference entry (not measurable, g finite: not bad); row 2 a NaN
+    # gradient and an inf reference; row 3 a -inf gradient. Checked against plain scans.
+    g = np.array([[1.5e308, 0.0], [0.5, 0.5], [np.nan, 0.5], [-np.inf, 1.0]])
+    ref = np.array([[-1.5e308, 0.0], [np.inf, 0.5], [np.inf, 0.5], [0.0, 1.0]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        gabs, grel, bad = grad_errors(g, ref, ref_norm=np.ones(4))
+    assert bad.tolist() == (~np.isfinite(g).all(axis=1)).tolist() == [False, False, True, True]
+    ref_bad = ~np.isfinite(ref).all(axis=1)
+    assert np.isnan(gabs).tolist() == ref_bad.tolist() == [False, True, True, False]
+    assert gabs[0] == np.inf and gabs[3] == np.inf and grel[3] == np.inf
+
+
 def test_release_pages_keeps_values_and_skips_plain_arrays(tmp_path) -> None:
     a = np.arange(3000 * 8, dtype=np.float32).reshape(3000, 8)
     np.save(tmp_path / "a.npy", a)
