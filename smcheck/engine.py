@@ -484,8 +484,8 @@ def overflow_causes(
     found = np.zeros(rows.size, bool)
     cause = np.full(rows.size, OVERFLOW_CAUSES.index("other"), np.int8)
 
-    def mark(hit: np.ndarray, what: str) -> None:
-        new = hit & ~found
+    def mark(hit: np.ndarray | np.bool_, what: str) -> None:
+        new = np.asarray(hit) & ~found
         cause[new] = OVERFLOW_CAUSES.index(what)
         found[:] |= new
 
