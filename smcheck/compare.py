@@ -1039,17 +1039,18 @@ def _notes(
 
 def _underflow_hint(blocks: _Blocks, their_bad: np.ndarray, working: Precision) -> str:
     """Why their loss is inf, when the margins say so: p_y = exp(-margin) underflows to 0 in
-    the working dtype once margin > -ln(smallest subnormal) (16.64 in float16), and a kernel
-    that takes -log(softmax(z)_y) then returns -log(0) = inf."""
+    the working dtype once margin > -ln(smallest subnormal / 2) (17.33 in float16: round to
+    nearest sends only values below half the smallest subnormal to 0), and a kernel that takes
+    -log(softmax(z)_y) then returns -log(0) = inf."""
     with np.errstate(invalid="ignore"):  # inf - inf on rows with non-finite logits
         margin = blocks.cat("max_logit") - blocks.cat("label_logit")
     worst = float(np.nanmax(np.where(their_bad, margin, np.nan), initial=-np.inf))
-    limit = -working.ln_smallest_subnormal
+    limit = -(working.ln_smallest_subnormal - math.log(2))
     if not worst > limit:
         return ""
     return (
         f". Margins max(z) - z_y reach {worst:.3g} > {limit:.4g} = -ln(smallest {working.name} "
-        "subnormal): p_y underflows to 0 there, so -log(softmax(z)_y) is inf; compute the loss "
+        "subnormal / 2): p_y underflows to 0 there, so -log(softmax(z)_y) is inf; compute the loss "
         "as logsumexp(z) - z_y (a fused log-softmax)"
     )
 

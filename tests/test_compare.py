@@ -169,12 +169,16 @@ def test_nan_and_inf_rows_counted_exactly() -> None:
 
 
 def test_underflowing_p_y_gets_a_hint() -> None:
-    # float16: p_y = e**-20 is below the smallest subnormal (e**-16.64), so a kernel that takes
-    # -log(softmax(z)_y) returns inf; the summary says why and what to do
+    # float16: p_y = e**-20 is below half the smallest subnormal (e**-17.33), so it rounds to 0
+    # and a kernel that takes -log(softmax(z)_y) returns inf; the summary says why and what to do
     z = np.array([[20.0, 0.0, 1.0], [1.0, 0.0, 0.5]], dtype=np.float16)
     r = compare(z, np.array([1, 0]), np.array([np.inf, 0.55], dtype=np.float16))
     assert r.loss.nonfinite_row_ids == (0,) and r.loss.inf_rows == 1
-    assert "reach 20 > 16.64" in r.summary and "logsumexp(z) - z_y" in r.summary
+    assert "reach 20 > 17.33" in r.summary and "logsumexp(z) - z_y" in r.summary
+    # e**-17 = 4.1e-8 rounds up to the smallest subnormal 5.96e-8, not to 0: no such hint
+    z17 = np.array([[17.0, 0.0], [1.0, 0.0]], dtype=np.float16)
+    r = compare(z17, np.array([1, 0]), np.array([np.inf, 0.31], dtype=np.float16))
+    assert "underflows" not in r.summary
     # a NaN on a row with a small margin is not explained by underflow
     r = compare(z, np.array([1, 0]), np.array([20.0, np.nan], dtype=np.float16))
     assert r.loss.nonfinite_row_ids == (1,) and "logsumexp" not in r.summary
