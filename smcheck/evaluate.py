@@ -422,6 +422,17 @@ def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport
     return "; ".join(parts)
 
 
+def _framework_notes(methods: Sequence[str]) -> tuple[str, ...]:
+    """Where each framework method ran (CPU, or a GPU when one is present): part of the result."""
+    from .frameworks import framework_device
+
+    return tuple(
+        f"method {m} ran on {framework_device(m)} (its own accumulation; --accum does not apply)"
+        for m in methods
+        if m in FRAMEWORK_METHODS
+    )
+
+
 def evaluate(
     logits: np.ndarray,
     labels: np.ndarray | None = None,
@@ -555,7 +566,7 @@ def evaluate(
         cast_flushed_to_zero=0 if cr is None else cr.flushed_to_zero,
         grad_policy=_grad_policy(label_free, c),
         original_shape=shape,
-        notes=tuple(notes),
+        notes=(*notes, *_framework_notes(run_methods)),
     )
     reports = tuple(
         _method_report(m, stats.methods[m], gate_cfg, inp, working) for m in run_methods

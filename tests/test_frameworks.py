@@ -101,3 +101,12 @@ def test_framework_methods_in_gradcheck_and_sweep() -> None:
     assert by_name["torch"].passed and by_name["fused"].passed
     cfg = SweepConfig(dtypes=("float32",), classes=(10,), scales=(1.0,), methods=("torch",))
     assert cfg.methods == ("torch",)
+
+
+def test_eval_reports_where_a_framework_method_ran() -> None:
+    pytest.importorskip("torch")
+    from smcheck.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    rep = evaluate(rng.standard_normal((8, 5)), rng.integers(0, 5, 8), methods=("torch",))
+    assert any("method torch ran on cpu" in n for n in rep.input.notes)
