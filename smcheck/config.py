@@ -100,7 +100,7 @@ def display_path(path: Path) -> str:
     return rel if len(rel) < len(str(path)) else str(path)
 
 
-def _table_name(path: Path, command: str | None = None) -> str:
+def table_name(path: Path, command: str | None = None) -> str:
     base = "tool.smcheck" if path.name == "pyproject.toml" else ""
     name = ".".join(p for p in (base, command) if p)
     return f"[{name}]" if name else "top level"
@@ -187,7 +187,7 @@ def resolve(
     default_map: dict[str, dict[str, Any]] = {name: {} for name in commands}
     origin: dict[str, dict[str, str]] = {name: {} for name in commands}
     all_keys = sorted({k for opts in commands.values() for k in opts})
-    top = _table_name(path)
+    top = table_name(path)
     per_command: list[tuple[str, Mapping[str, Any]]] = []
     for raw_key, value in table.items():
         if isinstance(value, dict):
@@ -204,7 +204,7 @@ def resolve(
             default_map[name][spec.param] = _value(spec, value, path, top)
             origin[name][spec.param] = top
     for name, sub in per_command:
-        where = _table_name(path, name)
+        where = table_name(path, name)
         for raw_key, value in sub.items():
             key = normalize_key(raw_key)
             if key not in commands[name]:

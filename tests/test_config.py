@@ -268,3 +268,28 @@ def test_eval_takes_dtype_from_the_file_unless_given(project: Path) -> None:
     assert result.exit_code == 2
     assert "pyproject.toml: unknown eval option 'max-loss-ulps'" in result.stderr
     assert "did you mean 'max-loss-ulp'?" in result.stderr
+
+
+def test_a_number_for_a_flag_is_a_one_line_error_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "smcheck.toml").write_text("exit-zero = 1\n")
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "smcheck.toml"), "config"])
+    assert result.exit_code == 2
+    assert "exit-zero = 1" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_top_level_key_meant_for_another_command_is_dropped_where_it_does_not_fit(
+    tmp_path: Path,
+) -> None:
+    # 'margin' is one of sweep's cases, not gradcheck's: eval and gradcheck still run
+    cfg = tmp_path / "smcheck.toml"
+    cfg.write_text('case = "margin"\n')
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "config", "sweep", "gradcheck"])
+    assert result.exit_code == 0, result.output
+    sections = {
+        part.split("]", 1)[0]: part for part in result.stdout.split("\n[")[1:]
+    }  # "[sweep]\n  option ..." -> {"sweep": ...}
+    assert "margin" in sections["sweep"] and "margin" not in sections["gradcheck"]
+    cfg.write_text('case = "margin"\n[gradcheck]\ncase = "margin"\n')
+    result = CliRunner().invoke(cli, ["--config", str(cfg), "config"])
+    assert result.exit_code == 2  # in gradcheck's own table the value is an error
+    assert "case = 'margin' in [gradcheck]" in result.stderr

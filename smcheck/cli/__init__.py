@@ -22,7 +22,14 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..config import OptionSpec, Settings, display_path, load_settings, normalize_key
+from ..config import (
+    OptionSpec,
+    Settings,
+    display_path,
+    load_settings,
+    normalize_key,
+    table_name,
+)
 from ..errors import SmcheckError, UsageError
 
 EXIT_OK = 0
@@ -94,21 +101,47 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
 
 
 def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> None:
-    """Convert each file value as the command line would, so a bad one names the file."""
+    """Convert each file value as the command line would, so a bad one names the file.
+
+    A top-level key applies to every command with an option of that name; where one command's
+    option rejects the value that another command's accepts (``case = "margin"`` is sweep's),
+    the key is dropped for the command that rejects it. A value no command accepts, or a bad one
+    in a command's own table, is an error naming the file, key and table.
+    """
     assert settings.path is not None or not settings.default_map
+    failures: dict[tuple[str, str], str] = {}
     for name, values in settings.default_map.items():
         params = {p.name: p for p in group.commands[name].params}
         for param_name, value in values.items():
-            param = params[param_name]
             try:
-                param.type_cast_value(ctx, value)
+                params[param_name].type_cast_value(ctx, value)
             except click.BadParameter as exc:
-                assert settings.path is not None
-                where = settings.origin[name][param_name]
-                raise UsageError(
-                    f"{display_path(settings.path)}: {_key_of(param)} = {value!r} in {where}: "
-                    f"{exc.message}"
-                ) from exc
+                failures[name, param_name] = exc.message
+            except (TypeError, ValueError, AttributeError) as exc:  # e.g. a number for a flag
+                failures[name, param_name] = f"not a valid value ({exc})"
+    top = table_name(settings.path) if settings.path is not None else ""
+
+    def key(name: str, param_name: str) -> str:
+        return _key_of({p.name: p for p in group.commands[name].params}[param_name])
+
+    accepted_keys = {
+        key(name, param_name)
+        for name, values in settings.default_map.items()
+        for param_name in values
+        if settings.origin[name][param_name] == top and (name, param_name) not in failures
+    }
+    for (name, param_name), message in failures.items():
+        where = settings.origin[name][param_name]
+        accepted = key(name, param_name) in accepted_keys
+        if where == top and accepted:
+            del settings.default_map[name][param_name]  # meant for another command
+            continue
+        assert settings.path is not None
+        param = {p.name: p for p in group.commands[name].params}[param_name]
+        value = settings.default_map[name][param_name]
+        raise UsageError(
+            f"{display_path(settings.path)}: {_key_of(param)} = {value!r} in {where}: {message}"
+        )
 
 
 @click.group(cls=SmcheckGroup, context_settings={"help_option_names": ["-h", "--help"]})
