@@ -250,7 +250,11 @@ def _check_block(
     ulps = np.where(measured, ulps, 0.0)
     out["loss"] = _offending(ulps > max_loss_ulp, start, prep, loss64, ref_loss, ulps)
     if g_err is not None and g_val is not None and g_ref is not None:
-        g_err = np.where(measured, g_err, 0.0)
+        # the gradient is measured wherever the reference gradient is finite - also on a row
+        # whose reference loss is +inf (a label on a -inf logit: gradient p - onehot, finite)
+        assert ref.grad is not None
+        g_measured = defined & np.isfinite(ref.grad).all(axis=1) & ~nonfinite
+        g_err = np.where(g_measured, g_err, 0.0)
         out["grad"] = _offending(g_err > max_grad_err, start, prep, g_val, g_ref, g_err, g_col)
     return out
 

@@ -245,3 +245,15 @@ def test_framework_methods_are_checked_like_the_others(framework: str) -> None:
     assert_stable(z, y, dtype="float16", methods=(framework,))
     with pytest.raises(AssertionError, match=rf"{framework}: loss error > max_loss_ulp = 0\.01"):
         assert_stable(z, y, dtype="bfloat16", methods=(framework,), max_loss_ulp=0.01)
+
+
+def test_gradient_checked_on_a_row_whose_reference_loss_is_inf() -> None:
+    # label on a -inf logit: loss +inf (as the reference), but the gradient p - onehot is finite
+    # and [5, 5, 5] is wrong by up to 6
+    from smcheck.testing import assert_matches_reference
+
+    z = np.array([[0.0, -np.inf, 1.0]])
+    with pytest.raises(AssertionError, match="grad"):
+        assert_matches_reference(
+            np.array([np.inf]), z, np.array([1]), dtype="float32", grad=np.array([[5.0, 5, 5]])
+        )
