@@ -159,7 +159,9 @@ def sweep_breaks(old: Report, new: Report) -> tuple[list[Regression], list[str]]
     """
     tol = max(float((r.get("config") or {}).get("tol") or 0.0) for r in (old, new))
     before = {_break_key(b): b.get("scale") for b in old.get("breaks") or []}
-    regressions, missing, added = [], 0, 0
+    old_scales = [float(v) for v in (old.get("config") or {}).get("scales") or []]
+    reach = max(old_scales, default=math.inf)  # the baseline looked no further than this
+    regressions, missing, added, beyond = [], 0, 0, 0
     for b in new.get("breaks") or []:
         key = _break_key(b)
         now = b.get("scale")
@@ -168,6 +170,9 @@ def sweep_breaks(old: Report, new: Report) -> tuple[list[Regression], list[str]]
             continue
         then = before[key]
         if now is None or (then is not None and now >= then / (1 + tol)):
+            continue
+        if then is None and now > reach * (1 + tol):  # beyond the baseline's range: unknown
+            beyond += 1
             continue
         dtype, classes, case, method, kind = key
         where = f"{kind} in {dtype}, C={classes}, case {case} from scale {_num(now)}"
@@ -179,6 +184,10 @@ def sweep_breaks(old: Report, new: Report) -> tuple[list[Regression], list[str]]
         notes.append(f"{missing} break points of the baseline's grid not swept now")
     if added:
         notes.append(f"{added} breaks in cells the baseline did not sweep (nothing to compare)")
+    if beyond:
+        notes.append(
+            f"{beyond} breaks above the baseline's largest scale {_num(reach)} (not compared)"
+        )
     return regressions, notes
 
 

@@ -356,7 +356,10 @@ def _sweep(*breaks: dict[str, Any], scales: tuple[float, ...] = (1.0, 20.0)) -> 
 
 
 def test_sweep_breaks_earlier_or_new_are_regressions() -> None:
-    old = _sweep(_brk("naive", "overflow", 11.13), _brk("fused", "overflow", None))
+    # the baseline swept up to 1000: a break at 700 where it saw none is new
+    old = _sweep(
+        _brk("naive", "overflow", 11.13), _brk("fused", "overflow", None), scales=(1.0, 1000.0)
+    )
     assert sweep_breaks(old, copy.deepcopy(old)) == ([], [])
     same = _sweep(_brk("naive", "overflow", 11.05), _brk("fused", "overflow", None))
     assert sweep_breaks(old, same) == ([], [])  # within tol: the same break, bisected again
@@ -389,3 +392,15 @@ def test_sweep_baseline_notes_a_different_grid_and_no_factor() -> None:
     assert render_result(result, "b.json", 2.0).splitlines()[0] == (
         "smcheck: no regression against b.json"  # sweep compares no errors: no factor to show
     )
+
+
+def test_sweep_break_beyond_the_baselines_range_is_not_a_regression() -> None:
+    from smcheck.baseline import sweep_breaks
+
+    b = {"dtype": "float16", "classes": 10, "case": "wrong", "method": "naive", "kind": "overflow"}
+    old = {"config": {"tol": 0.01, "scales": [1.0, 5.0]}, "breaks": [{**b, "scale": None}]}
+    new = {"config": {"tol": 0.01, "scales": [1.0, 50.0]}, "breaks": [{**b, "scale": 5.58}]}
+    regressions, notes = sweep_breaks(old, new)
+    assert regressions == [] and any("largest scale 5" in n for n in notes)
+    new = {"config": {"tol": 0.01, "scales": [1.0, 50.0]}, "breaks": [{**b, "scale": 4.0}]}
+    assert len(sweep_breaks(old, new)[0]) == 1  # inside the baseline's range: a new break
