@@ -65,7 +65,7 @@ if (( ${#args[@]} == 0 )); then
 fi
 for a in "${args[@]}"; do
   case "$a" in
-    -f | --format | --format=* | -o | --output | --output=*)
+    -f | -f?* | --format | --format=* | -o | -o?* | --output | --output=*)
       fail_usage "leave '$a' out of the command: the action chooses the formats and outputs" ;;
   esac
 done
@@ -78,7 +78,9 @@ set -e
 cat "$tmp/stderr" >&2
 if (( rc >= 2 )); then
   # bad input, bad usage or an internal error: the one-line message is the whole story
-  msg="$(head -n 1 "$tmp/stderr")"
+  # smcheck's own errors are one line; click's usage errors end with their "Error: ..." line
+  msg="$(grep -E '^(smcheck: |Error: )' "$tmp/stderr" | tail -n 1 || true)"
+  [[ -n "$msg" ]] || msg="$(grep -v '^[[:space:]]*$' "$tmp/stderr" | tail -n 1 || true)"
   echo "::error title=smcheck (exit $rc)::$(escape "${msg:-smcheck exited with status $rc}")"
   {
     printf '### smcheck: error (exit %d)\n\n`smcheck %s`\n\n```\n' "$rc" "$SMCHECK_COMMAND"

@@ -139,6 +139,8 @@ def test_bad_input_exits_2_with_the_message_in_summary_and_annotation(tmp_path: 
         ("  ", "the 'command' input is blank"),
         ("eval x.npy --format json", "leave '--format' out of the command"),
         ("eval x.npy -o out.md", "leave '-o' out of the command"),
+        ("eval x.npy -oout.md", "leave '-oout.md' out of the command"),
+        ("eval x.npy -fjson", "leave '-fjson' out of the command"),
         ("eval 'unbalanced", "cannot split the command"),
     ],
 )
@@ -148,6 +150,13 @@ def test_unusable_commands_exit_2(tmp_path: Path, command: str, message: str) ->
     (note,) = _annotations(done.stdout)
     assert note.startswith("::error title=smcheck action::") and message in note
     assert message in (tmp_path / "s.md").read_text()
+
+
+def test_a_usage_error_annotation_carries_clicks_error_line(tmp_path: Path) -> None:
+    done = _run(tmp_path, "gradcheck --case bogus", tmp_path / "s.md")
+    assert done.returncode == 2
+    (note,) = _annotations(done.stdout)
+    assert note.startswith("::error title=smcheck (exit 2)::Error: Invalid value for '--case'")
 
 
 def test_the_command_is_never_evaluated_by_a_shell(tmp_path: Path) -> None:
