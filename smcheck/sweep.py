@@ -391,9 +391,19 @@ class SweepReport:
         return tuple(b for b in self.breaks if b.scale is not None and b.method in self.config.gate)
 
     @property
+    def gate_unmeasured(self) -> tuple[str, ...]:
+        """Gated methods with no measurable cell at all (every input overflowed the dtype)."""
+        return tuple(
+            m
+            for m in self.config.gate
+            if all(c.verdict == "inconclusive" for c in self.cells if c.method == m)
+        )
+
+    @property
     def ok(self) -> bool:
-        """No gated method breaks anywhere in the grid (true when nothing is gated)."""
-        return not self.gate_failures
+        """No gated method breaks anywhere in the grid, and each was measured somewhere (true
+        when nothing is gated): a sweep that checked nothing is not a pass."""
+        return not self.gate_failures and not self.gate_unmeasured
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,8 +484,13 @@ def _geometry(x: np.ndarray, labels: np.ndarray, s: int, r: int) -> dict[str, li
         other = z.max(axis=1)
         z[rows, labels] = z_y
         row_max = np.maximum(other, z_y)
-        lse = row_max + np.log(np.sum(np.exp(z - row_max[:, None]), axis=1))
-        loss = (lse - z_y).reshape(s, r)
+        # log1p form: lse - z_y = (m - z_y) + log1p(sum_{j != argmax} exp(z_j - m)), which keeps
+        # a confident row's tiny loss (lse - z_y would cancel it to 0)
+        e = np.exp(z - row_max[:, None])
+        e[rows, np.argmax(z, axis=1)] = 0.0
+        rest = np.log1p(np.sum(e, axis=1))
+        lse = row_max + rest
+        loss = ((row_max - z_y) + rest).reshape(s, r)
         margin = (z_y - other).reshape(s, r)
         lse = lse.reshape(s, r)
         row_max = row_max.reshape(s, r)
@@ -624,7 +639,7 @@ def _verdict(st: _Stats, max_bits: float) -> str:
 
 
 def _explain(
-    st: _Stats, theory: DtypeTheory, kind: str
+    st: _Stats, theory: DtypeTheory, kind: str, method: str = ""
 ) -> tuple[str | None, str | None, float | None, float | None]:
     """Which threshold a break crossed: among the mechanisms its flags allow, the first (in the
     order exp, sum, 1/p_y) whose quantity is just past its threshold (ratio in [0.99, 1.03]:
@@ -649,6 +664,16 @@ def _explain(
             break
         if best is None or d < best[0]:
             best = (d, (cause, name, value, obs))
+    if best is not None and best[0] <= 0.1:
+        return best[1]
+    p = get_precision(theory.dtype)
+    # the cases keep every logit within [-scale, scale]: a range past max needs 2 scale > max
+    wide = st.largest_logit is not None and 2 * abs(st.largest_logit) > p.max
+    if st.overflow_frac and method != "naive" and not p.has_inf and wide:
+        # no threshold above explains it: in a dtype without inf (float8_e4m3fn) the shift
+        # z - max(z) (which naive does not take) overflows to NaN once the row's range passes
+        # the dtype's max
+        return f"shift overflow (NaN: {theory.dtype} has no inf)", None, None, None
     if best is None:
         return ("overflow" if st.overflow_frac else None), None, None, None
     return best[1]
@@ -737,7 +762,7 @@ def _refine(
     for (m, kind), (lo, hi) in brackets.items():
         assert hi is not None
         st = cache[(m, hi)]
-        cause, name, value, observed = _explain(st, theory, kind)
+        cause, name, value, observed = _explain(st, theory, kind, m)
         out.append(
             Break(
                 prob.dtype,

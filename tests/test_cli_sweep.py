@@ -209,3 +209,11 @@ def test_baseline_grid_differences_are_notes(tmp_path: Path) -> None:
     out = str(tmp_path / "report.json")
     same = invoke(cli, [*TINY, "-o", out, "--write-baseline", out])
     assert same.exit_code == 2 and "--write-baseline and --output" in same.stderr
+
+
+def test_a_gated_sweep_that_measured_nothing_fails() -> None:
+    # 1e5 overflows float16 in the cast itself: every cell is inconclusive - not a pass
+    args = ["sweep", "--dtype", "float16", "--classes", "10", "--scales", "1e5,2e5"]
+    result = CliRunner().invoke(cli, [*args, "--case", "margin", "--gate", "naive"])
+    assert result.exit_code == 1
+    assert "nothing measured for naive" in result.stdout

@@ -34,6 +34,7 @@ from smcheck.sweep import (
     DtypeTheory,
     SweepConfig,
     SweepReport,
+    auto_rows,
     case_pattern,
     parse_scales,
     sweep,
@@ -536,3 +537,45 @@ def test_log1p_float16_many_classes_loses_bits_where_exp_terms_are_subnormal() -
     smallest_normal = float(FINFO["float16"].smallest_normal)  # 2^-14
     assert math.exp(-b.scale) < smallest_normal < b.loss
     assert all(x.scale is None for x in rep.breaks if x.kind != "precision")
+
+
+def test_float8_e4m3fn_breaks_of_shifting_methods_are_shift_overflows() -> None:
+    # e4m3fn has no inf: z - max(z) is NaN once the row's range passes 448 - in the wrong
+    # case (+scale and the label at -scale) at scale 224; the float32 sum cannot overflow
+    cfg = SweepConfig(
+        dtypes=("float8_e4m3fn",),
+        classes=(10,),
+        scales=(1.0, 10.0, 100.0, 300.0),
+        cases=("wrong",),
+        methods=("fused", "naive"),
+    )
+    rep = sweep(cfg)
+    fused = [b for b in rep.breaks if b.method == "fused" and b.kind == "overflow"]
+    assert fused and fused[0].scale is not None and 224 / 1.01 < fused[0].scale <= 300
+    assert fused[0].cause is not None and fused[0].cause.startswith("shift overflow")
+    naive = [b for b in rep.breaks if b.method == "naive" and b.kind == "overflow"]
+    assert naive[0].cause is None or not naive[0].cause.startswith("shift")  # naive: no shift
+
+
+def test_grid_loss_keeps_a_confident_rows_tiny_loss() -> None:
+    import mpmath
+
+    cfg = SweepConfig(
+        dtypes=("float64",), classes=(10,), scales=(40.0,), cases=("margin",), methods=("log1p",)
+    )
+    rep = sweep(cfg)
+    (cell,) = rep.cells
+    x, y = case_pattern("margin", 10, auto_rows(10), 0)  # the rows the sweep used (seed 0)
+    z = x * 40.0
+    with mpmath.workdps(50):
+        losses = [
+            mpmath.log1p(
+                mpmath.fsum(
+                    mpmath.exp(mpmath.mpf(float(v)) - mpmath.mpf(float(r[k])))
+                    for j, v in enumerate(r)
+                    if j != k
+                )
+            )
+            for r, k in zip(z, y, strict=True)
+        ]
+    assert cell.loss == pytest.approx(float(max(losses)), rel=1e-12)

@@ -318,7 +318,12 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
     out.extend(Text(line, style="green" if color else "") for line in _never_summary(report))
     if c.gate:
         fails = report.gate_failures
-        status = "PASS" if report.ok else f"FAIL ({len(fails)} break(s) of gated methods, marked *)"
+        if report.ok:
+            status = "PASS"
+        elif fails:
+            status = f"FAIL ({len(fails)} break(s) of gated methods, marked *)"
+        else:
+            status = f"FAIL (nothing measured for {', '.join(report.gate_unmeasured)})"
         out.append(Text(f"gate {', '.join(c.gate)}: {status}", style=_gate_style(report, color)))
     return out
 
