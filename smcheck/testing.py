@@ -356,6 +356,11 @@ def _raise_if_failed(
     failed = [chk for chk in checks.values() if chk.count]
     if failed:
         raise AssertionError(_render(func, failed, working, accum, shape, checked))
+    if checked == 0:  # as the commands: a check of nothing is not a pass
+        raise AssertionError(
+            f"smcheck: {func} checked nothing: none of the {shape[0]} rows is checkable "
+            "(every label ignored, or NaN/+inf logits)"
+        )
 
 
 def assert_stable(

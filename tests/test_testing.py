@@ -257,3 +257,13 @@ def test_gradient_checked_on_a_row_whose_reference_loss_is_inf() -> None:
         assert_matches_reference(
             np.array([np.inf]), z, np.array([1]), dtype="float32", grad=np.array([[5.0, 5, 5]])
         )
+
+
+def test_checking_nothing_is_not_a_pass() -> None:
+    from smcheck.testing import assert_matches_reference, assert_stable
+
+    z = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(AssertionError, match="checked nothing"):
+        assert_stable(z, np.full(3, -100), dtype="float32")
+    with pytest.raises(AssertionError, match="checked nothing"):
+        assert_matches_reference(np.zeros(3), z, np.full(3, -100), dtype="float32")
