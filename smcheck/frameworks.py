@@ -81,8 +81,8 @@ def torch_method(
     if y is None and targets is None:  # label-free: the whole -log softmax row
         with torch.no_grad():
             loss_np = back(-torch.log_softmax(z, dim=1))
-        inf_rows = np.isinf(loss_np.astype(np.float64)).any(axis=1)
-        return MethodOutput(loss_np, None, inf_rows, prob == 0)
+        inf_rows = np.asarray(np.isinf(loss_np.astype(np.float64)).any(axis=1))
+        return MethodOutput(loss_np, None, inf_rows, np.asarray(prob == 0))
 
     def to_t(v: np.ndarray) -> Any:
         return torch.from_numpy(np.ascontiguousarray(np.asarray(v).astype(wide))).to(dev).to(tdt)
@@ -105,6 +105,7 @@ def torch_method(
     )
     if targets is not None:
         return MethodOutput(loss_np, grad_np, overflow, ((prob == 0) & (targets.coeff != 0)).any(1))
+    assert y is not None
     return MethodOutput(loss_np, grad_np, overflow, prob[np.arange(len(y)), y] == 0)
 
 
@@ -151,6 +152,7 @@ def jax_method(
     overflow = bad(loss.astype(np.float64)) | bad(grad.astype(np.float64)).any(axis=1)
     if targets is not None:
         return MethodOutput(loss, grad, overflow, ((prob == 0) & (targets.coeff != 0)).any(1))
+    assert y is not None
     p_y = prob[np.arange(len(y)), np.asarray(y)]
     return MethodOutput(loss, grad, overflow, p_y.astype(np.float64) == 0)
 

@@ -671,7 +671,7 @@ def _consistency(
         verdict = "consistent"
     else:
         verdict = "inconclusive"
-    return Consistency(verdict, len(take), *total.values(), rule)  # type: ignore[arg-type]
+    return Consistency(verdict, len(take), *total.values(), rule)  # type: ignore[arg-type,call-arg]
 
 
 # --------------------------------------------------------------------------- the analysis
