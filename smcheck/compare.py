@@ -609,7 +609,7 @@ def _block(
     out.grad_abs.append(grad_abs_err(g, ref.grad, lo))
     out.grad_rel.append(grad_rel_err(g, ref.grad, lo))
     out.grad_cls.append(np.argmax(np.where(np.isnan(d), np.inf, d), axis=1))
-    out.grad_their_bad.append(~np.isfinite(g).all(axis=1))
+    out.grad_their_bad.append(np.asarray(~np.isfinite(g).all(axis=1)))
     out.grad_ref_bad.append(~np.isfinite(ref.grad).all(axis=1))
     out.grad_ign_nonzero.append(prep.ignored & (g != 0).any(axis=1))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
+import numpy as np
 
 from ..baseline import input_identity
 from ..errors import UsageError
@@ -215,6 +216,7 @@ def gradcheck_cmd(
             scale=4.0 if scale is None else scale,
             seed=seed,
         )
+        y: np.ndarray | None
         x, y, name, cases, inputs = s.logits, s.labels, s.description, s.cases, []
         dtype = dtype or "float32"
         rows = None
