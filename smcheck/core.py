@@ -92,6 +92,32 @@ def loss_coefficients(
     return coeff
 
 
+def check_labels(
+    labels: np.ndarray, n: int, c: int, ignore_index: int = -100, row_offset: int = 0
+) -> np.ndarray:
+    """Class indices as int64, checked: shape (n,), integral, in [0, c) or ``ignore_index``.
+
+    ``InputError`` names the first bad row (plus ``row_offset``, for a block of rows).
+    """
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or lab.shape[0] != n:
+        raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
+    if lab.dtype.kind not in "iu":
+        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
+            lab = lab.astype(np.int64)
+        else:
+            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
+    lab = lab.astype(np.int64)
+    bad = (lab != ignore_index) & ((lab < 0) | (lab >= c))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(
+            f"row {row + row_offset}: label {int(lab[row])} is outside [0, {c})"
+            f" (and is not ignore_index {ignore_index})"
+        )
+    return lab
+
+
 def prepare(
     logits: np.ndarray,
     labels: np.ndarray | None,
@@ -144,23 +170,8 @@ def prepare(
         safe = None
         lab = None
     else:
-        lab = np.asarray(labels)
-        if lab.ndim != 1 or lab.shape[0] != n:
-            raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
-        if lab.dtype.kind not in "iu":
-            if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-                lab = lab.astype(np.int64)
-            else:
-                raise InputError(f"labels must be integers, got dtype {lab.dtype}")
-        lab = lab.astype(np.int64)
+        lab = check_labels(labels, n, c, ignore_index, row_offset)
         ignored = lab == ignore_index
-        bad = ~ignored & ((lab < 0) | (lab >= c))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise InputError(
-                f"row {row + row_offset}: label {int(lab[row])} is outside [0, {c})"
-                f" (and is not ignore_index {ignore_index})"
-            )
         safe = np.where(ignored, 0, lab)
     finite = np.isfinite(xr).all(axis=1)
     coeff = None

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .core import check_labels
 from .engine import (
     FULL_GRAD_CLASSES,
     OVERFLOW_CAUSES,
@@ -200,27 +201,6 @@ def default_thresholds(working: Precision, accum: Precision, classes: int) -> tu
     log_c = math.ceil(math.log2(classes)) if classes > 1 else 0
     k = round(4 + log_c * accum.eps / working.eps, 2)
     return k, k * working.eps
-
-
-def _check_labels(labels: np.ndarray, n: int, c: int, ignore_index: int) -> np.ndarray:
-    """Labels as int64, checked against C with the global row number (core checks per chunk)."""
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.shape[0] != n:
-        raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
-    if lab.dtype.kind not in "iu":
-        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-            lab = lab.astype(np.int64)
-        else:
-            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
-    lab = lab.astype(np.int64)
-    bad = (lab != ignore_index) & ((lab < 0) | (lab >= c))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(
-            f"row {row}: label {int(lab[row])} is outside [0, {c}) "
-            f"(and is not ignore_index {ignore_index})"
-        )
-    return lab
 
 
 def _opt(x: float) -> float | None:
@@ -505,7 +485,7 @@ def evaluate(
     for flag, value in (("--max-loss-ulp", max_loss_ulp), ("--max-grad-err", max_grad_err)):
         if value is not None and not (0 <= float(value) < math.inf):
             raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
-    lab = None if labels is None else _check_labels(labels, n, c, ignore_index)
+    lab = None if labels is None else check_labels(labels, n, c, ignore_index)
     label_free = lab is None
     loss_k, grad_k = default_thresholds(working, acc, c)
     gate_cfg = GateConfig(
