@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -31,14 +32,25 @@ IGNORE = -100
 MAX_BYTES = 1 << 20  # keeps a lying npz member or a huge declared shape from allocating much
 
 
+#: The stated memory bound: loading any of these inputs (each under a few KiB on disk, at most
+#: MAX_BYTES after decompression) allocates at most this much at its peak (tracemalloc, which
+#: numpy reports its buffers to) - a lying header must not make the loader allocate its claim.
+PEAK_BYTES = 32 << 20
+
+
 def check(logits: Path, labels: Path | None = None, **options: object) -> LoadedInput | None:
     """Load; assert the result is valid, or that the failure was an InputError."""
+    tracemalloc.start()
     try:
         got = load_input(logits, labels, max_bytes=MAX_BYTES, **options)  # type: ignore[arg-type]
     except InputError as exc:
         message = str(exc)
         assert message and "\n" not in message
         return None
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak <= PEAK_BYTES, peak
     assert got.logits.ndim == 2
     n, c = got.logits.shape
     assert n >= 1 and c >= 1
