@@ -11,8 +11,6 @@ import click
 
 from ..baseline import input_identity
 from ..evaluate import DEFAULT_CHUNK_BYTES, EvalReport, PerRowWriter, evaluate
-from ..loading import load_input
-from ..precisions import PRECISIONS
 from ..render.eval_formats import render_github, render_json, render_junit, render_markdown, to_dict
 from ..render.eval_table import render_table
 from . import cli
@@ -26,6 +24,7 @@ from .options import (
     exit_code,
     format_option,
     gate_options,
+    load_logits,
     methods_option,
     output_option,
     parse_csv_choices,
@@ -158,20 +157,16 @@ def eval_cmd(
         parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on"),
     )
     gated = parse_methods(gate, "--gate") if gate.strip().lower() != "none" else ()
-    column: str | int | None = label_column
-    if label_column is not None and label_column.lstrip("-").isdigit():
-        column = int(label_column)
-    loaded = load_input(
+    loaded, dtype = load_logits(
         logits,
         labels,
+        dtype,
         logits_key=logits_key,
         labels_key=labels_key,
-        label_column=column,
+        label_column=label_column,
         ignore_index=ignore_index,
         max_bytes=max_bytes,
     )
-    if dtype is None and loaded.file_dtype not in PRECISIONS:
-        dtype = "float32"  # text and integer files
     inputs = [p for p in (logits, labels) if p]
     check_output(output, inputs)
     start_baseline(

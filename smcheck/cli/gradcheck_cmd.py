@@ -11,8 +11,6 @@ import numpy as np
 from ..baseline import input_identity
 from ..errors import UsageError
 from ..gradcheck import CASE_CHOICES, GradcheckReport, gradcheck, synthetic
-from ..loading import load_input
-from ..precisions import PRECISIONS
 from ..render.gradcheck import (
     render_github,
     render_json,
@@ -29,6 +27,7 @@ from .options import (
     emit,
     exit_code,
     format_option,
+    load_logits,
     methods_option,
     output_option,
     parse_methods,
@@ -224,19 +223,15 @@ def gradcheck_cmd(
         given = [n for n, v in (("--case", case), ("--classes", classes), ("--scale", scale)) if v]
         if given:
             raise UsageError(f"{', '.join(given)} make synthetic input: drop them or LOGITS")
-        column: str | int | None = label_column
-        if label_column is not None and label_column.lstrip("-").isdigit():
-            column = int(label_column)
-        loaded = load_input(
+        loaded, dtype = load_logits(
             logits,
             labels,
+            dtype,
             logits_key=logits_key,
             labels_key=labels_key,
-            label_column=column,
+            label_column=label_column,
             ignore_index=ignore_index,
         )
-        if dtype is None and loaded.file_dtype not in PRECISIONS:
-            dtype = "float32"  # text and integer files
         x, y, cases = loaded.logits, loaded.labels, None
         name = loaded.logits_name
         if loaded.labels_name and loaded.labels_name != loaded.logits_name:

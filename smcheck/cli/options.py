@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import UsageError
+from ..loading import LoadedInput, load_input
 from ..methods import DEFAULT_METHODS, METHODS
 from ..precisions import PRECISIONS
 from ..render.common import use_color
@@ -40,6 +41,7 @@ __all__ = [
     "exit_code",
     "format_option",
     "gate_options",
+    "load_logits",
     "methods_option",
     "output_option",
     "parse_csv_choices",
@@ -342,3 +344,38 @@ def progress_reporter(
             bar.update(task[0], completed=done)
 
         yield update
+
+
+def load_logits(
+    logits: str,
+    labels: str | None,
+    dtype: str | None,
+    *,
+    logits_key: str | None,
+    labels_key: str | None,
+    label_column: str | None,
+    ignore_index: int,
+    max_bytes: int | None = None,
+) -> tuple[LoadedInput, str | None]:
+    """Load a command's LOGITS/--labels and pick its working dtype.
+
+    ``--label-column`` is a column index when it is an integer (negative from the end), else a
+    header name. The dtype is the one given, else the file's float dtype (``None``: the caller
+    keeps it), else float32 for text and integer files.
+    """
+    column: str | int | None = label_column
+    if label_column is not None and label_column.lstrip("-").isdigit():
+        column = int(label_column)
+    extra = {} if max_bytes is None else {"max_bytes": max_bytes}
+    loaded = load_input(
+        logits,
+        labels,
+        logits_key=logits_key,
+        labels_key=labels_key,
+        label_column=column,
+        ignore_index=ignore_index,
+        **extra,  # type: ignore[arg-type]
+    )
+    if dtype is None and loaded.file_dtype not in PRECISIONS:
+        dtype = "float32"  # text and integer files
+    return loaded, dtype
