@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, UsageError
-from .methods import METHODS, LossTargets, MethodFn
+from .methods import (
+    METHODS,
+    SHARED_SOFTMAX_METHODS,
+    LossTargets,
+    MethodFn,
+    ShiftedSoftmax,
+)
 from .precisions import (
     CastReport,
     Precision,
@@ -246,16 +252,23 @@ def get_method(name: str) -> MethodFn:
     raise UsageError(f"unknown method {name!r}; expected one of: {known}")
 
 
-def run_method(name: str, prep: Prepared, accum: Precision) -> CrossEntropyResult:
-    """Run one registered method on prepared input."""
+def run_method(
+    name: str, prep: Prepared, accum: Precision, shared: ShiftedSoftmax | None = None
+) -> CrossEntropyResult:
+    """Run one registered method on prepared input.
+
+    ``shared`` (:func:`~smcheck.methods.shifted_softmax` of ``prep.x`` in the same precisions)
+    is handed to the methods that reuse it (:data:`~smcheck.methods.SHARED_SOFTMAX_METHODS`).
+    """
     fn = get_method(name)
+    kw = {"shared": shared} if shared is not None and name in SHARED_SOFTMAX_METHODS else {}
     if prep.coeff is None:
-        out = fn(prep.x, prep.safe_labels, prep.working, accum)
+        out = fn(prep.x, prep.safe_labels, prep.working, accum, **kw)
     else:
         targets = LossTargets(
             prep.coeff, prep.weight, prep.label_smoothing, prep.soft_targets, prep.safe_labels
         )
-        out = fn(prep.x, prep.safe_labels, prep.working, accum, targets)
+        out = fn(prep.x, prep.safe_labels, prep.working, accum, targets, **kw)
     ok = prep.finite_input & ~prep.ignored
     loss, grad = out.loss, out.grad
     if prep.ignored.any():

@@ -35,6 +35,7 @@ import numpy as np
 
 from .core import CrossEntropyResult, Prepared, prepare, reference_of, run_method
 from .memmaps import release_pages
+from .methods import SHARED_SOFTMAX_METHODS, ShiftedSoftmax, shifted_softmax
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
 from .precisions import CastReport, Precision, accumulate
 from .reference import ReferenceOutput
@@ -627,8 +628,12 @@ def grad_errors(
         d = np.subtract(g, ref, dtype=np.float64)  # g widened exactly, then one rounding
         if ref_lo is not None:
             d -= ref_lo
-        np.abs(d, out=d)
-        gabs = d.max(axis=1) if d.shape[1] else np.zeros(d.shape[0])
+        # max |d| = max(max d, -min d): two read-only passes instead of writing |d| first
+        # (NaN propagates through max, min and maximum; an inf of either sign gives inf)
+        if d.shape[1]:
+            gabs = np.maximum(d.max(axis=1), np.negative(d.min(axis=1))) + 0.0  # -0.0 -> 0.0
+        else:
+            gabs = np.zeros(d.shape[0])
         np.multiply(d, d, out=d)
         num = np.sqrt(d.sum(axis=1))
         den = np.sqrt(np.sum(ref * ref, axis=1)) if ref_norm is None else ref_norm
@@ -655,12 +660,22 @@ def _row_max(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return np.where(np.isneginf(out), np.nan, out)
 
 
-def _run(name: str, prep: Prepared, cfg: EngineConfig) -> CrossEntropyResult:
+def _run(
+    name: str, prep: Prepared, cfg: EngineConfig, shared: ShiftedSoftmax | None = None
+) -> CrossEntropyResult:
     """One method on a block. NaN input rows are not eligible, so the 'invalid' warning that
     methods.online's first block max raises for them in bfloat16/float8 (outside its errstate)
     is noise here."""
     with np.errstate(invalid="ignore"):
-        return run_method(name, prep, cfg.accum)
+        return run_method(name, prep, cfg.accum, shared)
+
+
+def _shared_softmax(prep: Prepared, cfg: EngineConfig) -> ShiftedSoftmax | None:
+    """The max-shifted softmax, computed once when two or more methods would each compute it."""
+    if len(SHARED_SOFTMAX_METHODS.intersection(cfg.methods)) < 2:
+        return None
+    with np.errstate(invalid="ignore"):  # NaN input rows: not eligible, see _run
+        return shifted_softmax(prep.x, cfg.working, cfg.accum)
 
 
 def chunk_stats(
@@ -729,8 +744,9 @@ def chunk_stats(
         ref_norm = np.sqrt(np.sum(gref.grad * gref.grad, axis=1))
     methods: dict[str, MethodStats] = {}
     per_method: dict[str, dict[str, np.ndarray]] = {}
+    shared = _shared_softmax(prep, cfg)
     for name in cfg.methods:
-        res = _run(name, prep, cfg)
+        res = _run(name, prep, cfg, shared)
         causes = overflow_causes(name, prep.x, prep.safe_labels, res.overflow & e, cfg)
         st, arrays = _loss_stats(res, cfg, ref_loss, ref_lo, measured, row0, causes)
         gres = _run(name, gprep, cfg) if label_free else res

@@ -28,7 +28,16 @@ import numpy as np
 
 from .precisions import Precision, accumulate, round_to
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "LossTargets", "MethodOutput", "MethodFn"]
+__all__ = [
+    "METHODS",
+    "DEFAULT_METHODS",
+    "SHARED_SOFTMAX_METHODS",
+    "LossTargets",
+    "MethodOutput",
+    "MethodFn",
+    "ShiftedSoftmax",
+    "shifted_softmax",
+]
 
 #: Block width (classes) of the ``online`` method: one block is what a GPU thread block loads.
 ONLINE_BLOCK = 128
@@ -188,6 +197,45 @@ def _weighted_chained(
     return MethodOutput(loss, p * diff, overflow, ((p == 0) & (c != 0)).any(axis=1))
 
 
+@dataclass(frozen=True)
+class ShiftedSoftmax:
+    """The max-shifted softmax steps that :func:`shifted`, :func:`fused` and :func:`log1p` all
+    take, in the same precisions: computed once by :func:`shifted_softmax` and passed to each
+    (``shared=``), so a report running the three pays for them once. The results are the same
+    bits as each method computing them itself (tested).
+
+    ``p`` is exp(d) / sum, as :func:`shifted` and :func:`fused` use it (:func:`log1p` divides by
+    its own 1 + s'). ``shift_exp_inf`` flags rows whose shift or exp overflowed.
+    """
+
+    m: np.ndarray  # (N,) row max, T
+    d: np.ndarray  # (N, C) z - m, T
+    e_a: np.ndarray  # (N, C) exp(d) in T, held in A (exact)
+    s: np.ndarray  # (N,) sum of exp(d), accumulated in A
+    p: np.ndarray  # (N, C) e_a / s in A, rounded to T
+    shift_exp_inf: np.ndarray  # (N,) bool
+
+
+def shifted_softmax(x: np.ndarray, t: Precision, a: Precision) -> ShiftedSoftmax:
+    """d = z - max(z) (T), exp(d) (T), their sum (A) and p = exp(d) / sum (A -> T)."""
+    # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
+    with np.errstate(all="ignore"):
+        m = x.max(axis=1)
+        d = x - m[:, None]
+        e = np.exp(d)
+        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        s = accumulate(e_a, a)
+        p = _softmax_div(e_a, s, t)
+        inf_rows = _overflow_rows(*_shift_check(d, t), (e_a, t))
+    return ShiftedSoftmax(m, d, e_a, s, p, inf_rows)
+
+
+def _shared_or_new(
+    shared: ShiftedSoftmax | None, x: np.ndarray, t: Precision, a: Precision
+) -> ShiftedSoftmax:
+    return shifted_softmax(x, t, a) if shared is None else shared
+
+
 def naive(
     x: np.ndarray,
     y: np.ndarray | None,
@@ -238,6 +286,8 @@ def shifted(
     t: Precision,
     a: Precision,
     targets: LossTargets | None = None,
+    *,
+    shared: ShiftedSoftmax | None = None,
 ) -> MethodOutput:
     """Max-shifted (stable) softmax, then a separate log-loss layer; chained gradient.
 
@@ -252,15 +302,11 @@ def shifted(
     >>> out.loss.tolist(), bool(np.isnan(out.grad).all()), bool(out.underflow[0])
     ([inf], True, True)
     """
+    sm = _shared_or_new(shared, x, t, a)
+    p = sm.p
+    forward_inf = sm.shift_exp_inf | _overflow_rows((sm.s, a))
     # underflow of p_y, log(0) and 0*inf are findings, not noise
     with np.errstate(all="ignore"):
-        m = x.max(axis=1)
-        d = x - m[:, None]
-        e = np.exp(d)
-        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
-        s = accumulate(e_a, a)
-        p = _softmax_div(e_a, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
         if targets is not None:
             return _weighted_chained(p, targets, t, a, forward_inf)
         if y is None:
@@ -279,6 +325,8 @@ def fused(
     t: Precision,
     a: Precision,
     targets: LossTargets | None = None,
+    *,
+    shared: ShiftedSoftmax | None = None,
 ) -> MethodOutput:
     """Fused softmax-loss (what frameworks do): loss = log(sum(exp(z - m))) - (z_y - m).
 
@@ -295,16 +343,12 @@ def fused(
     >>> fused(np.array([[40.0, 0.0]]), np.array([0]), f64, f64).loss.tolist()
     [0.0]
     """
-    # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
+    sm = _shared_or_new(shared, x, t, a)
+    d, p = sm.d, sm.p
+    forward_inf = sm.shift_exp_inf | _overflow_rows((sm.s, a))
+    # log(inf) of an overflowed sum is a finding (flagged above), not noise
     with np.errstate(all="ignore"):
-        m = x.max(axis=1)
-        d = x - m[:, None]
-        e = np.exp(d)
-        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
-        s = accumulate(e_a, a)
-        lse = np.log(s).astype(t.dtype)
-        p = _softmax_div(e_a, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
+        lse = np.log(sm.s).astype(t.dtype)
         if targets is not None:
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
         if y is None:
@@ -322,6 +366,8 @@ def log1p(
     t: Precision,
     a: Precision,
     targets: LossTargets | None = None,
+    *,
+    shared: ShiftedSoftmax | None = None,
 ) -> MethodOutput:
     """Fused loss in log1p form (Blanchard, Higham & Higham 2021; scipy's logsumexp >= 1.15).
 
@@ -341,18 +387,16 @@ def log1p(
     with np.errstate(all="ignore"):
         n = x.shape[0]
         rows = _rows(n)
-        m = x.max(axis=1)
+        sm = _shared_or_new(shared, x, t, a)
+        d, e_a = sm.d, sm.e_a
         k = x.argmax(axis=1)
-        d = x - m[:, None]
-        e = np.exp(d)
-        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
         rest = e_a.copy()
         rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
         s_rest = accumulate(rest, a)
         s = s_rest + a.dtype.type(1.0)  # in A
         lse = np.log1p(s_rest).astype(t.dtype)
         p = _softmax_div(e_a, s, t)
-        forward_inf = _overflow_rows(*_shift_check(d, t), (e_a, t), (s, a))
+        forward_inf = sm.shift_exp_inf | _overflow_rows((s, a))
         if targets is not None:
             fix = (k, s_rest / s)
             return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)
@@ -435,6 +479,9 @@ METHODS: dict[str, MethodFn] = {
     "log1p": log1p,
     "online": online,
 }
+
+#: The methods that accept ``shared=`` (a :class:`ShiftedSoftmax` of the same input).
+SHARED_SOFTMAX_METHODS: frozenset[str] = frozenset({"shifted", "fused", "log1p"})
 
 #: What ``eval`` runs unless told otherwise (``all`` adds the rest).
 DEFAULT_METHODS: tuple[str, ...] = ("naive", "shifted", "fused", "log1p")

@@ -394,3 +394,51 @@ def test_label_free_mean_is_over_pairs() -> None:
     x = np.array([[0.0, 0.0], [0.0, 0.0]])
     # every -log p_k is log 2: the mean over the 4 (row, class) pairs is log 2
     assert reference(x, None).reduced("mean") == pytest.approx(math.log(2), rel=1e-15)
+
+
+# --- shared work ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+@pytest.mark.parametrize("options", ["labels", "label-free", "weights"])
+def test_shared_shifted_softmax_gives_the_same_bits_as_each_method_alone(
+    name: str, options: str
+) -> None:
+    """eval computes z - max, exp and their sum once for shifted, fused and log1p; each method's
+    output must not change by a single bit (NaN, inf and -inf rows included)."""
+    from smcheck.methods import SHARED_SOFTMAX_METHODS, shifted_softmax
+
+    p = get_precision(name)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 300)) * 6
+    x[1, 5] = np.nan
+    x[2, 7] = np.inf
+    x[3, :40] = -np.inf
+    x[4, 0] = p.max / 2
+    x[4, 1] = -p.max / 2
+    x[5] *= 40
+    labels = None if options == "label-free" else rng.integers(0, 300, 12)
+    weight = rng.uniform(0.5, 2.0, 300) if options == "weights" else None
+    prep = prepare(x, labels, dtype=name, weight=weight)
+    a = get_precision(p.default_accum)
+    targets = None
+    if prep.coeff is not None:
+        from smcheck.methods import LossTargets
+
+        targets = LossTargets(prep.coeff, prep.weight, 0.0, None, prep.safe_labels)
+    with np.errstate(invalid="ignore"):  # NaN rows
+        shared = shifted_softmax(prep.x, p, a)
+        for method in sorted(SHARED_SOFTMAX_METHODS):
+            fn = METHODS[method]
+            alone = fn(prep.x, prep.safe_labels, p, a, targets)
+            reused = fn(prep.x, prep.safe_labels, p, a, targets, shared=shared)
+            for field in ("loss", "grad", "overflow", "underflow"):
+                u, v = getattr(alone, field), getattr(reused, field)
+                if u is None:
+                    assert v is None
+                    continue
+                assert u.dtype == v.dtype, (method, field)
+                assert np.array_equal(u.view(np.uint8), v.view(np.uint8)), (
+                    method,
+                    field,
+                )  # bit for bit, NaN payloads included
