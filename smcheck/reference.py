@@ -9,11 +9,18 @@ s' = sum_{j != k} exp(z_j - m), s = 1 + s'):
 
 Precision used:
 
-* working dtype float32 or narrower: float64 arithmetic. Every shift z_j - m is exact: in
-  float16 and float8 by itself (their values span at most 41 bits), in float32 and bfloat16
-  through an error-free transformation (TwoSum): exp(d + r) = exp(d) * (1 + r) to first
-  order, so the only errors left are a few float64 roundings - relative error below 1e-15,
-  far under the required eps(working) * 2**-20 (1.1e-13 for float32).
+* working dtype float32 or narrower: float64 arithmetic, with every shift z_j - m exact, so the
+  only errors left are a few float64 roundings - relative error below 1e-15, far under the
+  required eps(working) * 2**-20 (1.1e-13 for float32). Two nonzero values with p significand
+  bits differ exactly in float64 when the larger magnitude is at most 2**(52 - p) times the
+  smaller: both are multiples of the smaller one's spacing u > smaller / 2**p, so their
+  difference is a multiple of u below 2 * larger < 2**53 u. A zero on either side is exact.
+  float16 and float8 values span at most 41 bits, so their shifts are always exact. float32
+  (2**28) and bfloat16 (2**44) rows are exact where max |z_j| <= 2**(52 - p) * min over nonzero
+  |z_j| (finite entries; -inf shifts to -inf exactly) - ordinary logits. Only the rows where
+  that fails (tiny nonzero logits next to large ones, e.g. 1e-30 beside 700) go through an
+  error-free transformation (TwoSum): d + r = z_j - m exactly, and exp(d + r) = exp(d) (1 + r)
+  to first order.
 * working dtype float64: IEEE binary128 through numpy-quaddtype (113-bit significand, SLEEF's
   exp/log1p). The result is returned as a double-double: ``loss + loss_lo`` (and
   ``grad + grad_lo``), both float64 arrays, so errors of a float64 method can be measured
@@ -75,22 +82,66 @@ def _two_diff_residual(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarra
     return r
 
 
+def _inexact_shift_rows(z: np.ndarray, p: int) -> np.ndarray:
+    """Indices of the rows of ``z`` where some shift z_j - m may round in float64.
+
+    ``z`` holds values with ``p`` significand bits (subnormals included). The test is the
+    sufficient condition max |z_j| <= 2**(52 - p) * min over nonzero |z_j| (see the module
+    docstring), over finite entries; a zero gives an exact shift, and so does -inf. Rows with
+    NaN or +inf may be listed: they are NaN by definition, whatever the shift.
+    """
+    a = np.abs(z)  # on float32 storage these reductions run at float32 speed
+    hi = a.max(axis=1)
+    lo = a.min(axis=1)
+    # rare rows get the slower masked reductions: -inf entries leave the largest *finite*
+    # magnitude to bound the shifts, and zeros leave the smallest nonzero one
+    inf_rows = np.flatnonzero(hi == np.inf)
+    if inf_rows.size:
+        sub = a[inf_rows]
+        hi[inf_rows] = np.max(sub, axis=1, where=np.isfinite(sub), initial=0)
+    zero_rows = np.flatnonzero(lo == 0)
+    if zero_rows.size:
+        sub = a[zero_rows]
+        lo[zero_rows] = np.min(sub, axis=1, where=sub > 0, initial=np.inf)
+    # in float64 the scaling by a power of two is exact (2**44 times float32's max is far below
+    # float64's); a NaN hi fails the comparison and lists its row
+    exact = hi.astype(np.float64) <= lo.astype(np.float64) * 2.0 ** (52 - p)
+    return np.flatnonzero(~exact)
+
+
 def _core(
-    z: np.ndarray, y: np.ndarray | None, exact_shift: bool, coeff: np.ndarray | None = None
+    z: np.ndarray,
+    y: np.ndarray | None,
+    twosum_rows: np.ndarray | None = None,
+    coeff: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """Loss, grad, prob, prob_rest in the arithmetic of ``z`` (float64 or binary128)."""
+    """Loss, grad, prob, prob_rest of ``z``: float32 or float64 storage computes in float64,
+    binary128 in binary128. ``twosum_rows`` lists the rows whose shifts need TwoSum."""
     n = z.shape[0]
     rows = np.arange(n)
-    m = z.max(axis=1)
+    fast = z.dtype in (np.float32, np.float64)
     k = z.argmax(axis=1)
+    if fast:
+        # numpy's argmax stops at the first NaN, so m = z_k is NaN on NaN rows, as max would be;
+        # float32's max is exact in float64, which does the arithmetic from here on (float32 z
+        # promotes exactly)
+        m = z[rows, k].astype(np.float64)
+    else:
+        m = z.max(axis=1)
     e = z - m[:, None]
-    r = _two_diff_residual(z, m[:, None], e) if exact_shift else None
+    r = None
+    if twosum_rows is not None and twosum_rows.size:
+        # d + r = z_j - m exactly, on the listed rows only (d = fl(z_j - m) = e there)
+        r = _two_diff_residual(z[twosum_rows].astype(m.dtype), m[twosum_rows, None], e[twosum_rows])
     np.exp(e, out=e)
     if r is not None:
         # exp(d + r) = exp(d) (1 + r) to first order; |r| <= ulp(d)/2 so r**2 is negligible.
-        # Non-finite rows give a NaN residual: they are NaN by definition below anyway.
-        np.multiply(r, e, out=r)
-        np.add(e, np.where(np.isnan(r), 0.0, r), out=e)
+        # -inf entries (and non-finite rows) give a NaN residual: their exp(d) is already right
+        # (0), or the row is NaN by definition below
+        e_t = e[twosum_rows]
+        np.multiply(r, e_t, out=r)
+        np.add(e_t, np.where(np.isnan(r), 0.0, r), out=e_t)
+        e[twosum_rows] = e_t
     # s' excludes the argmax term exp(0) = 1: zero it for the sum, then put it back
     e_k = e[rows, k].copy()
     e[rows, k] = 0
@@ -100,10 +151,15 @@ def _core(
     prob = np.divide(e, s[:, None], out=e)
     prob_rest = s_rest / s
     lse = np.log1p(s_rest)
-    # NaN or +inf anywhere makes the row undefined (inf - inf); say so with NaN everywhere
-    undefined = (np.isnan(z) | (z == np.inf)).any(axis=1)
+    # NaN or +inf anywhere makes the row undefined (inf - inf); say so with NaN everywhere.
+    # numpy's max is NaN on NaN rows and +inf on +inf rows, so m alone tells; binary128 keeps
+    # the full test
+    if fast:
+        undefined = np.isnan(m) | (m == np.inf)
+    else:
+        undefined = (np.isnan(z) | (z == np.inf)).any(axis=1)
     if undefined.any():
-        nan = np.zeros((), dtype=z.dtype) / 0
+        nan = np.zeros((), dtype=prob.dtype) / 0
         prob[undefined] = nan
         prob_rest = np.where(undefined, nan, prob_rest)
         lse = np.where(undefined, nan, lse)
@@ -112,7 +168,7 @@ def _core(
         # gather would), so the sum is accurate; gradient p * sum(c) - c, and at the argmax
         # -c_k s'/s + p_k (sum(c) - c_k), free of cancellation
         nll = (m[:, None] - z) + lse[:, None]
-        zero = np.zeros((), dtype=z.dtype)
+        zero = np.zeros((), dtype=prob.dtype)
         loss = np.where(coeff != 0, coeff * nll, zero).sum(axis=1)
         total = coeff.sum(axis=1)
         grad = prob * total[:, None] - coeff
@@ -151,19 +207,30 @@ def reference_block(
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         if working.mantissa_bits <= 24:
-            z = np.asarray(x).astype(np.float64)
+            z = np.asarray(x)
+            if z.dtype not in (np.float32, np.float64):
+                # every float16, bfloat16 and float8 value is a float32 value (exact), and
+                # float32 reductions are fast where numpy's float16 and ml_dtypes' are not
+                z = z.astype(np.float32)
             c64 = None if coeff is None else np.asarray(coeff).astype(np.float64)
             # float16 and float8 values span at most 2**16 / 2**-24: any difference of two of
-            # them fits float64's 53 bits, so the shift is exact without TwoSum
+            # them fits float64's 53 bits, so no row needs TwoSum
             span_bits = math.log2(working.max) - math.log2(working.smallest_subnormal) + 1
-            twosum = span_bits > 53
-            loss, grad, prob, prob_rest = _core(z, y, exact_shift=twosum, coeff=c64)
+            twosum_rows = None
+            if span_bits > 53:
+                # values stored in the working dtype have its p bits; any other storage is
+                # trusted for its own width only (float64: 53 bits, so every row is tested
+                # inexact and gets TwoSum)
+                same = np.asarray(x).dtype == working.dtype
+                p = working.mantissa_bits if same else int(np.finfo(z.dtype).nmant) + 1
+                twosum_rows = _inexact_shift_rows(z, p)
+            loss, grad, prob, prob_rest = _core(z, y, twosum_rows, coeff=c64)
             return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
         if _QUAD is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required for a float64 reference")
         zq = np.asarray(x).astype(np.float64).astype(_QUAD)
         cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(_QUAD)
-        loss_q, grad_q, prob_q, rest_q = _core(zq, y, exact_shift=False, coeff=cq)
+        loss_q, grad_q, prob_q, rest_q = _core(zq, y, coeff=cq)
         loss, loss_lo = _split(loss_q)
         if grad_q is None:
             grad = grad_lo = None
