@@ -24,9 +24,10 @@ from .precisions import (
     CastReport,
     Precision,
     accumulate,
-    cast,
+    cast_carrier,
     get_precision,
     resolve_accum,
+    to_carrier,
 )
 from .reference import ReferenceOutput, reference_block
 
@@ -57,6 +58,14 @@ class Prepared:
     weight: np.ndarray | None = None  # (C,) class weights as given (float64)
     label_smoothing: float = 0.0
     soft_targets: np.ndarray | None = None  # (N, C) probabilities as given (float64)
+    # x in the working dtype's carrier (float32 for 16/8-bit types, the same values): what the
+    # methods compute in; None means "convert x when asked"
+    x_carrier: np.ndarray | None = None
+
+    @property
+    def xk(self) -> np.ndarray:
+        """``x`` in the working dtype's carrier (see :attr:`Precision.carrier`)."""
+        return to_carrier(self.x, self.working) if self.x_carrier is None else self.x_carrier
 
     @property
     def mean_denominator(self) -> float:
@@ -152,7 +161,7 @@ def prepare(
     if dtype is None and x.dtype.kind not in "fV":
         raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
     working = get_precision(x.dtype if dtype is None else dtype)
-    xr, report = cast(x, working, cast_mode)
+    xr, report, xk = cast_carrier(x, working, cast_mode)
     n, c = xr.shape
     if not 0.0 <= label_smoothing <= 1.0:
         raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
@@ -179,14 +188,14 @@ def prepare(
         lab = check_labels(labels, n, c, ignore_index, row_offset)
         ignored = lab == ignore_index
         safe = np.where(ignored, 0, lab)
-    finite = np.isfinite(xr).all(axis=1)
+    finite = np.isfinite(xk).all(axis=1)
     coeff = None
     if soft is not None or w is not None or label_smoothing > 0:
         full = loss_coefficients(n, c, safe, ignored, w, label_smoothing, soft)
         with np.errstate(over="ignore"):  # a weight beyond T's range is T's inf: a finding
             coeff = full.astype(working.dtype)
     return Prepared(
-        xr, lab, safe, ignored, finite, working, report, coeff, w, label_smoothing, soft
+        xr, lab, safe, ignored, finite, working, report, coeff, w, label_smoothing, soft, xk
     )
 
 
@@ -253,22 +262,35 @@ def get_method(name: str) -> MethodFn:
 
 
 def run_method(
-    name: str, prep: Prepared, accum: Precision, shared: ShiftedSoftmax | None = None
+    name: str,
+    prep: Prepared,
+    accum: Precision,
+    shared: ShiftedSoftmax | None = None,
+    *,
+    carrier: bool = False,
 ) -> CrossEntropyResult:
     """Run one registered method on prepared input.
 
-    ``shared`` (:func:`~smcheck.methods.shifted_softmax` of ``prep.x`` in the same precisions)
+    ``shared`` (:func:`~smcheck.methods.shifted_softmax` of ``prep.xk`` in the same precisions)
     is handed to the methods that reuse it (:data:`~smcheck.methods.SHARED_SOFTMAX_METHODS`).
+    ``carrier=True`` leaves smcheck's own methods' loss and gradient in the working dtype's
+    carrier (float32 for 16/8-bit types: the same numbers, without the conversion).
     """
     fn = get_method(name)
-    kw = {"shared": shared} if shared is not None and name in SHARED_SOFTMAX_METHODS else {}
+    kw: dict[str, object] = {}
+    x = prep.x
+    if name in METHODS:  # smcheck's own methods compute in the carrier; frameworks take T
+        x = prep.xk
+        kw["carrier"] = carrier
+        if shared is not None and name in SHARED_SOFTMAX_METHODS:
+            kw["shared"] = shared
     if prep.coeff is None:
-        out = fn(prep.x, prep.safe_labels, prep.working, accum, **kw)
+        out = fn(x, prep.safe_labels, prep.working, accum, **kw)
     else:
         targets = LossTargets(
             prep.coeff, prep.weight, prep.label_smoothing, prep.soft_targets, prep.safe_labels
         )
-        out = fn(prep.x, prep.safe_labels, prep.working, accum, targets, **kw)
+        out = fn(x, prep.safe_labels, prep.working, accum, targets, **kw)
     ok = prep.finite_input & ~prep.ignored
     loss, grad = out.loss, out.grad
     if prep.ignored.any():

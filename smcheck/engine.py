@@ -37,7 +37,7 @@ from .core import CrossEntropyResult, Prepared, prepare, reference_of, run_metho
 from .memmaps import release_pages
 from .methods import SHARED_SOFTMAX_METHODS, ShiftedSoftmax, shifted_softmax
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
-from .precisions import CastReport, Precision, accumulate
+from .precisions import CastReport, Precision, accumulate, round_in, to_carrier
 from .reference import ReferenceOutput
 
 __all__ = [
@@ -491,26 +491,44 @@ def overflow_causes(
         found[:] |= new
 
     # overflow is what is being diagnosed here: inf/NaN intermediates are expected
+    z = to_carrier(z, t)  # every step rounded to T, in T's carrier, as the methods compute
     with np.errstate(all="ignore"):
+        # exp, subtraction and rounding are monotone: a row's largest exp(z) is exp(max z), its
+        # most negative shift min z - max z. Rows settled by these are not recomputed in full.
+        zmax = z.max(axis=1)
         if name == "naive":
-            e = np.exp(z)
+            mark(_over(round_in(np.exp(zmax), t), t), "exp")
+        elif not t.has_inf:  # with inf, a shift to -inf only makes exp exactly 0
+            mark(_over(round_in(z.min(axis=1) - zmax, t), t), "shift")
+        if found.all():
+            code[rows] = cause
+            return code
+        todo = np.flatnonzero(~found)
+        z, zmax = z[todo], zmax[todo]
+        if name == "naive":
+            e = round_in(np.exp(z), t)
         else:
-            d = z - z.max(axis=1)[:, None]
-            if not t.has_inf:  # with inf, a shift to -inf only makes exp exactly 0
-                mark(_over(d, t).any(axis=1), "shift")
-            e = np.exp(d)
-        mark(_over(e, t).any(axis=1), "exp")
+            d = round_in(z - zmax[:, None], t)
+            e = round_in(np.exp(d), t)
+        hit = np.zeros(rows.size, bool)
+
+        def mark_todo(h: np.ndarray | np.bool_, what: str) -> None:
+            hit[:] = False
+            hit[todo] = h
+            mark(hit, what)
+
+        mark_todo(_over(e, t).any(axis=1), "exp")
         if name == "log1p":
             rest = e.copy()
-            rest[np.arange(rows.size), np.argmax(z, axis=1)] = 0
+            rest[np.arange(todo.size), np.argmax(z, axis=1)] = 0
             s = accumulate(rest, a) + a.dtype.type(1.0)
         else:
             s = accumulate(e, a)
-        mark(_over(s, a), "sum")
+        mark_todo(_over(s, a), "sum")
         if name in ("naive", "shifted") and labels is not None:
-            p_y = (e[np.arange(rows.size), labels[rows]].astype(s.dtype) / s).astype(t.dtype)
-            g_y = np.divide(t.dtype.type(-1.0), p_y).astype(t.dtype)
-            mark(_over(g_y, t) & (p_y != 0) & np.isfinite(p_y), "grad")
+            p_y = round_in(e[np.arange(todo.size), labels[rows[todo]]].astype(s.dtype) / s, t)
+            g_y = round_in(np.divide(p_y.dtype.type(-1.0), p_y), t)
+            mark_todo(_over(g_y, t) & (p_y != 0) & np.isfinite(p_y), "grad")
     code[rows] = cause
     return code
 
@@ -667,7 +685,7 @@ def _run(
     methods.online's first block max raises for them in bfloat16/float8 (outside its errstate)
     is noise here."""
     with np.errstate(invalid="ignore"):
-        return run_method(name, prep, cfg.accum, shared)
+        return run_method(name, prep, cfg.accum, shared, carrier=True)
 
 
 def _shared_softmax(prep: Prepared, cfg: EngineConfig) -> ShiftedSoftmax | None:
@@ -675,7 +693,7 @@ def _shared_softmax(prep: Prepared, cfg: EngineConfig) -> ShiftedSoftmax | None:
     if len(SHARED_SOFTMAX_METHODS.intersection(cfg.methods)) < 2:
         return None
     with np.errstate(invalid="ignore"):  # NaN input rows: not eligible, see _run
-        return shifted_softmax(prep.x, cfg.working, cfg.accum)
+        return shifted_softmax(prep.xk, cfg.working, cfg.accum)
 
 
 def chunk_stats(
@@ -696,8 +714,7 @@ def chunk_stats(
     e = prep.finite_input & ~prep.ignored
     # max, min, argmax and a gather are exact in any float dtype: reduce float32/float64 as they
     # are (no (N, C) float64 copy); 16/8-bit types go through float64 (their reductions are slow)
-    native = prep.x.dtype.kind == "f" and prep.x.dtype.itemsize >= 4
-    xf = np.asarray(prep.x) if native else np.asarray(prep.x, dtype=np.float64)
+    xf = prep.xk  # float32 or float64 (a 16/8-bit type's carrier): fast exact reductions
     ref = reference_of(prep)
     label_free = labels is None
     zmax = xf.max(axis=1).astype(np.float64) if n else np.zeros(0)
@@ -747,7 +764,7 @@ def chunk_stats(
     shared = _shared_softmax(prep, cfg)
     for name in cfg.methods:
         res = _run(name, prep, cfg, shared)
-        causes = overflow_causes(name, prep.x, prep.safe_labels, res.overflow & e, cfg)
+        causes = overflow_causes(name, prep.xk, prep.safe_labels, res.overflow & e, cfg)
         st, arrays = _loss_stats(res, cfg, ref_loss, ref_lo, measured, row0, causes)
         gres = _run(name, gprep, cfg) if label_free else res
         gst, gabs, grel = _grad_stats(gres, gref, g_measured, g_rows, g_cols, ref_norm)

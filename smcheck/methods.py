@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .precisions import Precision, accumulate, round_to
+from .precisions import Precision, accumulate, from_carrier, round_in, to_carrier
 
 __all__ = [
     "METHODS",
@@ -93,18 +93,25 @@ def _overflowed(a: np.ndarray, prec: Precision) -> np.ndarray:
     return np.isinf(a) if prec.has_inf else np.isnan(a)
 
 
-def _mul(p: np.ndarray, q: np.ndarray, t: Precision) -> np.ndarray:
-    """p * q rounded to T. float16 products are formed in float32 and rounded once: the same
-    bits (float32 has more than 2p + 2 bits), without numpy's per-element underflow flag."""
-    if t.dtype == np.float16:
-        return round_to(p.astype(np.float32) * q.astype(np.float32), t)
-    return p * q
+def _output(out: MethodOutput, t: Precision, carrier: bool) -> MethodOutput:
+    """The method's loss and gradient in the working dtype - or left in its carrier (float32
+    for 16/8-bit types; the same numbers) when the caller asked for ``carrier=True``."""
+    if carrier:
+        return out
+    grad = None if out.grad is None else from_carrier(out.grad, t)
+    return MethodOutput(from_carrier(out.loss, t), grad, out.overflow, out.underflow)
+
+
+def _mul(p: np.ndarray, q: np.ndarray, t: Precision, unit: bool = False) -> np.ndarray:
+    """p * q rounded to T (in T's carrier: the product of two 16/8-bit values is exact in
+    float32, then rounded once). ``unit``: the caller knows p * q is in [0, 2] or NaN."""
+    return round_in(p * q, t, unit=unit, overwrite=True)
 
 
 def _softmax_div(e: np.ndarray, s: np.ndarray, t: Precision) -> np.ndarray:
     """p = e / s: the division runs in the accumulation dtype of ``s``, the result rounded to T."""
     q = np.divide(e.astype(s.dtype, copy=False), s[:, None])
-    return round_to(q, t)
+    return round_in(q, t, unit=True, overwrite=True)  # 0 <= e <= s: p <= 1
 
 
 def _chained_backward(
@@ -120,17 +127,19 @@ def _chained_backward(
     n = p.shape[0]
     rows = _rows(n)
     p_y = p[rows, y]
-    g_y = np.divide(t.dtype.type(-1.0), p_y).astype(t.dtype)  # -1/p_y, rounded to T
+    g_y = round_in(np.divide(p.dtype.type(-1.0), p_y), t)  # -1/p_y, rounded to T
     # <p, g> accumulated in A over a g that is zero off the label: a sum of one product (T) and
     # exact zeros is that product exactly, unless some other p_j is NaN/inf (0 * inf = NaN).
     # Computed that way here - the same bits as the full reduction, without its C-wide passes.
-    dot = (p_y * g_y).astype(a.dtype)
+    dot = _mul(p_y, g_y, t).astype(a.dtype)
     other_bad = ~np.isfinite(p).all(axis=1) & np.isfinite(p_y)
     dot = np.where(other_bad, a.dtype.type(np.nan), dot)
     # g - <p, g> rounded to T: -<p, g> off the label (exact: dot holds a T value or NaN/inf)
-    off = (-dot).astype(t.dtype)
-    grad = _mul(p, off[:, None], t)
-    grad[rows, y] = p_y * (g_y.astype(a.dtype) - dot).astype(t.dtype)
+    off = round_in(-dot, t)
+    # p in [0, 1]; off is -<p, g> = 1 up to rounding unless something overflowed
+    unit = bool(np.all((off >= 0) & (off <= 2)))
+    grad = _mul(p, off[:, None], t, unit)
+    grad[rows, y] = _mul(p_y, round_in(g_y.astype(a.dtype) - dot, t), t)
     return grad, g_y
 
 
@@ -152,8 +161,8 @@ class LossTargets:
 
 def _weighted_loss(nll: np.ndarray, coeff: np.ndarray, t: Precision, a: Precision) -> np.ndarray:
     """sum_k c_k nll_k: products rounded to T, summed in A, the sum rounded to T."""
-    terms = np.where(coeff != 0, coeff * nll, t.dtype.type(0.0))
-    return accumulate(terms, a).astype(t.dtype)
+    terms = np.where(coeff != 0, _mul(coeff, nll, t), nll.dtype.type(0.0))
+    return round_in(accumulate(terms, a), t)
 
 
 def _weighted_fused(
@@ -170,16 +179,16 @@ def _weighted_fused(
     ``argmax_fix`` = (k, s'/s in A) makes the argmax entry -c_k s'/s + p_k (sum(c) - c_k),
     free of the cancellation in p_k sum(c) - c_k (the log1p method).
     """
-    c = targets.coeff
+    c = to_carrier(targets.coeff, t)
     loss = _weighted_loss(nll, c, t, a)
     total = accumulate(c, a)  # sum_k c_k in A
-    grad = (p.astype(a.dtype) * total[:, None]).astype(t.dtype) - c
+    grad = round_in(round_in(p.astype(a.dtype) * total[:, None], t) - c, t)
     if argmax_fix is not None:
         k, rest_ratio = argmax_fix
         rows = _rows(p.shape[0])
         c_k = c[rows, k].astype(a.dtype)
         p_k = p[rows, k].astype(a.dtype)
-        grad[rows, k] = (-c_k * rest_ratio + p_k * (total - c_k)).astype(t.dtype)
+        grad[rows, k] = round_in(-c_k * rest_ratio + p_k * (total - c_k), t)
     return MethodOutput(loss, grad, forward_inf, ((p == 0) & (c != 0)).any(axis=1))
 
 
@@ -188,13 +197,13 @@ def _weighted_chained(
 ) -> MethodOutput:
     """Separate layers with coefficients: loss = sum c_k (-log p_k); the log-loss layer sends
     g_k = -c_k / p_k (T, only where c_k != 0) and the softmax layer returns p (g - <p, g>)."""
-    c = targets.coeff
-    loss = _weighted_loss(-np.log(p), c, t, a)
-    g = np.where(c != 0, np.divide(-c, p).astype(t.dtype), t.dtype.type(0.0))
-    dot = accumulate(p * g, a)
-    diff = (g.astype(a.dtype) - dot[:, None]).astype(t.dtype)
+    c = to_carrier(targets.coeff, t)
+    loss = _weighted_loss(round_in(-np.log(p), t, overwrite=True), c, t, a)
+    g = np.where(c != 0, round_in(np.divide(-c, p), t, overwrite=True), p.dtype.type(0.0))
+    dot = accumulate(_mul(p, g, t), a)
+    diff = round_in(g.astype(a.dtype) - dot[:, None], t)
     overflow = forward_inf | (_overflowed(g, t) & (p != 0) & np.isfinite(p)).any(axis=1)
-    return MethodOutput(loss, p * diff, overflow, ((p == 0) & (c != 0)).any(axis=1))
+    return MethodOutput(loss, _mul(p, diff, t), overflow, ((p == 0) & (c != 0)).any(axis=1))
 
 
 @dataclass(frozen=True)
@@ -219,11 +228,12 @@ class ShiftedSoftmax:
 def shifted_softmax(x: np.ndarray, t: Precision, a: Precision) -> ShiftedSoftmax:
     """d = z - max(z) (T), exp(d) (T), their sum (A) and p = exp(d) / sum (A -> T)."""
     # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
+    x = to_carrier(x, t)
     with np.errstate(all="ignore"):
         m = x.max(axis=1)
-        d = x - m[:, None]
-        e = np.exp(d)
-        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        d = round_in(x - m[:, None], t, overwrite=True)
+        e = round_in(np.exp(d), t, unit=True, overwrite=True)  # d <= 0
+        e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
         s = accumulate(e_a, a)
         p = _softmax_div(e_a, s, t)
         inf_rows = _overflow_rows(*_shift_check(d, t), (e_a, t))
@@ -242,6 +252,8 @@ def naive(
     t: Precision,
     a: Precision,
     targets: LossTargets | None = None,
+    *,
+    carrier: bool = False,
 ) -> MethodOutput:
     """Unshifted softmax, then a separate log-loss layer; gradient chained through both.
 
@@ -258,9 +270,10 @@ def naive(
     ([nan], True)
     """
     # overflow and 0*inf below are the findings this tool counts, not noise
+    x = to_carrier(x, t)
     with np.errstate(all="ignore"):
-        e = np.exp(x)
-        e_a = e.astype(a.dtype)  # the terms in A: exact, shared by the sum and the division
+        e = round_in(np.exp(x), t, overwrite=True)
+        e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
         s = accumulate(e_a, a)
         p = _softmax_div(e_a, s, t)
         forward_inf = _overflow_rows((e_a, t), (s, a))
@@ -268,16 +281,18 @@ def naive(
         sum_under = s == 0
         if targets is not None:
             out = _weighted_chained(p, targets, t, a, forward_inf)
-            return MethodOutput(out.loss, out.grad, out.overflow, out.underflow | sum_under)
+            out = MethodOutput(out.loss, out.grad, out.overflow, out.underflow | sum_under)
+            return _output(out, t, carrier)
         if y is None:
-            loss = -np.log(p)
-            return MethodOutput(loss, None, forward_inf, (p == 0) | sum_under[:, None])
+            loss = round_in(-np.log(p), t, overwrite=True)
+            out = MethodOutput(loss, None, forward_inf, (p == 0) | sum_under[:, None])
+            return _output(out, t, carrier)
         rows = _rows(x.shape[0])
         p_y = p[rows, y]
-        loss = -np.log(p_y)
+        loss = round_in(-np.log(p_y), t)
         grad, g_y = _chained_backward(p, y, t, a)
     overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
-    return MethodOutput(loss, grad, overflow, (p_y == 0) | sum_under)
+    return _output(MethodOutput(loss, grad, overflow, (p_y == 0) | sum_under), t, carrier)
 
 
 def shifted(
@@ -288,6 +303,7 @@ def shifted(
     targets: LossTargets | None = None,
     *,
     shared: ShiftedSoftmax | None = None,
+    carrier: bool = False,
 ) -> MethodOutput:
     """Max-shifted (stable) softmax, then a separate log-loss layer; chained gradient.
 
@@ -308,15 +324,16 @@ def shifted(
     # underflow of p_y, log(0) and 0*inf are findings, not noise
     with np.errstate(all="ignore"):
         if targets is not None:
-            return _weighted_chained(p, targets, t, a, forward_inf)
+            return _output(_weighted_chained(p, targets, t, a, forward_inf), t, carrier)
         if y is None:
-            return MethodOutput(-np.log(p), None, forward_inf, p == 0)
+            out = MethodOutput(round_in(-np.log(p), t, overwrite=True), None, forward_inf, p == 0)
+            return _output(out, t, carrier)
         rows = _rows(x.shape[0])
         p_y = p[rows, y]
-        loss = -np.log(p_y)
+        loss = round_in(-np.log(p_y), t)
         grad, g_y = _chained_backward(p, y, t, a)
     overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
-    return MethodOutput(loss, grad, overflow, p_y == 0)
+    return _output(MethodOutput(loss, grad, overflow, p_y == 0), t, carrier)
 
 
 def fused(
@@ -327,6 +344,7 @@ def fused(
     targets: LossTargets | None = None,
     *,
     shared: ShiftedSoftmax | None = None,
+    carrier: bool = False,
 ) -> MethodOutput:
     """Fused softmax-loss (what frameworks do): loss = log(sum(exp(z - m))) - (z_y - m).
 
@@ -348,16 +366,18 @@ def fused(
     forward_inf = sm.shift_exp_inf | _overflow_rows((sm.s, a))
     # log(inf) of an overflowed sum is a finding (flagged above), not noise
     with np.errstate(all="ignore"):
-        lse = np.log(sm.s).astype(t.dtype)
-        if targets is not None:
-            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
-        if y is None:
-            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+        lse = round_in(np.log(sm.s), t)
+        if targets is not None or y is None:  # -log p_k of every class
+            nll = round_in(lse[:, None] - d, t, overwrite=True)
+            if targets is not None:
+                out = _weighted_fused(nll, p, targets, t, a, forward_inf)
+                return _output(out, t, carrier)
+            return _output(MethodOutput(nll, None, forward_inf, p == 0), t, carrier)
         rows = _rows(x.shape[0])
-        loss = lse - d[rows, y]
+        loss = round_in(lse - d[rows, y], t)
         grad = p.copy()
-        grad[rows, y] = p[rows, y] - t.dtype.type(1.0)
-    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+        grad[rows, y] = round_in(p[rows, y] - p.dtype.type(1.0), t)
+    return _output(MethodOutput(loss, grad, forward_inf, p[rows, y] == 0), t, carrier)
 
 
 def log1p(
@@ -368,6 +388,7 @@ def log1p(
     targets: LossTargets | None = None,
     *,
     shared: ShiftedSoftmax | None = None,
+    carrier: bool = False,
 ) -> MethodOutput:
     """Fused loss in log1p form (Blanchard, Higham & Higham 2021; scipy's logsumexp >= 1.15).
 
@@ -389,28 +410,31 @@ def log1p(
         rows = _rows(n)
         sm = _shared_or_new(shared, x, t, a)
         d, e_a = sm.d, sm.e_a
-        k = x.argmax(axis=1)
+        k = d.argmax(axis=1)  # d = z - m: the same first maximum as z (subtracting m is monotone)
         rest = e_a.copy()
         rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
         s_rest = accumulate(rest, a)
         s = s_rest + a.dtype.type(1.0)  # in A
-        lse = np.log1p(s_rest).astype(t.dtype)
+        lse = round_in(np.log1p(s_rest), t)
         p = _softmax_div(e_a, s, t)
         forward_inf = sm.shift_exp_inf | _overflow_rows((s, a))
         if targets is not None:
             fix = (k, s_rest / s)
-            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf, fix)
+            nll = round_in(lse[:, None] - d, t, overwrite=True)
+            return _output(_weighted_fused(nll, p, targets, t, a, forward_inf, fix), t, carrier)
         if y is None:
-            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+            nll = round_in(lse[:, None] - d, t, overwrite=True)
+            out = MethodOutput(nll, None, forward_inf, p == 0)
+            return _output(out, t, carrier)
         d_y = d[rows, y]
-        loss = lse - d_y
+        loss = round_in(lse - d_y, t)
         grad = p.copy()
         at_max = d_y == 0  # ties: exp(z_k - m) = exp(z_y - m) = 1, so s' is also sum_{j != y}
         label_entry = np.where(
-            at_max, (-(s_rest / s)).astype(t.dtype), p[rows, y] - t.dtype.type(1.0)
+            at_max, round_in(-(s_rest / s), t), round_in(p[rows, y] - p.dtype.type(1.0), t)
         )
         grad[rows, y] = label_entry
-    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+    return _output(MethodOutput(loss, grad, forward_inf, p[rows, y] == 0), t, carrier)
 
 
 def online(
@@ -419,6 +443,8 @@ def online(
     t: Precision,
     a: Precision,
     targets: LossTargets | None = None,
+    *,
+    carrier: bool = False,
 ) -> MethodOutput:
     """One pass with a running max and a rescaled running sum (Milakov & Gimelshein 2018).
 
@@ -435,8 +461,9 @@ def online(
     >>> float(online(z, np.array([201]), f32, f32).loss[0])  # log(1 + e^-1)
     0.31326165795326233
     """
+    x = to_carrier(x, t)
     n, c = x.shape
-    one_t = t.dtype.type(1.0)
+    one_t = x.dtype.type(1.0)
     s = np.zeros(n, dtype=a.dtype)
     seen_inf = np.zeros(n, dtype=bool)
     # overflowing shifts are findings; -inf - -inf is guarded explicitly below; NaN input rows
@@ -449,26 +476,31 @@ def online(
             m_new = np.maximum(m, block.max(axis=1))
             live = m_new != -np.inf  # still all -inf so far: nothing to add, nothing to rescale
             same = m == m_new
-            scale = np.where(same, one_t, np.exp(m - m_new))  # m == m_new: exp(0) exactly
-            db = block - m_new[:, None]
-            eb = np.where(live[:, None], np.exp(db), t.dtype.type(0.0))
+            # m == m_new: exp(0) = 1 exactly
+            scale = np.where(same, one_t, round_in(np.exp(round_in(m - m_new, t)), t))
+            db = round_in(block - m_new[:, None], t, overwrite=True)
+            eb = round_in(np.exp(db), t, unit=True, overwrite=True)  # db <= 0
+            eb = np.where(live[:, None], eb, x.dtype.type(0.0))
             s = np.where(live, s * scale.astype(a.dtype) + accumulate(eb, a), s)
             seen_inf |= _overflow_rows(*_shift_check(db, t), (eb, t), (s, a))
             m = m_new
-        d = x - m[:, None]
-        e = np.exp(d)
-        lse = np.log(s).astype(t.dtype)
+        d = round_in(x - m[:, None], t, overwrite=True)
+        e = round_in(np.exp(d), t, unit=True, overwrite=True)  # d <= 0
+        lse = round_in(np.log(s), t)
         p = _softmax_div(e, s, t)
         forward_inf = seen_inf | _overflow_rows(*_shift_check(d, t), (e, t))
         if targets is not None:
-            return _weighted_fused(lse[:, None] - d, p, targets, t, a, forward_inf)
+            nll = round_in(lse[:, None] - d, t, overwrite=True)
+            return _output(_weighted_fused(nll, p, targets, t, a, forward_inf), t, carrier)
         if y is None:
-            return MethodOutput(lse[:, None] - d, None, forward_inf, p == 0)
+            nll = round_in(lse[:, None] - d, t, overwrite=True)
+            out = MethodOutput(nll, None, forward_inf, p == 0)
+            return _output(out, t, carrier)
         rows = _rows(n)
-        loss = lse - d[rows, y]
+        loss = round_in(lse - d[rows, y], t)
         grad = p.copy()
-        grad[rows, y] = p[rows, y] - one_t
-    return MethodOutput(loss, grad, forward_inf, p[rows, y] == 0)
+        grad[rows, y] = round_in(p[rows, y] - one_t, t)
+    return _output(MethodOutput(loss, grad, forward_inf, p[rows, y] == 0), t, carrier)
 
 
 #: Every formulation, by name. Order is the order reports list them in.

@@ -27,6 +27,10 @@ __all__ = [
     "Precision",
     "accumulate",
     "cast",
+    "cast_carrier",
+    "from_carrier",
+    "round_in",
+    "to_carrier",
     "get_precision",
     "resolve_accum",
 ]
@@ -56,6 +60,15 @@ class Precision:
     def ln_smallest_subnormal(self) -> float:
         """exp(z) underflows to 0 in this dtype for z below about this value."""
         return math.log(self.smallest_subnormal)
+
+    @property
+    def carrier(self) -> np.dtype:
+        """The dtype the methods compute in: float32 for 16- and 8-bit types, whose values it
+        holds exactly (every result is then rounded to this type by :func:`round_in`), else
+        the dtype itself. numpy's float16 loops are slow wherever a value is subnormal - a
+        softmax is mostly subnormal probabilities - and ml_dtypes' loops convert every operand
+        anyway."""
+        return self.dtype if self.bits >= 32 else np.dtype(np.float32)
 
     def ulp(self, x: np.ndarray) -> np.ndarray:
         """Spacing of this dtype at |x| (float64), floored at the subnormal step.
@@ -183,6 +196,28 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     if src.dtype == precision.dtype:
         n = int(src.size)
         return src, CastReport(precision.name, mode, n, 0, 0.0, 0.0, 0, 0, 0)
+    if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
+        out32, report = _cast_float32(src, precision)
+        return from_carrier(out32, precision), report
+    return _cast_wide(src, precision, mode)
+
+
+def cast_carrier(
+    x: np.ndarray, precision: Precision, mode: str = "ieee"
+) -> tuple[np.ndarray, CastReport, np.ndarray]:
+    """:func:`cast`, also returning the rounded values in ``precision.carrier``."""
+    src = np.asarray(x)
+    if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
+        if src.dtype == precision.dtype:
+            return cast(src, precision, mode) + (src,)
+        out32, report = _cast_float32(src, precision)
+        return from_carrier(out32, precision), report, out32
+    out, report = cast(src, precision, mode)
+    return out, report, to_carrier(out, precision)
+
+
+def _cast_wide(src: np.ndarray, precision: Precision, mode: str) -> tuple[np.ndarray, CastReport]:
+    """:func:`cast` through float64 (any input dtype, both modes)."""
     wide = orig = src.astype(np.float64)
     finite_before = np.isfinite(wide)
     saturated = 0
@@ -216,6 +251,50 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     return out, report
 
 
+def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, CastReport]:
+    """:func:`cast` of float32 input to a 16/8-bit type (``ieee`` mode), in float32: the
+    rounded values in the carrier, and the same report as the float64 route (tested).
+
+    The change |rounded - x| is exact in float32 (the two are within a factor 2 unless the
+    value rounded to 0, where the change is |x| itself); the largest relative change is found
+    in float32 and its candidates re-divided in float64, so it is correctly rounded too.
+    """
+    r = round_in(src, precision)
+    finite_before = np.isfinite(src)
+    finite_after = np.isfinite(r)
+    all_finite = bool(finite_after.all()) and bool(finite_before.all())
+    # inf - inf and NaN lanes are masked out below (when there are any)
+    with np.errstate(invalid="ignore"):
+        diff = np.subtract(r, src)
+    np.abs(diff, out=diff)
+    if not all_finite:
+        diff[~(finite_before & finite_after)] = 0
+    changed = int(np.count_nonzero(diff))
+    max_rel = 0.0
+    if changed:
+        # 0/0 = NaN where src = 0 (then r = 0 too): fmax skips it
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = diff / np.abs(src)
+        top = np.fmax.reduce(rel, axis=None)
+        # float32 division is within 2**-24 of the float64 one: the exact maximum is among these
+        cand = rel >= top * np.float32(1 - 2**-20)
+        wide = diff[cand].astype(np.float64) / np.abs(src[cand].astype(np.float64))
+        max_rel = float(wide.max())
+    report = CastReport(
+        dtype=precision.name,
+        mode="ieee",
+        values=int(src.size),
+        changed=changed,
+        max_abs_change=float(diff.max(initial=np.float32(0.0))),
+        max_rel_change=max_rel,
+        overflowed=0 if all_finite else int(np.count_nonzero(finite_before & ~finite_after)),
+        saturated=0,
+        # nonzero and finite before (a zero r means a finite src), zero after
+        flushed_to_zero=int(np.count_nonzero((r == 0) & (src != 0))),
+    )
+    return r, report
+
+
 _F16_REBIAS = np.uint32((((15 - 127) << 23) + 0xFFF) % 2**32)  # exponent 127 -> 15, minus 1/2 ulp
 _F16_MAGIC = np.uint32((127 - 15 + 23 - 10 + 1) << 23)  # 0.5: aligns subnormal bits at the bottom
 
@@ -240,11 +319,103 @@ def _f32_to_f16(x: np.ndarray) -> np.ndarray:
     return (out | sign).astype(np.uint16).view(np.float16).reshape(np.shape(x))
 
 
+def round_in(
+    x: np.ndarray, working: Precision, *, unit: bool = False, overwrite: bool = False
+) -> np.ndarray:
+    """``x`` rounded once to ``working`` (to nearest even; overflow to inf, or NaN in
+    float8_e4m3fn), returned in ``working.carrier``: the same numbers as ``round_to``, held in
+    float32 for 16- and 8-bit types. ``unit=True`` promises values >= 0 (or NaN/+inf) far
+    below the type's max - probabilities, exponentials of shifted logits - and
+    ``overwrite=True`` that ``x`` is a temporary the result may reuse: both only save time.
+
+    >>> import numpy as np
+    >>> r = round_in(np.array([1 + 2**-11, 65520.0, 1e-8], dtype=np.float32), get_precision("f16"))
+    >>> r.dtype, r.tolist()  # a tie to even, an overflow, an underflow
+    (dtype('float32'), [1.0, inf, 0.0])
+    """
+    k = working.carrier
+    if k == working.dtype:
+        return round_to(x, working)
+    if x.dtype == k and working.dtype != _BF16:
+        return _round_f32_grid(x, working, unit, overwrite)
+    return round_to(x, working).astype(k)  # one rounding to T; T -> float32 is exact
+
+
+def to_carrier(x: np.ndarray, working: Precision) -> np.ndarray:
+    """Values of ``working`` (in its dtype, or already in its carrier) in ``working.carrier``."""
+    return np.asarray(x).astype(working.carrier, copy=False)
+
+
+def from_carrier(x: np.ndarray, working: Precision) -> np.ndarray:
+    """Carrier values (already rounded to ``working``) in the working dtype itself: exact."""
+    if x.dtype == working.dtype:
+        return x
+    if working.dtype == np.float16 and x.dtype == np.float32:
+        # numpy's cast is fast except that it raises the underflow flag element by element for
+        # every subnormal result (~60 ns each): take the integer route when more than a few are
+        a = np.abs(x)
+        subnormal = np.count_nonzero((a < np.float32(working.smallest_normal)) & (a != 0))
+        if subnormal > x.size // 64:
+            return _f32_to_f16(x)
+    with np.errstate(over="ignore", under="ignore"):
+        return x.astype(working.dtype)
+
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _round_f32_grid(
+    x: np.ndarray, working: Precision, unit: bool = False, overwrite: bool = False
+) -> np.ndarray:
+    """float32 ``x`` rounded to the grid of a 16- or 8-bit type (not bfloat16), in float32.
+
+    For |x| in [2**e, 2**(e+1)) the type's spacing is 2**(e - f) (f fraction bits), or its
+    fixed subnormal spacing below the smallest normal 2**emin. Adding M = +-2**(e' + 23 - f),
+    with e' = e clamped to [emin, emax + 1], puts x in [M, 2M) where float32's own spacing is
+    exactly that: the addition rounds x to the grid (to nearest even: M is an even multiple of
+    the spacing) and subtracting M again is exact. Only |x| >= 2**emax can round past the
+    type's max: those overflow. inf and NaN pass through unchanged.
+
+    ``unit=True`` promises x >= 0 (or NaN/+inf) and below 2**emax - a probability or an
+    exponential of a shifted logit - and skips the sign and overflow handling.
+    ``overwrite=True`` lets the result reuse ``x``'s memory (a temporary of the caller's).
+    """
+    f = working.mantissa_bits - 1
+    emin = int(math.log2(working.smallest_normal))
+    emax = int(math.floor(math.log2(working.max)))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    ex = u & np.uint32(0x7F800000)  # the exponent field of x: 2**e
+    if unit:
+        np.maximum(ex, np.uint32((127 + emin) << 23), out=ex)
+        ex += np.uint32((23 - f) << 23)
+        m = ex.view(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
+            r = np.add(x, m, out=x if overwrite else None)
+            r -= m
+        return r
+    big = ex >= np.uint32((127 + emax) << 23)
+    np.clip(ex, np.uint32((127 + emin) << 23), np.uint32((128 + emax) << 23), out=ex)
+    ex += np.uint32((23 - f) << 23)
+    sign = u & np.uint32(0x80000000)
+    ex |= sign  # M with the sign of x (integer ops: faster than np.copysign)
+    m = ex.view(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
+        r = np.add(x, m, out=x if overwrite else None)
+        r -= m
+    r.view(np.uint32)[...] |= sign  # a value rounded to 0 keeps its sign, as IEEE rounding does
+    if big.any():
+        over = big & (np.abs(r) > np.float32(working.max))  # NaN compares False: stays NaN
+        r[over] = np.copysign(np.float32(np.inf if working.has_inf else np.nan), r[over])
+    return r
+
+
 def round_to(x: np.ndarray, working: Precision) -> np.ndarray:
     """``x`` rounded once to the working dtype (to nearest even; overflow to inf)."""
     if working.dtype == np.float16 and x.dtype == np.float32:
         return _f32_to_f16(x)
-    with np.errstate(over="ignore"):  # overflow to inf is a finding the callers count
+    # overflow to inf is a finding the callers count; NaN stays NaN (ml_dtypes calls it invalid)
+    with np.errstate(over="ignore", invalid="ignore"):
         return x.astype(working.dtype, copy=False)
 
 

@@ -133,3 +133,65 @@ def test_fast_float16_rounding_matches_numpy_cast() -> None:
         assert np.array_equal(nan, np.isnan(got))
         np.testing.assert_array_equal(want.view(np.uint16)[~nan], got.view(np.uint16)[~nan])
     assert round_to(np.ones((2, 3), np.float32), f16).shape == (2, 3)
+
+
+# --- the float32 carrier of 16/8-bit types ----------------------------------------------------
+
+_NARROW = ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"]
+
+
+def _f32_sample(seed: int = 0) -> np.ndarray:
+    """Random float32 bit patterns (NaN payloads, infs, subnormals included) and every 997th
+    pattern across the 16/8-bit ranges, both signs."""
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32)
+    sweep = np.arange(0x30000000, 0x48000000, 997, dtype=np.uint32)
+    special = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7FFFFFFF, 1, 0x80000001]
+    special = np.array(special, dtype=np.uint32)
+    return np.concatenate([bits, sweep, sweep | np.uint32(0x80000000), special]).view(np.float32)
+
+
+@pytest.mark.parametrize("name", _NARROW)
+def test_round_in_is_the_dtypes_own_rounding_bit_for_bit(name: str) -> None:
+    from smcheck.precisions import round_in
+
+    p = get_precision(name)
+    x = _f32_sample()
+    with np.errstate(all="ignore"):
+        want = x.astype(p.dtype).astype(np.float32)  # numpy's / ml_dtypes' own cast
+    got = round_in(x, p)
+    assert got.dtype == np.float32
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    assert same.all(), x[~same][:5]
+    # ties to even, in the normal and the subnormal range
+    spacing = np.float32(p.smallest_subnormal)
+    ties = (np.arange(1, 4000, 2, dtype=np.float32) * spacing / 2).astype(np.float32)
+    ties = np.concatenate([ties, np.float32(1.0) + np.float32(p.eps / 2) * np.arange(1, 9)])
+    assert np.array_equal(round_in(ties, p), ties.astype(p.dtype).astype(np.float32))
+    # the fast paths promise less: non-negative values below 2, and scratch input
+    unit = np.abs(x[np.isfinite(x)]) % np.float32(2.0)
+    want_unit = unit.astype(p.dtype).astype(np.float32)
+    assert np.array_equal(round_in(unit, p, unit=True), want_unit)
+    scratch = unit.copy()
+    assert np.array_equal(round_in(scratch, p, unit=True, overwrite=True), want_unit)
+
+
+@pytest.mark.parametrize("name", _NARROW)
+def test_float32_cast_fast_route_reports_what_the_float64_route_reports(name: str) -> None:
+    from smcheck.precisions import _cast_wide, cast_carrier
+
+    p = get_precision(name)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(50_000) * np.exp(rng.uniform(-30, 15, 50_000))).astype(np.float32)
+    x[:6] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-45]
+    big = min(p.max * 1.5, 3e38)  # beyond the type's max, within float32's
+    x[6:10] = [big, -big, p.max, p.smallest_subnormal / 3]
+    for sample in (x, x[10:], np.zeros(5, np.float32), np.float32([1.0, 2.0])):
+        out, rep, carrier = cast_carrier(sample, p)
+        want, want_rep = _cast_wide(sample, p, "ieee")
+        assert rep == want_rep
+        assert out.dtype == p.dtype
+        assert np.array_equal(out.view(np.uint8), want.view(np.uint8)) or np.array_equal(
+            out, want, equal_nan=True
+        )
+        assert np.array_equal(carrier, want.astype(np.float32), equal_nan=True)
