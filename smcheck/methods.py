@@ -136,8 +136,10 @@ def _chained_backward(
     dot = np.where(other_bad, a.dtype.type(np.nan), dot)
     # g - <p, g> rounded to T: -<p, g> off the label (exact: dot holds a T value or NaN/inf)
     off = round_in(-dot, t)
-    # p in [0, 1]; off is -<p, g> = 1 up to rounding unless something overflowed
-    unit = bool(np.all((off >= 0) & (off <= 2)))
+    # p in [0, 1] and off = -<p, g> = 1 up to rounding, or NaN/inf once something overflowed:
+    # products in [0, 2] or non-finite (the fast rounding's promise) unless off is off the rails
+    with np.errstate(invalid="ignore"):
+        unit = bool(np.all(((off >= 0) & (off <= 2)) | ~np.isfinite(off)))
     grad = _mul(p, off[:, None], t, unit)
     grad[rows, y] = _mul(p_y, round_in(g_y.astype(a.dtype) - dot, t), t)
     return grad, g_y

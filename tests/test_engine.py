@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -183,13 +184,42 @@ def test_run_is_identical_for_any_chunking_and_worker_count(label_free: bool, dt
     cfg = EngineConfig(t, get_precision("float32"), ("naive", "shifted", "fused", "log1p"))
     lab = None if label_free else y
     ref = run(x, lab, cfg, chunk_rows=97)
-    for rows, workers in ((1, 1), (10, 2), (33, 3)):
-        got = run(x, lab, cfg, chunk_rows=rows, workers=workers)
+    # chunk rows, workers, forked processes or threads, logits per numerics sub-block
+    for rows, workers, fork, block in (
+        (1, 1, False, 40),
+        (10, 2, False, 1 << 19),
+        (33, 3, False, 120),
+        (10, 2, True, 1 << 19),
+        (33, 2, True, 80),
+        (97, 1, False, 280),
+    ):
+        c = replace(cfg, block_values=block)
+        got = run(x, lab, c, chunk_rows=rows, workers=workers, processes=fork)
         assert got.input == ref.input
         for m in cfg.methods:
-            assert _same(got.methods[m], ref.methods[m]), (m, rows, workers)
+            assert _same(got.methods[m], ref.methods[m]), (m, rows, workers, fork, block)
         for k, v in ref.worst.cols.items():
             assert np.array_equal(got.worst.cols[k], v, equal_nan=True), k
+
+
+def test_chunks_run_in_forked_processes_only_where_that_is_safe() -> None:
+    import threading
+
+    from smcheck.engine import can_fork
+
+    t = get_precision("float32")
+    assert can_fork(EngineConfig(t, t, ("naive", "fused")))
+    # torch and jax keep thread pools of their own: threads, not fork
+    assert not can_fork(EngineConfig(t, t, ("fused", "torch")))
+    # another Python thread may hold a lock the child would inherit locked
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not can_fork(EngineConfig(t, t, ("fused",)))
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_progress_and_per_row_blocks_come_in_row_order() -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import click
 
+from ..allocator import keep_freed_memory
 from ..baseline import input_identity
 from ..evaluate import DEFAULT_CHUNK_BYTES, EvalReport, PerRowWriter, evaluate
 from ..render.eval_formats import render_github, render_json, render_junit, render_markdown, to_dict
@@ -173,6 +174,7 @@ def eval_cmd(
         "eval", baseline, write_baseline, inputs, {"--output": output, "--per-row": per_row}
     )
     per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
+    keep_freed_memory()  # chunk temporaries reuse freed heap blocks (see smcheck.allocator)
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
         report = evaluate(
             loaded.logits, loaded.labels, dtype=dtype, accum=accum, cast=cast_mode,

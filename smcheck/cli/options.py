@@ -335,15 +335,22 @@ def progress_reporter(
         RateColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(file=stream), transient=True) as bar:
-        task: list[Any] = []
+    bar = Progress(*columns, console=Console(file=stream), transient=True)
+    task: list[Any] = []
 
-        def update(done: int, total: int) -> None:
-            if not task:
-                task.append(bar.add_task(label, total=total))
-            bar.update(task[0], completed=done)
+    def update(done: int, total: int) -> None:
+        if not task:
+            # started at the first report, not before: its refresh thread must not exist yet
+            # when the engine forks its workers (engine.can_fork)
+            bar.start()
+            task.append(bar.add_task(label, total=total))
+        bar.update(task[0], completed=done)
 
+    try:
         yield update
+    finally:
+        if task:
+            bar.stop()
 
 
 def load_logits(
