@@ -808,7 +808,6 @@ def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: i
     ref_loss = np.zeros(n)
     ref_lo: np.ndarray | None = None
     ref_p = np.zeros(n)
-    grad_ok = np.zeros(n, bool)
     loss = {m: np.zeros(n) for m in names}
     over = {m: np.zeros(n, bool) for m in names}
     under = {m: np.zeros(n, bool) for m in names}
@@ -828,8 +827,6 @@ def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: i
                 ref_lo = np.zeros(n)
             ref_lo[i:j] = ref.loss_lo
         ref_p[i:j] = ref.prob[np.arange(j - i), sub.safe_labels]
-        with np.errstate(invalid="ignore"):  # NaN rows: not measured
-            grad_ok[i:j] = np.isfinite(ref.grad).all(axis=1)
         shared = _shared_softmax(sub, cfg)
         grads = []
         for m in names:
@@ -846,7 +843,9 @@ def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: i
         for m, (ga, gr, b) in zip(names, errors, strict=True):
             gabs[m][i:j], grel[m][i:j], bad[m][i:j] = ga, gr, b
     rows = np.arange(row0, row0 + n, dtype=np.int64)
-    measured = grad_ok & e
+    # the reference gradient of a row with finite logits is finite (probabilities in [0, 1]):
+    # the eligible rows are the measured ones
+    measured = e
     return _Numerics(
         ref_loss,
         ref_lo,

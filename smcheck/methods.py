@@ -115,14 +115,16 @@ def _softmax_div(e: np.ndarray, s: np.ndarray, t: Precision) -> np.ndarray:
 
 
 def _chained_backward(
-    p: np.ndarray, y: np.ndarray, t: Precision, a: Precision
+    p: np.ndarray, y: np.ndarray, t: Precision, a: Precision, suspect: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Backward through two separate layers (the seed article's "separate layers").
 
     The log-loss layer sends g = dL/dp with g_y = -1/p_y (T) and 0 elsewhere; the softmax layer
     returns p * (g - <p, g>), with <p, g> accumulated in A. Once p_y underflows to 0, g_y = -inf
     and p_y * g_y = 0 * inf = NaN: the whole gradient row becomes NaN.
-    Returns (grad, g_y).
+    ``suspect`` (optional) lists the only rows where some p_j can be NaN or inf: p = e / s with
+    0 <= e_j <= s (a rounded sum of non-negative terms is at least each term) is finite unless
+    s is 0, inf or NaN. Returns (grad, g_y).
     """
     n = p.shape[0]
     rows = _rows(n)
@@ -132,7 +134,11 @@ def _chained_backward(
     # exact zeros is that product exactly, unless some other p_j is NaN/inf (0 * inf = NaN).
     # Computed that way here - the same bits as the full reduction, without its C-wide passes.
     dot = _mul(p_y, g_y, t).astype(a.dtype)
-    other_bad = ~np.isfinite(p).all(axis=1) & np.isfinite(p_y)
+    if suspect is None:
+        other_bad = ~np.isfinite(p).all(axis=1) & np.isfinite(p_y)
+    else:
+        other_bad = np.zeros(n, bool)
+        other_bad[suspect] = ~np.isfinite(p[suspect]).all(axis=1) & np.isfinite(p_y[suspect])
     dot = np.where(other_bad, a.dtype.type(np.nan), dot)
     # g - <p, g> rounded to T: -<p, g> off the label (exact: dot holds a T value or NaN/inf)
     off = round_in(-dot, t)
@@ -238,7 +244,11 @@ def shifted_softmax(x: np.ndarray, t: Precision, a: Precision) -> ShiftedSoftmax
         e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
         s = accumulate(e_a, a)
         p = _softmax_div(e_a, s, t)
-        inf_rows = _overflow_rows(*_shift_check(d, t), (e_a, t))
+        # exp(d) of a shift d <= 0 is at most 1: only the shift itself can overflow (a NaN in a
+        # dtype without inf; with inf, see _shift_check). Rows with +inf or NaN input have a
+        # NaN shift and are not measured.
+        checks = _shift_check(d, t)
+        inf_rows = _overflow_rows(*checks) if checks else np.zeros(x.shape[0], bool)
     return ShiftedSoftmax(m, d, e_a, s, p, inf_rows)
 
 
@@ -278,7 +288,9 @@ def naive(
         e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
         s = accumulate(e_a, a)
         p = _softmax_div(e_a, s, t)
-        forward_inf = _overflow_rows((e_a, t), (s, a))
+        # the terms are >= 0: the sum is inf once a term overflowed to inf (or NaN, once one
+        # overflowed to NaN in float8_e4m3fn) or once the sum itself overflowed
+        forward_inf = ~np.isfinite(s)
         # every exp(z) underflowed: s = 0 and p = 0/0 = NaN - an underflow, not an overflow
         sum_under = s == 0
         if targets is not None:
@@ -292,7 +304,7 @@ def naive(
         rows = _rows(x.shape[0])
         p_y = p[rows, y]
         loss = round_in(-np.log(p_y), t)
-        grad, g_y = _chained_backward(p, y, t, a)
+        grad, g_y = _chained_backward(p, y, t, a, ~np.isfinite(s) | sum_under)
     overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
     return _output(MethodOutput(loss, grad, overflow, (p_y == 0) | sum_under), t, carrier)
 
@@ -333,7 +345,7 @@ def shifted(
         rows = _rows(x.shape[0])
         p_y = p[rows, y]
         loss = round_in(-np.log(p_y), t)
-        grad, g_y = _chained_backward(p, y, t, a)
+        grad, g_y = _chained_backward(p, y, t, a, ~np.isfinite(sm.s) | (sm.s == 0))
     overflow = forward_inf | (_overflowed(g_y, t) & (p_y != 0) & np.isfinite(p_y))
     return _output(MethodOutput(loss, grad, overflow, p_y == 0), t, carrier)
 
@@ -430,13 +442,14 @@ def log1p(
             return _output(out, t, carrier)
         d_y = d[rows, y]
         loss = round_in(lse - d_y, t)
-        grad = p.copy()
+        p_y = p[rows, y]
         at_max = d_y == 0  # ties: exp(z_k - m) = exp(z_y - m) = 1, so s' is also sum_{j != y}
         label_entry = np.where(
-            at_max, round_in(-(s_rest / s), t), round_in(p[rows, y] - p.dtype.type(1.0), t)
+            at_max, round_in(-(s_rest / s), t), round_in(p_y - p.dtype.type(1.0), t)
         )
+        grad = p  # this method's own p: the gradient takes it over
         grad[rows, y] = label_entry
-    return _output(MethodOutput(loss, grad, forward_inf, p[rows, y] == 0), t, carrier)
+    return _output(MethodOutput(loss, grad, forward_inf, p_y == 0), t, carrier)
 
 
 def online(
@@ -500,9 +513,10 @@ def online(
             return _output(out, t, carrier)
         rows = _rows(n)
         loss = round_in(lse - d[rows, y], t)
-        grad = p.copy()
-        grad[rows, y] = round_in(p[rows, y] - one_t, t)
-    return _output(MethodOutput(loss, grad, forward_inf, p[rows, y] == 0), t, carrier)
+        p_y = p[rows, y]
+        grad = p  # this method's own p: the gradient takes it over
+        grad[rows, y] = round_in(p_y - one_t, t)
+    return _output(MethodOutput(loss, grad, forward_inf, p_y == 0), t, carrier)
 
 
 #: Every formulation, by name. Order is the order reports list them in.
