@@ -549,18 +549,29 @@ def overflow_causes(
     return code
 
 
-def chunk_rows_for(n_classes: int, n_methods: int, label_free: bool, budget: int) -> int:
+def chunk_rows_for(
+    n_classes: int,
+    n_methods: int,
+    label_free: bool,
+    budget: int,
+    block_values: int = NUMERICS_BLOCK,
+) -> int:
     """Rows per chunk so the kernel's working arrays stay near ``budget`` bytes.
 
-    A labelled row costs about 24 float64 arrays of C values (the reference's ~10 and each
-    method's temporaries, one method at a time); label-free adds each method's (C,) loss and
-    error rows and the expanded gradient rows.
+    Labelled: a chunk holds its rows as read and in the working dtype (~8 bytes per logit) and
+    one numerics sub-block of ``block_values`` logits at a time, whose reference, methods and
+    gradient comparison need about 80 bytes per logit. Label-free keeps every method's (C,)
+    losses and errors per row and the expanded gradient rows: about 24 float64 arrays of C
+    values per row plus those.
     """
+    if not label_free:
+        sub_block = max(1, block_values // max(n_classes, 1)) * n_classes  # logits
+        free = budget - 80 * sub_block
+        return max(1, free // (8 * n_classes))
     per_row = 24 * 8 * n_classes
-    if label_free:
-        per_row += 3 * 8 * n_classes * n_methods
-        k = n_classes if n_classes <= FULL_GRAD_CLASSES else 2 + RANDOM_GRAD_LABELS
-        per_row += k * 24 * 8 * n_classes
+    per_row += 3 * 8 * n_classes * n_methods
+    k = n_classes if n_classes <= FULL_GRAD_CLASSES else 2 + RANDOM_GRAD_LABELS
+    per_row += k * 24 * 8 * n_classes
     return max(1, budget // per_row)
 
 
@@ -770,9 +781,26 @@ class _MethodRows:
 
 
 @dataclass(frozen=True)
-class _Numerics:
-    """The labelled chunk's reference values per row, and each method's :class:`_MethodRows`."""
+class _RowFacts:
+    """What a chunk's rows look like, per row: labels, eligibility, extremes, input rounding."""
 
+    labels: np.ndarray | None  # (n,) int64 as given; None label-free
+    safe_labels: np.ndarray | None  # ignored rows replaced by 0
+    ignored: np.ndarray  # (n,) bool
+    finite_input: np.ndarray  # (n,) bool
+    zmax: np.ndarray  # (n,) float64 row max of the rounded logits
+    zmin: np.ndarray
+    amax: np.ndarray  # (n,) int64 first argmax
+    margin: np.ndarray  # max(z) - z_y (label-free: max(z) - min(z))
+    cast: CastReport | None
+
+
+@dataclass(frozen=True)
+class _Numerics:
+    """The labelled chunk's row facts, reference values per row, and each method's
+    :class:`_MethodRows`."""
+
+    facts: _RowFacts
     ref_loss: np.ndarray
     ref_lo: np.ndarray | None
     ref_p: np.ndarray  # reference probability of the label
@@ -798,13 +826,31 @@ def _rows_of(prep: Prepared, i: int, j: int) -> Prepared:
     )
 
 
-def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: int) -> _Numerics:
-    """Reference, methods and gradient errors of a labelled chunk, sub-block by sub-block of
-    :data:`NUMERICS_BLOCK` logits; only per-row values are kept. Every step is per row, so the
-    values do not depend on the sub-block size."""
-    n, c = prep.x.shape
+def _extremes(xf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row max, min (float64) and first argmax of rounded logits in their carrier (exact)."""
+    if xf.shape[0] == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    zmax = xf.max(axis=1).astype(np.float64)
+    return zmax, xf.min(axis=1).astype(np.float64), np.argmax(xf, axis=1)
+
+
+def _labelled_numerics(
+    x: np.ndarray, labels: np.ndarray, cfg: EngineConfig, row0: int
+) -> _Numerics:
+    """A labelled chunk, sub-block by sub-block of ``cfg.block_values`` logits: rounding to
+    the working dtype, the reference, the methods and the gradient comparison; only per-row
+    values are kept. Every step is per row, so the values do not depend on the sub-block size.
+    """
+    n, c = x.shape
     step = max(1, cfg.block_values // max(c, 1))
     names = cfg.methods
+    lab = np.zeros(n, np.int64)
+    safe = np.zeros(n, np.int64)
+    ignored = np.zeros(n, bool)
+    finite = np.zeros(n, bool)
+    zmax, zmin, zlab = np.zeros(n), np.zeros(n), np.zeros(n)
+    amax = np.zeros(n, np.int64)
+    cast_report: CastReport | None = None
     ref_loss = np.zeros(n)
     ref_lo: np.ndarray | None = None
     ref_p = np.zeros(n)
@@ -817,8 +863,18 @@ def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: i
     bad = {m: np.zeros(n, bool) for m in names}
     for i in range(0, n, step):
         j = min(i + step, n)
-        sub = _rows_of(prep, i, j)
-        assert sub.safe_labels is not None
+        sub = prepare(
+            x[i:j], labels[i:j], dtype=cfg.working, cast_mode=cfg.cast_mode,
+            ignore_index=cfg.ignore_index, row_offset=row0 + i,
+        )  # fmt: skip
+        assert sub.labels is not None and sub.safe_labels is not None
+        cast_report = _merge_cast(cast_report, sub.cast_report)
+        lab[i:j], safe[i:j] = sub.labels, sub.safe_labels
+        ignored[i:j], finite[i:j] = sub.ignored, sub.finite_input
+        xf = sub.xk
+        zmax[i:j], zmin[i:j], amax[i:j] = _extremes(xf)
+        zlab[i:j] = xf[np.arange(j - i), sub.safe_labels]
+        e = sub.finite_input & ~sub.ignored
         ref = reference_of(sub)
         assert ref.grad is not None
         ref_loss[i:j] = ref.loss
@@ -834,19 +890,24 @@ def _labelled_numerics(prep: Prepared, cfg: EngineConfig, e: np.ndarray, row0: i
             loss[m][i:j] = res.loss
             over[m][i:j] = res.overflow
             under[m][i:j] = res.underflow
-            flagged = res.overflow & e[i:j]
-            causes[m][i:j] = overflow_causes(m, sub.xk, sub.safe_labels, flagged, cfg)
+            causes[m][i:j] = overflow_causes(m, xf, sub.safe_labels, res.overflow & e, cfg)
             assert res.grad is not None
             grads.append(res.grad)
         del shared
         errors = grad_errors_many(grads, ref.grad, ref.grad_lo)
         for m, (ga, gr, b) in zip(names, errors, strict=True):
             gabs[m][i:j], grel[m][i:j], bad[m][i:j] = ga, gr, b
+    # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused;
+    # a margin beyond max float64 (1.7e308 - -1.7e308) overflows to inf, its correct rounding
+    with np.errstate(invalid="ignore", over="ignore"):
+        margin = zmax - zlab
+    facts = _RowFacts(lab, safe, ignored, finite, zmax, zmin, amax, margin, cast_report)
     rows = np.arange(row0, row0 + n, dtype=np.int64)
     # the reference gradient of a row with finite logits is finite (probabilities in [0, 1]):
     # the eligible rows are the measured ones
-    measured = e
+    measured = finite & ~ignored
     return _Numerics(
+        facts,
         ref_loss,
         ref_lo,
         ref_p,
@@ -905,53 +966,51 @@ def chunk_stats(
     reference all consume those rounded values. ``labels`` (n,) are int64 labels already checked
     against C, or None for the label-free mode.
     """
-    prep = prepare(
-        x, labels, dtype=cfg.working, cast_mode=cfg.cast_mode, ignore_index=cfg.ignore_index
-    )
-    n = prep.x.shape[0]
-    idx = np.arange(n)
+    n = int(x.shape[0])
     rows_g = np.arange(row0, row0 + n, dtype=np.int64)
-    e = prep.finite_input & ~prep.ignored
-    # max, min, argmax and a gather are exact in any float dtype: reduce float32/float64 as they
-    # are (no (N, C) float64 copy); 16/8-bit types go through float64 (their reductions are slow)
-    xf = prep.xk  # float32 or float64 (a 16/8-bit type's carrier): fast exact reductions
     label_free = labels is None
+    prep: Prepared | None = None
     if label_free:
+        prep = prepare(x, None, dtype=cfg.working, cast_mode=cfg.cast_mode)
+        xf: np.ndarray | None = prep.xk  # float32/float64 carrier: fast exact reductions
+        zmax, zmin, amax = _extremes(prep.xk)
+        # inf - inf on rows with non-finite input: not eligible, their margin unused
+        with np.errstate(invalid="ignore", over="ignore"):
+            margin = zmax - zmin
+        facts = _RowFacts(
+            None, None, prep.ignored, prep.finite_input, zmax, zmin, amax, margin,
+            prep.cast_report,
+        )  # fmt: skip
         ref = reference_of(prep)
         ref_loss, ref_lo, ref_prob = ref.loss, ref.loss_lo, ref.prob
     else:
-        nums = _labelled_numerics(prep, cfg, e, row0)
+        assert labels is not None
+        xf = None
+        nums = _labelled_numerics(np.asarray(x), labels, cfg, row0)
+        facts = nums.facts
         ref_loss, ref_lo, ref_prob = nums.ref_loss, nums.ref_lo, nums.ref_p
-    zmax = xf.max(axis=1).astype(np.float64) if n else np.zeros(0)
-    zmin = xf.min(axis=1).astype(np.float64) if n else np.zeros(0)
-    amax = np.argmax(xf, axis=1) if n else np.zeros(0, np.int64)
-    # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused;
-    # a margin beyond max float64 (1.7e308 - -1.7e308) overflows to inf, its correct rounding
-    with np.errstate(invalid="ignore", over="ignore"):
-        if label_free:
-            margin = zmax - zmin
-        else:
-            assert prep.safe_labels is not None
-            margin = zmax - xf[idx, prep.safe_labels].astype(np.float64)
+    e = facts.finite_input & ~facts.ignored
+    zmax, zmin, amax, margin = facts.zmax, facts.zmin, facts.amax, facts.margin
     ref_finite = np.isfinite(ref_loss)
     e_loss = e[:, None] if label_free else e
     measured = e_loss & ref_finite
     inp = InputStats(
         rows=n,
         eligible=int(e.sum()),
-        ignored=int(prep.ignored.sum()),
-        nonfinite_input=int((~prep.finite_input).sum()),
+        ignored=int(facts.ignored.sum()),
+        nonfinite_input=int((~facts.finite_input).sum()),
         ref_nonfinite=int(np.count_nonzero(e_loss & ~ref_finite)),
         logit_max=Extreme.of(zmax[e], rows_g[e], amax[e]),
         logit_min=float(zmin[e].min()) if e.any() else math.nan,
         margin_max=_largest(margin[e], rows_g[e]),
         rows_over_ln_max=int(np.count_nonzero(e & (zmax > cfg.working.ln_max))),
         rows_margin_underflow=int(np.count_nonzero(e & (margin > underflow_margin(cfg.working)))),
-        cast=prep.cast_report,
+        cast=facts.cast,
     )
     methods: dict[str, MethodStats] = {}
     per_method: dict[str, dict[str, np.ndarray]] = {}
     if label_free:
+        assert prep is not None
         per_rows = _label_free_methods(prep, cfg, e, ref, row0)
     else:
         per_rows = nums.methods
@@ -966,8 +1025,8 @@ def chunk_stats(
             )
         methods[name] = st + gst
         per_method[name] = {**arrays, "grad_abs_err": gabs, "grad_rel_err": grel}
-    worst = _worst(cfg, rows_g, prep, ref_loss, ref_lo, ref_prob, xf, zmax, margin, e, per_method)
-    per_row = _per_row(rows_g, prep, e, ref_loss, ref_lo, per_method) if cfg.per_row else None
+    worst = _worst(cfg, rows_g, facts, ref_loss, ref_lo, ref_prob, xf, e, per_method)
+    per_row = _per_row(rows_g, facts, e, ref_loss, ref_lo, per_method) if cfg.per_row else None
     return ChunkStats(inp, methods, worst), per_row
 
 
@@ -986,13 +1045,11 @@ def _finite_or(v: np.ndarray, fill: float) -> np.ndarray:
 def _worst(
     cfg: EngineConfig,
     rows_g: np.ndarray,
-    prep: Prepared,
+    facts: _RowFacts,
     ref_loss: np.ndarray,
     ref_lo: np.ndarray | None,
     ref_prob: np.ndarray,
-    xf: np.ndarray,
-    zmax: np.ndarray,
-    margin: np.ndarray,
+    xf: np.ndarray | None,
     e: np.ndarray,
     per_method: dict[str, dict[str, np.ndarray]],
 ) -> WorstRows:
@@ -1006,7 +1063,9 @@ def _worst(
     idx = np.arange(n)
     eps = cfg.working.eps
     names = cfg.methods
-    if prep.labels is None:
+    zmax, margin = facts.zmax, facts.margin
+    if facts.labels is None:
+        assert xf is not None
         # per pair: methods with a non-finite loss, then the largest gate error; keep each row's
         # worst class (first one on ties)
         bad = sum((~np.isfinite(per_method[m]["loss"])).astype(np.int64) for m in names)
@@ -1018,9 +1077,9 @@ def _worst(
         with np.errstate(invalid="ignore", over="ignore"):
             margin = zmax - xf[idx, k].astype(np.float64)
     else:
-        assert prep.safe_labels is not None
-        label = prep.labels.astype(np.int64) if prep.labels is not None else idx
-        k = prep.safe_labels
+        assert facts.safe_labels is not None
+        label = facts.labels.astype(np.int64)
+        k = facts.safe_labels
 
     def pick(a: np.ndarray) -> np.ndarray:
         return a[idx, k] if a.ndim == 2 else a
@@ -1055,7 +1114,7 @@ def _worst(
 
 def _per_row(
     rows_g: np.ndarray,
-    prep: Prepared,
+    facts: _RowFacts,
     e: np.ndarray,
     ref_loss: np.ndarray,
     ref_lo: np.ndarray | None,
@@ -1066,14 +1125,14 @@ def _per_row(
     n = rows_g.size
     idx = np.arange(n)
     ref_loss = ref_loss + (0.0 if ref_lo is None else ref_lo)
-    label_free = prep.labels is None
+    label_free = facts.labels is None
     if label_free:
-        k = np.argmax(prep.xk, axis=1) if n else idx
+        k = facts.amax
         label = np.full(n, -1, np.int64)
         ref_loss = ref_loss[idx, k] if n else np.zeros(0)
     else:
-        assert prep.labels is not None
-        label = prep.labels
+        assert facts.labels is not None
+        label = facts.labels
     out: dict[str, dict[str, np.ndarray]] = {}
     for m, pm in per_method.items():
         loss, ulp, under = pm["loss"], pm["ulp_err"], pm["underflow"]

@@ -152,7 +152,9 @@ def test_grad_labels_subset_is_deterministic_and_contains_argmax_argmin() -> Non
 
 
 def test_chunk_rows_for_respects_the_budget() -> None:
-    assert chunk_rows_for(32000, 4, False, 64 * 2**20) == 64 * 2**20 // (24 * 8 * 32000)
+    # labelled: 8 bytes per logit of the chunk plus one sub-block of 2**19 logits at 80 bytes
+    sub = (2**19 // 32000) * 32000
+    assert chunk_rows_for(32000, 4, False, 64 * 2**20) == (64 * 2**20 - 80 * sub) // (8 * 32000)
     assert chunk_rows_for(10**7, 4, False, 2**20) == 1  # one row at least
     assert chunk_rows_for(1000, 4, True, 2**26) < chunk_rows_for(1000, 4, False, 2**26)
 
