@@ -41,7 +41,7 @@ from .memmaps import release_pages
 from .methods import METHODS, SHARED_SOFTMAX_METHODS, ShiftedSoftmax, shifted_softmax
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
 from .precisions import CastReport, Precision, accumulate, round_in, to_carrier
-from .reference import ReferenceOutput
+from .reference import ReferenceOutput, reference_block
 
 __all__ = [
     "FULL_GRAD_CLASSES",
@@ -757,12 +757,15 @@ def _run(
         return run_method(name, prep, cfg.accum, shared, carrier=True)
 
 
-def _shared_softmax(prep: Prepared, cfg: EngineConfig) -> ShiftedSoftmax | None:
-    """The max-shifted softmax, computed once when two or more methods would each compute it."""
+def _shared_softmax(
+    prep: Prepared, cfg: EngineConfig, argmax: np.ndarray | None = None
+) -> ShiftedSoftmax | None:
+    """The max-shifted softmax, computed once when two or more methods would each compute it
+    (``argmax``: the rows' first argmax, if known)."""
     if len(SHARED_SOFTMAX_METHODS.intersection(cfg.methods)) < 2:
         return None
     with np.errstate(invalid="ignore"):  # NaN input rows: not eligible, see _run
-        return shifted_softmax(prep.xk, cfg.working, cfg.accum)
+        return shifted_softmax(prep.xk, cfg.working, cfg.accum, argmax)
 
 
 @dataclass(frozen=True)
@@ -875,15 +878,18 @@ def _labelled_numerics(
         zmax[i:j], zmin[i:j], amax[i:j] = _extremes(xf)
         zlab[i:j] = xf[np.arange(j - i), sub.safe_labels]
         e = sub.finite_input & ~sub.ignored
-        ref = reference_of(sub)
+        # a sub-block is within the reference's own block size (REFERENCE_BLOCK_ELEMENTS): one
+        # call; the gradient takes the softmax's memory and only the labels' p are kept
+        arg = amax[i:j] if sub.xk.dtype == np.float32 else None
+        ref = reference_block(sub.x, sub.safe_labels, sub.working, keep_prob=False, row_argmax=arg)
         assert ref.grad is not None
         ref_loss[i:j] = ref.loss
         if ref.loss_lo is not None:
             if ref_lo is None:
                 ref_lo = np.zeros(n)
             ref_lo[i:j] = ref.loss_lo
-        ref_p[i:j] = ref.prob[np.arange(j - i), sub.safe_labels]
-        shared = _shared_softmax(sub, cfg)
+        ref_p[i:j] = ref.prob
+        shared = _shared_softmax(sub, cfg, amax[i:j])
         grads = []
         for m in names:
             res = _run(m, sub, cfg, shared)

@@ -30,6 +30,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import BinaryIO
 
 import numpy as np
@@ -90,9 +91,18 @@ class LoadedInput:
     labels_name: str | None
     file_dtype: str
     original_shape: tuple[int, ...]
-    nonfinite_cells: int
     overflowed_cells: int
     notes: tuple[str, ...] = ()
+    # counted while parsing text; for arrays counted on first use of nonfinite_cells (a full
+    # pass over a possibly huge memmap that eval does not need: it counts rows per chunk)
+    counted_nonfinite: int | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def nonfinite_cells(self) -> int:
+        """Number of NaN/inf cells of the logits."""
+        if self.counted_nonfinite is not None:
+            return self.counted_nonfinite
+        return _count_nonfinite(self.logits)
 
     @property
     def n_rows(self) -> int:
@@ -423,8 +433,8 @@ def _array_from_source(src: _Source, max_bytes: int, *, mmap: bool) -> _Array:
 # --------------------------------------------------------------------------- logits arrays
 
 
-def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple[int, ...], int]:
-    """Shape an array into (N, C) logits; returns (logits, original shape, non-finite count)."""
+def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Shape an array into (N, C) logits; returns (logits, original shape)."""
     a = arr.array
     where = arr.where
     shape = tuple(int(d) for d in a.shape)
@@ -458,7 +468,7 @@ def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple
             f"{where}: {shape} flattened to {a.shape[0]} rows of {shape[-1]} classes "
             "(classes on the last axis)"
         )
-    return a, shape, _count_nonfinite(a)
+    return a, shape
 
 
 def _max_abs_int(a: np.ndarray) -> int:
@@ -945,7 +955,7 @@ def load_input(
         parsed = _text_logits(_file_bytes(src, max_bytes), name, label_column, notes)
         arr2d, overflowed = parsed.logits, parsed.overflowed
         original_shape = tuple(int(d) for d in arr2d.shape)
-        nonfinite = int(arr2d.size - np.count_nonzero(np.isfinite(arr2d)))
+        nonfinite: int | None = int(arr2d.size - np.count_nonzero(np.isfinite(arr2d)))
         file_dtype = "text"
         if parsed.label_values is not None:
             raw_labels = parsed.label_values
@@ -954,14 +964,16 @@ def load_input(
             at = lambda i: f"line {text_lines[i]}"  # noqa: E731
     elif src.kind == "npy":
         arr = _array_from_source(src, max_bytes, mmap=True)
-        arr2d, original_shape, nonfinite = _logits_from_array(arr, notes)
+        arr2d, original_shape = _logits_from_array(arr, notes)
+        nonfinite = None
         file_dtype = arr.stored.name
     else:
         npz = _Npz(src, max_bytes)
         try:
             key = _pick_logits_key(npz, logits_key, labels_key if labels is None else None, notes)
             arr = npz.read(key)
-            arr2d, original_shape, nonfinite = _logits_from_array(arr, notes)
+            arr2d, original_shape = _logits_from_array(arr, notes)
+            nonfinite = None
             file_dtype = arr.stored.name
             lkey = labels_key or "labels"
             if lkey in npz.members and lkey != key:
@@ -1007,9 +1019,9 @@ def load_input(
         labels_name=labels_name,
         file_dtype=file_dtype,
         original_shape=original_shape,
-        nonfinite_cells=nonfinite,
         overflowed_cells=overflowed,
         notes=tuple(notes),
+        counted_nonfinite=nonfinite,
     )
 
 

@@ -231,14 +231,21 @@ class ShiftedSoftmax:
     s: np.ndarray  # (N,) sum of exp(d), accumulated in A
     p: np.ndarray  # (N, C) e_a / s in A, rounded to T
     shift_exp_inf: np.ndarray  # (N,) bool
+    k: np.ndarray | None = None  # (N,) first argmax of z, when the caller knew it
 
 
-def shifted_softmax(x: np.ndarray, t: Precision, a: Precision) -> ShiftedSoftmax:
-    """d = z - max(z) (T), exp(d) (T), their sum (A) and p = exp(d) / sum (A -> T)."""
+def shifted_softmax(
+    x: np.ndarray, t: Precision, a: Precision, argmax: np.ndarray | None = None
+) -> ShiftedSoftmax:
+    """d = z - max(z) (T), exp(d) (T), their sum (A) and p = exp(d) / sum (A -> T).
+
+    ``argmax``: each row's first argmax (``np.argmax(x, axis=1)``), if the caller has it - the
+    max is then read there instead of reduced again, and :func:`log1p` reuses it."""
     # exp(-inf) = 0 for masked logits is intended; inf appears only from overflowing shifts
     x = to_carrier(x, t)
     with np.errstate(all="ignore"):
-        m = x.max(axis=1)
+        # x at its first argmax is the max (NaN on a row with NaN, as np.max gives)
+        m = x.max(axis=1) if argmax is None else x[np.arange(x.shape[0]), argmax]
         d = round_in(x - m[:, None], t, overwrite=True)
         e = round_in(np.exp(d), t, unit=True, overwrite=True)  # d <= 0
         e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
@@ -249,7 +256,7 @@ def shifted_softmax(x: np.ndarray, t: Precision, a: Precision) -> ShiftedSoftmax
         # NaN shift and are not measured.
         checks = _shift_check(d, t)
         inf_rows = _overflow_rows(*checks) if checks else np.zeros(x.shape[0], bool)
-    return ShiftedSoftmax(m, d, e_a, s, p, inf_rows)
+    return ShiftedSoftmax(m, d, e_a, s, p, inf_rows, argmax)
 
 
 def _shared_or_new(
@@ -424,7 +431,8 @@ def log1p(
         rows = _rows(n)
         sm = _shared_or_new(shared, x, t, a)
         d, e_a = sm.d, sm.e_a
-        k = d.argmax(axis=1)  # d = z - m: the same first maximum as z (subtracting m is monotone)
+        # d = z - m: the same first maximum as z (subtracting m is monotone)
+        k = d.argmax(axis=1) if sm.k is None else sm.k
         rest = e_a.copy()
         rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
         s_rest = accumulate(rest, a)

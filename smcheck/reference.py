@@ -57,7 +57,7 @@ class ReferenceOutput:
     loss_lo: np.ndarray | None
     grad: np.ndarray | None  # (N, C); None label-free
     grad_lo: np.ndarray | None
-    prob: np.ndarray  # (N, C) softmax probabilities (float64, rounded once)
+    prob: np.ndarray  # (N, C) softmax probabilities (float64, rounded once); see keep_prob
     prob_rest: np.ndarray  # (N,) s'/s = sum of p_j over j != argmax (float64)
     precision: str
 
@@ -114,13 +114,18 @@ def _core(
     y: np.ndarray | None,
     twosum_rows: np.ndarray | None = None,
     coeff: np.ndarray | None = None,
+    keep_prob: bool = True,
+    k: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Loss, grad, prob, prob_rest of ``z``: float32 or float64 storage computes in float64,
-    binary128 in binary128. ``twosum_rows`` lists the rows whose shifts need TwoSum."""
+    binary128 in binary128. ``twosum_rows`` lists the rows whose shifts need TwoSum; ``k`` is
+    each row's first argmax if the caller has it; ``keep_prob=False`` (labels, no ``coeff``)
+    builds the gradient in the probabilities' place and returns only the labels' ones (N,)."""
     n = z.shape[0]
     rows = np.arange(n)
     fast = z.dtype in (np.float32, np.float64)
-    k = z.argmax(axis=1)
+    if k is None:
+        k = z.argmax(axis=1)
     if fast:
         # numpy's argmax stops at the first NaN, so m = z_k is NaN on NaN rows, as max would be;
         # float32's max is exact in float64, which does the arithmetic from here on (float32 z
@@ -180,9 +185,10 @@ def _core(
         return loss, None, prob, prob_rest
     z_y = z[rows, y]
     loss = (m - z_y) + lse
-    grad = prob.copy()
-    grad[rows, y] = np.where(z_y == m, -prob_rest, prob[rows, y] - 1)
-    return loss, grad, prob, prob_rest
+    p_y = prob[rows, y]
+    grad = prob.copy() if keep_prob else prob
+    grad[rows, y] = np.where(z_y == m, -prob_rest, p_y - 1)
+    return loss, grad, prob if keep_prob else p_y, prob_rest
 
 
 def _split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +200,13 @@ def _split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reference_block(
-    x: np.ndarray, y: np.ndarray | None, working: Precision, coeff: np.ndarray | None = None
+    x: np.ndarray,
+    y: np.ndarray | None,
+    working: Precision,
+    coeff: np.ndarray | None = None,
+    *,
+    keep_prob: bool = True,
+    row_argmax: np.ndarray | None = None,
 ) -> ReferenceOutput:
     """Reference loss and gradient of ``x`` (N, C), values already rounded to ``working``.
 
@@ -202,7 +214,13 @@ def reference_block(
     caller), or is ``None`` for the label-free mode (loss (N, C) = -log p_k for every k).
     ``coeff`` (N, C), the loss options folded into coefficients (already rounded to the working
     dtype), replaces ``y``: loss_i = sum_k c_ik (-log p_ik).
+
+    Two savings for a caller that needs less: ``keep_prob=False`` (with ``y``, without
+    ``coeff``) returns as ``prob`` only the labels' probabilities (N,), the gradient taking the
+    softmax's memory; ``row_argmax`` is each row's first argmax (``np.argmax`` of ``x``) if the
+    caller has computed it already (float32 and narrower only).
     """
+    keep_prob = keep_prob or y is None or coeff is not None
     name = reference_precision_name(working)
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -224,13 +242,13 @@ def reference_block(
                 same = np.asarray(x).dtype == working.dtype
                 p = working.mantissa_bits if same else int(np.finfo(z.dtype).nmant) + 1
                 twosum_rows = _inexact_shift_rows(z, p)
-            loss, grad, prob, prob_rest = _core(z, y, twosum_rows, coeff=c64)
+            loss, grad, prob, prob_rest = _core(z, y, twosum_rows, c64, keep_prob, row_argmax)
             return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
         if _QUAD is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required for a float64 reference")
         zq = np.asarray(x).astype(np.float64).astype(_QUAD)
         cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(_QUAD)
-        loss_q, grad_q, prob_q, rest_q = _core(zq, y, coeff=cq)
+        loss_q, grad_q, prob_q, rest_q = _core(zq, y, coeff=cq, keep_prob=keep_prob)
         loss, loss_lo = _split(loss_q)
         if grad_q is None:
             grad = grad_lo = None
