@@ -53,14 +53,7 @@ from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
 from .methods import DEFAULT_METHODS, METHODS, MethodFn
 from .precisions import Precision, get_precision, resolve_accum
-from .reference import _two_diff_residual, reference_precision_name
-
-try:  # binary128 for the central differences of float64 work (a hard dependency)
-    import numpy_quaddtype as _nq
-
-    _QUAD: np.dtype | None = np.dtype(_nq.QuadPrecDType(backend="sleef"))
-except ImportError:  # pragma: no cover
-    _QUAD = None
+from .reference import _two_diff_residual, quad_dtype, reference_precision_name
 
 __all__ = [
     "CASES",
@@ -249,9 +242,10 @@ def complex_step(
 def _arith(working: Precision) -> tuple[np.dtype, float]:
     """The reference arithmetic for ``working`` and its unit roundoff."""
     if working.mantissa_bits > 24:
-        if _QUAD is None:  # pragma: no cover
+        quad = quad_dtype()
+        if quad is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required to check float64 gradients")
-        return _QUAD, 2.0**-113
+        return quad, 2.0**-113
     return np.dtype(np.float64), 2.0**-53
 
 

@@ -433,9 +433,14 @@ def log1p(
         d, e_a = sm.d, sm.e_a
         # d = z - m: the same first maximum as z (subtracting m is monotone)
         k = d.argmax(axis=1) if sm.k is None else sm.k
-        rest = e_a.copy()
-        rest[rows, k] = 0  # exp(z_k - m) = 1 is the "1" of log1p
-        s_rest = accumulate(rest, a)
+        # exp(z_k - m) = 1 is the "1" of log1p: left out of the sum, then put back (e_a may be
+        # shared with other methods; this saves copying it)
+        e_k = e_a[rows, k]
+        e_a[rows, k] = 0
+        try:
+            s_rest = accumulate(e_a, a)
+        finally:
+            e_a[rows, k] = e_k
         s = s_rest + a.dtype.type(1.0)  # in A
         lse = round_in(np.log1p(s_rest), t)
         p = _softmax_div(e_a, s, t)

@@ -32,6 +32,7 @@ a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -39,14 +40,19 @@ import numpy as np
 
 from .precisions import Precision
 
-__all__ = ["ReferenceOutput", "reference_block", "reference_precision_name"]
+__all__ = ["ReferenceOutput", "quad_dtype", "reference_block", "reference_precision_name"]
 
-try:  # binary128; needed only when the working dtype is float64
-    import numpy_quaddtype as _nq
 
-    _QUAD: np.dtype | None = np.dtype(_nq.QuadPrecDType(backend="sleef"))
-except ImportError:  # pragma: no cover - numpy-quaddtype is a hard dependency
-    _QUAD = None
+
+@functools.cache
+def quad_dtype() -> np.dtype | None:
+    """IEEE binary128 (numpy-quaddtype, SLEEF backend), imported on first use: only float64
+    work needs it, and its import costs a command's start-up ~0.03 s. None if missing."""
+    try:
+        import numpy_quaddtype as nq
+    except ImportError:  # pragma: no cover - numpy-quaddtype is a hard dependency
+        return None
+    return np.dtype(nq.QuadPrecDType(backend="sleef"))
 
 
 @dataclass(frozen=True)
@@ -244,10 +250,11 @@ def reference_block(
                 twosum_rows = _inexact_shift_rows(z, p)
             loss, grad, prob, prob_rest = _core(z, y, twosum_rows, c64, keep_prob, row_argmax)
             return ReferenceOutput(loss, None, grad, None, prob, prob_rest, name)
-        if _QUAD is None:  # pragma: no cover
+        quad = quad_dtype()
+        if quad is None:  # pragma: no cover
             raise RuntimeError("numpy-quaddtype is required for a float64 reference")
-        zq = np.asarray(x).astype(np.float64).astype(_QUAD)
-        cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(_QUAD)
+        zq = np.asarray(x).astype(np.float64).astype(quad)
+        cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(quad)
         loss_q, grad_q, prob_q, rest_q = _core(zq, y, coeff=cq, keep_prob=keep_prob)
         loss, loss_lo = _split(loss_q)
         if grad_q is None:

@@ -373,3 +373,27 @@ def test_worst_rows_columns_are_the_declared_fields() -> None:
         cols = run(x, y, cfg, chunk_rows=4).worst.cols
         want = set(WORST_FIELDS) | {f"{m}:{f}" for m in cfg.methods for f in WORST_METHOD_FIELDS}
         assert set(cols) == want
+
+
+def test_grad_errors_many_reuse_equal_rows_and_match_one_at_a_time() -> None:
+    """Rows equal to the previous method's gradient take its errors: the same values as
+    comparing every method on its own, whatever the row block (NaN rows are recomputed)."""
+    from smcheck.engine import grad_errors_many
+
+    rng = np.random.default_rng(5)
+    n, c = 9, 70000  # rows wider than one comparison block
+    ref = rng.standard_normal((n, c))
+    a = (ref + rng.standard_normal((n, c)) * 1e-6).astype(np.float32)
+    b = a.copy()
+    b[[1, 4, 7]] += np.float32(1e-3)  # rows that differ from the previous method
+    b[2, 5] = np.nan  # equal rows with a NaN are not "equal"
+    a[2, 5] = np.nan
+    c3 = b.copy()
+    c3[0, 0] = -0.0 if c3[0, 0] == 0 else c3[0, 0]
+    lo = rng.standard_normal((n, c)) * 1e-22
+    for low in (None, lo):
+        many = grad_errors_many([a, b, c3], ref, low)
+        for g, (gabs, grel, bad) in zip((a, b, c3), many, strict=True):
+            want = grad_errors(g, ref, low)
+            for u, v in zip((gabs, grel, bad), want, strict=True):
+                assert np.array_equal(u, v, equal_nan=True)
