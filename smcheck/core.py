@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from .precisions import (
     Precision,
     accumulate,
     cast_carrier,
+    from_carrier,
     get_precision,
     resolve_accum,
     to_carrier,
@@ -42,9 +44,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Prepared:
-    """Logits rounded to the working dtype, labels checked; shared by methods and reference."""
+    """Logits rounded to the working dtype, labels checked; shared by methods and reference.
 
-    x: np.ndarray  # (N, C) in the working dtype
+    ``x`` is the logits in the working dtype; for 16/8-bit types the methods compute in float32
+    (:attr:`xk`), and ``x`` is then made from that carrier on first use (its conversion to
+    float16 is slow where values are subnormal, and the engine never needs it).
+    """
+
+    x_stored: np.ndarray | None  # (N, C) in the working dtype, or None: made from x_carrier
     labels: np.ndarray | None  # (N,) int64 as given (ignored rows keep ignore_index)
     safe_labels: np.ndarray | None  # ignored rows replaced by 0, for indexing
     ignored: np.ndarray  # (N,) bool
@@ -61,6 +68,14 @@ class Prepared:
     # x in the working dtype's carrier (float32 for 16/8-bit types, the same values): what the
     # methods compute in; None means "convert x when asked"
     x_carrier: np.ndarray | None = None
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """(N, C) logits in the working dtype."""
+        if self.x_stored is not None:
+            return self.x_stored
+        assert self.x_carrier is not None
+        return from_carrier(self.x_carrier, self.working)
 
     @property
     def xk(self) -> np.ndarray:
@@ -161,8 +176,8 @@ def prepare(
     if dtype is None and x.dtype.kind not in "fV":
         raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
     working = get_precision(x.dtype if dtype is None else dtype)
-    xr, report, xk = cast_carrier(x, working, cast_mode)
-    n, c = xr.shape
+    xr, report, xk = cast_carrier(x, working, cast_mode, working_copy=False)
+    n, c = xk.shape
     if not 0.0 <= label_smoothing <= 1.0:
         raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     w = None

@@ -480,7 +480,12 @@ def _over(a: np.ndarray, prec: Precision) -> np.ndarray:
 
 
 def overflow_causes(
-    name: str, x: np.ndarray, labels: np.ndarray | None, flagged: np.ndarray, cfg: EngineConfig
+    name: str,
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    flagged: np.ndarray,
+    cfg: EngineConfig,
+    shared: ShiftedSoftmax | None = None,
 ) -> np.ndarray:
     """Per row, the index in :data:`OVERFLOW_CAUSES` of what overflowed first; -1 if not flagged.
 
@@ -490,12 +495,16 @@ def overflow_causes(
     1 + the sum without the argmax term) and, for the chained methods (naive, shifted), the
     label's -1/p_y (T) with p = exp / sum (division in A, rounded to T). Frameworks' methods and
     the online method's running sum are not recomputed: their rows fall back to "sum" when the
-    plain sum overflows, else "other".
+    plain sum overflows, else "other". ``shared``, the :func:`~smcheck.methods.shifted_softmax`
+    of ``x`` the methods used, saves recomputing it for shifted and fused.
     """
     t, a = cfg.working, cfg.accum
     code = np.full(x.shape[0], -1, np.int8)
     rows = np.flatnonzero(flagged)
     if rows.size == 0:
+        return code
+    if shared is not None and name in ("shifted", "fused"):
+        code[rows] = _shared_causes(name, shared, labels, rows, cfg)
         return code
     z = x[rows]
     found = np.zeros(rows.size, bool)
@@ -547,6 +556,38 @@ def overflow_causes(
             mark_todo(_over(g_y, t) & (p_y != 0) & np.isfinite(p_y), "grad")
     code[rows] = cause
     return code
+
+
+def _shared_causes(
+    name: str,
+    sm: ShiftedSoftmax,
+    labels: np.ndarray | None,
+    rows: np.ndarray,
+    cfg: EngineConfig,
+) -> np.ndarray:
+    """:func:`overflow_causes` of shifted or fused on ``rows``, read off the intermediates they
+    computed: the shift d (T), exp(d) (T, at most 1: it cannot overflow), their sum (A) and,
+    for shifted, the label's -1/p_y (T)."""
+    t, a = cfg.working, cfg.accum
+    cause = np.full(rows.size, OVERFLOW_CAUSES.index("other"), np.int8)
+    found = np.zeros(rows.size, bool)
+
+    def mark(hit: np.ndarray, what: str) -> None:
+        new = hit & ~found
+        cause[new] = OVERFLOW_CAUSES.index(what)
+        found[:] |= new
+
+    # overflow is what is being diagnosed here: inf/NaN intermediates are expected
+    with np.errstate(all="ignore"):
+        if not t.has_inf:  # with inf, a shift to -inf only makes exp exactly 0
+            mark(_over(sm.d[rows].min(axis=1), t), "shift")  # NaN propagates through min
+        s = sm.s[rows]
+        mark(_over(s, a), "sum")
+        if name == "shifted" and labels is not None:
+            p_y = round_in(sm.e_a[rows, labels[rows]].astype(s.dtype) / s, t)
+            g_y = round_in(np.divide(p_y.dtype.type(-1.0), p_y), t)
+            mark(_over(g_y, t) & (p_y != 0) & np.isfinite(p_y), "grad")
+    return cause
 
 
 def chunk_rows_for(
@@ -829,7 +870,7 @@ def _rows_of(prep: Prepared, i: int, j: int) -> Prepared:
 
     return replace(
         prep,
-        x=prep.x[i:j],
+        x_stored=cut(prep.x_stored),
         labels=cut(prep.labels),
         safe_labels=cut(prep.safe_labels),
         ignored=prep.ignored[i:j],
@@ -893,7 +934,9 @@ def _labelled_numerics(
         # a sub-block is within the reference's own block size (REFERENCE_BLOCK_ELEMENTS): one
         # call; the gradient takes the softmax's memory and only the labels' p are kept
         arg = amax[i:j] if sub.xk.dtype == np.float32 else None
-        ref = reference_block(sub.x, sub.safe_labels, sub.working, keep_prob=False, row_argmax=arg)
+        ref = reference_block(
+            sub.xk, sub.safe_labels, sub.working, keep_prob=False, row_argmax=arg, carrier=True
+        )
         assert ref.grad is not None
         ref_loss[i:j] = ref.loss
         if ref.loss_lo is not None:
@@ -908,7 +951,8 @@ def _labelled_numerics(
             loss[m][i:j] = res.loss
             over[m][i:j] = res.overflow
             under[m][i:j] = res.underflow
-            causes[m][i:j] = overflow_causes(m, xf, sub.safe_labels, res.overflow & e, cfg)
+            flagged = res.overflow & e
+            causes[m][i:j] = overflow_causes(m, xf, sub.safe_labels, flagged, cfg, shared)
             assert res.grad is not None
             grads.append(res.grad)
         del shared
@@ -950,7 +994,7 @@ def _label_free_methods(
 ) -> dict[str, _MethodRows]:
     """Label-free: every method's (n, C) losses; gradients checked on the pairs of
     :func:`grad_labels`, each pair a labelled row of its own."""
-    pr, pc = grad_labels(prep.x, row0)
+    pr, pc = grad_labels(prep.xk, row0)
     keep = e[pr]
     pr, pc = pr[keep], pc[keep]
     gprep = prepare(prep.xk[pr], pc, dtype=cfg.working, cast_mode=cfg.cast_mode)

@@ -203,15 +203,19 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
 
 
 def cast_carrier(
-    x: np.ndarray, precision: Precision, mode: str = "ieee"
-) -> tuple[np.ndarray, CastReport, np.ndarray]:
-    """:func:`cast`, also returning the rounded values in ``precision.carrier``."""
+    x: np.ndarray, precision: Precision, mode: str = "ieee", *, working_copy: bool = True
+) -> tuple[np.ndarray | None, CastReport, np.ndarray]:
+    """:func:`cast`, also returning the rounded values in ``precision.carrier``.
+
+    ``working_copy=False`` may return None for the working-dtype array when it would have to
+    be made from the carrier (the caller converts it if it ever needs it).
+    """
     src = np.asarray(x)
     if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
         if src.dtype == precision.dtype:
             return cast(src, precision, mode) + (src,)
         out32, report = _cast_float32(src, precision)
-        return from_carrier(out32, precision), report, out32
+        return (from_carrier(out32, precision) if working_copy else None), report, out32
     out, report = cast(src, precision, mode)
     return out, report, to_carrier(out, precision)
 

@@ -43,7 +43,6 @@ from .precisions import Precision
 __all__ = ["ReferenceOutput", "quad_dtype", "reference_block", "reference_precision_name"]
 
 
-
 @functools.cache
 def quad_dtype() -> np.dtype | None:
     """IEEE binary128 (numpy-quaddtype, SLEEF backend), imported on first use: only float64
@@ -213,6 +212,7 @@ def reference_block(
     *,
     keep_prob: bool = True,
     row_argmax: np.ndarray | None = None,
+    carrier: bool = False,
 ) -> ReferenceOutput:
     """Reference loss and gradient of ``x`` (N, C), values already rounded to ``working``.
 
@@ -224,7 +224,8 @@ def reference_block(
     Two savings for a caller that needs less: ``keep_prob=False`` (with ``y``, without
     ``coeff``) returns as ``prob`` only the labels' probabilities (N,), the gradient taking the
     softmax's memory; ``row_argmax`` is each row's first argmax (``np.argmax`` of ``x``) if the
-    caller has computed it already (float32 and narrower only).
+    caller has computed it already (float32 and narrower only). ``carrier=True`` says that
+    ``x``, stored in a wider dtype (float32 for 16/8-bit types), holds values of ``working``.
     """
     keep_prob = keep_prob or y is None or coeff is not None
     name = reference_precision_name(working)
@@ -245,7 +246,7 @@ def reference_block(
                 # values stored in the working dtype have its p bits; any other storage is
                 # trusted for its own width only (float64: 53 bits, so every row is tested
                 # inexact and gets TwoSum)
-                same = np.asarray(x).dtype == working.dtype
+                same = carrier or np.asarray(x).dtype == working.dtype
                 p = working.mantissa_bits if same else int(np.finfo(z.dtype).nmant) + 1
                 twosum_rows = _inexact_shift_rows(z, p)
             loss, grad, prob, prob_rest = _core(z, y, twosum_rows, c64, keep_prob, row_argmax)

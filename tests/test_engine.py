@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from smcheck.core import prepare
 from smcheck.engine import (
     FULL_GRAD_CLASSES,
     HIST_BINS,
@@ -397,3 +398,24 @@ def test_grad_errors_many_reuse_equal_rows_and_match_one_at_a_time() -> None:
             want = grad_errors(g, ref, low)
             for u, v in zip((gabs, grel, bad), want, strict=True):
                 assert np.array_equal(u, v, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_overflow_causes_read_off_the_shared_softmax_equal_the_recomputed_ones(dtype: str) -> None:
+    from smcheck.methods import shifted_softmax
+
+    t, a = get_precision(dtype), get_precision("float32")
+    rng = np.random.default_rng(9)
+    raw = rng.standard_normal((40, 64)) * min(30.0, t.max / 8)
+    raw[3, :] = min(400.0, t.max / 2)  # ties at a large value
+    raw[5, 7] = -min(t.max, 1e4)  # a shift that overflows where there is no inf
+    x = np.asarray(prepare(raw, None, dtype=t).xk)  # values of T in its carrier
+    y = rng.integers(0, 64, 40)
+    cfg = EngineConfig(t, a, ("shifted", "fused"))
+    every = np.ones(40, bool)  # ask for every row, flagged or not
+    with np.errstate(all="ignore"):
+        sm = shifted_softmax(x, t, a)
+    for name in ("shifted", "fused"):
+        want = overflow_causes(name, x, y, every, cfg)
+        got = overflow_causes(name, x, y, every, cfg, sm)
+        assert np.array_equal(got, want), (name, got, want)
