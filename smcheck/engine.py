@@ -766,25 +766,36 @@ def grad_errors_many(
         gabs += 0.0  # -0.0 -> 0.0
         den = np.sqrt(ref_sq) if ref_sq is not None else np.asarray(ref_norm)
         nums = np.sqrt(sq)
+    # A non-finite entry of g or of the reference makes d non-finite there, and max() keeps NaN
+    # and inf: only rows whose gabs is not finite can be bad, so only they are scanned again.
+    # The reference's rows are scanned once for all methods.
+    ref_bad = _nonfinite_rows(ref, np.asarray(~np.isfinite(gabs).all(axis=0)))
     out = []
     for m, g in enumerate(grads):
-        out.append(_finish_grad_errors(np.asarray(g), ref, gabs[m], nums[m], den))
+        bad = _nonfinite_rows(np.asarray(g), ~np.isfinite(gabs[m]))
+        out.append(_finish_grad_errors(bad, ref_bad, gabs[m], nums[m], den))
     return out
 
 
+def _nonfinite_rows(a: np.ndarray, maybe: np.ndarray) -> np.ndarray:
+    """Rows of ``a`` (among the ``maybe`` ones) holding a NaN or an inf: a row's max is NaN
+    or +inf, or its min -inf, exactly then - two read-only passes, no boolean temporaries."""
+    bad = np.zeros(a.shape[0], bool)
+    if not maybe.any() or a.shape[1] == 0:
+        return bad
+    sub = a if np.count_nonzero(maybe) * 4 > a.shape[0] else a[maybe]  # a copy only if few
+    with np.errstate(invalid="ignore"):
+        hit = ~(np.isfinite(sub.max(axis=1)) & np.isfinite(sub.min(axis=1)))
+    if sub is a:
+        return hit & maybe
+    bad[maybe] = hit
+    return bad
+
+
 def _finish_grad_errors(
-    g: np.ndarray, ref: np.ndarray, gabs: np.ndarray, num: np.ndarray, den: np.ndarray
+    bad: np.ndarray, ref_bad: np.ndarray, gabs: np.ndarray, num: np.ndarray, den: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mark non-finite rows and divide the norms (see :func:`grad_errors`)."""
-    # A non-finite entry of g or of the reference makes d non-finite there, and max() keeps NaN
-    # and inf: only rows whose gabs is not finite can be bad, so only they are scanned again
-    # (instead of two more (N, C) passes over g and the reference for every method).
-    maybe = ~np.isfinite(gabs)
-    bad = np.zeros(g.shape[0], bool)
-    ref_bad = np.zeros(g.shape[0], bool)
-    if maybe.any():
-        bad[maybe] = ~np.isfinite(g[maybe]).all(axis=1)
-        ref_bad[maybe] = ~np.isfinite(ref[maybe]).all(axis=1)
     gabs = np.where(bad, np.inf, gabs)
     num = np.where(bad, np.inf, num)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -291,7 +291,7 @@ def naive(
     # overflow and 0*inf below are the findings this tool counts, not noise
     x = to_carrier(x, t)
     with np.errstate(all="ignore"):
-        e = round_in(np.exp(x), t, overwrite=True)
+        e = round_in(np.exp(x), t, nonneg=True, overwrite=True)  # exp >= 0, may overflow
         e_a = e.astype(a.dtype, copy=False)  # the terms in A: exact, shared by sum and division
         s = accumulate(e_a, a)
         p = _softmax_div(e_a, s, t)

@@ -264,14 +264,15 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
     in float32 and its candidates re-divided in float64, so it is correctly rounded too.
     """
     r = round_in(src, precision)
-    finite_before = np.isfinite(src)
-    finite_after = np.isfinite(r)
-    all_finite = bool(finite_after.all()) and bool(finite_before.all())
+    # rounding keeps inf and NaN: a finite r had a finite input
+    all_finite = bool(np.isfinite(r).all())
+    finite_before = finite_after = None
     # inf - inf and NaN lanes are masked out below (when there are any)
     with np.errstate(invalid="ignore"):
         diff = np.subtract(r, src)
     np.abs(diff, out=diff)
     if not all_finite:
+        finite_before, finite_after = np.isfinite(src), np.isfinite(r)
         diff[~(finite_before & finite_after)] = 0
     changed = int(np.count_nonzero(diff))
     max_rel = 0.0
@@ -291,10 +292,12 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
         changed=changed,
         max_abs_change=float(diff.max(initial=np.float32(0.0))),
         max_rel_change=max_rel,
-        overflowed=0 if all_finite else int(np.count_nonzero(finite_before & ~finite_after)),
+        overflowed=0
+        if finite_before is None or finite_after is None
+        else int(np.count_nonzero(finite_before & ~finite_after)),
         saturated=0,
-        # nonzero and finite before (a zero r means a finite src), zero after
-        flushed_to_zero=int(np.count_nonzero((r == 0) & (src != 0))),
+        # nonzero and finite before, zero after: a zero input rounds to zero
+        flushed_to_zero=int(np.count_nonzero(r == 0) - np.count_nonzero(src == 0)),
     )
     return r, report
 
@@ -324,13 +327,19 @@ def _f32_to_f16(x: np.ndarray) -> np.ndarray:
 
 
 def round_in(
-    x: np.ndarray, working: Precision, *, unit: bool = False, overwrite: bool = False
+    x: np.ndarray,
+    working: Precision,
+    *,
+    unit: bool = False,
+    nonneg: bool = False,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """``x`` rounded once to ``working`` (to nearest even; overflow to inf, or NaN in
     float8_e4m3fn), returned in ``working.carrier``: the same numbers as ``round_to``, held in
     float32 for 16- and 8-bit types. ``unit=True`` promises values >= 0 (or NaN/+inf) far
-    below the type's max - probabilities, exponentials of shifted logits - and
-    ``overwrite=True`` that ``x`` is a temporary the result may reuse: both only save time.
+    below the type's max - probabilities, exponentials of shifted logits -, ``nonneg=True``
+    values >= 0 (or NaN/+inf) that may overflow, and ``overwrite=True`` that ``x`` is a
+    temporary the result may reuse: all three only save time.
 
     >>> import numpy as np
     >>> r = round_in(np.array([1 + 2**-11, 65520.0, 1e-8], dtype=np.float32), get_precision("f16"))
@@ -341,7 +350,7 @@ def round_in(
     if k == working.dtype:
         return round_to(x, working)
     if x.dtype == k and working.dtype != _BF16:
-        return _round_f32_grid(x, working, unit, overwrite)
+        return _round_f32_grid(x, working, unit, overwrite, nonneg)
     return round_to(x, working).astype(k)  # one rounding to T; T -> float32 is exact
 
 
@@ -374,7 +383,11 @@ _GRID_BLOCK = 1 << 16
 
 
 def _round_f32_grid(
-    x: np.ndarray, working: Precision, unit: bool = False, overwrite: bool = False
+    x: np.ndarray,
+    working: Precision,
+    unit: bool = False,
+    overwrite: bool = False,
+    nonneg: bool = False,
 ) -> np.ndarray:
     """float32 ``x`` rounded to the grid of a 16- or 8-bit type (not bfloat16), in float32.
 
@@ -386,18 +399,21 @@ def _round_f32_grid(
     type's max: those overflow. inf and NaN pass through unchanged.
 
     ``unit=True`` promises x >= 0 (or NaN/+inf) and below 2**emax - a probability or an
-    exponential of a shifted logit - and skips the sign and overflow handling.
+    exponential of a shifted logit - and skips the sign and overflow handling; ``nonneg=True``
+    promises x >= 0 (or NaN/+inf) and skips the sign handling only.
     ``overwrite=True`` lets the result reuse ``x``'s memory (a temporary of the caller's).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
     src, dst = x.reshape(-1), out.reshape(-1)
     for i in range(0, src.size, _GRID_BLOCK):
-        _round_block(src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK], working, unit)
+        _round_block(src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK], working, unit, nonneg)
     return out
 
 
-def _round_block(x: np.ndarray, out: np.ndarray, working: Precision, unit: bool) -> None:
+def _round_block(
+    x: np.ndarray, out: np.ndarray, working: Precision, unit: bool, nonneg: bool = False
+) -> None:
     """:func:`_round_f32_grid` of one block, into ``out`` (which may be ``x`` itself)."""
     f = working.mantissa_bits - 1
     emin = int(math.log2(working.smallest_normal))
@@ -415,13 +431,15 @@ def _round_block(x: np.ndarray, out: np.ndarray, working: Precision, unit: bool)
         big = ex >= np.uint32((127 + emax) << 23)
         np.clip(ex, np.uint32((127 + emin) << 23), np.uint32((128 + emax) << 23), out=ex)
         ex += np.uint32((23 - f) << 23)
-        sign = u & np.uint32(0x80000000)
-        ex |= sign  # M with the sign of x (integer ops: faster than np.copysign)
+        if not nonneg:
+            sign = u & np.uint32(0x80000000)
+            ex |= sign  # M with the sign of x (integer ops: faster than np.copysign)
         m = ex.view(np.float32)
         np.add(x, m, out=out)
         out -= m
-    bits = out.view(np.uint32)
-    np.bitwise_or(bits, sign, out=bits)  # a value rounded to 0 keeps its sign, as IEEE does
+    if not nonneg:
+        bits = out.view(np.uint32)
+        np.bitwise_or(bits, sign, out=bits)  # a value rounded to 0 keeps its sign, as IEEE does
     if big.any():
         over = big & (np.abs(out) > np.float32(working.max))  # NaN compares False: stays NaN
         out[over] = np.copysign(np.float32(np.inf if working.has_inf else np.nan), out[over])

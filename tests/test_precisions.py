@@ -174,6 +174,12 @@ def test_round_in_is_the_dtypes_own_rounding_bit_for_bit(name: str) -> None:
     assert np.array_equal(round_in(unit, p, unit=True), want_unit)
     scratch = unit.copy()
     assert np.array_equal(round_in(scratch, p, unit=True, overwrite=True), want_unit)
+    nonneg = np.abs(x)  # NaN, +inf, values past the max that overflow
+    with np.errstate(all="ignore"):
+        want_nonneg = nonneg.astype(p.dtype).astype(np.float32)
+    got = round_in(nonneg, p, nonneg=True)
+    same = (got.view(np.uint32) == want_nonneg.view(np.uint32)) | np.isnan(want_nonneg)
+    assert same.all() and np.array_equal(np.isnan(got), np.isnan(want_nonneg))
 
 
 @pytest.mark.parametrize("name", _NARROW)
