@@ -279,7 +279,8 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
     if changed:
         # 0/0 = NaN where src = 0 (then r = 0 too): fmax skips it
         with np.errstate(invalid="ignore", divide="ignore"):
-            rel = diff / np.abs(src)
+            rel = np.abs(src)
+            np.divide(diff, rel, out=rel)
         top = np.fmax.reduce(rel, axis=None)
         # float32 division is within 2**-24 of the float64 one: the exact maximum is among these
         cand = rel >= top * np.float32(1 - 2**-20)
@@ -422,7 +423,9 @@ def _round_block(
     ex = u & np.uint32(0x7F800000)  # the exponent field of x: 2**e
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
         if unit:
-            np.maximum(ex, np.uint32((127 + emin) << 23), out=ex)
+            # below 2**emin: fixed spacing (np.clip: several times faster than np.maximum
+            # with a scalar in numpy 2.x)
+            np.clip(ex, np.uint32((127 + emin) << 23), np.uint32((128 + emax) << 23), out=ex)
             ex += np.uint32((23 - f) << 23)
             m = ex.view(np.float32)
             np.add(x, m, out=out)
