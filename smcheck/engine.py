@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1281,9 +1282,12 @@ _FORKED: tuple[np.ndarray, np.ndarray | None, EngineConfig, int] | None = None
 
 
 def can_fork(cfg: EngineConfig) -> bool:
-    """Whether chunks may run in forked processes: a platform with ``fork``, no other Python
-    thread alive in this process (a fork copies locks that thread may hold), and no framework
-    method (PyTorch and JAX run thread pools of their own that do not survive a fork)."""
+    """Whether chunks may run in forked processes: Linux (macOS offers ``fork`` but its system
+    libraries are not fork-safe), no other Python thread alive in this process (a fork copies
+    locks that thread may hold), and no framework method (PyTorch and JAX run thread pools of
+    their own that do not survive a fork)."""
+    if not sys.platform.startswith("linux"):
+        return False
     if "fork" not in multiprocessing.get_all_start_methods():
         return False
     if threading.active_count() > 1:

@@ -200,12 +200,13 @@ def color_option() -> Callable[[F], F]:
 
 
 def workers_option() -> Callable[[F], F]:
-    """``--workers N``: threads that process row chunks (numpy releases the GIL in its loops)."""
+    """``--workers N``: parallel workers for row chunks (see :func:`smcheck.engine.run`)."""
     return click.option(
         "--workers",
         type=click.IntRange(min=1),
         default=None,
-        help="Threads processing row chunks in parallel. Default: the number of CPU cores.",
+        help="Row chunks processed in parallel: forked worker processes on Linux, threads "
+        "elsewhere (and with --methods torch/jax). Default: the number of CPU cores.",
     )
 
 
