@@ -1272,7 +1272,8 @@ def run(
             if progress is not None:
                 progress(min(start + step, n), n)
     finally:
-        _FORKED = None
+        if use_fork:
+            _FORKED = None
     assert total is not None
     return total
 
