@@ -971,6 +971,8 @@ def _labelled_numerics(
         errors = grad_errors_many(grads, ref.grad, ref.grad_lo)
         for m, (ga, gr, b) in zip(names, errors, strict=True):
             gabs[m][i:j], grel[m][i:j], bad[m][i:j] = ga, gr, b
+    if cast_report is None:  # no rows: the report of rounding nothing
+        cast_report = prepare(x, labels, dtype=cfg.working, cast_mode=cfg.cast_mode).cast_report
     # inf - inf on rows with non-finite input: those rows are not eligible, their margin unused;
     # a margin beyond max float64 (1.7e308 - -1.7e308) overflows to inf, its correct rounding
     with np.errstate(invalid="ignore", over="ignore"):
@@ -1292,6 +1294,8 @@ def can_fork(cfg: EngineConfig) -> bool:
     if "fork" not in multiprocessing.get_all_start_methods():
         return False
     if threading.active_count() > 1:
+        return False
+    if multiprocessing.current_process().daemon:  # a pool worker may not have children
         return False
     return all(m in METHODS for m in cfg.methods)
 

@@ -431,8 +431,9 @@ def log1p(
         rows = _rows(n)
         sm = _shared_or_new(shared, x, t, a)
         d, e_a = sm.d, sm.e_a
-        # d = z - m: the same first maximum as z (subtracting m is monotone)
-        k = d.argmax(axis=1) if sm.k is None else sm.k
+        # the first argmax of z itself: in a type without inf an overflowing shift is NaN, where
+        # d's argmax would stop
+        k = to_carrier(x, t).argmax(axis=1) if sm.k is None else sm.k
         # exp(z_k - m) = 1 is the "1" of log1p: left out of the sum, then put back (e_a may be
         # shared with other methods; this saves copying it)
         e_k = e_a[rows, k]

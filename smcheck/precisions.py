@@ -337,10 +337,10 @@ def round_in(
 ) -> np.ndarray:
     """``x`` rounded once to ``working`` (to nearest even; overflow to inf, or NaN in
     float8_e4m3fn), returned in ``working.carrier``: the same numbers as ``round_to``, held in
-    float32 for 16- and 8-bit types. ``unit=True`` promises values >= 0 (or NaN/+inf) far
-    below the type's max - probabilities, exponentials of shifted logits -, ``nonneg=True``
-    values >= 0 (or NaN/+inf) that may overflow, and ``overwrite=True`` that ``x`` is a
-    temporary the result may reuse: all three only save time.
+    float32 for 16- and 8-bit types. ``unit=True`` promises values >= 0 (or NaN; +inf only in a
+    type with inf) far below the type's max - probabilities, exponentials of shifted logits -,
+    ``nonneg=True`` values >= 0 (or NaN/+inf) that may overflow, and ``overwrite=True`` that
+    ``x`` is a temporary the result may reuse: all three only save time.
 
     >>> import numpy as np
     >>> r = round_in(np.array([1 + 2**-11, 65520.0, 1e-8], dtype=np.float32), get_precision("f16"))
@@ -399,8 +399,9 @@ def _round_f32_grid(
     the spacing) and subtracting M again is exact. Only |x| >= 2**emax can round past the
     type's max: those overflow. inf and NaN pass through unchanged.
 
-    ``unit=True`` promises x >= 0 (or NaN/+inf) and below 2**emax - a probability or an
-    exponential of a shifted logit - and skips the sign and overflow handling; ``nonneg=True``
+    ``unit=True`` promises x >= 0 (or NaN; +inf only in a type with inf, whose overflow it is)
+    and below 2**emax - a probability or an exponential of a shifted logit - and skips the sign
+    and overflow handling; ``nonneg=True``
     promises x >= 0 (or NaN/+inf) and skips the sign handling only.
     ``overwrite=True`` lets the result reuse ``x``'s memory (a temporary of the caller's).
     """
@@ -492,4 +493,6 @@ def accumulate(x: np.ndarray, accum: Precision) -> np.ndarray:
         while size > 1:
             size //= 2
             a = a[..., :size] + a[..., size : 2 * size]
-    return a[..., 0]
+    # a copy: with one term (and a dtype needing no conversion) a[..., 0] is a view of x, which
+    # a caller may change after summing
+    return a[..., 0].copy()

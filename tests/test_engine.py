@@ -27,6 +27,7 @@ from smcheck.engine import (
     MethodStats,
     _hist,
     chunk_rows_for,
+    chunk_stats,
     grad_errors,
     grad_labels,
     hist_quantile,
@@ -419,3 +420,33 @@ def test_overflow_causes_read_off_the_shared_softmax_equal_the_recomputed_ones(d
         want = overflow_causes(name, x, y, every, cfg)
         got = overflow_causes(name, x, y, every, cfg, sm)
         assert np.array_equal(got, want), (name, got, want)
+
+
+def _can_fork_in_child(queue: object) -> None:
+    from smcheck.engine import can_fork
+
+    t = get_precision("float32")
+    queue.put(can_fork(EngineConfig(t, t, ("fused",))))  # type: ignore[attr-defined]
+
+
+def test_no_fork_inside_a_daemonic_process() -> None:
+    """A multiprocessing pool's worker is daemonic and may not have children: the engine uses
+    threads there (it used to fail with 'daemonic processes are not allowed to have children')."""
+    import multiprocessing
+    import warnings
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with warnings.catch_warnings():  # Python >= 3.12 warns about forking beside threads
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = ctx.Process(target=_can_fork_in_child, args=(queue,), daemon=True)
+        child.start()
+    assert queue.get(timeout=60) is False
+    child.join(timeout=60)
+
+
+def test_an_empty_chunk_reports_an_empty_cast() -> None:
+    t = get_precision("float16")
+    cfg = EngineConfig(t, get_precision("float32"), ("fused",))
+    st, _ = chunk_stats(np.zeros((0, 5), np.float32), np.zeros(0, np.int64), 0, cfg)
+    assert st.input.cast is not None and st.input.cast.values == 0

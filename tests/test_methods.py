@@ -442,3 +442,37 @@ def test_shared_shifted_softmax_gives_the_same_bits_as_each_method_alone(
                     method,
                     field,
                 )  # bit for bit, NaN payloads included
+
+
+# --- regressions from the outside review of the float32 carrier ------------------------------
+
+
+def test_log1p_leaves_out_the_argmax_of_z_even_where_a_shift_overflows_to_nan() -> None:
+    """float8_e4m3fn has no inf: 448 - (-448) overflows to NaN. log1p's "1" is exp(z_k - m) at
+    k = argmax z, not at the NaN shift (where d's argmax would stop): the rows stay NaN, alone
+    and with the shared softmax, labelled and label-free."""
+    from smcheck.methods import shifted_softmax
+
+    t, a = get_precision("float8_e4m3fn"), get_precision("float32")
+    x = np.array([[448.0, -448.0, 0.0], [448.0, -448.0, 0.0]], np.float32)
+    y = np.array([2, 0])
+    alone = cross_entropy(x, y, method="log1p", dtype=t)
+    assert np.isnan(alone.loss).all() and bool(alone.overflow.all())
+    with np.errstate(invalid="ignore"):
+        shared = shifted_softmax(x, t, a)
+        reused = METHODS["log1p"](x, y, t, a, shared=shared)
+        free_alone = METHODS["log1p"](x, None, t, a)
+        free_shared = METHODS["log1p"](x, None, t, a, shared=shared)
+    assert np.isnan(reused.loss).all()
+    assert np.array_equal(free_alone.loss, free_shared.loss, equal_nan=True)
+    assert np.isnan(free_alone.loss).all()
+
+
+@pytest.mark.parametrize("accum", ["float16", "bfloat16", "float32"])
+def test_one_class_log1p_loss_is_zero_with_any_accumulation(accum: str) -> None:
+    """C = 1: p = 1 and the loss is exactly 0. A one-term sum in a 16-bit accumulation dtype was
+    a view of its input, which log1p restores after summing: the loss read log(2)."""
+    for method in METHODS:
+        r = cross_entropy(np.zeros((3, 1), np.float32), [0, 0, 0], method=method, accum=accum,
+                          dtype="float16")  # fmt: skip
+        assert r.loss.tolist() == [0.0, 0.0, 0.0], method
