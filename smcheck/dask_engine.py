@@ -1,9 +1,11 @@
 """Run the chunk kernel on a Dask cluster (optional extra ``smcheck-xent[dask]``).
 
-The same :func:`smcheck.engine.chunk_stats` runs on row blocks of a ``.npy`` file; each task
-opens its own read-only memory map of the file (pickling an ``np.memmap`` would ship the whole
-array), and the partial statistics are merged in row order with :func:`smcheck.engine.merge` -
-associative and exact, so the result equals the local engine's for the same chunk size.
+The same :func:`smcheck.engine.chunk_stats` runs on row blocks of a ``.npy`` file or a zarr
+store; each task opens its own read-only memory map of the file (pickling an ``np.memmap``
+would ship the whole array), or the store from its path (a pickled
+:class:`~smcheck.loading.ZarrLogits` holds the path only) and reads only its rows. The partial
+statistics are merged in row order with :func:`smcheck.engine.merge` - associative and exact,
+so the result equals the local engine's for the same chunk size.
 ``scheduler`` is the address of an existing cluster (``tcp://host:8786``); without one a
 ``distributed.LocalCluster`` with ``workers`` processes is started and closed afterwards.
 """
@@ -22,6 +24,7 @@ import numpy as np
 
 from .engine import ChunkStats, EngineConfig, PerRowBlock, chunk_stats, merge
 from .errors import UsageError
+from .loading import ZarrLogits
 
 __all__ = ["run_dask"]
 
@@ -34,11 +37,19 @@ def _need(module: str) -> ModuleType:
 
 
 def _block(
-    path: str, start: int, stop: int, labels: np.ndarray | None, cfg: EngineConfig
+    source: str | ZarrLogits,
+    start: int,
+    stop: int,
+    labels: np.ndarray | None,
+    cfg: EngineConfig,
 ) -> tuple[ChunkStats, PerRowBlock | None]:
-    """One task: open the file's own memmap on this worker, compute one block's statistics."""
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    x = np.asarray(arr.reshape(-1, arr.shape[-1])[start:stop])
+    """One task: open the file's own memmap (or the zarr store) on this worker and compute
+    one block's statistics; only the block's rows are read."""
+    if isinstance(source, ZarrLogits):  # unpickled from its path: the store opens here
+        x = source[start:stop]
+    else:
+        arr = np.load(source, mmap_mode="r", allow_pickle=False)
+        x = np.asarray(arr.reshape(-1, arr.shape[-1])[start:stop])
     return chunk_stats(x, labels, start, cfg)
 
 
@@ -62,7 +73,7 @@ def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
 
 
 def run_dask(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ZarrLogits,
     labels: np.ndarray | None,
     cfg: EngineConfig,
     *,
@@ -73,13 +84,14 @@ def run_dask(
     progress: Callable[[int, int], None] | None = None,
     per_row: Callable[[PerRowBlock], None] | None = None,
 ) -> ChunkStats:
-    """:func:`smcheck.engine.run` over a ``.npy`` file on a Dask cluster; same result.
+    """:func:`smcheck.engine.run` over a ``.npy`` file or a zarr store on a Dask cluster; same
+    result.
 
     ``rows`` is the number of rows of the (flattened) logits in ``path``; labels, already
     validated, are sliced per block and shipped with the task.
     """
     _need("dask")
-    path = os.fspath(path)
+    source = path if isinstance(path, ZarrLogits) else os.fspath(path)
     step = max(1, int(chunk_rows))
     cfg = replace(cfg, per_row=per_row is not None)
     starts = list(range(0, rows, step)) or [0]
@@ -87,7 +99,7 @@ def run_dask(
         futures = [
             client.submit(
                 _block,
-                path,
+                source,
                 s,
                 min(s + step, rows),
                 None if labels is None else np.asarray(labels[s : s + step]),

@@ -27,6 +27,7 @@ ceil(log2 C) roundings of eps(accum). ``max_loss_ulp = k`` and ``max_grad_err = 
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ from .engine import (
 )
 from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
+from .loading import ZarrLogits
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
@@ -414,7 +416,7 @@ def _framework_notes(methods: Sequence[str]) -> tuple[str, ...]:
 
 
 def evaluate(
-    logits: np.ndarray,
+    logits: np.ndarray | ZarrLogits,
     labels: np.ndarray | None = None,
     *,
     dtype: str | np.dtype | Precision | None = None,
@@ -447,8 +449,9 @@ def evaluate(
     ``workers`` threads; ``per_row`` receives each chunk's per-row values in row order.
     ``original_shape`` is reported as the input's shape (a loader that flattened it says so).
     ``engine="dask"`` runs the chunks on a Dask cluster (``scheduler`` address, else a local
-    one with ``workers`` processes); it needs ``logits`` memory-mapped from a ``.npy`` file,
-    which each worker maps itself. The result is the same as the local engine's.
+    one with ``workers`` processes); it needs ``logits`` memory-mapped from a ``.npy`` file
+    or a :class:`~smcheck.loading.ZarrLogits` store, which each worker opens itself. The result
+    is the same as the local engine's.
 
     >>> import numpy as np
     >>> z = np.array([[12.0, 0.0], [1.0, 2.0]], dtype=np.float16)
@@ -456,12 +459,20 @@ def evaluate(
     >>> rep.method("naive").overflow_rows, rep.method("fused").verdict, rep.ok
     (1, 'ok', True)
     """
-    x = np.asarray(logits) if not isinstance(logits, np.memmap) else logits
-    shape = tuple(int(s) for s in (x.shape if original_shape is None else original_shape))
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim > 2:
-        x = x.reshape(-1, x.shape[-1])
+    # a memmap or a zarr store stays on disk: the engines read a block of rows at a time
+    x: np.ndarray | ZarrLogits
+    if isinstance(logits, ZarrLogits):  # (N, C) already: its leading axes are flattened lazily
+        x = logits
+        shape = logits.original_shape
+    else:
+        x = logits if isinstance(logits, np.memmap) else np.asarray(logits)
+        shape = tuple(int(s) for s in x.shape)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim > 2:
+            x = x.reshape(-1, x.shape[-1])
+    if original_shape is not None:
+        shape = tuple(int(s) for s in original_shape)
     if x.ndim != 2 or x.shape[1] == 0:
         raise InputError(f"logits must have a class axis of length >= 1, got shape {x.shape}")
     n, c = (int(s) for s in x.shape)
@@ -497,15 +508,19 @@ def evaluate(
     )
     cfg = EngineConfig(working, acc, run_methods, cast, ignore_index, top_k)
     rows_per_chunk = chunk_rows or chunk_rows_for(c, len(run_methods), label_free, chunk_bytes)
-    if engine == "local":
+    if engine == "local":  # run() needs shape and row slices only: a ZarrLogits has them
         stats: ChunkStats = run(
-            x, lab, cfg, chunk_rows=rows_per_chunk, workers=workers, progress=progress,
-            per_row=per_row,
+            typing.cast(np.ndarray, x), lab, cfg, chunk_rows=rows_per_chunk, workers=workers,
+            progress=progress, per_row=per_row,
         )  # fmt: skip
     elif engine == "dask":
-        source = getattr(x, "filename", None)
-        if not isinstance(x, np.memmap) or not source:
-            raise UsageError("--engine dask reads a .npy file (each worker maps it itself)")
+        source: str | ZarrLogits | None = getattr(x, "filename", None)
+        if isinstance(x, ZarrLogits):
+            source = x  # pickled as its path: each task opens the store and reads its rows
+        elif not isinstance(x, np.memmap) or not source:
+            raise UsageError(
+                "--engine dask reads a .npy file or a zarr store (each worker opens it itself)"
+            )
         from .dask_engine import run_dask
 
         stats = run_dask(

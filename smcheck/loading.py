@@ -9,6 +9,8 @@ Formats are recognised by content, never by extension:
 
 * ``\\x93NUMPY`` - a ``.npy`` array, memory-mapped read-only (never unpickled);
 * ``PK\\x03\\x04`` - a ``.npz`` archive of ``.npy`` members (sizes checked before decompressing);
+* a directory holding ``zarr.json`` (zarr v3) or ``.zarray`` (zarr v2) - a zarr array store, read
+  a block of rows at a time through :class:`ZarrLogits` (the optional extra ``[zarr]``);
 * anything else - delimited text (comma, tab, semicolon or whitespace), or ``-`` for stdin.
 
 Row numbers of arrays are 0-based indices (as in numpy); text positions are 1-based ``line N``
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import importlib
 import io
 import math
 import os
@@ -31,14 +34,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import BinaryIO
+from types import ModuleType
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
 from .errors import InputError, UsageError
 from .memmaps import release_pages
 
-__all__ = ["LoadedInput", "load_input"]
+__all__ = ["LoadedInput", "ZarrLogits", "load_input"]
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
@@ -49,7 +53,15 @@ _KIND_BY_EXTENSION = {
     ".tsv": "text",
     ".txt": "text",
 }
-_KIND_WORDS = {"npy": "a .npy array", "npz": "a .npz archive", "text": "a text file"}
+_KIND_WORDS = {
+    "npy": "a .npy array",
+    "npz": "a .npz archive",
+    "text": "a text file",
+    "zarr": "a zarr store",
+}
+# metadata files that make a directory a zarr node: v3 keeps one zarr.json (node_type "array" or
+# "group"); v2 keeps .zarray for an array and .zgroup for a group
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 # Exceptions numpy/zipfile/zlib raise for a corrupt container; each is turned into InputError.
 _CORRUPT = (
     zipfile.BadZipFile,
@@ -80,11 +92,14 @@ class LoadedInput:
     """Validated logits (N, C) and optional labels, with what loading had to do to them.
 
     ``logits`` keeps the stored float dtype (float16/32/64), and may be a read-only
-    ``np.memmap`` for ``.npy`` input; integer/bool logits are converted to float64 and text is
-    parsed to float64 (both with a note). ``labels`` is 1-D int64 of length N, each either in
-    ``[0, C)`` or equal to ``ignore_index``, or ``None`` in label-free mode.
+    ``np.memmap`` for ``.npy`` input or a :class:`ZarrLogits` for a zarr store; integer/bool
+    logits are converted to float64 and text is parsed to float64 (both with a note).
+    ``labels`` is 1-D int64 of length N, each either in ``[0, C)`` or equal to
+    ``ignore_index``, or ``None`` in label-free mode.
     """
 
+    # a zarr store gives a ZarrLogits: array-like (numpy reads it whole through __array__), and
+    # read a block of rows at a time by evaluate's engines
     logits: np.ndarray
     labels: np.ndarray | None
     logits_name: str
@@ -125,7 +140,7 @@ class _Source:
     name: str
     path: str | None
     data: bytes | None
-    kind: str  # "npy", "npz" or "text", by content
+    kind: str  # "npy", "npz", "text" or "zarr", by content
 
 
 def _open_source(
@@ -146,7 +161,12 @@ def _open_source(
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{name}: is a directory, expected a .npy, .npz or text file")
+        if any(os.path.isfile(os.path.join(name, m)) for m in _ZARR_MARKERS):
+            return _Source(name, name, None, "zarr")
+        raise InputError(
+            f"{name}: is a directory, expected a .npy, .npz or text file, or a zarr array store "
+            "(a directory holding zarr.json or .zarray)"
+        )
     data: bytes | None = None
     try:
         with open(name, "rb") as f:  # read only: an input is never opened for writing
@@ -428,6 +448,199 @@ def _array_from_source(src: _Source, max_bytes: int, *, mmap: bool) -> _Array:
         return _npy_from_path(src.path, src.name, mmap=mmap)
     data = src.data or b""
     return _npy_from_stream(io.BytesIO(data), len(data), src.name, max_bytes)
+
+
+# --------------------------------------------------------------------------- zarr stores
+
+
+def _zarr() -> ModuleType:
+    """The zarr package, or a one-line UsageError naming the extra that installs it."""
+    try:
+        return importlib.import_module("zarr")
+    except ImportError:
+        raise UsageError(
+            "reading a zarr store needs zarr: pip install 'smcheck-xent[zarr]'"
+        ) from None
+
+
+def _open_zarr_array(path: str, where: str) -> Any:
+    """The zarr array at ``path``, opened read-only; InputError for a group or bad metadata."""
+    zarr = _zarr()
+    try:
+        node = zarr.open(store=path, mode="r")
+    except Exception as exc:  # zarr raises many types on hostile metadata: all mean "unreadable"
+        raise InputError(f"{where}: not a readable zarr array ({_short(exc)})") from None
+    if not hasattr(node, "shape"):  # a Group: it has members, no shape
+        try:
+            keys = sorted(str(k) for k in node.array_keys())
+        except Exception:  # listing is only for the message
+            keys = []
+        held = ", ".join(repr(k) for k in keys[:20]) or "no arrays"
+        raise InputError(
+            f"{where}: is a zarr group, not an array; give the directory of one of its arrays "
+            f"(it holds: {held})"
+        )
+    return node
+
+
+class ZarrLogits:
+    """Logits (N, C) in a zarr array store, read a block of rows at a time.
+
+    What the engine needs of its logits and nothing more: ``shape``, ``dtype``, ``ndim`` and
+    ``x[a:b]`` for a block of rows, returned as a numpy array of ``dtype``. The store's leading
+    axes are flattened to rows lazily (a row block reads only the chunks it touches), a
+    big-endian block is swapped to native order and an integer or bool block converted to
+    float64, as for ``.npy``. Pickling keeps the path only, so each Dask task opens the store
+    itself instead of receiving the array. ``np.asarray(x)`` reads the whole store (for
+    commands that need it in memory); ``rows_read``/``largest_read`` count the rows read.
+    """
+
+    ndim = 2
+
+    def __init__(self, path: str, where: str, array: Any = None) -> None:
+        self.path = path
+        self.where = where
+        arr = _open_zarr_array(path, where) if array is None else array
+        self._array: Any = arr
+        self.original_shape: tuple[int, ...] = tuple(int(d) for d in arr.shape)
+        self.stored = np.dtype(arr.dtype)
+        kind = self.stored.kind
+        # what a block is returned as: integers and bools as float64 (as for .npy), floats in
+        # native byte order; any other dtype is refused by the loader before a block is read
+        self.dtype = (
+            np.dtype(np.float64)
+            if kind in "iub"
+            else self.stored.newbyteorder("=")
+            if kind == "f"
+            else self.stored
+        )
+        c = self.original_shape[-1] if self.original_shape else 0
+        self.shape = (math.prod(self.original_shape[:-1]), c)
+        self.rows_read = 0
+        self.largest_read = 0
+
+    @property
+    def array(self) -> Any:
+        """The zarr array, opened on first use after unpickling (on a Dask worker)."""
+        if self._array is None:
+            self._array = _open_zarr_array(self.path, self.where)
+        return self._array
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_array"] = None  # the path travels, never the array or its open store
+        return state
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("ZarrLogits reads blocks of rows: x[a:b]")
+        lo, hi, _ = rows.indices(self.shape[0])
+        hi = max(lo, hi)
+        return self.raw(lo, hi).astype(self.dtype, copy=False)
+
+    def raw(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) in the stored dtype, shape (hi - lo, C)."""
+        lead = self.original_shape[:-1]
+        if hi <= lo:
+            block = np.empty((0, self.shape[1]), self.stored)
+        elif not lead:  # a 1-d store is one row
+            block = np.asarray(self.array[...]).reshape(1, -1)[lo:hi]
+        else:
+            parts = _zarr_rows(self.array, (), lead, lo, hi)
+            block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.rows_read += max(0, hi - lo)
+        self.largest_read = max(self.largest_read, hi - lo)
+        return block.reshape(max(0, hi - lo), self.shape[1])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[0 : self.shape[0]]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"ZarrLogits({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _zarr_rows(
+    arr: Any, prefix: tuple[int, ...], lead: tuple[int, ...], lo: int, hi: int
+) -> list[np.ndarray]:
+    """Flattened rows [lo, hi) of ``arr[prefix]`` (leading axes ``lead``), as (k, C) blocks.
+
+    Reads whole indices of the first leading axis in one call and recurses into the partial
+    ones at either end, so a block touches only the store chunks holding its rows.
+    """
+    c = arr.shape[-1]
+    if len(lead) == 1:
+        return [np.asarray(arr[(*prefix, slice(lo, hi))]).reshape(-1, c)]
+    inner = math.prod(lead[1:])
+    out: list[np.ndarray] = []
+    i = lo // inner
+    if lo % inner:  # a partial first index
+        stop = min(hi, (i + 1) * inner)
+        out += _zarr_rows(arr, (*prefix, i), lead[1:], lo - i * inner, stop - i * inner)
+        i += 1
+    full = hi // inner
+    if full > i:  # whole indices of the first axis
+        out.append(np.asarray(arr[(*prefix, slice(i, full))]).reshape(-1, c))
+        i = full
+    if hi > i * inner:  # a partial last index
+        out += _zarr_rows(arr, (*prefix, i), lead[1:], 0, hi - i * inner)
+    return out
+
+
+def _zarr_logits(src: _Source, notes: list[str]) -> tuple[ZarrLogits, tuple[int, ...]]:
+    """A zarr array store as lazy (N, C) logits, checked as a .npy array is."""
+    assert src.path is not None
+    where = src.name
+    x = ZarrLogits(src.path, where)
+    shape = x.original_shape
+    if x.stored.kind in "OSTU":  # zarr's string arrays (variable-length: object or StringDType)
+        raise InputError(
+            f"{where}: dtype {x.stored} is not numeric; expected float16/32/64 (or integers)"
+        )
+    _check_dtype(x.stored, where)
+    if not shape:
+        raise InputError(
+            f"{where}: is a single number (0-d array); expected logits of shape (N, C)"
+        )
+    if shape[-1] == 0:
+        raise InputError(f"{where}: shape {shape} has 0 classes; expected logits of shape (N, C)")
+    if math.prod(shape) == 0:
+        raise InputError(f"{where}: shape {shape} has 0 rows; expected logits of shape (N, C)")
+    if not x.stored.isnative:
+        notes.append(f"{where}: big-endian {x.stored.name} converted to native byte order")
+    if x.stored.kind in "iub":
+        big = (
+            x.stored.kind != "b"
+            and x.stored.itemsize >= 8
+            and _zarr_max_abs_int(x) > (_FLOAT64_EXACT_INT)
+        )
+        notes.append(
+            f"{where}: {x.stored.name} logits converted to float64"
+            + (" (values above 2**53 were rounded)" if big else "")
+        )
+    if len(shape) == 1:
+        notes.append(
+            f"{where}: 1-d array of {shape[0]} values read as one row of {shape[0]} classes"
+        )
+    elif len(shape) > 2:
+        notes.append(
+            f"{where}: {shape} flattened to {x.shape[0]} rows of {shape[-1]} classes "
+            "(classes on the last axis)"
+        )
+    return x, shape
+
+
+def _zarr_max_abs_int(x: ZarrLogits) -> int:
+    """Largest |value| of a 64-bit integer store, read a block of rows at a time."""
+    step = max(1, _CELLS_PER_CHUNK // max(1, x.shape[1]))
+    top = 0
+    for i in range(0, x.shape[0], step):
+        block = x.raw(i, min(i + step, x.shape[0]))
+        top = max(top, abs(int(block.max())), abs(int(block.min())))
+    return top
 
 
 # --------------------------------------------------------------------------- logits arrays
@@ -967,6 +1180,11 @@ def load_input(
         arr2d, original_shape = _logits_from_array(arr, notes)
         nonfinite = None
         file_dtype = arr.stored.name
+    elif src.kind == "zarr":
+        zarr_logits, original_shape = _zarr_logits(src, notes)
+        arr2d = cast(np.ndarray, zarr_logits)  # duck-typed: shape, dtype, rows; see LoadedInput
+        nonfinite = None
+        file_dtype = zarr_logits.stored.name
     else:
         npz = _Npz(src, max_bytes)
         try:
@@ -1065,6 +1283,15 @@ def _load_labels_file(
     if src.kind == "npy":
         arr = _array_from_source(src, max_bytes, mmap=False)
         return arr.array, name, lambda i: f"row {i}"
+    if src.kind == "zarr":  # one label per row: small enough to read whole
+        assert src.path is not None
+        try:
+            values = np.asarray(_open_zarr_array(src.path, name)[...])
+        except (InputError, UsageError):
+            raise
+        except Exception as exc:
+            raise InputError(f"{name}: cannot read the zarr array ({_short(exc)})") from None
+        return values, name, lambda i: f"row {i}"
     npz = _Npz(src, max_bytes)
     try:
         if labels_key is not None:
