@@ -446,7 +446,8 @@ def evaluate(
     Every method in ``methods`` (plus any in ``gate``) and the reference run on the logits
     rounded to ``dtype``; ``labels=None`` is the label-free mode (every (row, class) pair).
     Work runs in chunks of ``chunk_rows`` rows (default: what fits ``chunk_bytes``) on
-    ``workers`` threads; ``per_row`` receives each chunk's per-row values in row order.
+    ``workers`` forked processes where that is safe, else threads (see
+    :func:`smcheck.engine.run`); ``per_row`` receives each chunk's per-row values in row order.
     ``original_shape`` is reported as the input's shape (a loader that flattened it says so).
     ``engine="dask"`` runs the chunks on a Dask cluster (``scheduler`` address, else a local
     one with ``workers`` processes); it needs ``logits`` memory-mapped from a ``.npy`` file
