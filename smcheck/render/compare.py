@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 from rich.table import Table
 from rich.text import Text
@@ -370,6 +369,8 @@ def to_github(report: CompareReport, *, color: bool = False, width: int = 100) -
 def to_junit(report: CompareReport, *, color: bool = False, width: int = 100) -> str:
     """``--format junit``: JUnit XML, one test case per check - a failure for a failed gated
     check, ``skipped`` for a failed ungated one (reported, not gating)."""
+    from xml.sax.saxutils import escape, quoteattr  # lazily: see render.eval_formats
+
     cases = []
     failures = skipped = 0
     for c in report.checks:
