@@ -106,11 +106,12 @@ class LoadedInput:
     labels_name: str | None
     file_dtype: str
     original_shape: tuple[int, ...]
+    # NaN/inf cells: counted while parsing text; None for arrays, counted on first use of
+    # nonfinite_cells (a full pass over a possibly huge memmap that eval does not need: it
+    # counts rows per chunk). Where the count field was, so positional construction still fits.
+    counted_nonfinite: int | None
     overflowed_cells: int
     notes: tuple[str, ...] = ()
-    # counted while parsing text; for arrays counted on first use of nonfinite_cells (a full
-    # pass over a possibly huge memmap that eval does not need: it counts rows per chunk)
-    counted_nonfinite: int | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def nonfinite_cells(self) -> int:
