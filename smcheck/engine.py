@@ -878,25 +878,6 @@ class _Numerics:
     methods: dict[str, _MethodRows]
 
 
-def _rows_of(prep: Prepared, i: int, j: int) -> Prepared:
-    """Rows i..j of prepared input (views)."""
-
-    def cut(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[i:j]
-
-    return replace(
-        prep,
-        x_stored=cut(prep.x_stored),
-        labels=cut(prep.labels),
-        safe_labels=cut(prep.safe_labels),
-        ignored=prep.ignored[i:j],
-        finite_input=prep.finite_input[i:j],
-        coeff=cut(prep.coeff),
-        soft_targets=cut(prep.soft_targets),
-        x_carrier=cut(prep.x_carrier),
-    )
-
-
 def _extremes(xf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row max, min (float64) and first argmax of rounded logits in their carrier (exact)."""
     if xf.shape[0] == 0:
