@@ -201,3 +201,25 @@ def test_float32_cast_fast_route_reports_what_the_float64_route_reports(name: st
             out, want, equal_nan=True
         )
         assert np.array_equal(carrier, want.astype(np.float32), equal_nan=True)
+
+
+@pytest.mark.parametrize("subnormal_share", [0.0, 0.001, 0.5, 1.0])
+def test_from_carrier_gives_the_same_float16_bits_by_either_route(subnormal_share: float) -> None:
+    """Carrier values go back to float16 exactly - by numpy's cast when few are subnormal, by
+    the integer route when many are (numpy's cast is slow there): the same bits either way."""
+    from smcheck.precisions import from_carrier, round_in
+
+    p = get_precision("float16")
+    rng = np.random.default_rng(4)
+    n = 4096
+    tiny = rng.random(n) < subnormal_share
+    v = np.where(tiny, rng.uniform(-6e-5, 6e-5, n), rng.standard_normal(n) * 100)
+    v[:4] = [0.0, -0.0, np.inf, np.nan]
+    carrier = round_in(v.astype(np.float32), p)
+    got = from_carrier(carrier, p)
+    with np.errstate(all="ignore"):
+        want = carrier.astype(np.float16)
+    assert got.dtype == np.float16
+    assert np.array_equal(got.view(np.uint16)[4:], want.view(np.uint16)[4:])
+    assert np.array_equal(got[:4], want[:4], equal_nan=True)
+    assert np.signbit(got[1])

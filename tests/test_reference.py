@@ -268,3 +268,34 @@ def test_special_rows_keep_their_documented_results(name: str) -> None:
     finite = [i for i in range(12) if i not in (5, 7, 8, 9)]
     assert np.isfinite(out.loss[finite]).all() and np.isfinite(out.grad[finite]).all()
     np.testing.assert_allclose(out.grad[finite].sum(axis=1), 0.0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "float64"])
+def test_reference_block_savings_change_no_value(dtype: str) -> None:
+    """keep_prob=False (the labels' p only, the gradient in the softmax's memory), a caller's
+    row argmax and carrier storage give the same loss and gradient, bit for bit."""
+    from smcheck.core import prepare
+    from smcheck.precisions import get_precision
+    from smcheck.reference import reference_block
+
+    t = get_precision(dtype)
+    rng = np.random.default_rng(12)
+    raw = rng.standard_normal((9, 300)) * 20
+    raw[1, 4] = np.nan
+    raw[2, :10] = -np.inf
+    raw[3, 7] = raw[3].max()  # a tie at the max
+    y = rng.integers(0, 300, 9)
+    y[3] = 7
+    prep = prepare(raw, y, dtype=t)
+    full = reference_block(prep.x, prep.safe_labels, t)
+    k = np.argmax(prep.xk, axis=1)
+    lean = reference_block(
+        prep.xk, prep.safe_labels, t, keep_prob=False, row_argmax=k if t.bits <= 32 else None,
+        carrier=True,
+    )  # fmt: skip
+    pairs = [(full.loss, lean.loss), (full.grad, lean.grad), (full.prob_rest, lean.prob_rest)]
+    if full.loss_lo is not None:  # float64: the double-double's low parts too
+        pairs += [(full.loss_lo, lean.loss_lo), (full.grad_lo, lean.grad_lo)]
+    for a, b in pairs:
+        assert np.array_equal(a, b, equal_nan=True)
+    assert np.array_equal(full.prob[np.arange(9), prep.safe_labels], lean.prob, equal_nan=True)
