@@ -1005,7 +1005,7 @@ def _label_free_methods(
     grads = []
     for name in cfg.methods:
         res = _run(name, prep, cfg, shared)
-        causes = overflow_causes(name, prep.xk, prep.safe_labels, res.overflow & e, cfg)
+        causes = overflow_causes(name, prep.xk, prep.safe_labels, res.overflow & e, cfg, shared)
         loss = np.asarray(res.loss, dtype=np.float64)
         out[name] = (loss, res.overflow, res.underflow, causes)
         gres = _run(name, gprep, cfg)

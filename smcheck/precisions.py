@@ -190,16 +190,9 @@ def cast(x: np.ndarray, precision: Precision, mode: str = "ieee") -> tuple[np.nd
     >>> y.tolist(), rep.saturated
     ([1.0, 65504.0], 1)
     """
-    if mode not in ("ieee", "saturate"):
-        raise UsageError(f"unknown cast mode {mode!r}; expected 'ieee' or 'saturate'")
-    src = np.asarray(x)
-    if src.dtype == precision.dtype:
-        n = int(src.size)
-        return src, CastReport(precision.name, mode, n, 0, 0.0, 0.0, 0, 0, 0)
-    if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
-        out32, report = _cast_float32(src, precision)
-        return from_carrier(out32, precision), report
-    return _cast_wide(src, precision, mode)
+    out, report, _ = cast_carrier(x, precision, mode)
+    assert out is not None
+    return out, report
 
 
 def cast_carrier(
@@ -210,13 +203,16 @@ def cast_carrier(
     ``working_copy=False`` may return None for the working-dtype array when it would have to
     be made from the carrier (the caller converts it if it ever needs it).
     """
+    if mode not in ("ieee", "saturate"):
+        raise UsageError(f"unknown cast mode {mode!r}; expected 'ieee' or 'saturate'")
     src = np.asarray(x)
+    if src.dtype == precision.dtype:
+        report = CastReport(precision.name, mode, int(src.size), 0, 0.0, 0.0, 0, 0, 0)
+        return src, report, to_carrier(src, precision)
     if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
-        if src.dtype == precision.dtype:
-            return cast(src, precision, mode) + (src,)
         out32, report = _cast_float32(src, precision)
         return (from_carrier(out32, precision) if working_copy else None), report, out32
-    out, report = cast(src, precision, mode)
+    out, report = _cast_wide(src, precision, mode)
     return out, report, to_carrier(out, precision)
 
 
