@@ -13,10 +13,10 @@ Every number smcheck reports is "in" one of these precisions. Two knobs are expl
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from .errors import UsageError
@@ -41,7 +41,7 @@ class Precision:
     """Facts about one working dtype (all values are exact float64 numbers)."""
 
     name: str
-    dtype: np.dtype
+    dtype_name: str  # numpy's name of the dtype (ml_dtypes' types resolve on first use)
     bits: int
     mantissa_bits: int  # explicit + implicit significand bits (float32: 24)
     eps: float  # 2**(1 - mantissa_bits): spacing of numbers just above 1
@@ -50,6 +50,12 @@ class Precision:
     smallest_subnormal: float
     has_inf: bool
     default_accum: str  # name of the accumulation dtype used when the user names none
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype. bfloat16 and float8 come from ml_dtypes, imported here on first use:
+        importing it costs ~0.5 s, more than the rest of smcheck's start-up together."""
+        return _dtype(self.dtype_name)
 
     @property
     def ln_max(self) -> float:
@@ -84,38 +90,51 @@ class Precision:
         return np.where(np.isfinite(a), spacing, np.nan)
 
 
-def _make(name: str, dtype: type, finfo: object, default_accum: str) -> Precision:
-    nmant = int(finfo.nmant)  # type: ignore[attr-defined]
+@functools.cache
+def _dtype(name: str) -> np.dtype:
+    if name in ("float64", "float32", "float16"):
+        return np.dtype(name)
+    import ml_dtypes  # only for the types numpy lacks (see Precision.dtype)
+
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+def _make(
+    name: str,
+    bits: int,
+    mantissa_bits: int,
+    emin: int,
+    max_: float,
+    has_inf: bool,
+    default_accum: str,
+) -> Precision:
+    """The facts of a binary floating-point type from its shape: ``mantissa_bits`` significand
+    bits (the implicit one included), smallest normal exponent ``emin``. tests/test_precisions.py
+    checks every entry against numpy's and ml_dtypes' ``finfo``."""
     return Precision(
         name=name,
-        dtype=np.dtype(dtype),
-        bits=int(finfo.bits),  # type: ignore[attr-defined]
-        mantissa_bits=nmant + 1,
-        eps=float(finfo.eps),  # type: ignore[attr-defined]
-        max=float(finfo.max),  # type: ignore[attr-defined]
-        smallest_normal=float(finfo.smallest_normal),  # type: ignore[attr-defined]
-        smallest_subnormal=float(finfo.smallest_subnormal),  # type: ignore[attr-defined]
-        has_inf=name != "float8_e4m3fn",
+        dtype_name=name,
+        bits=bits,
+        mantissa_bits=mantissa_bits,
+        eps=math.ldexp(1.0, 1 - mantissa_bits),
+        max=max_,
+        smallest_normal=math.ldexp(1.0, emin),
+        smallest_subnormal=math.ldexp(1.0, emin - mantissa_bits + 1),
+        has_inf=has_inf,
         default_accum=default_accum,
     )
 
 
 PRECISIONS: dict[str, Precision] = {
-    "float64": _make("float64", np.float64, np.finfo(np.float64), "float64"),
-    "float32": _make("float32", np.float32, np.finfo(np.float32), "float32"),
-    "float16": _make("float16", np.float16, np.finfo(np.float16), "float32"),
-    "bfloat16": _make(
-        "bfloat16", ml_dtypes.bfloat16, ml_dtypes.finfo(ml_dtypes.bfloat16), "float32"
+    "float64": _make(
+        "float64", 64, 53, -1022, float.fromhex("0x1.fffffffffffffp+1023"), True, "float64"
     ),
-    "float8_e4m3fn": _make(
-        "float8_e4m3fn",
-        ml_dtypes.float8_e4m3fn,
-        ml_dtypes.finfo(ml_dtypes.float8_e4m3fn),
-        "float32",
-    ),
-    "float8_e5m2": _make(
-        "float8_e5m2", ml_dtypes.float8_e5m2, ml_dtypes.finfo(ml_dtypes.float8_e5m2), "float32"
-    ),
+    "float32": _make("float32", 32, 24, -126, float.fromhex("0x1.fffffep+127"), True, "float32"),
+    "float16": _make("float16", 16, 11, -14, 65504.0, True, "float32"),
+    "bfloat16": _make("bfloat16", 16, 8, -126, float.fromhex("0x1.fep+127"), True, "float32"),
+    # e4m3fn: no inf, and only S.1111.111 is NaN, so the largest finite value is 1.75 * 2**8
+    "float8_e4m3fn": _make("float8_e4m3fn", 8, 4, -6, 448.0, False, "float32"),
+    "float8_e5m2": _make("float8_e5m2", 8, 3, -14, 57344.0, True, "float32"),
 }
 
 _ALIASES = {
@@ -147,7 +166,7 @@ def get_precision(dtype: str | np.dtype | type | Precision) -> Precision:
     except TypeError as exc:
         raise UsageError(f"unknown dtype {dtype!r}") from exc
     for p in PRECISIONS.values():
-        if p.dtype == dt:
+        if p.dtype_name == dt.name and p.dtype == dt:  # by name first: no ml_dtypes import
             return p
     raise UsageError(f"dtype {dt} is not a supported working precision ({', '.join(PRECISIONS)})")
 
@@ -346,7 +365,7 @@ def round_in(
     k = working.carrier
     if k == working.dtype:
         return round_to(x, working)
-    if x.dtype == k and working.dtype != _BF16:
+    if x.dtype == k and working.name != "bfloat16":
         return _round_f32_grid(x, working, unit, overwrite, nonneg)
     return round_to(x, working).astype(k)  # one rounding to T; T -> float32 is exact
 
@@ -369,9 +388,6 @@ def from_carrier(x: np.ndarray, working: Precision) -> np.ndarray:
             return _f32_to_f16(x)
     with np.errstate(over="ignore", under="ignore"):
         return x.astype(working.dtype)
-
-
-_BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 #: Elements per block of :func:`_round_f32_grid`: its ~10 passes then run in the core's cache

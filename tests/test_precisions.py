@@ -223,3 +223,34 @@ def test_from_carrier_gives_the_same_float16_bits_by_either_route(subnormal_shar
     assert np.array_equal(got.view(np.uint16)[4:], want.view(np.uint16)[4:])
     assert np.array_equal(got[:4], want[:4], equal_nan=True)
     assert np.signbit(got[1])
+
+
+@pytest.mark.parametrize("name", list(PRECISIONS))
+def test_registry_facts_equal_finfo(name: str) -> None:
+    # the registry writes the facts from each type's shape (no ml_dtypes import at start-up);
+    # numpy's and ml_dtypes' finfo are the independent source
+    p = PRECISIONS[name]
+    fi = (
+        np.finfo(p.dtype) if name in ("float64", "float32", "float16") else ml_dtypes.finfo(p.dtype)
+    )
+    assert p.dtype == np.dtype(getattr(ml_dtypes, name, None) or name)
+    assert (p.bits, p.mantissa_bits) == (fi.bits, fi.nmant + 1)
+    assert (p.eps, p.max) == (float(fi.eps), float(fi.max))
+    assert (p.smallest_normal, p.smallest_subnormal) == (
+        float(fi.smallest_normal),
+        float(fi.smallest_subnormal),
+    )
+    assert p.has_inf == bool(np.isinf(np.array(np.inf).astype(p.dtype)))
+
+
+def test_importing_smcheck_precisions_does_not_import_ml_dtypes() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, smcheck.precisions as p; p.get_precision('float16'); "
+        "p.get_precision(__import__('numpy').dtype('float32')); "
+        "assert 'ml_dtypes' not in sys.modules; p.get_precision('bf16').dtype; "
+        "assert 'ml_dtypes' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
