@@ -12,7 +12,14 @@ from typing import Any
 from ..errors import UsageError
 from ..sweep import SweepReport
 
-__all__ = ["PLOT_FORMATS", "MISSING_MATPLOTLIB", "plot_format", "render_plot", "require_matplotlib"]
+__all__ = [
+    "MISSING_MATPLOTLIB",
+    "PLOT_FORMATS",
+    "plot_format",
+    "plot_points",
+    "render_plot",
+    "require_matplotlib",
+]
 
 #: File suffix -> matplotlib format.
 PLOT_FORMATS = {".png": "png", ".svg": "svg"}
@@ -41,6 +48,28 @@ def require_matplotlib() -> Any:
     return Figure
 
 
+def plot_points(report: SweepReport) -> dict[tuple[str, str, float], tuple[float, bool]]:
+    """(dtype, method, scale) -> (bits, broken): the largest loss error beyond conditioning over
+    classes and cases, and whether any of those cells is broken.
+
+    A broken cell (overflow, NaN/inf loss or gradient) has no accuracy to draw, and neither has a
+    cell with no measurable row: their bits are NaN, so the curve has a gap there (and a cross on
+    the top edge for broken ones) instead of dropping to 0 bits - which would read as perfect.
+    """
+    worst: dict[tuple[str, str, float], tuple[float, bool]] = {}
+    for cell in report.cells:
+        key = (cell.dtype, cell.method, cell.scale)
+        broken = cell.verdict == "broken"
+        bits = cell.loss_max_excess_bits
+        value = math.nan if broken or bits is None or math.isnan(bits) else bits
+        old_value, old_broken = worst.get(key, (-math.inf, False))
+        if old_broken or broken:
+            worst[key] = (math.nan, True)
+        else:
+            worst[key] = (value if math.isnan(old_value) else max(old_value, value), False)
+    return {k: (math.nan if v == -math.inf else v, b) for k, (v, b) in worst.items()}
+
+
 def render_plot(report: SweepReport, fmt: str) -> bytes:
     """The figure as PNG or SVG bytes.
 
@@ -56,23 +85,18 @@ def render_plot(report: SweepReport, fmt: str) -> bytes:
     rows = math.ceil(n / cols)
     fig = figure_cls(figsize=(6.4 * cols, 4.0 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    worst: dict[tuple[str, str, float], tuple[float, bool]] = {}
-    for cell in report.cells:
-        key = (cell.dtype, cell.method, cell.scale)
-        bits = cell.loss_max_excess_bits
-        broken = cell.verdict == "broken"
-        old = worst.get(key, (0.0, False))
-        worst[key] = (max(old[0], bits or 0.0), old[1] or broken)
+    worst = plot_points(report)
     for i, t in enumerate(report.theory):
         ax = axes[i // cols][i % cols]
         top = 0.0
         series = []
         for m in c.methods:
-            ys = [worst.get((t.dtype, m, s), (0.0, False)) for s in c.scales]
-            top = max(top, *(y for y, _ in ys))
+            ys = [worst.get((t.dtype, m, s), (math.nan, False)) for s in c.scales]
+            top = max([top, *(y for y, _ in ys if not math.isnan(y))])
             series.append((m, ys))
         ceiling = max(top, c.max_bits) * 1.1 + 1.0
         for k, (m, ys) in enumerate(series):
+            # NaN (a broken or unmeasured cell) breaks the line: a gap, never a score of 0 bits
             (line,) = ax.plot(c.scales, [y for y, _ in ys], label=m, linewidth=1.2)
             bx = [s for s, (_, b) in zip(c.scales, ys, strict=True) if b]
             if bx:  # one row of crosses per method, stacked under the top edge
