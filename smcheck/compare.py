@@ -1073,11 +1073,30 @@ def _checks(
     reduction: str,
     empty: str | None = None,
 ) -> tuple[Check, ...]:
-    """``empty``: the convention, when the mean is over nothing (PyTorch NaN, optax 0)."""
+    """The five checks, in report order: loss error, gradient error (with a gradient), their
+    values non-finite, the reference non-finite, ignored rows non-zero. ``empty``: the
+    convention, when the mean is over nothing (PyTorch NaN, optax 0)."""
     what = "their loss" if reduction == "none" else f"their {reduction} loss"
+    out = [_loss_check(loss, loss_limit, what, empty)]
+    if grad is not None and grad_limit is not None:
+        out.append(_grad_check(grad, grad_limit))
+    out.append(_nonfinite_check(loss, grad, "nonfinite" in fail_on))
+    out.append(_ref_nonfinite_check(loss, grad, "ref-nonfinite" in fail_on))
+    ig = loss.ignored_nonzero_rows + (grad.ignored_nonzero_rows if grad else 0)
+    message = (
+        f"{ig} ignored row(s) have a non-zero loss or gradient (PyTorch gives 0)"
+        if ig
+        else "ignored rows are 0"
+    )
+    out.append(Check("ignored", ig == 0, "ignored" in fail_on, float(ig), 0.0, message))
+    return tuple(out)
+
+
+def _loss_check(loss: LossStats, limit: float, what: str, empty: str | None) -> Check:
+    """Their loss error in ulps of max(|L*|, 1) against ``limit`` (always gated)."""
     if empty is not None:
         # a mean over nothing: under torch a measured value is their NaN matching 0/0
-        ok = loss.measured > 0 and (loss.max_gate_ulp_err or 0.0) <= loss_limit
+        ok = loss.measured > 0 and (loss.max_gate_ulp_err or 0.0) <= limit
         nothing = "with nothing to divide by (no counted rows, or their labels weigh 0)"
         ref = {"torch": "PyTorch's mean is NaN (0/0)", "jax": "optax's mean is 0"}
         alt = {
@@ -1088,62 +1107,52 @@ def _checks(
             f"{what} is {loss.their_value!r}{':' if ok else ' but'} {nothing} {ref[empty]}, the "
             f"reference under --convention {empty}" + ("" if ok else f"; {alt[empty]}")
         )
-        out = [Check("loss-error", ok, True, 0.0 if ok else None, loss_limit, message)]
-    elif loss.measured == 0:
-        out = [
-            Check(
-                "loss-error",
-                False,
-                True,
-                None,
-                loss_limit,
-                f"{what}: nothing to measure (every row ignored or non-finite)",
-            )
-        ]
-    else:
-        v = loss.max_gate_ulp_err
-        assert v is not None
-        ok = v <= loss_limit
-        rel = "over" if not ok else "within"
-        out = [
-            Check(
-                "loss-error",
-                ok,
-                True,
-                v,
-                loss_limit,
-                f"{what} is off by up to {_g(v)} ulps of max(|L|, 1) ({rel} the limit "
-                f"{_g(loss_limit)}; {_g(loss.max_ulp_err)} ulps at L)",
-            )
-        ]
-    if grad is not None and grad_limit is not None:
-        v = grad.max_abs_err
-        ok = v is not None and v <= grad_limit
-        msg = (
-            "their gradient: nothing to measure"
-            if v is None
-            else f"their gradient is off by up to {_g(v)} ({'within' if ok else 'over'} the "
-            f"limit {_g(grad_limit)})"
-        )
-        out.append(Check("grad-error", ok, True, v, grad_limit, msg))
+        return Check("loss-error", ok, True, 0.0 if ok else None, limit, message)
+    if loss.measured == 0:
+        message = f"{what}: nothing to measure (every row ignored or non-finite)"
+        return Check("loss-error", False, True, None, limit, message)
+    v = loss.max_gate_ulp_err
+    assert v is not None
+    ok = v <= limit
+    rel = "over" if not ok else "within"
+    message = (
+        f"{what} is off by up to {_g(v)} ulps of max(|L|, 1) ({rel} the limit "
+        f"{_g(limit)}; {_g(loss.max_ulp_err)} ulps at L)"
+    )
+    return Check("loss-error", ok, True, v, limit, message)
+
+
+def _grad_check(grad: GradStats, limit: float) -> Check:
+    """Their gradient's largest absolute error against ``limit`` (always gated)."""
+    v = grad.max_abs_err
+    ok = v is not None and v <= limit
+    msg = (
+        "their gradient: nothing to measure"
+        if v is None
+        else f"their gradient is off by up to {_g(v)} ({'within' if ok else 'over'} the "
+        f"limit {_g(limit)})"
+    )
+    return Check("grad-error", ok, True, v, limit, msg)
+
+
+def _nonfinite_check(loss: LossStats, grad: GradStats | None, gated: bool) -> Check:
+    """Their values NaN/inf where the reference is finite (a bug in their kernel)."""
     nf = loss.nonfinite_rows + (grad.nonfinite_rows if grad else 0)
     parts = []
     if loss.nonfinite_rows:
         parts.append(f"loss on {_rows_text(loss.nonfinite_rows, loss.nonfinite_row_ids)}")
     if grad is not None and grad.nonfinite_rows:
         parts.append(f"gradient on {_rows_text(grad.nonfinite_rows, grad.nonfinite_row_ids)}")
-    out.append(
-        Check(
-            "nonfinite",
-            nf == 0,
-            "nonfinite" in fail_on,
-            float(nf),
-            0.0,
-            "their " + " and ".join(parts) + " is NaN/inf where the reference is finite"
-            if nf
-            else "no NaN/inf where the reference is finite",
-        )
+    message = (
+        "their " + " and ".join(parts) + " is NaN/inf where the reference is finite"
+        if nf
+        else "no NaN/inf where the reference is finite"
     )
+    return Check("nonfinite", nf == 0, gated, float(nf), 0.0, message)
+
+
+def _ref_nonfinite_check(loss: LossStats, grad: GradStats | None, gated: bool) -> Check:
+    """Their values finite where the reference is not (a non-finite input hidden)."""
     rn = loss.ref_nonfinite_rows + (grad.ref_nonfinite_rows if grad else 0)
     parts = []
     if loss.ref_nonfinite_rows:
@@ -1151,33 +1160,13 @@ def _checks(
     if grad is not None and grad.ref_nonfinite_rows:
         ids = grad.ref_nonfinite_row_ids
         parts.append(f"gradient on {_rows_text(grad.ref_nonfinite_rows, ids)}")
-    out.append(
-        Check(
-            "ref-nonfinite",
-            rn == 0,
-            "ref-nonfinite" in fail_on,
-            float(rn),
-            0.0,
-            "their " + " and ".join(parts) + " is finite where the reference is NaN/inf "
-            "(non-finite input hidden)"
-            if rn
-            else "finite only where the reference is",
-        )
+    message = (
+        "their " + " and ".join(parts) + " is finite where the reference is NaN/inf "
+        "(non-finite input hidden)"
+        if rn
+        else "finite only where the reference is"
     )
-    ig = loss.ignored_nonzero_rows + (grad.ignored_nonzero_rows if grad else 0)
-    out.append(
-        Check(
-            "ignored",
-            ig == 0,
-            "ignored" in fail_on,
-            float(ig),
-            0.0,
-            f"{ig} ignored row(s) have a non-zero loss or gradient (PyTorch gives 0)"
-            if ig
-            else "ignored rows are 0",
-        )
-    )
-    return tuple(out)
+    return Check("ref-nonfinite", rn == 0, gated, float(rn), 0.0, message)
 
 
 def _worst_rows(
