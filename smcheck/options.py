@@ -38,7 +38,7 @@ def renamed_keywords(
             raise UsageError(f"{where}: {old}= is the deprecated name of {new}=; give only {new}=")
         warnings.warn(
             f"{where}({old}=...) is deprecated and will be removed in the next release; use "
-            f"{new}=... (the name of the CLI flag --{new.replace('_', '-')})",
+            f"{new}=...",
             DeprecationWarning,
             stacklevel=stacklevel,
         )
