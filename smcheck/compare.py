@@ -462,7 +462,11 @@ def _histogram(ulps: np.ndarray) -> tuple[HistBin, ...]:
 
 
 def _dist(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """(max, p99, median) of the finite-or-inf values given; Nones when there are none."""
+    """(max, p99, median) of the finite-or-inf values given; Nones when there are none.
+
+    Exact quantiles: compare holds one error per row in memory. ``eval`` streams its input in
+    chunks and reports quantiles from log-spaced histograms instead (:mod:`smcheck.eval_report`).
+    """
     if values.size == 0:
         return None, None, None
     return (
@@ -919,16 +923,9 @@ def compare(
     opts = merge_options(CompareOptions, options, fields, RENAMED, "compare")
     st = _setup(logits, labels, loss, grad, opts)
     blocks = _measure(st, grad, opts)
-    hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
     working = st.ci.working
     per_row = opts.reduction == "none"
-    if per_row:
-        lr = _loss_rows(st.theirs, hi, lo, st.ignored, working)
-    else:
-        lr = _reduced_loss_rows(
-            st.theirs, hi, lo, st.ignored, opts.reduction, working, st.denominator,
-            opts.convention,
-        )  # fmt: skip
+    lr = _loss_measures(st, blocks, opts)
     loss_stats = _loss_stats(lr, per_row)
     gr = None if grad is None else _grad_rows(blocks, st.ignored)
     grad_stats = None if gr is None else _grad_stats(gr, st.grad_scale)
@@ -1051,6 +1048,17 @@ def _measure(st: _Setup, grad: np.ndarray | None, opts: CompareOptions) -> _Bloc
         )  # fmt: skip
         _block(prep, g_block, st.grad_scale, blocks)
     return blocks
+
+
+def _loss_measures(st: _Setup, blocks: _Blocks, opts: CompareOptions) -> _LossRows:
+    """Their loss against the reference: per row, or their one reduced number."""
+    hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
+    if opts.reduction == "none":
+        return _loss_rows(st.theirs, hi, lo, st.ignored, st.ci.working)
+    return _reduced_loss_rows(
+        st.theirs, hi, lo, st.ignored, opts.reduction, st.ci.working, st.denominator,
+        opts.convention,
+    )  # fmt: skip
 
 
 def _verdict(
