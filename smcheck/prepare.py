@@ -250,7 +250,8 @@ class Prepared:
     # x in the working dtype's carrier (float32 for 16/8-bit types, the same values): what the
     # methods compute in; None means "convert x when asked"
     x_carrier: np.ndarray | None = None
-    #: the accumulation precision of the sums over classes (None: the working dtype's default)
+    #: the accumulation precision named at the front door (the working dtype's default when
+    #: none was: float32 for 16/8-bit types); None only for a Prepared built by hand
     accum: Precision | None = None
 
     @cached_property
