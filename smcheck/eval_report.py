@@ -255,21 +255,7 @@ def _method_report(
     if nonfinite or st.nonfinite_grad:
         broken = True
         failed |= "nonfinite" in gate.fail_on
-        what = []
-        if st.nan_loss:
-            what.append(f"NaN loss on {st.nan_loss} {unit}")
-        if st.inf_loss:
-            what.append(f"inf loss on {st.inf_loss} {unit}")
-        if st.nonfinite_grad:
-            grad_unit = "pairs" if inp.label_free else "rows"
-            what.append(f"non-finite gradient on {st.nonfinite_grad} {grad_unit}")
-        text = f"{name} gives " + ", ".join(what)
-        if st.underflow and inp.margin_max is not None and not st.overflow:
-            text += (
-                f": p_y underflows to 0 in {inp.dtype} once the margin max(z) - z_y exceeds "
-                f"{inp.underflow_margin:.4g} (largest margin {_g(inp.margin_max)})"
-            )
-        problems.append(text)
+        problems.append(_nonfinite_text(name, st, inp))
     if st.underflow and "underflow" in gate.fail_on:
         broken = failed = True
         if not nonfinite:
@@ -323,6 +309,26 @@ def _method_report(
         problems=tuple(problems),
         ok=not failed,
     )
+
+
+def _nonfinite_text(name: str, st: MethodStats, inp: InputSummary) -> str:
+    """What came out NaN/inf, and why when the margins say so (p_y underflowed)."""
+    unit = inp.unit
+    what = []
+    if st.nan_loss:
+        what.append(f"NaN loss on {st.nan_loss} {unit}")
+    if st.inf_loss:
+        what.append(f"inf loss on {st.inf_loss} {unit}")
+    if st.nonfinite_grad:
+        grad_unit = "pairs" if inp.label_free else "rows"
+        what.append(f"non-finite gradient on {st.nonfinite_grad} {grad_unit}")
+    text = f"{name} gives " + ", ".join(what)
+    if st.underflow and inp.margin_max is not None and not st.overflow:
+        text += (
+            f": p_y underflows to 0 in {inp.dtype} once the margin max(z) - z_y exceeds "
+            f"{inp.underflow_margin:.4g} (largest margin {_g(inp.margin_max)})"
+        )
+    return text
 
 
 _STABLE = ("fused", "log1p", "online")
