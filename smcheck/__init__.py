@@ -7,35 +7,43 @@
 ([nan], True)
 
 The analyses behind the commands are importable too: :func:`evaluate` (``smcheck eval``),
-:func:`gradcheck`, :func:`sweep` and :func:`compare`, each returning a frozen report
-dataclass; :func:`load_input` reads and validates files as the commands do.
+:func:`gradcheck`, :func:`sweep` and :func:`compare`, each taking an options dataclass
+(:class:`EvalOptions`, :class:`GradcheckOptions`, :class:`CompareOptions`, :class:`SweepConfig`)
+or its fields as keywords, and returning a frozen report dataclass. Every entry point reads
+arrays through one front door, :func:`prepare_input`; :func:`load_input` reads and validates
+files as the commands do.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .compare import CompareReport, compare
+from .compare import CompareOptions, CompareReport, compare
 from .core import CrossEntropyResult, ReferenceResult, cross_entropy, reference
 from .errors import InputError, SmcheckError, UsageError
-from .evaluate import EvalReport, evaluate
-from .gradcheck import GradcheckReport, gradcheck
+from .evaluate import EvalOptions, EvalReport, evaluate
+from .gradcheck import GradcheckOptions, GradcheckReport, gradcheck
 from .loading import LoadedInput, load_input
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import PRECISIONS, Precision, get_precision
+from .prepare import Prepared, prepare_input
 from .sweep import SweepConfig, SweepReport, sweep
 
 __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
     "PRECISIONS",
+    "CompareOptions",
     "CompareReport",
     "CrossEntropyResult",
+    "EvalOptions",
     "EvalReport",
+    "GradcheckOptions",
     "GradcheckReport",
     "InputError",
     "LoadedInput",
     "Precision",
+    "Prepared",
     "ReferenceResult",
     "SmcheckError",
     "SweepConfig",
@@ -48,6 +56,7 @@ __all__ = [
     "get_precision",
     "gradcheck",
     "load_input",
+    "prepare_input",
     "reference",
     "sweep",
 ]

@@ -37,15 +37,31 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .core import loss_coefficients, prepare, reference_of
+from .core import reference_of
 from .errors import InputError, UsageError
 from .loading import load_input
-from .metrics import bits_of_error, grad_abs_err, grad_rel_err, loss_abs_err, loss_rel_err
-from .precisions import PRECISIONS, Precision, get_precision, resolve_accum
+from .metrics import (
+    bits_of_error,
+    gate_ulps,
+    grad_abs_err,
+    grad_rel_err,
+    loss_abs_err,
+    loss_rel_err,
+)
+from .options import merge_options
+from .precisions import PRECISIONS, Precision
+from .prepare import (
+    CheckedInput,
+    Prepared,
+    check_input,
+    file_dtype,
+    loss_coefficients,
+    prepare_input,
+)
 from .reference import reference_precision_name
 
 __all__ = [
@@ -56,6 +72,7 @@ __all__ = [
     "HIST_EDGES",
     "REDUCTIONS",
     "Check",
+    "CompareOptions",
     "CompareReport",
     "GradStats",
     "HistBin",
@@ -238,6 +255,11 @@ class CompareReport:
     weight: str | None = None  # where the class weights came from; None without weights
     label_smoothing: float = 0.0
     convention: str = "torch"
+
+    @property
+    def cast(self) -> str:
+        """How the logits were rounded (the CLI's and :class:`CompareOptions`' name)."""
+        return self.cast_mode
 
 
 # --------------------------------------------------------------------------- loading
@@ -440,7 +462,11 @@ def _histogram(ulps: np.ndarray) -> tuple[HistBin, ...]:
 
 
 def _dist(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """(max, p99, median) of the finite-or-inf values given; Nones when there are none."""
+    """(max, p99, median) of the finite-or-inf values given; Nones when there are none.
+
+    Exact quantiles: compare holds one error per row in memory. ``eval`` streams its input in
+    chunks and reports quantiles from log-spaced histograms instead (:mod:`smcheck.eval_report`).
+    """
     if values.size == 0:
         return None, None, None
     return (
@@ -547,28 +573,8 @@ class _Blocks:
         return np.concatenate(getattr(self, name))
 
 
-def _block(
-    x: np.ndarray,
-    labels: np.ndarray,
-    working: Precision,
-    cast_mode: str,
-    ignore_index: int,
-    weight: np.ndarray | None,
-    label_smoothing: float,
-    grad: np.ndarray | None,
-    grad_scale: float,
-    out: _Blocks,
-) -> None:
+def _block(prep: Prepared, grad: np.ndarray | None, grad_scale: float, out: _Blocks) -> None:
     """Reference and per-row measures of one block of rows, appended to ``out``."""
-    prep = prepare(
-        x,
-        labels,
-        dtype=working,
-        cast_mode=cast_mode,
-        ignore_index=ignore_index,
-        weight=weight,
-        label_smoothing=label_smoothing,
-    )
     if prep.coeff is not None:
         # prepare rounds the loss coefficients to the working dtype, so that eval's methods and
         # its reference share them; their kernel's truth is the loss itself: keep them in float64
@@ -649,7 +655,7 @@ def _loss_rows(
         abs_err=abs_err,
         rel_err=loss_rel_err(theirs, hi, lo),
         ulp_err=abs_err / working.ulp(hi),
-        gate_err=abs_err / working.ulp(scale),
+        gate_err=gate_ulps(abs_err, hi, working),
         scaled_err=scaled,
         their_bad=counted & ~t_fin & r_fin,
         ref_bad=counted & t_fin & ~r_fin,
@@ -705,7 +711,7 @@ def _reduced_loss_rows(
         abs_err=np.array([a]),
         rel_err=np.array([rel]),
         ulp_err=np.array([a]) / working.ulp(np.array([ref])),
-        gate_err=np.array([a]) / working.ulp(np.array([scale])),
+        gate_err=gate_ulps(np.array([a]), np.array([ref]), working),
         scaled_err=np.array([a / scale if r_ok else math.nan]),
         their_bad=np.array([not t_ok and r_ok]),
         ref_bad=np.array([t_ok and not r_ok]),
@@ -822,41 +828,85 @@ def _check_options(
         raise UsageError(f"fail_on: unknown value {bad[0]!r}; expected one of: {expected}")
 
 
+#: Old keyword names of :func:`compare` and :func:`compare_files` -> :class:`CompareOptions`'.
+RENAMED = {"cast_mode": "cast", "worst": "top"}
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What :func:`compare` does, named as ``smcheck compare``'s flags and config keys.
+
+    ``dtype`` is the working dtype their kernel read the logits in (default: the logits'
+    own float dtype); ``accum`` the precision it summed in (it only sets the default limits,
+    :func:`default_tolerances`). ``weight`` (C class weights, finite and >= 0; ``weight_name``
+    names them in messages) and ``label_smoothing`` are PyTorch's ``CrossEntropyLoss`` options;
+    ``reduction`` says what their loss is (one value per row, or their mean/sum);
+    ``convention`` whose mean over no counted row the reference follows (PyTorch's NaN, optax's
+    0). ``max_loss_ulp`` (ulps of max(|L*|, 1)) and ``max_grad_err`` (absolute) gate ``ok``
+    with ``fail_on``; ``top`` worst rows are listed. ``names`` (logits, labels, loss, grad),
+    ``their_dtypes`` (as stored) and ``notes`` are reported as given.
+
+    >>> CompareOptions(reduction="avg")
+    Traceback (most recent call last):
+    ...
+    smcheck.errors.UsageError: unknown reduction 'avg'; expected one of: none, mean, sum
+    """
+
+    dtype: str | np.dtype | Precision | None = None
+    accum: str | np.dtype | Precision | None = None
+    cast: str = "ieee"
+    ignore_index: int = -100
+    reduction: str = "none"
+    weight: np.ndarray | None = None
+    label_smoothing: float = 0.0
+    convention: str = "torch"
+    max_loss_ulp: float | None = None
+    max_grad_err: float | None = None
+    fail_on: Sequence[str] = DEFAULT_FAIL_ON
+    top: int = 10
+    names: tuple[str, str | None, str, str | None] = ("logits", "labels", "loss", "grad")
+    their_dtypes: tuple[str, str | None] | None = None
+    notes: Sequence[str] = ()
+    weight_name: str = "weight"
+
+    def __post_init__(self) -> None:
+        _check_options(self.reduction, self.fail_on, self.label_smoothing, self.convention)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The checked arrays and what follows from them before any reference is computed."""
+
+    ci: CheckedInput
+    labels: np.ndarray  # int64 (N,)
+    theirs: np.ndarray  # float64 (N,), or (1,) for a reduction
+    their_loss_dtype: str
+    their_grad_dtype: str | None
+    weight: np.ndarray | None
+    ignored: np.ndarray
+    counted: int
+    denominator: Fraction  # what mean divides by, exactly
+    loss_limit: float
+    grad_limit: float | None
+    grad_scale: float  # their gradient times this is in per-row units
+
+
 def compare(
     logits: np.ndarray,
     labels: np.ndarray,
     loss: np.ndarray,
     grad: np.ndarray | None = None,
-    *,
-    dtype: str | np.dtype | Precision | None = None,
-    accum: str | np.dtype | Precision | None = None,
-    cast_mode: str = "ieee",
-    ignore_index: int = -100,
-    reduction: str = "none",
-    weight: np.ndarray | None = None,
-    label_smoothing: float = 0.0,
-    convention: str = "torch",
-    max_loss_ulp: float | None = None,
-    max_grad_err: float | None = None,
-    fail_on: Sequence[str] = DEFAULT_FAIL_ON,
-    worst: int = 10,
-    names: tuple[str, str | None, str, str | None] = ("logits", "labels", "loss", "grad"),
-    their_dtypes: tuple[str, str | None] | None = None,
-    notes: Sequence[str] = (),
-    weight_name: str = "weight",
+    options: CompareOptions | None = None,
+    **fields: Any,
 ) -> CompareReport:
     """Compare their ``loss`` (N,) - or one number for a reduction - and optional ``grad``
-    (N, C) with the reference on ``logits`` (N, C) rounded to ``dtype``.
+    (N, C) with the reference on ``logits`` (N, C) rounded to the working dtype.
 
-    ``accum`` is the accumulation dtype their kernel is assumed to use: it only sets the default
-    tolerances (:func:`default_tolerances`). ``names`` are (logits, labels, loss, grad) as the
-    report shows them. Shapes must already be right (:func:`compare_files` checks files).
-
-    ``weight`` (C class weights, finite and >= 0; ``weight_name`` names them in messages) and
-    ``label_smoothing`` are PyTorch's ``CrossEntropyLoss`` options: the reference is that loss,
-    and ``mean`` divides by the summed weight of the counted rows' labels. With nothing to
-    divide by (every row ignored) the reference mean is PyTorch's NaN (``convention="torch"``)
-    or optax's 0 (``"jax"``).
+    ``options`` is a :class:`CompareOptions`, or give its fields as keywords (both: the
+    keywords replace those fields); the old names ``cast_mode`` and ``worst`` still work, with
+    a DeprecationWarning. Shapes must already be right (:func:`compare_files` checks files).
+    Logits of any float dtype smcheck knows are accepted as they are, bfloat16 and float8
+    included (the front door, :func:`smcheck.prepare.check_input`).
 
     A loss one float32 ulp above the correctly rounded value, and a gradient that forgot the
     -onehot term:
@@ -870,134 +920,190 @@ def compare(
     >>> round(r.loss.max_ulp_err, 2), round(r.grad.max_abs_err, 6), r.grad.worst_row, r.verdict
     (0.67, 1.0, 0, 'broken')
     """
-    _check_options(reduction, fail_on, label_smoothing, convention)
-    x = np.asarray(logits)
-    if x.ndim != 2:
-        raise InputError(f"{names[0]}: logits must be 2-D (rows, classes), got shape {x.shape}")
-    n, c = int(x.shape[0]), int(x.shape[1])
-    lab = np.asarray(labels)
-    if lab.shape != (n,):
-        raise InputError(f"{names[1]}: labels have shape {lab.shape}, expected ({n},)")
-    if dtype is None and x.dtype.kind != "f":
-        raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
-    working = get_precision(x.dtype if dtype is None else dtype)
-    acc = resolve_accum(working, accum)
+    opts = merge_options(CompareOptions, options, fields, RENAMED, "compare")
+    st = _setup(logits, labels, loss, grad, opts)
+    blocks = _measure(st, grad, opts)
+    working = st.ci.working
+    per_row = opts.reduction == "none"
+    lr = _loss_measures(st, blocks, opts)
+    loss_stats = _loss_stats(lr, per_row)
+    gr = None if grad is None else _grad_rows(blocks, st.ignored)
+    grad_stats = None if gr is None else _grad_stats(gr, st.grad_scale)
+    empty = opts.convention if _empty_mean(opts.reduction, st.denominator) else None
+    checks = _checks(
+        loss_stats, grad_stats, st.loss_limit, st.grad_limit, tuple(opts.fail_on),
+        opts.reduction, empty,
+    )  # fmt: skip
+    verdict = _verdict(loss_stats, grad_stats, lr, checks, empty)
+    summary = _summary(checks)
+    if per_row and lr.their_bad.any():
+        summary += _underflow_hint(blocks, lr.their_bad, working)
+    n_bad_in = int(st.ci.rows - np.count_nonzero(blocks.cat("finite_input")))
+    worst = _worst_rows(
+        opts.top, st.labels, ~st.ignored, lr if per_row else None, gr, blocks, working
+    )
+    return CompareReport(
+        logits=opts.names[0],
+        labels=opts.names[1],
+        loss_file=opts.names[2],
+        grad_file=opts.names[3] if grad is not None else None,
+        rows=st.ci.rows,
+        classes=st.ci.classes,
+        dtype=working.name,
+        accum=st.ci.accum.name,
+        cast_mode=opts.cast,
+        reference_precision=reference_precision_name(working),
+        reduction=opts.reduction,
+        counted_rows=st.counted,
+        ignored_rows=st.ci.rows - st.counted,
+        nonfinite_input_rows=n_bad_in,
+        cast_changed=blocks.cast_changed,
+        cast_overflowed=blocks.cast_overflowed,
+        their_loss_dtype=st.their_loss_dtype,
+        their_grad_dtype=st.their_grad_dtype if grad is not None else None,
+        loss=loss_stats,
+        grad=grad_stats,
+        worst=worst,
+        max_loss_ulp=st.loss_limit,
+        max_grad_err=st.grad_limit,
+        fail_on=tuple(opts.fail_on),
+        checks=checks,
+        verdict=verdict,
+        summary=summary,
+        ok=loss_stats.measured > 0 and all(ch.ok for ch in checks if ch.gated),
+        notes=_report_notes(st, opts, n_bad_in, blocks.cast_overflowed, empty),
+        weight=None if st.weight is None else opts.weight_name,
+        label_smoothing=float(opts.label_smoothing),
+        convention=opts.convention,
+    )
+
+
+def _setup(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    loss: np.ndarray,
+    grad: np.ndarray | None,
+    opts: CompareOptions,
+) -> _Setup:
+    """Check the arrays through the front door and fix the limits (InputError naming the file)."""
+    names = opts.names
+    ci = check_input(
+        logits, labels, dtype=opts.dtype, accum=opts.accum, cast=opts.cast,
+        ignore_index=opts.ignore_index, soft=False, require_labels=True, names=names[:2],
+    )  # fmt: skip
+    assert ci.labels is not None
+    n, c = ci.rows, ci.classes
     loss_in = np.asarray(loss)
     theirs = loss_in.astype(np.float64).reshape(-1)
-    want = n if reduction == "none" else 1
+    want = n if opts.reduction == "none" else 1
     if theirs.shape != (want,):
         raise InputError(f"{names[2]}: {theirs.size} loss values, expected {want}")
     if grad is not None and tuple(np.shape(grad)) != (n, c):
         raise InputError(f"{names[3]}: gradient shape {np.shape(grad)}, expected ({n}, {c})")
-    w = _check_weight(weight, c, weight_name)
-    ignored = lab == ignore_index
+    w = _check_weight(opts.weight, c, opts.weight_name)
+    ignored = ci.labels == opts.ignore_index
     counted = int(n - np.count_nonzero(ignored))
-    denominator = _mean_denominator(lab, ignored, w, c)
-    default_loss, default_grad = default_tolerances(working, acc, c, reduction, counted)
+    denominator = _mean_denominator(ci.labels, ignored, w, c)
+    default_loss, default_grad = default_tolerances(
+        ci.working, ci.accum, c, opts.reduction, counted
+    )
     if w is not None:  # gradient entries lie in [-max w, max w] rather than [-1, 1]
         default_grad *= max(1.0, float(w.max(initial=0.0)))
-    loss_limit = default_loss if max_loss_ulp is None else float(max_loss_ulp)
-    grad_limit = None if grad is None else (default_grad if max_grad_err is None else max_grad_err)
+    grad_limit = None
+    if grad is not None:
+        grad_limit = default_grad if opts.max_grad_err is None else opts.max_grad_err
     grad_scale: float = 1
-    if reduction == "mean" and denominator > 0:
+    if opts.reduction == "mean" and denominator > 0:
         grad_scale = counted if w is None else float(denominator)
+    t_loss_dtype, t_grad_dtype = opts.their_dtypes or (loss_in.dtype.name, None)
+    if grad is not None and opts.their_dtypes is None:
+        t_grad_dtype = np.asarray(grad[:0]).dtype.name
+    return _Setup(
+        ci=ci,
+        labels=ci.labels,
+        theirs=theirs,
+        their_loss_dtype=t_loss_dtype,
+        their_grad_dtype=t_grad_dtype,
+        weight=w,
+        ignored=ignored,
+        counted=counted,
+        denominator=denominator,
+        loss_limit=default_loss if opts.max_loss_ulp is None else float(opts.max_loss_ulp),
+        grad_limit=grad_limit,
+        grad_scale=grad_scale,
+    )
 
+
+def _measure(st: _Setup, grad: np.ndarray | None, opts: CompareOptions) -> _Blocks:
+    """The reference and the per-row measures, block of rows by block of rows."""
     blocks = _Blocks()
+    n, c = st.ci.rows, st.ci.classes
     step = max(1, _CELLS_PER_BLOCK // c)
     for i in range(0, n, step):
         g_block = None if grad is None else grad[i : i + step]
-        _block(
-            x[i : i + step], lab[i : i + step], working, cast_mode, ignore_index, w,
-            label_smoothing, g_block, grad_scale, blocks,
+        prep = prepare_input(
+            st.ci.x[i : i + step], st.labels[i : i + step], dtype=st.ci.working, cast=opts.cast,
+            ignore_index=opts.ignore_index, weight=st.weight,
+            label_smoothing=opts.label_smoothing, row_offset=i,
         )  # fmt: skip
-    hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
-    per_row = reduction == "none"
-    if per_row:
-        lr = _loss_rows(theirs, hi, lo, ignored, working)
-    else:
-        lr = _reduced_loss_rows(
-            theirs, hi, lo, ignored, reduction, working, denominator, convention
-        )
-    loss_stats = _loss_stats(lr, per_row)
-    gr = None if grad is None else _grad_rows(blocks, ignored)
-    grad_stats = None if gr is None else _grad_stats(gr, grad_scale)
+        _block(prep, g_block, st.grad_scale, blocks)
+    return blocks
 
-    empty = convention if _empty_mean(reduction, denominator) else None
-    checks = _checks(
-        loss_stats, grad_stats, loss_limit, grad_limit, tuple(fail_on), reduction, empty
-    )
+
+def _loss_measures(st: _Setup, blocks: _Blocks, opts: CompareOptions) -> _LossRows:
+    """Their loss against the reference: per row, or their one reduced number."""
+    hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
+    if opts.reduction == "none":
+        return _loss_rows(st.theirs, hi, lo, st.ignored, st.ci.working)
+    return _reduced_loss_rows(
+        st.theirs, hi, lo, st.ignored, opts.reduction, st.ci.working, st.denominator,
+        opts.convention,
+    )  # fmt: skip
+
+
+def _verdict(
+    loss: LossStats,
+    grad: GradStats | None,
+    lr: _LossRows,
+    checks: tuple[Check, ...],
+    empty: str | None,
+) -> str:
+    """broken (wrong or non-finite), inconclusive (nothing measured), lossy or ok."""
     broken = (
-        loss_stats.nonfinite_rows > 0
-        or loss_stats.ignored_nonzero_rows > 0
+        loss.nonfinite_rows > 0
+        or loss.ignored_nonzero_rows > 0
         or bool(np.any(lr.scaled_err[lr.measured] >= BROKEN_FRACTION))
         # a number where PyTorch's mean over nothing is NaN: wrong under this convention
-        or (empty == "torch" and loss_stats.ref_nonfinite_rows > 0)
+        or (empty == "torch" and loss.ref_nonfinite_rows > 0)
     )
-    if grad_stats is not None:
-        broken = broken or grad_stats.nonfinite_rows > 0 or grad_stats.ignored_nonzero_rows > 0
-        broken = broken or (grad_stats.max_abs_err or 0.0) >= BROKEN_FRACTION
-    nothing = loss_stats.measured == 0
+    if grad is not None:
+        broken = broken or grad.nonfinite_rows > 0 or grad.ignored_nonzero_rows > 0
+        broken = broken or (grad.max_abs_err or 0.0) >= BROKEN_FRACTION
     if broken:
-        verdict = "broken"
-    elif nothing:
-        verdict = "inconclusive"
-    elif any(not ch.ok for ch in checks if ch.name in ("loss-error", "grad-error")):
-        verdict = "lossy"
-    else:
-        verdict = "ok"
-    summary = _summary(checks)
-    if per_row and lr.their_bad.any():
-        summary += _underflow_hint(blocks, lr.their_bad, working)
+        return "broken"
+    if loss.measured == 0:
+        return "inconclusive"
+    if any(not ch.ok for ch in checks if ch.name in ("loss-error", "grad-error")):
+        return "lossy"
+    return "ok"
 
-    finite_input = blocks.cat("finite_input")
-    n_bad_in = int(n - np.count_nonzero(finite_input))
-    t_loss_dtype, t_grad_dtype = their_dtypes or (loss_in.dtype.name, None)
-    if grad is not None and their_dtypes is None:
-        t_grad_dtype = np.asarray(grad[:0]).dtype.name
-    all_notes = [
-        *notes,
-        *_notes(working, cast_mode, n_bad_in, blocks.cast_overflowed, empty, counted),
+
+def _report_notes(
+    st: _Setup, opts: CompareOptions, nonfinite_input: int, overflowed: int, empty: str | None
+) -> tuple[str, ...]:
+    """The caller's notes, then the input's and the stored dtypes' (errors are in T's ulps)."""
+    working = st.ci.working
+    out = [
+        *opts.notes,
+        *_notes(working, opts.cast, nonfinite_input, overflowed, empty, st.counted),
     ]
-    for what, dt in (("loss", t_loss_dtype), ("gradient", t_grad_dtype)):
+    for what, dt in (("loss", st.their_loss_dtype), ("gradient", st.their_grad_dtype)):
         if dt in PRECISIONS and dt != working.name:
-            all_notes.append(
+            out.append(
                 f"their {what} is stored as {dt} but the working dtype is {working.name}: "
                 f"errors are in {working.name} ulps"
             )
-    return CompareReport(
-        logits=names[0],
-        labels=names[1],
-        loss_file=names[2],
-        grad_file=names[3] if grad is not None else None,
-        rows=n,
-        classes=c,
-        dtype=working.name,
-        accum=acc.name,
-        cast_mode=cast_mode,
-        reference_precision=reference_precision_name(working),
-        reduction=reduction,
-        counted_rows=counted,
-        ignored_rows=n - counted,
-        nonfinite_input_rows=n_bad_in,
-        cast_changed=blocks.cast_changed,
-        cast_overflowed=blocks.cast_overflowed,
-        their_loss_dtype=t_loss_dtype,
-        their_grad_dtype=t_grad_dtype if grad is not None else None,
-        loss=loss_stats,
-        grad=grad_stats,
-        worst=_worst_rows(worst, lab, ~ignored, lr if per_row else None, gr, blocks, working),
-        max_loss_ulp=loss_limit,
-        max_grad_err=grad_limit,
-        fail_on=tuple(fail_on),
-        checks=checks,
-        verdict=verdict,
-        summary=summary,
-        ok=not nothing and all(ch.ok for ch in checks if ch.gated),
-        notes=tuple(all_notes),
-        weight=None if w is None else weight_name,
-        label_smoothing=float(label_smoothing),
-        convention=convention,
-    )
+    return tuple(out)
 
 
 def _summary(checks: tuple[Check, ...]) -> str:
@@ -1073,11 +1179,30 @@ def _checks(
     reduction: str,
     empty: str | None = None,
 ) -> tuple[Check, ...]:
-    """``empty``: the convention, when the mean is over nothing (PyTorch NaN, optax 0)."""
+    """The five checks, in report order: loss error, gradient error (with a gradient), their
+    values non-finite, the reference non-finite, ignored rows non-zero. ``empty``: the
+    convention, when the mean is over nothing (PyTorch NaN, optax 0)."""
     what = "their loss" if reduction == "none" else f"their {reduction} loss"
+    out = [_loss_check(loss, loss_limit, what, empty)]
+    if grad is not None and grad_limit is not None:
+        out.append(_grad_check(grad, grad_limit))
+    out.append(_nonfinite_check(loss, grad, "nonfinite" in fail_on))
+    out.append(_ref_nonfinite_check(loss, grad, "ref-nonfinite" in fail_on))
+    ig = loss.ignored_nonzero_rows + (grad.ignored_nonzero_rows if grad else 0)
+    message = (
+        f"{ig} ignored row(s) have a non-zero loss or gradient (PyTorch gives 0)"
+        if ig
+        else "ignored rows are 0"
+    )
+    out.append(Check("ignored", ig == 0, "ignored" in fail_on, float(ig), 0.0, message))
+    return tuple(out)
+
+
+def _loss_check(loss: LossStats, limit: float, what: str, empty: str | None) -> Check:
+    """Their loss error in ulps of max(|L*|, 1) against ``limit`` (always gated)."""
     if empty is not None:
         # a mean over nothing: under torch a measured value is their NaN matching 0/0
-        ok = loss.measured > 0 and (loss.max_gate_ulp_err or 0.0) <= loss_limit
+        ok = loss.measured > 0 and (loss.max_gate_ulp_err or 0.0) <= limit
         nothing = "with nothing to divide by (no counted rows, or their labels weigh 0)"
         ref = {"torch": "PyTorch's mean is NaN (0/0)", "jax": "optax's mean is 0"}
         alt = {
@@ -1088,62 +1213,52 @@ def _checks(
             f"{what} is {loss.their_value!r}{':' if ok else ' but'} {nothing} {ref[empty]}, the "
             f"reference under --convention {empty}" + ("" if ok else f"; {alt[empty]}")
         )
-        out = [Check("loss-error", ok, True, 0.0 if ok else None, loss_limit, message)]
-    elif loss.measured == 0:
-        out = [
-            Check(
-                "loss-error",
-                False,
-                True,
-                None,
-                loss_limit,
-                f"{what}: nothing to measure (every row ignored or non-finite)",
-            )
-        ]
-    else:
-        v = loss.max_gate_ulp_err
-        assert v is not None
-        ok = v <= loss_limit
-        rel = "over" if not ok else "within"
-        out = [
-            Check(
-                "loss-error",
-                ok,
-                True,
-                v,
-                loss_limit,
-                f"{what} is off by up to {_g(v)} ulps of max(|L|, 1) ({rel} the limit "
-                f"{_g(loss_limit)}; {_g(loss.max_ulp_err)} ulps at L)",
-            )
-        ]
-    if grad is not None and grad_limit is not None:
-        v = grad.max_abs_err
-        ok = v is not None and v <= grad_limit
-        msg = (
-            "their gradient: nothing to measure"
-            if v is None
-            else f"their gradient is off by up to {_g(v)} ({'within' if ok else 'over'} the "
-            f"limit {_g(grad_limit)})"
-        )
-        out.append(Check("grad-error", ok, True, v, grad_limit, msg))
+        return Check("loss-error", ok, True, 0.0 if ok else None, limit, message)
+    if loss.measured == 0:
+        message = f"{what}: nothing to measure (every row ignored or non-finite)"
+        return Check("loss-error", False, True, None, limit, message)
+    v = loss.max_gate_ulp_err
+    assert v is not None
+    ok = v <= limit
+    rel = "over" if not ok else "within"
+    message = (
+        f"{what} is off by up to {_g(v)} ulps of max(|L|, 1) ({rel} the limit "
+        f"{_g(limit)}; {_g(loss.max_ulp_err)} ulps at L)"
+    )
+    return Check("loss-error", ok, True, v, limit, message)
+
+
+def _grad_check(grad: GradStats, limit: float) -> Check:
+    """Their gradient's largest absolute error against ``limit`` (always gated)."""
+    v = grad.max_abs_err
+    ok = v is not None and v <= limit
+    msg = (
+        "their gradient: nothing to measure"
+        if v is None
+        else f"their gradient is off by up to {_g(v)} ({'within' if ok else 'over'} the "
+        f"limit {_g(limit)})"
+    )
+    return Check("grad-error", ok, True, v, limit, msg)
+
+
+def _nonfinite_check(loss: LossStats, grad: GradStats | None, gated: bool) -> Check:
+    """Their values NaN/inf where the reference is finite (a bug in their kernel)."""
     nf = loss.nonfinite_rows + (grad.nonfinite_rows if grad else 0)
     parts = []
     if loss.nonfinite_rows:
         parts.append(f"loss on {_rows_text(loss.nonfinite_rows, loss.nonfinite_row_ids)}")
     if grad is not None and grad.nonfinite_rows:
         parts.append(f"gradient on {_rows_text(grad.nonfinite_rows, grad.nonfinite_row_ids)}")
-    out.append(
-        Check(
-            "nonfinite",
-            nf == 0,
-            "nonfinite" in fail_on,
-            float(nf),
-            0.0,
-            "their " + " and ".join(parts) + " is NaN/inf where the reference is finite"
-            if nf
-            else "no NaN/inf where the reference is finite",
-        )
+    message = (
+        "their " + " and ".join(parts) + " is NaN/inf where the reference is finite"
+        if nf
+        else "no NaN/inf where the reference is finite"
     )
+    return Check("nonfinite", nf == 0, gated, float(nf), 0.0, message)
+
+
+def _ref_nonfinite_check(loss: LossStats, grad: GradStats | None, gated: bool) -> Check:
+    """Their values finite where the reference is not (a non-finite input hidden)."""
     rn = loss.ref_nonfinite_rows + (grad.ref_nonfinite_rows if grad else 0)
     parts = []
     if loss.ref_nonfinite_rows:
@@ -1151,33 +1266,13 @@ def _checks(
     if grad is not None and grad.ref_nonfinite_rows:
         ids = grad.ref_nonfinite_row_ids
         parts.append(f"gradient on {_rows_text(grad.ref_nonfinite_rows, ids)}")
-    out.append(
-        Check(
-            "ref-nonfinite",
-            rn == 0,
-            "ref-nonfinite" in fail_on,
-            float(rn),
-            0.0,
-            "their " + " and ".join(parts) + " is finite where the reference is NaN/inf "
-            "(non-finite input hidden)"
-            if rn
-            else "finite only where the reference is",
-        )
+    message = (
+        "their " + " and ".join(parts) + " is finite where the reference is NaN/inf "
+        "(non-finite input hidden)"
+        if rn
+        else "finite only where the reference is"
     )
-    ig = loss.ignored_nonzero_rows + (grad.ignored_nonzero_rows if grad else 0)
-    out.append(
-        Check(
-            "ignored",
-            ig == 0,
-            "ignored" in fail_on,
-            float(ig),
-            0.0,
-            f"{ig} ignored row(s) have a non-zero loss or gradient (PyTorch gives 0)"
-            if ig
-            else "ignored rows are 0",
-        )
-    )
-    return tuple(out)
+    return Check("ref-nonfinite", rn == 0, gated, float(rn), 0.0, message)
 
 
 def _worst_rows(
@@ -1248,51 +1343,42 @@ def compare_files(
     label_column: str | int | None = None,
     loss_key: str | None = None,
     grad_key: str | None = None,
-    dtype: str | None = None,
-    accum: str | None = None,
-    cast_mode: str = "ieee",
-    ignore_index: int = -100,
-    reduction: str = "none",
     weight: str | os.PathLike[str] | None = None,
-    label_smoothing: float = 0.0,
-    convention: str = "torch",
-    max_loss_ulp: float | None = None,
-    max_grad_err: float | None = None,
-    fail_on: Sequence[str] = DEFAULT_FAIL_ON,
-    worst: int = 10,
+    options: CompareOptions | None = None,
+    **fields: Any,
 ) -> CompareReport:
     """Load the dump (logits/labels with :func:`smcheck.loading.load_input`, their loss and
     gradient with :func:`load_values`), check shapes, and :func:`compare`.
 
     ``weight`` is a file of C class weights (``.npy``, ``.npz`` array ``weight``, text one per
-    line), checked against the logits' classes (InputError naming the file).
+    line), checked against the logits' classes (InputError naming the file). ``options`` and
+    ``fields`` are :func:`compare`'s (``names``, ``their_dtypes`` and the weight come from the
+    files).
 
     The working dtype defaults to the logits file's float dtype (float32 for text and integer
     files). Labels are required (a file, the ``labels`` array of an ``.npz``, or a text column).
     """
-    _check_options(reduction, fail_on, label_smoothing, convention)  # before reading any file
+    # before reading any file: bad options are a usage error whatever the files hold
+    opts = merge_options(CompareOptions, options, fields, RENAMED, "compare_files")
     got = load_input(
-        logits,
-        labels,
-        logits_key=logits_key,
-        labels_key=labels_key,
-        label_column=label_column,
-        ignore_index=ignore_index,
-    )
+        logits, labels, logits_key=logits_key, labels_key=labels_key, label_column=label_column,
+        ignore_index=opts.ignore_index,
+    )  # fmt: skip
     if got.labels is None:
         raise UsageError(
             f"{got.logits_name}: compare needs labels (--labels FILE, a 'labels' array in the "
             ".npz, or --label-column for text)"
         )
     notes = list(got.notes)
+    dtype = opts.dtype
     if dtype is None:
-        dtype = got.file_dtype if got.file_dtype in ("float16", "float32", "float64") else "float32"
-        if got.file_dtype not in ("float16", "float32", "float64"):
+        dtype, assumed = file_dtype(got.file_dtype, None)
+        if assumed:
             notes.append(f"{got.logits_name} is {got.file_dtype}: working dtype float32 assumed")
     n, c = got.n_rows, got.n_classes
     lead = tuple(got.original_shape[:-1])
     their_loss = load_values(loss, key=loss_key, default_key="loss")
-    loss_arr = _as_loss(their_loss, n, lead, reduction)
+    loss_arr = _as_loss(their_loss, n, lead, opts.reduction)
     grad_arr = None
     grad_name = None
     grad_dtype = None
@@ -1300,29 +1386,13 @@ def compare_files(
         their_grad = load_values(grad, key=grad_key, default_key="grad")
         grad_arr = _as_grad(their_grad, n, c, tuple(got.original_shape))
         grad_name, grad_dtype = their_grad.name, their_grad.dtype
-    w, w_name = None, "weight"
+    w, w_name = opts.weight, opts.weight_name
     if weight is not None:
         got_w = load_values(weight, key=None, default_key="weight")
         w, w_name = _check_weight(got_w.values, c, got_w.name), got_w.name
-    return compare(
-        got.logits,
-        got.labels,
-        loss_arr,
-        grad_arr,
-        dtype=dtype,
-        accum=accum,
-        cast_mode=cast_mode,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        weight=w,
-        label_smoothing=label_smoothing,
-        convention=convention,
-        max_loss_ulp=max_loss_ulp,
-        max_grad_err=max_grad_err,
-        fail_on=fail_on,
-        worst=worst,
+    opts = dataclasses.replace(
+        opts, dtype=dtype, weight=w, weight_name=w_name,
         names=(got.logits_name, got.labels_name, their_loss.name, grad_name),
-        their_dtypes=(their_loss.dtype, grad_dtype),
-        notes=notes,
-        weight_name=w_name,
-    )
+        their_dtypes=(their_loss.dtype, grad_dtype), notes=(*opts.notes, *notes),
+    )  # fmt: skip
+    return compare(got.logits, got.labels, loss_arr, grad_arr, opts)

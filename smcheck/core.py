@@ -1,6 +1,7 @@
 """The public numerics API: :func:`cross_entropy` and :func:`reference`.
 
-Both round the logits to the working dtype first (``cast``) so that a method and the reference
+Both round the logits to the working dtype first (``cast``, through the front door
+:func:`smcheck.prepare.prepare_input`) so that a method and the reference
 see exactly the same numbers: the error reported is the method's, not the input rounding's
 (that is in ``.cast_report``).
 """
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import UsageError
 from .methods import (
     METHODS,
     SHARED_SOFTMAX_METHODS,
@@ -21,131 +21,20 @@ from .methods import (
     MethodFn,
     ShiftedSoftmax,
 )
-from .precisions import (
-    CastReport,
-    Precision,
-    accumulate,
-    cast_carrier,
-    from_carrier,
-    get_precision,
-    resolve_accum,
-    to_carrier,
-)
+from .precisions import CastReport, Precision, accumulate, get_precision
+from .prepare import Prepared, check_labels, loss_coefficients, prepare_input
 from .reference import ReferenceOutput, reference_block
 
 __all__ = [
     "CrossEntropyResult",
+    "Prepared",
+    "check_labels",
+    "loss_coefficients",
     "ReferenceResult",
     "cross_entropy",
     "prepare",
     "reference",
 ]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Logits rounded to the working dtype, labels checked; shared by methods and reference.
-
-    ``x`` is the logits in the working dtype; for 16/8-bit types the methods compute in float32
-    (:attr:`xk`), and ``x`` is then made from that carrier on first use (its conversion to
-    float16 is slow where values are subnormal, and the engine never needs it).
-    """
-
-    x_stored: np.ndarray | None  # (N, C) in the working dtype, or None: made from x_carrier
-    labels: np.ndarray | None  # (N,) int64 as given (ignored rows keep ignore_index)
-    safe_labels: np.ndarray | None  # ignored rows replaced by 0, for indexing
-    ignored: np.ndarray  # (N,) bool
-    finite_input: np.ndarray  # (N,) bool: every logit of the row is finite
-    working: Precision
-    cast_report: CastReport
-    # Loss options folded into per-class coefficients (see :func:`loss_coefficients`); None for
-    # the plain integer-label loss. Rounded once to the working dtype; the methods and the
-    # reference both use these same values.
-    coeff: np.ndarray | None = None
-    weight: np.ndarray | None = None  # (C,) class weights as given (float64)
-    label_smoothing: float = 0.0
-    soft_targets: np.ndarray | None = None  # (N, C) probabilities as given (float64)
-    # x in the working dtype's carrier (float32 for 16/8-bit types, the same values): what the
-    # methods compute in; None means "convert x when asked"
-    x_carrier: np.ndarray | None = None
-
-    @cached_property
-    def x(self) -> np.ndarray:
-        """(N, C) logits in the working dtype."""
-        if self.x_stored is not None:
-            return self.x_stored
-        assert self.x_carrier is not None
-        return from_carrier(self.x_carrier, self.working)
-
-    @property
-    def xk(self) -> np.ndarray:
-        """``x`` in the working dtype's carrier (see :attr:`Precision.carrier`)."""
-        return to_carrier(self.x, self.working) if self.x_carrier is None else self.x_carrier
-
-    @property
-    def mean_denominator(self) -> float:
-        """What ``reduction="mean"`` divides by, as PyTorch: the summed weight of the counted
-        rows' labels (their count without weights); N for soft targets."""
-        if self.soft_targets is not None:
-            return float(self.x.shape[0])
-        counted = ~self.ignored
-        if self.labels is None:  # label-free: the mean over every (row, class) pair
-            return float(np.count_nonzero(counted) * self.x.shape[1])
-        if self.weight is None or self.safe_labels is None:
-            return float(np.count_nonzero(counted))
-        return math.fsum(self.weight[self.safe_labels[counted]])
-
-
-def loss_coefficients(
-    n: int,
-    c: int,
-    labels: np.ndarray | None,
-    ignored: np.ndarray,
-    weight: np.ndarray | None,
-    label_smoothing: float,
-    soft: np.ndarray | None,
-) -> np.ndarray:
-    """Per-row, per-class coefficients c_ik with loss_i = sum_k c_ik (-log p_ik) (float64).
-
-    Integer labels (PyTorch's CrossEntropyLoss): c = (1 - eps) w_y onehot(y) + (eps / C) w;
-    soft targets t: c = w * ((1 - eps) t + eps / C); ignored rows: c = 0. The gradient is then
-    dL_i/dz_ij = p_ij sum_k c_ik - c_ij.
-    """
-    w = np.ones(c) if weight is None else weight
-    if soft is not None:
-        return w[None, :] * ((1 - label_smoothing) * soft + label_smoothing / c)
-    assert labels is not None
-    coeff = np.broadcast_to((label_smoothing / c) * w, (n, c)).copy()
-    rows = np.arange(n)
-    coeff[rows, labels] += (1 - label_smoothing) * w[labels]
-    coeff[ignored] = 0
-    return coeff
-
-
-def check_labels(
-    labels: np.ndarray, n: int, c: int, ignore_index: int = -100, row_offset: int = 0
-) -> np.ndarray:
-    """Class indices as int64, checked: shape (n,), integral, in [0, c) or ``ignore_index``.
-
-    ``InputError`` names the first bad row (plus ``row_offset``, for a block of rows).
-    """
-    lab = np.asarray(labels)
-    if lab.ndim != 1 or lab.shape[0] != n:
-        raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
-    if lab.dtype.kind not in "iu":
-        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-            lab = lab.astype(np.int64)
-        else:
-            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
-    lab = lab.astype(np.int64)
-    bad = (lab != ignore_index) & ((lab < 0) | (lab >= c))
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(
-            f"row {row + row_offset}: label {int(lab[row])} is outside [0, {c})"
-            f" (and is not ignore_index {ignore_index})"
-        )
-    return lab
 
 
 def prepare(
@@ -159,59 +48,12 @@ def prepare(
     label_smoothing: float = 0.0,
     row_offset: int = 0,
 ) -> Prepared:
-    """Round logits to the working dtype and validate labels (``InputError`` naming the row).
-
-    ``row_offset`` is added to row numbers in messages (a caller working on a block of rows).
-
-    ``labels`` are class indices (N,), or soft targets (N, C) of non-negative probabilities;
-    ``weight`` (C,) and ``label_smoothing`` in [0, 1] are PyTorch's ``CrossEntropyLoss`` options.
-    """
-    x = np.asarray(logits)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise InputError(f"logits must be 2-D (rows, classes), got shape {x.shape}")
-    if x.shape[1] == 0:
-        raise InputError("logits have 0 classes")
-    if dtype is None and x.dtype.kind not in "fV":
-        raise UsageError(f"logits of dtype {x.dtype}: name a working dtype")
-    working = get_precision(x.dtype if dtype is None else dtype)
-    xr, report, xk = cast_carrier(x, working, cast_mode, working_copy=False)
-    n, c = xk.shape
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    w = None
-    if weight is not None:
-        w = np.asarray(weight, dtype=np.float64)
-        if w.shape != (c,) or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise InputError(f"weight must be {c} finite non-negative numbers, got shape {w.shape}")
-    soft = None
-    if labels is not None and np.ndim(labels) == 2:
-        soft = np.asarray(labels, dtype=np.float64)
-        if soft.shape != (n, c):
-            raise InputError(f"soft targets have shape {soft.shape}, expected ({n}, {c})")
-        bad = ~np.isfinite(soft) | (soft < 0)
-        if bad.any():
-            row = int(np.argmax(bad.any(axis=1))) + row_offset
-            raise InputError(f"row {row}: soft targets must be finite and non-negative")
-        labels = None
-    if labels is None:
-        ignored = np.zeros(n, dtype=bool)
-        safe = None
-        lab = None
-    else:
-        lab = check_labels(labels, n, c, ignore_index, row_offset)
-        ignored = lab == ignore_index
-        safe = np.where(ignored, 0, lab)
-    finite = np.isfinite(xk).all(axis=1)
-    coeff = None
-    if soft is not None or w is not None or label_smoothing > 0:
-        full = loss_coefficients(n, c, safe, ignored, w, label_smoothing, soft)
-        with np.errstate(over="ignore"):  # a weight beyond T's range is T's inf: a finding
-            coeff = full.astype(working.dtype)
-    return Prepared(
-        xr, lab, safe, ignored, finite, working, report, coeff, w, label_smoothing, soft, xk
-    )
+    """:func:`smcheck.prepare.prepare_input` under the name and ``cast_mode`` spelling the
+    chunk kernel (:mod:`smcheck.engine`) calls it by; nothing of its own."""
+    return prepare_input(
+        logits, labels, dtype=dtype, cast=cast_mode, ignore_index=ignore_index, weight=weight,
+        label_smoothing=label_smoothing, row_offset=row_offset,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -384,16 +226,12 @@ def cross_entropy(
     >>> r.loss.tolist(), r.grad.round(16).tolist()
     ([801.3132616875182], [[0.2689414213699951, -1.0, 0.7310585786300049]])
     """
-    prep = prepare(
-        logits,
-        labels,
-        dtype=dtype,
-        cast_mode=cast,
-        ignore_index=ignore_index,
-        weight=weight,
-        label_smoothing=label_smoothing,
-    )
-    return run_method(method, prep, resolve_accum(prep.working, accum))
+    prep = prepare_input(
+        logits, labels, dtype=dtype, accum=accum, cast=cast, ignore_index=ignore_index,
+        weight=weight, label_smoothing=label_smoothing,
+    )  # fmt: skip
+    assert prep.accum is not None
+    return run_method(method, prep, prep.accum)
 
 
 @dataclass(frozen=True)
@@ -477,15 +315,10 @@ def reference(
     >>> r.precision, r.loss.tolist()
     ('binary128 (numpy-quaddtype)', [801.3132616875182])
     """
-    prep = prepare(
-        logits,
-        labels,
-        dtype=dtype,
-        cast_mode=cast,
-        ignore_index=ignore_index,
-        weight=weight,
+    prep = prepare_input(
+        logits, labels, dtype=dtype, cast=cast, ignore_index=ignore_index, weight=weight,
         label_smoothing=label_smoothing,
-    )
+    )  # fmt: skip
     out = reference_of(prep)
     loss, loss_lo, grad, grad_lo = out.loss, out.loss_lo, out.grad, out.grad_lo
     if prep.ignored.any():

@@ -1,8 +1,8 @@
 """Gradient check: each method's dL/dz against two independent numerical derivatives.
 
-Data flow: logits rounded to the working dtype (:func:`smcheck.core.prepare`) -> probes (which
-derivatives to check) -> truth -> each method's gradient compared with it -> a frozen
-:class:`GradcheckReport`. The truth is computed on the *same rounded inputs* the methods see.
+Data flow: logits rounded to the working dtype (:func:`smcheck.prepare.prepare_input`) ->
+probes (which derivatives to check) -> truth -> each method's gradient compared with it -> a
+frozen :class:`GradcheckReport`. The truth is computed on the *same rounded inputs* the methods see.
 
 Truth, two ways plus a witness:
 
@@ -45,14 +45,17 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .core import Prepared, get_method, prepare, reference_of
+from .core import get_method, reference_of
 from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
 from .methods import DEFAULT_METHODS, METHODS, MethodFn
-from .precisions import Precision, get_precision, resolve_accum
+from .options import merge_options
+from .precisions import Precision, get_precision
+from .prepare import Prepared, prepare_input
 from .reference import _two_diff_residual, quad_dtype, reference_precision_name
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "COMPLEX_STEP",
     "DEFAULT_TOLERANCES",
     "Consistency",
+    "GradcheckOptions",
     "GradcheckReport",
     "MethodCheck",
     "Synthetic",
@@ -782,7 +786,7 @@ def _probe(
     dirs = _directions(n, c, directions, rng)
     cs_e, cd_e = _truth_entries(x, y, sel, working)
     cs_d, cd_d = _truth_directions(x, y, dirs, working)
-    ref = reference_of(prepare(x, y, dtype=working))
+    ref = reference_of(prepare_input(x, y, dtype=working))
     assert ref.grad is not None
     g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
     return _Probes(
@@ -956,40 +960,85 @@ def _gradients_under_test(
     return fns
 
 
-def gradcheck(
-    logits: np.ndarray,
-    labels: np.ndarray | None = None,
-    *,
-    dtype: str | np.dtype | Precision | None = None,
-    accum: str | np.dtype | Precision | None = None,
-    cast: str = "ieee",
-    ignore_index: int = -100,
-    methods: Sequence[str] | None = None,
-    custom: Mapping[str, MethodFn] | None = None,
-    gradients: Mapping[str, np.ndarray] | None = None,
-    gate: Sequence[str] = ("fused",),
-    atol: float | None = None,
-    rtol: float | None = None,
-    directions: int = 2,
-    sample: int = 4,
-    full: bool = False,
-    consistency_step: float | None = None,
-    rows: int | None = None,
-    seed: int = 0,
-    top: int = 5,
-    source: str = "array",
-    row_cases: Sequence[str] | None = None,
-) -> GradcheckReport:
-    """Check each method's gradient against complex-step and central-difference derivatives.
+@dataclass(frozen=True)
+class GradcheckOptions:
+    """What :func:`gradcheck` does, named as ``smcheck gradcheck``'s flags and config keys.
 
     ``methods`` are registered names (default naive, shifted, fused, log1p); ``custom`` adds
     functions with the methods' signature ``fn(x, y, working, accum) -> MethodOutput``;
     ``gradients`` adds precomputed (N, C) gradients of the input rows (no loss, so no
     consistency check). ``gate`` names the methods that must pass for ``report.ok``; a
     registered gated method is run even when not listed. Errors pass when
-    ``|g - g*| <= atol + rtol |g*|`` (defaults: :data:`DEFAULT_TOLERANCES`). Without labels
-    each row is checked twice, with its argmax and its argmin as the label. ``rows`` checks a
-    sample of that many rows. The seed's row, in float32:
+    ``|g - g*| <= atol + rtol |g*|`` (defaults: :data:`DEFAULT_TOLERANCES`). ``directions``
+    random unit directions and ``sample`` random coordinates per row are probed (``full``:
+    every coordinate); ``rows`` checks a seeded sample of that many rows; ``top`` worst entries
+    are listed. ``source`` and ``row_cases`` (a synthetic input's case per row) are reported.
+
+    >>> GradcheckOptions(atol=-1.0)
+    Traceback (most recent call last):
+    ...
+    smcheck.errors.UsageError: atol must be a finite number >= 0, got -1.0
+    """
+
+    dtype: str | np.dtype | Precision | None = None
+    accum: str | np.dtype | Precision | None = None
+    cast: str = "ieee"
+    ignore_index: int = -100
+    methods: Sequence[str] | None = None
+    custom: Mapping[str, MethodFn] | None = None
+    gradients: Mapping[str, np.ndarray] | None = None
+    gate: Sequence[str] = ("fused",)
+    atol: float | None = None
+    rtol: float | None = None
+    directions: int = 2
+    sample: int = 4
+    full: bool = False
+    consistency_step: float | None = None
+    rows: int | None = None
+    seed: int = 0
+    top: int = 5
+    source: str = "array"
+    row_cases: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name, val in (("atol", self.atol), ("rtol", self.rtol)):
+            if val is not None and not (math.isfinite(val) and val >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0, got {val}")
+        for name, ival in (("directions", self.directions), ("sample", self.sample),
+                           ("top", self.top)):  # fmt: skip
+            if ival < 0:
+                raise UsageError(f"{name} must be >= 0, got {ival}")
+        if self.rows is not None and self.rows < 1:
+            raise UsageError(f"rows must be at least 1, got {self.rows}")
+        step = self.consistency_step
+        if step is not None and not (math.isfinite(step) and step > 0):
+            raise UsageError(f"consistency step must be a positive number, got {step}")
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The rows to check (rounded to the working dtype), their labels, and how they were
+    chosen."""
+
+    first: Prepared  # the whole input, rounded (accumulation included)
+    row_ids: np.ndarray
+    y: np.ndarray
+    x: np.ndarray  # first.x[row_ids], contiguous
+    skipped: int  # rows with NaN/inf logits
+    notes: list[str]
+
+
+def gradcheck(
+    logits: np.ndarray,
+    labels: np.ndarray | None = None,
+    options: GradcheckOptions | None = None,
+    **fields: Any,
+) -> GradcheckReport:
+    """Check each method's gradient against complex-step and central-difference derivatives.
+
+    ``options`` is a :class:`GradcheckOptions`, or give its fields as keywords (both: the
+    keywords replace those fields). Without labels each row is checked twice, with its argmax
+    and its argmin as the label. The seed's row, in float32:
 
     >>> import numpy as np
     >>> r = gradcheck(np.array([[0.0, -800.0, 1.0]]), np.array([1]), dtype="float32")
@@ -998,40 +1047,53 @@ def gradcheck(
     >>> r.methods[1].nonfinite_grad_rows, r.ok, r.truth.ok
     (1, True, True)
     """
-    first = prepare(logits, labels, dtype=dtype, cast_mode=cast, ignore_index=ignore_index)
-    working = first.working
-    acc = resolve_accum(working, accum)
-    for name, val in (("atol", atol), ("rtol", rtol)):
-        if val is not None and not (math.isfinite(val) and val >= 0):
-            raise UsageError(f"{name} must be a finite number >= 0, got {val}")
-    for name, ival in (("directions", directions), ("sample", sample), ("top", top)):
-        if ival < 0:
-            raise UsageError(f"{name} must be >= 0, got {ival}")
-    if rows is not None and rows < 1:
-        raise UsageError(f"rows must be at least 1, got {rows}")
-    if consistency_step is not None and not (
-        math.isfinite(consistency_step) and consistency_step > 0
-    ):
-        raise UsageError(f"consistency step must be a positive number, got {consistency_step}")
+    opts = merge_options(GradcheckOptions, options, fields, {}, "gradcheck")
+    rng = np.random.default_rng([opts.seed, 1])  # the row sample, then the probes
+    sel = _rows_checked(logits, labels, opts, rng)
+    working = sel.first.working
+    assert sel.first.accum is not None
     a_def, r_def = default_tolerance(working)
-    atol_v = a_def if atol is None else float(atol)
-    rtol_v = r_def if rtol is None else float(rtol)
-    tol_source = "default for " + working.name if atol is None and rtol is None else "given"
+    atol = a_def if opts.atol is None else float(opts.atol)
+    rtol = r_def if opts.rtol is None else float(opts.rtol)
+    given = dict(opts.gradients or {})
+    fns = _gradients_under_test(
+        opts.methods, opts.custom, given, opts.gate, working, sel.first.accum
+    )
+    p = _probe(
+        sel.x, sel.y, sel.row_ids, opts.row_cases, working, opts.full, opts.sample,
+        opts.directions, rng,
+    )  # fmt: skip
+    truth = _judge_truth(p, working, atol, rtol)
+    notes = list(sel.notes)
+    if truth.reference_fraction > TRUTH_FRACTION:
+        notes.append(
+            "the reference gradient disagrees with the complex-step truth by "
+            f"{truth.reference_fraction:.2g} of the tolerance: a bug in smcheck's reference"
+        )
+    checks, worst = _check_methods(fns, given, sel, p, opts, atol, rtol)
+    if len(sel.row_ids) == 0:
+        notes.append("no row to check: every row is ignored or has NaN/inf logits")
+    return _report(sel, p, truth, checks, worst, opts, atol, rtol, notes)
 
-    n_in, c = first.x.shape
-    label_free = first.labels is None
-    if label_free and gradients:
+
+def _rows_checked(
+    logits: np.ndarray, labels: np.ndarray | None, opts: GradcheckOptions, rng: np.random.Generator
+) -> _Rows:
+    """The input through the front door, and the rows to check (UsageError when too many)."""
+    first = prepare_input(
+        logits, labels, dtype=opts.dtype, accum=opts.accum, cast=opts.cast,
+        ignore_index=opts.ignore_index,
+    )  # fmt: skip
+    if first.labels is None and opts.gradients:
         raise UsageError("precomputed gradients need labels")
-    rng = np.random.default_rng([seed, 1])
-    row_ids, y, notes = _rows_to_check(first, rows, rng, seed)
-    x = np.ascontiguousarray(first.x[row_ids])
-    n = len(row_ids)
+    row_ids, y, notes = _rows_to_check(first, opts.rows, rng, opts.seed)
+    n, c = len(row_ids), first.x.shape[1]
     if n * c > MAX_CELLS:
         raise UsageError(
             f"{n} rows x {c} classes is more than gradcheck holds at once ({MAX_CELLS} logits): "
             f"check a sample with --rows"
         )
-    if full and n * c * c > FULL_BUDGET:
+    if opts.full and n * c * c > FULL_BUDGET:
         raise UsageError(
             f"--full on {n} rows x {c} classes evaluates {n * c * c:.2g} loss terms "
             f"(limit {FULL_BUDGET:.2g}): check fewer rows with --rows, or drop --full"
@@ -1039,68 +1101,87 @@ def gradcheck(
     skipped = int(np.count_nonzero(~first.finite_input & ~first.ignored))
     if skipped:
         notes.append(f"{skipped} rows with NaN/inf logits are skipped (no derivative to check)")
+    x = np.ascontiguousarray(first.x[row_ids])
+    return _Rows(first, row_ids, y, x, skipped, notes)
 
-    given = dict(gradients or {})
-    fns = _gradients_under_test(methods, custom, given, gate, working, acc)
 
-    # ---- probes, the truth there, and each method against it
-    p = _probe(x, y, row_ids, row_cases, working, full, sample, directions, rng)
-    truth = _judge_truth(p, working, atol_v, rtol_v)
-    if truth.reference_fraction > TRUTH_FRACTION:
-        notes.append(
-            "the reference gradient disagrees with the complex-step truth by "
-            f"{truth.reference_fraction:.2g} of the tolerance: a bug in smcheck's reference"
-        )
+def _check_methods(
+    fns: Mapping[str, _Evaluator | None],
+    given: Mapping[str, np.ndarray],
+    sel: _Rows,
+    p: _Probes,
+    opts: GradcheckOptions,
+    atol: float,
+    rtol: float,
+) -> tuple[list[MethodCheck], list[WorstEntry]]:
+    """Each gradient against the truth at the probes, with its consistency check; the worst
+    list takes each method's worst, then each one's second worst, ..."""
+    working = sel.first.working
     checks: list[MethodCheck] = []
     ranked: list[list[WorstEntry]] = []
     for name, fn in fns.items():
         if fn is None:
             g0 = np.asarray(given[name])
-            if g0.shape != first.x.shape:
+            if g0.shape != sel.first.x.shape:
                 raise InputError(
-                    f"gradient {name!r} has shape {g0.shape}, expected {first.x.shape}"
+                    f"gradient {name!r} has shape {g0.shape}, expected {sel.first.x.shape}"
                 )
-            loss0, grad = None, g0[row_ids]
+            loss0, grad = None, g0[sel.row_ids]
         else:
-            loss0, grad = fn(x, y)
-        check, worst = _check_method(name, grad, p, working, atol_v, rtol_v, top)
+            loss0, grad = fn(sel.x, sel.y)
+        check, worst = _check_method(name, grad, p, working, atol, rtol, opts.top)
         l0 = None if loss0 is None else np.asarray(loss0).astype(np.float64)
         g64 = np.asarray(grad).astype(np.float64)
-        cons = _consistency(fn, x, y, l0, g64, p.dirs, working, atol_v, rtol_v, consistency_step)
-        checks.append(dataclasses.replace(check, gated=name in gate, consistency=cons))
+        cons = _consistency(
+            fn, sel.x, sel.y, l0, g64, p.dirs, working, atol, rtol, opts.consistency_step
+        )
+        checks.append(dataclasses.replace(check, gated=name in opts.gate, consistency=cons))
         ranked.append(worst)
-    # the worst list takes each method's worst, then each one's second worst, ...
     worst_all = [w for rank in itertools.zip_longest(*ranked) for w in rank if w is not None]
-    if n == 0:
-        notes.append("no row to check: every row is ignored or has NaN/inf logits")
+    return checks, worst_all
+
+
+def _report(
+    sel: _Rows,
+    p: _Probes,
+    truth: Truth,
+    checks: list[MethodCheck],
+    worst: list[WorstEntry],
+    opts: GradcheckOptions,
+    atol: float,
+    rtol: float,
+    notes: list[str],
+) -> GradcheckReport:
+    first, n = sel.first, len(sel.row_ids)
+    assert first.accum is not None
     cases: tuple[tuple[str, int], ...] = ()
-    if row_cases is not None:
-        picked = [row_cases[int(r)] for r in row_ids]
+    if opts.row_cases is not None:
+        picked = [opts.row_cases[int(r)] for r in sel.row_ids]
         cases = tuple((k, picked.count(k)) for k in dict.fromkeys(picked))
-    gated_ok = all(m.passed for m in checks if m.gated)
+    given_tol = opts.atol is not None or opts.rtol is not None
     return GradcheckReport(
-        source=source,
+        source=opts.source,
         rows=n,
-        input_rows=n_in,
-        classes=c,
-        dtype=working.name,
-        accum=acc.name,
-        cast=cast,
-        label_free=label_free,
-        skipped_nonfinite=skipped,
+        input_rows=int(first.x.shape[0]),
+        classes=int(first.x.shape[1]),
+        dtype=first.working.name,
+        accum=first.accum.name,
+        cast=opts.cast,
+        label_free=first.labels is None,
+        skipped_nonfinite=sel.skipped,
         ignored=int(np.count_nonzero(first.ignored)),
         cases=cases,
-        full=full,
+        full=opts.full,
         entries_per_row=int(p.sel.shape[1]),
-        directions=directions,
-        seed=seed,
-        atol=atol_v,
-        rtol=rtol_v,
-        tolerance_source=tol_source,
+        directions=opts.directions,
+        seed=opts.seed,
+        atol=atol,
+        rtol=rtol,
+        tolerance_source="given" if given_tol else "default for " + first.working.name,
         truth=truth,
         methods=tuple(checks),
-        gate=tuple(gate),
-        worst=tuple(worst_all[:top]),
+        gate=tuple(opts.gate),
+        worst=tuple(worst[: opts.top]),
         notes=tuple(notes),
-        ok=n > 0 and truth.ok and gated_ok,
+        ok=n > 0 and truth.ok and all(m.passed for m in checks if m.gated),
     )

@@ -7,13 +7,18 @@ The reference may be a double-double (``hi + lo``, for float64 work); difference
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .precisions import Precision
+from .precisions import Precision, get_precision, resolve_accum
 
 __all__ = [
     "bits_of_error",
     "condition_number",
+    "default_thresholds",
+    "gate_ulps",
+    "loss_gate_err",
     "grad_abs_err",
     "grad_rel_err",
     "loss_abs_err",
@@ -62,6 +67,66 @@ def loss_ulp_err(
     """
     err = loss_abs_err(loss, ref, ref_lo)
     return err / working.ulp(ref)
+
+
+def gate_ulps(abs_err: np.ndarray, ref: np.ndarray, working: Precision) -> np.ndarray:
+    """The gate metric from an absolute loss error: |L - L*| in ulps of max(|L*|, 1) of the
+    working dtype - relative above a loss of 1, absolute (in eps) below it.
+
+    Why not ulps at L*: a confident row's loss of 1e-20 that a kernel returns as 0 costs
+    training nothing, yet is 2**60 float32 ulps off at L*; the gate holds every row to the
+    spacing of the numbers its loss is computed from, at least that of 1. A non-finite
+    reference (whose error is NaN anyway) is measured on the scale of 1.
+
+    >>> from smcheck.precisions import get_precision
+    >>> gate_ulps(np.array([2.0**-23, 2.0**-23]), np.array([1e-20, 3.0]), get_precision("float32"))
+    array([1. , 0.5])
+    """
+    with np.errstate(invalid="ignore"):
+        scale = np.maximum(np.abs(np.nan_to_num(ref, nan=1.0, posinf=1.0, neginf=1.0)), 1.0)
+    return abs_err / working.ulp(scale)
+
+
+def loss_gate_err(
+    loss: np.ndarray, ref: np.ndarray, working: Precision, ref_lo: np.ndarray | None = None
+) -> np.ndarray:
+    """|L - L*| in ulps of max(|L*|, 1) (:func:`gate_ulps`), what ``--max-loss-ulp`` bounds;
+    NaN where either is non-finite.
+
+    >>> from smcheck.precisions import get_precision
+    >>> float(loss_gate_err(np.array([0.0]), np.array([2.0**-12]), get_precision("float16"))[0])
+    0.25
+    """
+    return gate_ulps(loss_abs_err(loss, ref, ref_lo), ref, working)
+
+
+def default_thresholds(
+    dtype: str | np.dtype | Precision,
+    accum: str | np.dtype | Precision | None,
+    classes: int,
+) -> tuple[float, float]:
+    """Default ``(max_loss_ulp, max_grad_err)`` of the gate for C ``classes`` in ``dtype`` T
+    with sums in ``accum`` A (None: float32 for 16/8-bit types, else T).
+
+    ``max_loss_ulp = k = 4 + ceil(log2 C) * eps(A) / eps(T)``, rounded to 2 decimals: a fused
+    loss ``log(sum exp(z - m)) - (z_y - m)`` rounds about four times in T (the shift, the
+    ``exp``, the ``log``, the final subtraction), each at most half an ulp of max(|L|, 1) -
+    4 ulps is twice that; the pairwise sum of C terms in A adds at most ceil(log2 C) roundings
+    of relative size eps(A) / 2, which move log(s) by as much in absolute terms.
+    ``max_grad_err = k * eps(T)``: p_j = exp(d_j) / s carries the same relative error as s plus
+    two roundings in T, and gradient entries lie in [-1, 1] (eps(T) is one ulp of the largest).
+    A real defect (overflow, a lost -onehot, a missing shift) is off by orders of magnitude more.
+
+    >>> default_thresholds("float32", "float32", 1000)
+    (14.0, 1.6689300537109375e-06)
+    >>> default_thresholds("float16", None, 32000)  # + 15 * 2**-13 ulps for the float32 sum
+    (4.0, 0.00390625)
+    """
+    working = get_precision(dtype)
+    acc = resolve_accum(working, accum)
+    log_c = math.ceil(math.log2(classes)) if classes > 1 else 0
+    k = round(4 + log_c * acc.eps / working.eps, 2)
+    return k, k * working.eps
 
 
 def bits_of_error(ulps: np.ndarray) -> np.ndarray:

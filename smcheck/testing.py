@@ -17,28 +17,22 @@ Three checks, in this order, per method (or for your kernel):
   also a row where an intermediate overflowed. Rows whose input holds NaN or +inf have no
   defined answer and are skipped, as are rows labelled ``ignore_index``.
 * **loss** - ``|L - L*|`` in ulps of ``max(|L*|, 1)`` of the working dtype above ``max_loss_ulp``
-  (the unit of ``smcheck eval --max-loss-ulp``). Below 1 the error is absolute: a confident
-  row's loss of 1e-20 that rounds to 0 costs training nothing, and its relative error is not
-  a defect of the kernel.
+  (the unit of ``smcheck eval --max-loss-ulp``, :func:`smcheck.metrics.loss_gate_err`). Below 1
+  the error is absolute: a confident row's loss of 1e-20 that rounds to 0 costs training
+  nothing, and its relative error is not a defect of the kernel.
 * **grad** - ``max_j |g_j - g*_j|`` above ``max_grad_err`` (the gradient's entries are
   probabilities and ``p - 1``, all in [-1, 1], so an absolute bound is the natural one).
 
-Default thresholds (:func:`default_thresholds`), for C classes, working dtype T and accumulation
-dtype A:
+Default thresholds: :func:`smcheck.metrics.default_thresholds`, the same as ``smcheck eval``
+(``max_loss_ulp = 4 + ceil(log2 C) * eps(accum) / eps(dtype)``, ``max_grad_err = max_loss_ulp *
+eps(dtype)``; the reasoning is there). float16 with float32 sums, C = 50 000: 4.0 ulps; float32
+throughout: 20 ulps. A real defect (overflow, a lost ``-onehot``, a missing shift, a ``log(p)``
+of an underflowed ``p``) is off by orders of magnitude more than this slack.
 
-* ``max_loss_ulp = 4 + ceil(log2 C) * eps(A) / eps(T)`` (rounded to 2 decimals), the same as
-  ``smcheck eval``. A fused loss ``log(sum exp(z - m)) - (z_y - m)`` rounds about four times in
-  T (the shift, the ``exp``, the ``log``, the final subtraction), each at most half an ulp of
-  ``max(|L|, 1)`` - 4 ulps is twice that. The pairwise sum of C terms in A adds at most
-  ``ceil(log2 C)`` roundings of relative size ``eps(A) / 2``, which move ``log(s)`` by as much
-  in absolute terms. float16 with float32 sums, C = 50 000: 4.0 ulps; float32 throughout:
-  20 ulps. A real defect (overflow, a lost ``-onehot``, a missing shift, a ``log(p)`` of an
-  underflowed ``p``) is off by orders of magnitude more than this slack.
-* ``max_grad_err = max_loss_ulp * eps(T)``: ``p_j = exp(d_j) / s`` carries the same relative
-  error as ``s`` plus two roundings in T, and ``|p_j| <= 1``.
-
-Memory stays bounded: rows are processed in chunks of about ``memory`` bytes of working
-arrays (default 64 MiB), so a (10**6, 32 000) memmap can be checked.
+Memory stays bounded: rows are processed in chunks of about ``chunk_bytes`` bytes of working
+arrays (default 64 MiB), so a (10**6, 32 000) memmap can be checked. The names are the CLI's
+(``max_loss_ulp``, ``chunk_bytes``); the old ``max_ulp`` and ``memory`` still work for one release,
+with a DeprecationWarning.
 
 >>> import numpy as np
 >>> z = np.array([[12.0, 0.0, -3.0], [1.0, 2.0, 3.0]])  # 12 > ln(65504) = 11.09
@@ -55,20 +49,24 @@ naive: non-finite loss/gradient or overflow in 1 of 2 rows; first:
 from __future__ import annotations
 
 import math
-import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from .core import Prepared, get_method, prepare, reference_of, run_method
-from .errors import InputError, UsageError
-from .evaluate import default_thresholds as eval_thresholds
-from .metrics import loss_abs_err
-from .precisions import Precision, get_precision, resolve_accum
+from . import metrics
+from .core import get_method, reference_of, run_method
+from .errors import InputError
+from .metrics import loss_gate_err
+from .options import renamed_keywords
+from .precisions import Precision
+from .prepare import CheckedInput, Prepared, check_input, prepare_input
 from .reference import ReferenceOutput
 
 __all__ = [
+    "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MEMORY",
     "WORST_ROWS",
     "assert_matches_reference",
@@ -77,7 +75,8 @@ __all__ = [
 ]
 
 #: Bytes of working arrays per chunk of rows (the reference's and one method's temporaries).
-DEFAULT_MEMORY = 64 * 2**20
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_MEMORY = DEFAULT_CHUNK_BYTES  # the old name, for one release
 #: Rows listed per failed check in the report.
 WORST_ROWS = 5
 
@@ -89,18 +88,22 @@ def default_thresholds(
     dtype: DtypeLike,
     accum: DtypeLike | None = None,
 ) -> tuple[float, float]:
-    """``(max_loss_ulp, max_grad_err)`` for C classes in ``dtype`` with sums in ``accum``.
+    """Deprecated: :func:`smcheck.metrics.default_thresholds` ``(dtype, accum, classes)``, the
+    one definition (this spelling takes the class count first). Same numbers.
 
-    The same numbers ``smcheck eval`` gates with by default (one source:
-    :func:`smcheck.evaluate.default_thresholds`); the module docstring gives the reasoning.
-
-    >>> default_thresholds(50_000, "float16")  # + 16 * 2**-13 ulps for the float32 sum
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     default_thresholds(50_000, "float16")  # + 16 * 2**-13 ulps for the float32 sum
     (4.0, 0.00390625)
-    >>> default_thresholds(50_000, "float32")[0]
-    20.0
     """
-    working = get_precision(dtype)
-    return eval_thresholds(working, resolve_accum(working, accum), n_classes)
+    warnings.warn(
+        "smcheck.testing.default_thresholds(n_classes, dtype, accum) is deprecated; use "
+        "smcheck.metrics.default_thresholds(dtype, accum, classes)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return metrics.default_thresholds(dtype, accum, n_classes)
 
 
 # --- collecting failures chunk by chunk --------------------------------------------------------
@@ -136,26 +139,12 @@ class _Check:
         self.worst = sorted([*self.worst, *rows], key=lambda r: (-r.error, r.row))[:WORST_ROWS]
 
 
-def _chunks(n: int, n_classes: int, memory: int) -> Iterator[slice]:
+def _chunks(n: int, n_classes: int, chunk_bytes: int) -> Iterator[slice]:
     # a row costs about 24 float64 arrays of C values: the reference's ~10, one method's
     # temporaries and the error arrays here
-    step = max(1, memory // (24 * 8 * n_classes))
+    step = max(1, chunk_bytes // (24 * 8 * n_classes))
     for start in range(0, n, step):
         yield slice(start, min(start + step, n))
-
-
-_ROW_PREFIX = re.compile(r"^row (\d+):")
-
-
-def _prepare_chunk(
-    x: np.ndarray, y: np.ndarray, sl: slice, working: Precision, ignore_index: int
-) -> Prepared:
-    """:func:`prepare` on rows ``sl``; its errors name the row within the chunk - make it global."""
-    try:
-        return prepare(x[sl], y[sl], dtype=working, ignore_index=ignore_index)
-    except InputError as exc:
-        fixed = _ROW_PREFIX.sub(lambda m: f"row {int(m.group(1)) + sl.start}:", str(exc))
-        raise InputError(fixed) from exc
 
 
 def _offending(
@@ -243,11 +232,7 @@ def _check_block(
 
     # loss error in ulps of max(|L*|, 1): absolute below 1 (see the module docstring)
     measured = defined & ref_finite & ~nonfinite
-    with np.errstate(invalid="ignore"):
-        ulps = loss_abs_err(loss64, ref.loss, ref.loss_lo) / prep.working.ulp(
-            np.maximum(np.abs(ref_loss), 1.0)
-        )
-    ulps = np.where(measured, ulps, 0.0)
+    ulps = np.where(measured, loss_gate_err(loss64, ref.loss, prep.working, ref.loss_lo), 0.0)
     out["loss"] = _offending(ulps > max_loss_ulp, start, prep, loss64, ref_loss, ulps)
     if g_err is not None and g_val is not None and g_ref is not None:
         # the gradient is measured wherever the reference gradient is finite - also on a row
@@ -295,8 +280,7 @@ def _render(
         if chk.check == "non-finite":
             what = "non-finite loss/gradient or overflow"
         elif chk.check == "loss":
-            name = "max_ulp" if func == "assert_matches_reference" else "max_loss_ulp"
-            what = f"loss error > {name} = {chk.limit:.3g} ulps of max(|L*|, 1)"
+            what = f"loss error > max_loss_ulp = {chk.limit:.3g} ulps of max(|L*|, 1)"
         else:
             what = f"gradient error > max_grad_err = {chk.limit:.3g} (max_j |g_j - g*_j|)"
         order = "first" if chk.check == "non-finite" else "worst"
@@ -319,21 +303,60 @@ def _render(
 
 
 def _check_args(
-    logits: np.ndarray, labels: np.ndarray, dtype: DtypeLike, accum: DtypeLike | None
-) -> tuple[np.ndarray, np.ndarray, Precision, Precision]:
-    """Arrays of the right shapes and the two precisions (errors name what is wrong)."""
-    x = np.asarray(logits)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise InputError(f"logits must be 2-D (rows, classes), got shape {x.shape}")
-    if labels is None:
-        raise UsageError("labels are required: one class index per row")
-    y = np.asarray(labels)
-    if y.shape != (x.shape[0],):
-        raise InputError(f"labels have shape {y.shape}, expected ({x.shape[0]},)")
-    working = get_precision(dtype)
-    return x, y, working, resolve_accum(working, accum)
+    logits: np.ndarray,
+    labels: np.ndarray,
+    dtype: DtypeLike,
+    accum: DtypeLike | None,
+    ignore_index: int,
+) -> CheckedInput:
+    """The front door (:func:`smcheck.prepare.check_input`): shapes, labels, both precisions."""
+    return check_input(
+        logits, labels, dtype=dtype, accum=accum, ignore_index=ignore_index, soft=False,
+        require_labels=True,
+    )  # fmt: skip
+
+
+#: Old keyword names of the assertions -> the CLI's names.
+RENAMED = {"max_ulp": "max_loss_ulp", "memory": "chunk_bytes"}
+
+
+def _options(old: dict[str, Any], func: str, **given: Any) -> dict[str, Any]:
+    """``given`` (None: not given) with the deprecated keywords of ``old`` moved to their new
+    names; both names of one option is a UsageError, an unknown keyword a TypeError."""
+    named = {k: v for k, v in given.items() if v is not None}
+    moved = renamed_keywords({**old, **named}, RENAMED, func, stacklevel=4)
+    unknown = sorted(set(moved) - set(given))
+    if unknown:
+        raise TypeError(f"{func}() got an unexpected keyword argument {unknown[0]!r}")
+    given.update(moved)
+    if "chunk_bytes" in given and given["chunk_bytes"] is None:
+        given["chunk_bytes"] = DEFAULT_CHUNK_BYTES
+    return given
+
+
+def _limits(
+    ci: CheckedInput, max_loss_ulp: float | None, max_grad_err: float | None
+) -> tuple[float, float]:
+    """The thresholds given, else the defaults for the input's dtypes and classes."""
+    lim_loss, lim_grad = metrics.default_thresholds(ci.working, ci.accum, ci.classes)
+    return (
+        lim_loss if max_loss_ulp is None else max_loss_ulp,
+        lim_grad if max_grad_err is None else max_grad_err,
+    )
+
+
+def _prepared_chunks(
+    ci: CheckedInput, chunk_bytes: int
+) -> Iterator[tuple[slice, Prepared, ReferenceOutput]]:
+    """Each chunk of rows rounded to the working dtype (label errors name the global row) and
+    its reference."""
+    assert ci.labels is not None
+    for sl in _chunks(ci.rows, ci.classes, chunk_bytes):
+        prep = prepare_input(
+            ci.x[sl], ci.labels[sl], dtype=ci.working, accum=ci.accum,
+            ignore_index=ci.ignore_index, row_offset=sl.start,
+        )  # fmt: skip
+        yield sl, prep, reference_of(prep)
 
 
 def _new_checks(
@@ -346,13 +369,10 @@ def _new_checks(
 
 
 def _raise_if_failed(
-    func: str,
-    checks: dict[tuple[str, str], _Check],
-    working: Precision,
-    accum: Precision,
-    shape: tuple[int, int],
-    checked: int,
+    func: str, checks: dict[tuple[str, str], _Check], ci: CheckedInput, checked: int
 ) -> None:
+    __tracebackhide__ = True
+    working, accum, shape = ci.working, ci.accum, (ci.rows, ci.classes)
     failed = [chk for chk in checks.values() if chk.count]
     if failed:
         raise AssertionError(_render(func, failed, working, accum, shape, checked))
@@ -373,15 +393,16 @@ def assert_stable(
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     ignore_index: int = -100,
-    memory: int = DEFAULT_MEMORY,
+    chunk_bytes: int | None = None,
+    **deprecated: Any,
 ) -> None:
     """Assert that smcheck's ``methods`` compute loss and gradient of these logits accurately.
 
     The logits are rounded to ``dtype`` (sums in ``accum``: default float32 for 16/8-bit types)
     and each method is checked against the reference of the rounded logits. ``None``
-    thresholds take :func:`default_thresholds`. Raises :class:`AssertionError` listing every
-    failed check with its worst rows; bad arguments raise :class:`smcheck.UsageError` or
-    :class:`smcheck.InputError` (both ``ValueError``).
+    thresholds take :func:`smcheck.metrics.default_thresholds`. Raises :class:`AssertionError`
+    listing every failed check with its worst rows; bad arguments raise
+    :class:`smcheck.UsageError` or :class:`smcheck.InputError` (both ``ValueError``).
 
     >>> import numpy as np
     >>> z = np.array([[0.0, 1.0], [12.0, 0.0]])  # exp(12) = 162755 > 65504, float16's max
@@ -394,27 +415,24 @@ def assert_stable(
       row  label  max logit  loss      reference          problem
         1      0         12   nan  6.1441935e-06  non-finite loss
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    chunk_bytes = _options(deprecated, "assert_stable", chunk_bytes=chunk_bytes)["chunk_bytes"]
     for m in methods:
         get_method(m)  # UsageError naming the known methods, before any work
-    x, y, working, acc = _check_args(logits, labels, dtype, accum)
-    n, c = x.shape
-    lim_loss, lim_grad = default_thresholds(c, working, acc)
-    lim_loss = lim_loss if max_loss_ulp is None else max_loss_ulp
-    lim_grad = lim_grad if max_grad_err is None else max_grad_err
+    ci = _check_args(logits, labels, dtype, accum, ignore_index)
+    lim_loss, lim_grad = _limits(ci, max_loss_ulp, max_grad_err)
     checks = _new_checks(methods, lim_loss, lim_grad, with_grad=True)
     checked = 0
-    for sl in _chunks(n, c, memory):
-        prep = _prepare_chunk(x, y, sl, working, ignore_index)
-        ref = reference_of(prep)
+    for sl, prep, ref in _prepared_chunks(ci, chunk_bytes):
         checked += int(np.count_nonzero(~np.isnan(ref.loss) & ~prep.ignored))
         for m in methods:
-            res = run_method(m, prep, acc)
+            res = run_method(m, prep, ci.accum)
             found = _check_block(
                 sl.start, prep, ref, res.loss, res.grad, res.overflow, lim_loss, lim_grad
             )
             for k, (count, rows) in found.items():
                 checks[(m, k)].add(count, rows)
-    _raise_if_failed("assert_stable", checks, working, acc, (n, c), checked)
+    _raise_if_failed("assert_stable", checks, ci, checked)
 
 
 def assert_matches_reference(
@@ -425,18 +443,20 @@ def assert_matches_reference(
     dtype: DtypeLike,
     grad: np.ndarray | None = None,
     accum: DtypeLike | None = None,
-    max_ulp: float | None = None,
+    max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     ignore_index: int = -100,
-    memory: int = DEFAULT_MEMORY,
+    chunk_bytes: int | None = None,
+    **deprecated: Any,
 ) -> None:
     """Assert that your per-row ``loss`` (and ``grad``) match the reference of ``logits``.
 
     ``loss`` (N,) and ``grad`` (N, C) are your kernel's outputs as numpy arrays (any float
     dtype; from PyTorch: ``t.float().cpu().numpy()``). The reference is computed on the logits
     rounded to ``dtype`` - the precision your kernel reads them in. ``accum`` is the precision
-    your kernel sums in; it only sets the default thresholds (:func:`default_thresholds`).
-    Ignored rows (label ``ignore_index``) and rows with NaN/+inf logits are not checked.
+    your kernel sums in; it only sets the default thresholds
+    (:func:`smcheck.metrics.default_thresholds`). Ignored rows (label ``ignore_index``) and rows
+    with NaN/+inf logits are not checked.
 
     >>> import numpy as np
     >>> z = np.array([[2.0, 0.0, -1.0]], dtype=np.float16)
@@ -447,29 +467,30 @@ def assert_matches_reference(
     Traceback (most recent call last):
     ...
     AssertionError: smcheck: 1 check failed in float16 (accum float32), 1 row x 3 classes
-    kernel: loss error > max_ulp = 4 ulps of max(|L*|, 1) in 1 of 1 rows; worst:
+    kernel: loss error > max_loss_ulp = 4 ulps of max(|L*|, 1) in 1 of 1 rows; worst:
       row  label  max logit       loss   reference  error (ulps)
         0      0          2  0.2322998  0.16984602            64
     """
-    x, y, working, acc = _check_args(logits, labels, dtype, accum)
-    n, c = x.shape
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
+    given = _options(
+        deprecated, "assert_matches_reference", max_loss_ulp=max_loss_ulp,
+        chunk_bytes=chunk_bytes,
+    )  # fmt: skip
+    ci = _check_args(logits, labels, dtype, accum, ignore_index)
+    n, c = ci.rows, ci.classes
     lv = np.asarray(loss)
     if lv.shape != (n,):
         raise InputError(f"loss has shape {lv.shape}, expected ({n},): one value per row")
     gv = None if grad is None else np.asarray(grad)
     if gv is not None and gv.shape != (n, c):
         raise InputError(f"grad has shape {gv.shape}, expected ({n}, {c}) like the logits")
-    lim_loss, lim_grad = default_thresholds(c, working, acc)
-    lim_loss = lim_loss if max_ulp is None else max_ulp
-    lim_grad = lim_grad if max_grad_err is None else max_grad_err
+    lim_loss, lim_grad = _limits(ci, given["max_loss_ulp"], max_grad_err)
     checks = _new_checks(["kernel"], lim_loss, lim_grad, with_grad=gv is not None)
     checked = 0
-    for sl in _chunks(n, c, memory):
-        prep = _prepare_chunk(x, y, sl, working, ignore_index)
-        ref = reference_of(prep)
+    for sl, prep, ref in _prepared_chunks(ci, given["chunk_bytes"]):
         checked += int(np.count_nonzero(~np.isnan(ref.loss) & ~prep.ignored))
         g = None if gv is None else gv[sl]
         found = _check_block(sl.start, prep, ref, lv[sl], g, None, lim_loss, lim_grad)
         for k, (count, rows) in found.items():
             checks[("kernel", k)].add(count, rows)
-    _raise_if_failed("assert_matches_reference", checks, working, acc, (n, c), checked)
+    _raise_if_failed("assert_matches_reference", checks, ci, checked)

@@ -749,3 +749,40 @@ def test_float64_mean_gradient_scaled_exactly() -> None:
     r = compare(z, y, np.array([mean]), theirs, reduction="mean")
     assert r.grad is not None and r.grad.scale == 3
     assert r.grad.max_abs_err == pytest.approx(want, rel=1e-6, abs=0)
+
+
+# --------------------------------------------------------------------------- options and names
+
+
+def test_compare_options_object_and_keywords_agree() -> None:
+    from smcheck import CompareOptions
+
+    z, y, truth, _ = _case("float16", 6, 5, seed=11)
+    theirs = _round(truth, "float16")
+    opts = CompareOptions(cast="saturate", top=2, max_loss_ulp=1.0)
+    assert compare(z, y, theirs, None, opts) == compare(
+        z, y, theirs, cast="saturate", top=2, max_loss_ulp=1.0
+    )
+    with pytest.raises(UsageError, match="unknown reduction 'avg'"):
+        compare(z, y, theirs, reduction="avg")
+
+
+def test_deprecated_cast_mode_and_worst_still_work_warn_and_agree(tmp_path: Path) -> None:
+    z, y, truth, _ = _case("float16", 8, 5, seed=12)
+    theirs = _round(truth, "float16")
+    theirs[3] = np.float16(float(theirs[3]) + 0.25)  # one row off: a worst row to list
+    new = compare(z, y, theirs, cast="saturate", top=1)
+    with pytest.warns(DeprecationWarning) as warned:
+        old = compare(z, y, theirs, cast_mode="saturate", worst=1)
+    assert old == new and len(new.worst) == 1 and new.cast == "saturate"
+    assert sorted(str(w.message).split("(")[1].split("=")[0] for w in warned) == [
+        "cast_mode",
+        "worst",
+    ]
+    np.save(tmp_path / "z.npy", z)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "loss.npy", theirs)
+    files = {"labels": str(tmp_path / "y.npy"), "loss": str(tmp_path / "loss.npy")}
+    with pytest.warns(DeprecationWarning, match=r"compare_files\(worst=\.\.\.\)"):
+        old_f = compare_files(str(tmp_path / "z.npy"), **files, worst=1)
+    assert old_f == compare_files(str(tmp_path / "z.npy"), **files, top=1)

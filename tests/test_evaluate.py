@@ -11,12 +11,8 @@ import pytest
 
 import smcheck
 from smcheck.errors import InputError, UsageError
-from smcheck.evaluate import (
-    PerRowWriter,
-    default_thresholds,
-    evaluate,
-    per_row_columns,
-)
+from smcheck.evaluate import PerRowWriter, evaluate, per_row_columns
+from smcheck.metrics import default_thresholds
 from smcheck.precisions import get_precision
 from smcheck.render.eval_formats import to_dict
 
@@ -482,3 +478,52 @@ def test_cast_flushed_to_zero_is_in_json() -> None:
     x = np.array([[1e-9, 1.0, 2.0]], dtype=np.float32)
     d = to_dict(evaluate(x, np.array([0]), dtype="float16"))
     assert d["input"]["cast_flushed_to_zero"] == 1
+
+
+# ---------------------------------------------------------------- options and names
+
+
+def _overflowing() -> tuple[np.ndarray, np.ndarray]:
+    # row 0: exp(12) = 162755 > 65504 overflows naive in float16; row 1 is harmless
+    return np.array([[12.0, 0.0, -3.0], [1.0, 2.0, 3.0]], dtype=np.float16), np.array([0, 2])
+
+
+def test_options_object_and_keyword_fields_give_the_same_report() -> None:
+    z, y = _overflowing()
+    opts = smcheck.EvalOptions(methods=("naive", "fused"), top=1, max_loss_ulp=3.0)
+    by_object = evaluate(z, y, opts)
+    assert evaluate(z, y, methods=("naive", "fused"), top=1, max_loss_ulp=3.0) == by_object
+    # keywords replace the object's fields
+    assert evaluate(z, y, opts, top=0).worst == () and len(by_object.worst) == 1
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tops'"):
+        evaluate(z, y, tops=3)
+
+
+def test_deprecated_top_k_still_works_warns_and_gives_the_same_report() -> None:
+    z, y = _overflowing()
+    with pytest.warns(DeprecationWarning, match=r"evaluate\(top_k=\.\.\.\) is deprecated.*top="):
+        old = evaluate(z, y, top_k=1)
+    assert old == evaluate(z, y, top=1)
+    with pytest.raises(UsageError, match="top_k= is the deprecated name of top="):
+        evaluate(z, y, top_k=1, top=2)
+
+
+def test_methods_are_indexable_by_name_in_run_order() -> None:
+    # the bug: rep.methods["fused"] was a TypeError (a plain tuple); order and JSON unchanged
+    z, y = _overflowing()
+    rep = evaluate(z, y, methods=("fused", "naive", "log1p"))
+    assert [m.name for m in rep.methods] == ["naive", "fused", "log1p"]  # registry order
+    assert rep.methods["naive"].overflow_rows == 1 and rep.methods["naive"] is rep.methods[0]
+    assert rep.methods["fused"] is rep.method("fused") and "log1p" in rep.methods
+    assert list(to_dict(rep)["methods"]) == ["naive", "fused", "log1p"]
+    with pytest.raises(KeyError, match="no method 'online'"):
+        rep.methods["online"]
+
+
+def test_options_are_checked_when_made() -> None:
+    with pytest.raises(UsageError, match="unknown fail-on check 'nan'"):
+        smcheck.EvalOptions(fail_on=("nan",))
+    with pytest.raises(UsageError, match="--max-grad-err must be a finite number"):
+        smcheck.EvalOptions(max_grad_err=math.inf)
+    with pytest.raises(UsageError, match="unknown engine 'spark'"):
+        smcheck.EvalOptions(engine="spark")

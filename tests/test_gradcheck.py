@@ -376,3 +376,16 @@ def test_property_truth_is_trusted_and_fused_passes(
     assert r.truth.ok
     if r.rows:
         assert all(m.passed for m in r.methods), [m.worst for m in r.methods]
+
+
+def test_gradcheck_options_object_and_keywords_agree() -> None:
+    from smcheck import GradcheckOptions
+
+    z = np.array([[0.0, -800.0, 1.0], [1.0, 2.0, 3.0]])
+    y = np.array([1, 0])
+    opts = GradcheckOptions(dtype="float32", methods=("fused",), directions=1, top=1)
+    assert gradcheck(z, y, opts) == gradcheck(
+        z, y, dtype="float32", methods=("fused",), directions=1, top=1
+    )
+    with pytest.raises(UsageError, match="directions must be >= 0"):
+        gradcheck(z, y, opts, directions=-1)

@@ -51,3 +51,35 @@ def test_condition_number() -> None:
     s = 1 / (1 + math.exp(a))
     k = metrics.condition_number(np.array([[a, 0.0]]), np.array([[-s, s]]), np.array([L]))
     assert k[0] == pytest.approx(a * s / L, rel=1e-14)
+
+
+def test_gate_metric_is_ulps_of_max_abs_ref_and_one() -> None:
+    # float32: ulp(1) = 2**-23, ulp(3) = 2**-22; below 1 the scale is 1 (absolute error in eps)
+    f32 = get_precision("float32")
+    err = np.array([2.0**-23, 2.0**-23, 2.0**-22, np.nan])
+    ref = np.array([1e-20, 3.0, -0.5, np.nan])
+    assert metrics.gate_ulps(err, ref, f32)[:3].tolist() == [1.0, 0.5, 2.0]
+    assert np.isnan(metrics.gate_ulps(err, ref, f32)[3])
+    # from the loss itself, with a double-double reference: 0 against 2**-12 in float16 is
+    # a quarter of eps(float16) = 2**-10
+    f16 = get_precision("float16")
+    got = metrics.loss_gate_err(np.array([0.0, np.inf]), np.array([2.0**-12, 1.0]), f16)
+    assert got[0] == 0.25 and np.isnan(got[1])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "accum", "classes", "loss_ulp"),
+    [
+        ("float32", None, 1000, 4 + 10),  # ceil(log2 1000) = 10 roundings of eps(float32)
+        ("float32", None, 1024, 4 + 10),
+        ("float32", None, 1025, 4 + 11),
+        ("float16", None, 32000, 4.0),  # 15 * 2**-13 ulps of float16: rounded away
+        ("float16", "float16", 1000, 14.0),
+        ("bfloat16", None, 1, 4.0),
+    ],
+)
+def test_default_thresholds_closed_form(
+    dtype: str, accum: str | None, classes: int, loss_ulp: float
+) -> None:
+    eps = get_precision(dtype).eps
+    assert metrics.default_thresholds(dtype, accum, classes) == (loss_ulp, loss_ulp * eps)

@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 
 from smcheck import InputError, UsageError, reference
-from smcheck.precisions import PRECISIONS, get_precision, resolve_accum
-from smcheck.testing import (
-    WORST_ROWS,
-    assert_matches_reference,
-    assert_stable,
-    default_thresholds,
-)
+from smcheck.metrics import default_thresholds
+from smcheck.precisions import PRECISIONS, get_precision
+from smcheck.testing import WORST_ROWS, assert_matches_reference, assert_stable
 
 ALL_DTYPES = list(PRECISIONS)
 
@@ -46,22 +42,35 @@ def _table_rows(message: str) -> list[list[str]]:
 
 def test_default_thresholds_follow_the_rounding_count() -> None:
     # 4 ulps for the ~4 roundings in T, + ceil(log2 C) roundings of the sum in A (in ulps of T)
-    loss16, grad16 = default_thresholds(1000, "float16")
+    loss16, grad16 = default_thresholds("float16", None, 1000)
     assert loss16 == 4.0  # 10 * 2**-13 ulps for the float32 sum, rounded away
     assert grad16 == 4 * 2.0**-10
-    assert default_thresholds(1000, "float32") == (14.0, 14 * 2.0**-23)
-    assert default_thresholds(1025, "float32")[0] == 15.0
-    assert default_thresholds(1000, "float16", accum="float16")[0] == 14.0
-    assert default_thresholds(1, "bfloat16")[0] == 4.0
+    assert default_thresholds("float32", None, 1000) == (14.0, 14 * 2.0**-23)
+    assert default_thresholds("float32", None, 1025)[0] == 15.0
+    assert default_thresholds("float16", "float16", 1000)[0] == 14.0
+    assert default_thresholds("bfloat16", None, 1)[0] == 4.0
 
 
-def test_default_thresholds_are_the_eval_gate() -> None:
-    from smcheck.evaluate import default_thresholds as eval_default
+def test_deprecated_testing_default_thresholds_warns_and_agrees() -> None:
+    # the old spelling took the class count first; it forwards to the one definition
+    from smcheck import testing
 
     for dtype in ALL_DTYPES:
-        p = get_precision(dtype)
         for c in (2, 10, 1000, 50_000):
-            assert default_thresholds(c, dtype) == eval_default(p, resolve_accum(p, None), c)
+            with pytest.warns(DeprecationWarning, match=r"metrics\.default_thresholds"):
+                old = testing.default_thresholds(c, dtype)
+            assert old == default_thresholds(dtype, None, c)
+
+
+def test_the_assertions_gate_with_eval_s_default_thresholds() -> None:
+    # one float16 row 5 ulps of max(|L*|, 1) off: over eval's default of 4 (C = 3: 4 + 2 *
+    # 2**-13, rounded to 4.0), under an explicit 6
+    z = np.array([[2.0, 0.0, -1.0]])
+    loss, _ = _rounded_reference(z, np.array([0]), "float16")
+    bad = (loss.astype(np.float64) + 5 * 2.0**-10).astype(np.float16)
+    with pytest.raises(AssertionError, match="max_loss_ulp = 4 ulps"):
+        assert_matches_reference(bad, z, np.array([0]), dtype="float16")
+    assert_matches_reference(bad, z, np.array([0]), dtype="float16", max_loss_ulp=6)
 
 
 # --- assert_stable ------------------------------------------------------------------------------
@@ -120,9 +129,11 @@ def test_chunking_gives_the_same_report() -> None:
     z[7::37, 0] = 20.0  # float16 overflow for naive in 14 rows spread over the chunks
     y[7::37] = 0
     messages = []
-    for memory in (64 * 2**20, 1):  # one chunk; one row per chunk
+    for chunk_bytes in (64 * 2**20, 1):  # one chunk; one row per chunk
         with pytest.raises(AssertionError) as info:
-            assert_stable(z, y, dtype="float16", methods=("naive", "shifted"), memory=memory)
+            assert_stable(
+                z, y, dtype="float16", methods=("naive", "shifted"), chunk_bytes=chunk_bytes
+            )
         messages.append(str(info.value))
     assert messages[0] == messages[1]
     assert "in 14 of 500 rows" in messages[0]
@@ -146,9 +157,9 @@ def test_label_errors_name_the_global_row_when_chunked() -> None:
     z, y = _logits(10, 4, 1.0)
     y[7] = 4
     with pytest.raises(InputError, match=r"^row 7: label 4 is outside \[0, 4\)"):
-        assert_stable(z, y, dtype="float32", memory=1)
+        assert_stable(z, y, dtype="float32", chunk_bytes=1)
     with pytest.raises(InputError, match=r"^row 7: label 4"):
-        assert_matches_reference(np.zeros(10), z, y, dtype="float32", memory=1)
+        assert_matches_reference(np.zeros(10), z, y, dtype="float32", chunk_bytes=1)
 
 
 def test_bad_arguments_are_usage_errors_not_assertions() -> None:
@@ -186,12 +197,46 @@ def test_loss_off_by_64_ulps_raises_naming_the_row() -> None:
     with pytest.raises(AssertionError) as info:
         assert_matches_reference(loss, z, y, dtype="float16", grad=grad)
     msg = str(info.value)
-    assert "kernel: loss error > max_ulp = 4 ulps of max(|L*|, 1) in 1 of 50 rows" in msg
+    assert "kernel: loss error > max_loss_ulp = 4 ulps of max(|L*|, 1) in 1 of 50 rows" in msg
     assert "grad" not in msg.split("\n", 1)[1]  # only the loss check failed
     (row,) = _table_rows(msg)
     assert row[:3] == ["17", str(y[17]), f"{np.float16(z[17].max()):.8g}"]
     assert 63.5 <= float(row[-1]) <= 64.5  # the shift plus the rounding of the reference
-    assert_matches_reference(loss, z, y, dtype="float16", max_ulp=65)
+    assert_matches_reference(loss, z, y, dtype="float16", max_loss_ulp=65)
+
+
+def test_deprecated_max_ulp_and_memory_still_work_and_warn() -> None:
+    # the old names of max_loss_ulp and chunk_bytes: same result, a DeprecationWarning each
+    z, y = _logits(50, 10, 2.0, seed=2)
+    loss, _ = _rounded_reference(z, y, "float16")
+    loss[17] = np.float16(float(loss[17]) + 64 * 2.0**-10 * max(abs(float(loss[17])), 1.0))
+    with pytest.warns(DeprecationWarning, match=r"max_ulp=\.\.\.\) is deprecated.*max_loss_ulp"):
+        assert_matches_reference(loss, z, y, dtype="float16", max_ulp=1000)
+    with pytest.warns(DeprecationWarning) as warned, pytest.raises(AssertionError) as old:
+        assert_matches_reference(loss, z, y, dtype="float16", max_ulp=5, memory=1)
+    assert sorted(str(w.message).split("(")[1].split("=")[0] for w in warned) == [
+        "max_ulp",
+        "memory",
+    ]
+    with pytest.raises(AssertionError) as new:
+        assert_matches_reference(loss, z, y, dtype="float16", max_loss_ulp=5, chunk_bytes=1)
+    assert str(old.value) == str(new.value)
+    with pytest.warns(DeprecationWarning, match=r"memory=\.\.\.\) is deprecated.*chunk_bytes"):
+        assert_stable(z, y, dtype="float16", memory=1)
+    with pytest.raises(UsageError, match="max_ulp= is the deprecated name of max_loss_ulp="):
+        assert_matches_reference(loss, z, y, dtype="float16", max_ulp=5, max_loss_ulp=5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_ulps'"):
+        assert_stable(z, y, dtype="float16", max_ulps=5)
+
+
+def test_assertion_helpers_hide_their_frames_from_pytest() -> None:
+    # pytest's traceback starts at the caller's line: every frame of smcheck.testing that the
+    # AssertionError passes through carries __tracebackhide__
+    z = np.array([[12.0, 0.0]])
+    with pytest.raises(AssertionError) as info:
+        assert_stable(z, np.array([0]), dtype="float16", methods=("naive",))
+    frames = [e.frame for e in info.traceback if e.frame.code.path.name == "testing.py"]
+    assert frames and all(f.f_locals.get("__tracebackhide__") for f in frames)
 
 
 def test_gradient_missing_the_onehot_term_raises() -> None:

@@ -180,7 +180,7 @@ def compare_cmd(
         grad_key=grad_key,
         dtype=dtype,
         accum=accum,
-        cast_mode=cast_mode,
+        cast=cast_mode,
         ignore_index=ignore_index,
         reduction=reduction,
         weight=weight,
@@ -194,7 +194,7 @@ def compare_cmd(
                 for f in parse_csv_choices(fail_on, (*FAIL_ON, *FAIL_ON_ALIASES), "--fail-on")
             )
         ),
-        worst=top,
+        top=top,
     )
     to_stdout = output in (None, "-")
     use = wants_color(color) if to_stdout else color == "always"

@@ -179,7 +179,7 @@ def eval_cmd(
         report = evaluate(
             loaded.logits, loaded.labels, dtype=dtype, accum=accum, cast=cast_mode,
             methods=chosen, gate=gated, ignore_index=ignore_index, max_loss_ulp=max_loss_ulp,
-            max_grad_err=max_grad_err, fail_on=checks, top_k=top_k,
+            max_grad_err=max_grad_err, fail_on=checks, top=top_k,
             chunk_bytes=int(chunk_mb * 2**20), chunk_rows=chunk_rows,
             workers=workers or os.cpu_count() or 1, progress=progress,
             per_row=sink if per_row else None, logits_name=loaded.logits_name,

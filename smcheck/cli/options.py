@@ -29,6 +29,7 @@ from ..errors import UsageError
 from ..loading import LoadedInput, load_input
 from ..methods import DEFAULT_METHODS, METHODS
 from ..precisions import PRECISIONS
+from ..prepare import file_dtype
 from ..render.common import use_color
 
 __all__ = [
@@ -384,6 +385,5 @@ def load_logits(
         ignore_index=ignore_index,
         **extra,  # type: ignore[arg-type]
     )
-    if dtype is None and loaded.file_dtype not in PRECISIONS:
-        dtype = "float32"  # text and integer files
+    dtype, _ = file_dtype(loaded.file_dtype, dtype)  # float32 for text and integer files
     return loaded, dtype
