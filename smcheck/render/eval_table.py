@@ -1,7 +1,8 @@
 """``--format table``: the human report of ``smcheck eval`` as rich renderables.
 
 An input panel, a methods table coloured by verdict (green ok, yellow lossy, red broken), the
-worst rows, and the one-line verdict. Pure: report in, renderables (or text) out.
+worst rows, and the one-line verdict. Pure: report in, renderables (or text) out; data text (file
+names, notes) escaped with :func:`~.common.safe_text`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..evaluate import EvalReport
-from .common import STYLE_OF, fmt_num, render_to_text
+from .common import DEFAULT_WIDTH, STYLE_OF, fmt_num, render_to_text, safe_text
+from .eval_formats import METHOD_COLUMNS
 
 __all__ = ["eval_renderables", "render_table"]
 
@@ -26,9 +28,10 @@ def _input_panel(report: EvalReport) -> Panel:
     shape = f"{i.rows} rows x {i.classes} classes"
     if len(i.original_shape) > 2:
         shape += f" (from shape {' x '.join(map(str, i.original_shape))})"
-    grid.add_row("logits", i.logits + ("" if i.labels else "  (no labels: label-free mode)"))
+    logits = safe_text(i.logits)
+    grid.add_row("logits", logits + ("" if i.labels else "  (no labels: label-free mode)"))
     if i.labels:
-        grid.add_row("labels", i.labels)
+        grid.add_row("labels", safe_text(i.labels))
     grid.add_row("shape", shape)
     grid.add_row("dtype", f"{i.dtype} (accumulate in {i.accum}, cast {i.cast})")
     grid.add_row(
@@ -62,11 +65,11 @@ def _input_panel(report: EvalReport) -> Panel:
     if i.cast_flushed_to_zero:
         cast += f", {i.cast_flushed_to_zero} flushed to 0"
     grid.add_row("input rounding", cast)
-    grid.add_row("reference", report.reference)
+    grid.add_row("reference", safe_text(report.reference))
     if i.label_free:
-        grid.add_row("label-free", f"counts over (row, class) pairs; {i.grad_policy}")
+        grid.add_row("label-free", f"counts over (row, class) pairs; {safe_text(i.grad_policy)}")
     for note in i.notes:
-        grid.add_row("note", note)
+        grid.add_row("note", safe_text(note))
     return Panel(grid, title="smcheck eval", title_align="left", expand=False)
 
 
@@ -79,34 +82,15 @@ def _methods_table(report: EvalReport) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    for name in (
-        "method",
-        "NaN/inf\nloss",
-        "bad\ngrad",
-        "over-\nflow",
-        "under-\nflow",
-        "loss ulp\nmax",
-        "loss ulp\nmedian",
-        "loss rel\nmax",
-        "mean-loss\nrel err",
-        "grad err\nmax",
-        "verdict",
-    ):
-        just = "left" if name in ("method", "verdict") else "right"
-        t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    t.add_column("method", no_wrap=True)
+    for c in METHOD_COLUMNS:
+        t.add_column(c.table, justify="right", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
     for m in report.methods:
         style = STYLE_OF[m.verdict]
         t.add_row(
             Text(m.name + (" *" if m.gated else ""), style=style),
-            str(m.nan_loss_rows + m.inf_loss_rows),
-            str(m.nonfinite_grad_rows),
-            str(m.overflow_rows),
-            str(m.underflow_rows),
-            fmt_num(m.loss_max_ulp_err),
-            fmt_num(m.loss_median_ulp_err),
-            fmt_num(m.loss_max_rel_err),
-            fmt_num(m.mean_loss_rel_err),
-            fmt_num(m.grad_max_abs_err),
+            *(c.cell(m) for c in METHOD_COLUMNS),
             Text(m.verdict, style=style),
         )
     return t
@@ -170,10 +154,11 @@ def eval_renderables(report: EvalReport) -> list[RenderableType]:
         parts.append(worst)
     status = "PASS" if report.ok else "FAIL"
     style = "bold green" if report.ok else "bold red"
-    parts.append(Group(Text(f"{status}: {report.verdict}", style=style)))
+    parts.append(Group(Text(f"{status}: {safe_text(report.verdict)}", style=style)))
     return parts
 
 
-def render_table(report: EvalReport, *, color: bool = False, width: int = 100) -> str:
-    """The table report as text (ANSI colour codes only when ``color``)."""
+def render_table(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format table``: the human report as text (ANSI colour codes only when ``color``)."""
+    width = width or DEFAULT_WIDTH
     return render_to_text(eval_renderables(report), color=color, width=width)
