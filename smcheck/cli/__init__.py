@@ -31,6 +31,7 @@ from ..config import (
     table_name,
 )
 from ..errors import SmcheckError, UsageError
+from ..render.common import safe_text
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -44,8 +45,8 @@ class SmcheckGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SmcheckError as exc:
-            click.echo(f"smcheck: error: {exc}", err=True)
+        except SmcheckError as exc:  # its text may quote data: a file name, a header, a key
+            click.echo(f"smcheck: error: {safe_text(exc)}", err=True)
             ctx.exit(EXIT_USAGE)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
@@ -60,7 +61,8 @@ class SmcheckGroup(click.Group):
                 raise
             name = type(exc).__name__
             click.echo(
-                f"smcheck: internal error: {name}: {exc} (rerun with --debug for a traceback)",
+                f"smcheck: internal error: {name}: {safe_text(exc)} (rerun with --debug for a "
+                "traceback)",
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)

@@ -12,9 +12,10 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from rich.console import Console, RenderableType
+if TYPE_CHECKING:  # rich is imported when a table is drawn, not by every command's start-up
+    from rich.console import RenderableType
 
 __all__ = [
     "DEFAULT_WIDTH",
@@ -87,7 +88,7 @@ def safe_text(text: object) -> str:
 # A line a CI runner would read as a workflow command: GitHub trims leading whitespace, then
 # looks for "::". Data text escaped by safe_text is one line, but a table may wrap it so that a
 # continuation line starts with it.
-_COMMAND_LINE = re.compile(r"^([^\S\n]*):(?=:)", re.MULTILINE)
+_COMMAND_LINE = re.compile(r"^([^\S\n]*)::", re.MULTILINE)
 
 
 def _no_workflow_commands(text: str) -> str:
@@ -117,6 +118,8 @@ def render_to_text(
 ) -> str:
     """Render rich objects to a string (ANSI codes only when ``color``), no line a workflow
     command."""
+    from rich.console import Console
+
     buf = io.StringIO()
     console = Console(
         file=buf,

@@ -120,7 +120,7 @@ def _head(r: CompareReport) -> Table:
     """What was compared: the files (escaped: data text), the dtype, the rows."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
-    head.add_column()
+    head.add_column(overflow="fold")  # a long path shown whole, not cut
     head.add_row("logits", f"{safe_text(r.logits)} ({r.rows} rows x {r.classes} classes)")
     head.add_row("labels", safe_text(r.labels))
     their = f"{safe_text(r.loss_file)} ({r.their_loss_dtype}, reduction {r.reduction})"

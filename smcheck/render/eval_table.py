@@ -24,7 +24,7 @@ def _input_panel(report: EvalReport) -> Panel:
     i = report.input
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a long path shown whole, not cut
     shape = f"{i.rows} rows x {i.classes} classes"
     if len(i.original_shape) > 2:
         shape += f" (from shape {' x '.join(map(str, i.original_shape))})"

@@ -242,7 +242,7 @@ def _truth_lines(r: GradcheckReport) -> list[str]:
 def _panel(r: GradcheckReport) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a long path shown whole, not cut
     rows = f"{r.rows} checked"
     if r.label_free:
         rows += " (row, label) pairs"
