@@ -159,7 +159,7 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
     "directory up.",
 )
 @click.option("--no-config", is_flag=True, help="Ignore config files: built-in defaults only.")
-@click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks of internal errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (exit 3).")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, no_config: bool, debug: bool) -> None:
     """Audit softmax cross-entropy numerics: loss and gradient of each formulation, in the

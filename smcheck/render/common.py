@@ -27,6 +27,7 @@ __all__ = [
     "json_clean",
     "json_float",
     "md_cell",
+    "plural",
     "render_to_text",
     "safe_text",
     "use_color",
@@ -177,6 +178,17 @@ def json_clean(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [json_clean(v) for v in x]
     return x
+
+
+def plural(n: int, noun: str) -> str:
+    """A count and its noun, singular for one: ``1 row``, ``0 rows``, ``2 classes``.
+
+    >>> plural(1, "class"), plural(3, "class"), plural(0, "row")
+    ('1 class', '3 classes', '0 rows')
+    """
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{n} {noun}s"
 
 
 def md_cell(text: object) -> str:

@@ -26,6 +26,7 @@ from .common import (
     gh_escape_property,
     json_clean,
     md_cell,
+    plural,
     render_to_text,
     safe_text,
 )
@@ -121,7 +122,8 @@ def _head(r: CompareReport) -> Table:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column(overflow="fold")  # a long path shown whole, not cut
-    head.add_row("logits", f"{safe_text(r.logits)} ({r.rows} rows x {r.classes} classes)")
+    shape = f"{plural(r.rows, 'row')} x {plural(r.classes, 'class')}"
+    head.add_row("logits", f"{safe_text(r.logits)} ({shape})")
     head.add_row("labels", safe_text(r.labels))
     their = f"{safe_text(r.loss_file)} ({r.their_loss_dtype}, reduction {r.reduction})"
     head.add_row("their loss", their)
@@ -229,8 +231,14 @@ def _grad_tables(r: CompareReport) -> list[RenderableType]:
     return [gt, gf]
 
 
-def _worst_table(r: CompareReport) -> Table | None:
-    """The worst rows with their logit statistics (columns for what was compared)."""
+#: Below this width the tables take their compact form (columns left out) instead of letting
+#: rich cut cells into "…".
+FULL_WIDTH = 100
+
+
+def _worst_table(r: CompareReport, compact: bool = False) -> Table | None:
+    """The worst rows with their logit statistics (columns for what was compared; compact:
+    without the gradient's worst class and z_y)."""
     if not r.worst:
         return None
     wt = Table(
@@ -244,8 +252,8 @@ def _worst_table(r: CompareReport) -> Table | None:
     if r.reduction == "none":
         cols += ["theirs", "ref", "ulps"]
     if r.grad is not None:
-        cols += ["grad err", "@class"]
-    cols += ["max z", "z_y", "margin", "p_y"]
+        cols += ["grad err"] if compact else ["grad err", "@class"]
+    cols += ["max z", "margin", "p_y"] if compact else ["max z", "z_y", "margin", "p_y"]
     if issues:
         cols.append("issue")
     for col in cols:
@@ -255,13 +263,13 @@ def _worst_table(r: CompareReport) -> Table | None:
         if r.reduction == "none":
             cells += [fmt_num(w.their_loss), fmt_num(w.ref_loss), fmt_num(w.loss_ulp_err)]
         if r.grad is not None:
-            cells += [fmt_num(w.grad_abs_err), fmt_num(w.grad_worst_class)]
-        cells += [
-            fmt_num(w.max_logit),
-            fmt_num(w.label_logit),
-            fmt_num(w.margin),
-            fmt_num(w.ref_p_label),
-        ]
+            cells.append(fmt_num(w.grad_abs_err))
+            if not compact:
+                cells.append(fmt_num(w.grad_worst_class))
+        cells.append(fmt_num(w.max_logit))
+        if not compact:
+            cells.append(fmt_num(w.label_logit))
+        cells += [fmt_num(w.margin), fmt_num(w.ref_p_label)]
         if issues:
             cells.append(safe_text(w.issue or "-"))
         wt.add_row(*cells)
@@ -283,13 +291,14 @@ def to_table(report: CompareReport, *, color: bool = False, width: int | None = 
     """``--format table``: input, loss error distribution and histogram, gradient error, worst
     rows, checks, and the verdict in one line (green ok, yellow lossy, red broken)."""
     r = report
+    width = width or DEFAULT_WIDTH
     out: list[RenderableType | None] = [
         Text("smcheck compare: their kernel against the reference", style="bold"),
         _head(r),
         *_loss_tables(r),
         _histogram(r),
         *_grad_tables(r),
-        _worst_table(r),
+        _worst_table(r, width < FULL_WIDTH),
         _checks_table(r),
     ]
     out.extend(Text(f"note: {safe_text(note)}", style="dim") for note in r.notes)
@@ -297,7 +306,7 @@ def to_table(report: CompareReport, *, color: bool = False, width: int | None = 
     verdict.append(f" - {safe_text(r.summary)}", style="")
     out.append(verdict)
     shown = [x for x in out if x is not None]
-    return render_to_text(shown, color=color, width=width or DEFAULT_WIDTH)
+    return render_to_text(shown, color=color, width=width)
 
 
 def to_markdown(report: CompareReport, *, color: bool = False, width: int | None = None) -> str:
@@ -309,8 +318,9 @@ def to_markdown(report: CompareReport, *, color: bool = False, width: int | None
         "",
         md_cell(r.summary),
         "",
-        f"`{md_cell(r.loss_file)}` against the reference on `{md_cell(r.logits)}`: {r.rows} rows x "
-        f"{r.classes} classes, dtype {r.dtype} (accum {r.accum}), reduction {r.reduction}, "
+        f"`{md_cell(r.loss_file)}` against the reference on `{md_cell(r.logits)}`: "
+        f"{plural(r.rows, 'row')} x {plural(r.classes, 'class')}, dtype {r.dtype} "
+        f"(accum {r.accum}), reduction {r.reduction}, "
         f"{r.counted_rows} counted, {r.ignored_rows} ignored; reference "
         f"{r.reference_precision}.",
         "",
@@ -349,7 +359,7 @@ def to_markdown(report: CompareReport, *, color: bool = False, width: int | None
             f"| median | {fmt_num(grad.median_abs_err)} | {fmt_num(grad.median_rel_err)} |",
             "",
             f"Limit {fmt_num(r.max_grad_err)}. NaN/inf where the reference is finite: "
-            f"{grad.nonfinite_rows} rows.",
+            f"{plural(grad.nonfinite_rows, 'row')}.",
         ]
     if r.worst:
         lines += [

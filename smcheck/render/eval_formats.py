@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..evaluate import EvalReport, MethodReport
-from .common import fmt_num, gh_escape_data, gh_escape_property, md_cell, safe_text
+from .common import fmt_num, gh_escape_data, gh_escape_property, md_cell, plural, safe_text
 from .common import json_float as _f
 
 __all__ = [
@@ -200,7 +200,8 @@ def render_markdown(report: EvalReport, *, color: bool = False, width: int | Non
         "",
         f"`{md_cell(i.logits)}`"
         + (f" with labels `{md_cell(i.labels)}`" if i.labels else " (label-free)")
-        + f": {i.rows} rows x {i.classes} classes in **{i.dtype}** (accumulate in {i.accum});"
+        + f": {plural(i.rows, 'row')} x {plural(i.classes, 'class')} in **{i.dtype}** "
+        f"(accumulate in {i.accum});"
         f" {i.eligible_rows} eligible, {i.ignored_rows} ignored, {i.nonfinite_input_rows} with "
         f"non-finite input. Logits {fmt_num(i.logit_min)} .. {fmt_num(i.logit_max)}, largest "
         f"margin {fmt_num(i.margin_max)}; ln(max {i.dtype}) = {i.ln_max:.4g}. "

@@ -26,6 +26,7 @@ from .common import (
     gh_escape_data,
     gh_escape_property,
     md_cell,
+    plural,
     render_to_text,
     safe_text,
 )
@@ -246,7 +247,7 @@ def _panel(r: GradcheckReport) -> Panel:
     rows = f"{r.rows} checked"
     if r.label_free:
         rows += " (row, label) pairs"
-    rows += f" of {r.input_rows} input rows x {r.classes} classes"
+    rows += f" of {plural(r.input_rows, 'input row')} x {plural(r.classes, 'class')}"
     if r.cases:
         rows += " (" + ", ".join(f"{k} {n}" for k, n in r.cases) + ")"
     grid.add_row("input", safe_text(r.source))
@@ -264,7 +265,12 @@ def _panel(r: GradcheckReport) -> Panel:
     return Panel(grid, title="smcheck gradcheck", title_align="left", expand=False)
 
 
-def _methods_table(r: GradcheckReport) -> Table:
+#: Below this width the tables take their compact form (short headers, optional columns left
+#: out) instead of letting rich cut cells into "…".
+FULL_WIDTH = 100
+
+
+def _methods_table(r: GradcheckReport, compact: bool = False) -> Table:
     t = Table(
         title="Gradients against the truth (* gated; errors over the checked entries; own loss: "
         "the working-dtype check)",
@@ -278,7 +284,7 @@ def _methods_table(r: GradcheckReport) -> Table:
         "bad\nentries",
         "NaN/inf\nrows",
         "max abs\nerr",
-        "max rel\nerr",
+        *(() if compact else ("max rel\nerr",)),
         "max\nulps",
         "bad\ndirs",
         "own loss",
@@ -298,7 +304,7 @@ def _methods_table(r: GradcheckReport) -> Table:
             f"{m.failed_entries}/{m.checked_entries}",
             str(m.nonfinite_grad_rows),
             fmt_num(m.max_abs_err),
-            fmt_num(m.max_rel_err),
+            *(() if compact else (fmt_num(m.max_rel_err),)),
             fmt_num(m.max_ulp_err),
             f"{m.failed_directions}/{m.checked_directions}",
             Text(cons, style=STYLE_OF.get(_cons_style(c.verdict), "")),
@@ -342,9 +348,10 @@ def _worst_table(r: GradcheckReport) -> Table | None:
     return t
 
 
-def gradcheck_renderables(r: GradcheckReport) -> list[RenderableType]:
-    """The table report as rich objects: input panel, methods, worst entries, verdict."""
-    out: list[RenderableType] = [_panel(r), _methods_table(r)]
+def gradcheck_renderables(r: GradcheckReport, width: int = DEFAULT_WIDTH) -> list[RenderableType]:
+    """The table report as rich objects: input panel, methods, worst entries, verdict (compact
+    below :data:`FULL_WIDTH` columns)."""
+    out: list[RenderableType] = [_panel(r), _methods_table(r, width < FULL_WIDTH)]
     worst = _worst_table(r)
     if worst is not None:
         out.append(worst)
@@ -354,7 +361,8 @@ def gradcheck_renderables(r: GradcheckReport) -> list[RenderableType]:
 
 def render_table(r: GradcheckReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format table``: the human report (ANSI colours only when ``color``)."""
-    return render_to_text(gradcheck_renderables(r), color=color, width=width or DEFAULT_WIDTH)
+    width = width or DEFAULT_WIDTH
+    return render_to_text(gradcheck_renderables(r, width), color=color, width=width)
 
 
 # --------------------------------------------------------------------------- markdown, github
@@ -368,7 +376,8 @@ def render_markdown(r: GradcheckReport, *, color: bool = False, width: int | Non
         "",
         f"**{md_cell(summary(r))}**",
         "",
-        f"`{md_cell(r.source)}`: {r.rows} rows checked of {r.input_rows} x {r.classes} classes in "
+        f"`{md_cell(r.source)}`: {plural(r.rows, 'row')} checked of {r.input_rows} x "
+        f"{plural(r.classes, 'class')} in "
         f"**{r.dtype}** (accumulate in {r.accum}); {_probes_text(r)}. Tolerance "
         f"`|g - g*| <= {r.atol:g} + {r.rtol:g} |g*|` ({r.tolerance_source}).",
         "",

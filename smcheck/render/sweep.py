@@ -257,41 +257,61 @@ def _heat_text(report: SweepReport, dtype: str, color: bool) -> Text:
 # Formats
 
 
-def _break_table(report: SweepReport, dtype: str, color: bool) -> Table | Text:
+#: The break table's columns: (name, justification, left out in the compact form).
+_BREAK_COLUMNS = (
+    ("C", "right", False),
+    ("case", "left", False),
+    ("method", "left", False),
+    ("breaks", "left", False),
+    ("scale", "right", False),
+    ("margin", "right", True),
+    ("cause", "left", False),
+    ("observed", "left", True),
+    ("theory", "left", False),
+    ("off", "right", True),
+)
+
+
+def _break_table(
+    report: SweepReport, dtype: str, color: bool, compact: bool = False
+) -> Table | Text:
     found = [(b, kinds) for b, kinds in merged_breaks(report) if b.dtype == dtype]
     if not found:
         return Text("no break in this grid")
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 2, 0, 0), pad_edge=False, show_edge=False)
-    for name, justify in (
-        ("C", "right"),
-        ("case", "left"),
-        ("method", "left"),
-        ("breaks", "left"),
-        ("scale", "right"),
-        ("margin", "right"),
-        ("cause", "left"),
-        ("observed", "left"),
-        ("theory", "left"),
-        ("off", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    pad = (0, 0, 0, 0) if compact else (0, 2, 0, 0)  # the column divider still gives one
+    table = Table(box=box.SIMPLE_HEAD, padding=pad, pad_edge=False, show_edge=False)
+    keep = [not (compact and optional) for *_, optional in _BREAK_COLUMNS]
+    for (name, justify, _), shown in zip(_BREAK_COLUMNS, keep, strict=True):
+        if shown:
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     gate = report.config.gate
     for b, kinds in found:
         gated = b.method in gate
-        table.add_row(
+        cause, observed, theory, off = _why(b)
+        cells = (
             str(b.classes),
             b.case,
             b.method + (" *" if gated else ""),
             ",".join(_KIND_SHORT[k] for k in kinds),
             fmt_num(b.scale),
             fmt_num(b.margin),
-            *_why(b),
-            style="red" if (gated and color) else None,
+            cause,
+            observed,
+            theory,
+            off,
         )
+        shown_cells = [cell for cell, shown in zip(cells, keep, strict=True) if shown]
+        table.add_row(*shown_cells, style="red" if (gated and color) else None)
     return table
 
 
-def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]:
+#: Below this width the break table takes its compact form (margin, observed and off left out).
+FULL_WIDTH = 118
+
+
+def _table_renderables(
+    report: SweepReport, color: bool, width: int = TABLE_WIDTH
+) -> list[RenderableType]:
     c = report.config
     out: list[RenderableType] = [
         Text(
@@ -310,7 +330,7 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
         out.append(Text(_theory_line(t), style="bold" if color else ""))
         out.append(_heat_text(report, t.dtype, color))
         out.append(Text(""))
-        out.append(_break_table(report, t.dtype, color))
+        out.append(_break_table(report, t.dtype, color, width < FULL_WIDTH))
     out.append(Text(""))
     out.extend(Text(line, style="green" if color else "") for line in _never_summary(report))
     if c.gate:
@@ -335,7 +355,7 @@ def render_table(report: SweepReport, *, color: bool = False, width: int | None 
     """``--format table``: per dtype a heat map (methods x scales, worst over classes and
     cases), then the break-point table."""
     width = width or TABLE_WIDTH
-    return render_to_text(_table_renderables(report, color), color=color, width=width)
+    return render_to_text(_table_renderables(report, color, width), color=color, width=width)
 
 
 def render_markdown(report: SweepReport, *, color: bool = False, width: int | None = None) -> str:
