@@ -317,7 +317,7 @@ def _cons_style(verdict: str) -> str:
     return {"consistent": "ok", "inconclusive": "inconclusive"}.get(verdict, "broken")
 
 
-def _worst_table(r: GradcheckReport) -> Table | None:
+def _worst_table(r: GradcheckReport, compact: bool = False) -> Table | None:
     if not r.worst:
         return None
     t = Table(
@@ -328,8 +328,9 @@ def _worst_table(r: GradcheckReport) -> Table | None:
         collapse_padding=True,
     )
     cases = any(w.case for w in r.worst)
-    names = ["method", "row", "label", *(["case"] if cases else []), "probe"]
-    for name in (*names, "truth", "value", "|err|", "/ tol"):
+    # compact: the label (the probe names the class) and |err| (the ratio shows it) left out
+    names = ["method", "row", *([] if compact else ["label"]), *(["case"] if cases else [])]
+    for name in (*names, "probe", "truth", "value", *([] if compact else ["|err|"]), "/ tol"):
         just = "left" if name in ("method", "case", "probe") else "right"
         t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for w in r.worst:
@@ -337,12 +338,12 @@ def _worst_table(r: GradcheckReport) -> Table | None:
         t.add_row(
             w.method,
             str(w.row),
-            str(w.label),
+            *([] if compact else [str(w.label)]),
             *([safe_text(w.case or "")] if cases else []),
             safe_text(w.probe),
             _num(w.truth),
             Text(_num(w.value), style=style),
-            fmt_num(w.abs_err),
+            *([] if compact else [fmt_num(w.abs_err)]),
             Text(fmt_num(w.ratio), style=style),
         )
     return t
@@ -352,7 +353,7 @@ def gradcheck_renderables(r: GradcheckReport, width: int = DEFAULT_WIDTH) -> lis
     """The table report as rich objects: input panel, methods, worst entries, verdict (compact
     below :data:`FULL_WIDTH` columns)."""
     out: list[RenderableType] = [_panel(r), _methods_table(r, width < FULL_WIDTH)]
-    worst = _worst_table(r)
+    worst = _worst_table(r, width < FULL_WIDTH)
     if worst is not None:
         out.append(worst)
     out.append(Text(safe_text(summary(r)), style=STYLE_OF["ok" if r.ok else "broken"] + " bold"))
