@@ -249,3 +249,18 @@ def test_hostile_output_name_in_the_written_junit(hostile: dict[str, Path], tmp_
     assert_inert(out + err)
     suite = ET.fromstring(report.read_text(encoding="utf-8")).find("testsuite")
     assert suite is not None and safe_text(HOSTILE) in (suite.get("name") or "")
+
+
+def test_config_values_shown_escaped(tmp_path: Path) -> None:
+    """``smcheck config`` prints a config file's values: data, not commands."""
+    (tmp_path / "smcheck.toml").write_text(
+        '[eval]\noutput = "x\\n::stop-commands::tok\\u001b[31m\\u202e"\n', encoding="utf-8"
+    )
+    config = ["--config", str(tmp_path / "smcheck.toml"), "config"]
+    text = CliRunner().invoke(cli, config, catch_exceptions=False)
+    as_json = CliRunner().invoke(cli, [*config, "--format", "json"], catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    assert_inert(text.stdout)
+    assert "x\\n::stop-commands::tok\\x1b[31m\\u202e" in text.stdout
+    doc = json.loads(as_json.stdout)
+    assert doc["commands"]["eval"]["output"]["value"] == "x\n::stop-commands::tok\x1b[31m\u202e"
