@@ -264,3 +264,11 @@ def test_config_values_shown_escaped(tmp_path: Path) -> None:
     assert "x\\n::stop-commands::tok\\x1b[31m\\u202e" in text.stdout
     doc = json.loads(as_json.stdout)
     assert doc["commands"]["eval"]["output"]["value"] == "x\n::stop-commands::tok\x1b[31m\u202e"
+
+
+def test_click_usage_error_quoting_a_hostile_argument(hostile: dict[str, Path]) -> None:
+    """``smcheck eval runs/*.npy`` with two matches: click names the extra argument."""
+    result = CliRunner().invoke(cli, ["eval", str(hostile["logits"]), str(hostile["labels"])])
+    assert result.exit_code == 2
+    assert_inert(result.stdout + result.stderr)
+    assert "\\x1b[31m" in result.stderr

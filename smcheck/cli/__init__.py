@@ -48,7 +48,10 @@ class SmcheckGroup(click.Group):
         except SmcheckError as exc:  # its text may quote data: a file name, a header, a key
             click.echo(f"smcheck: error: {safe_text(exc)}", err=True)
             ctx.exit(EXIT_USAGE)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as exc:  # may quote an argument: a file name from a glob
+            exc.__dict__["message"] = safe_text(exc.message)  # typed Final; show() reads it
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("smcheck: interrupted", err=True)
