@@ -1,4 +1,4 @@
-"""Click option helpers shared by the commands (eval, gradcheck, sweep).
+"""Click option helpers shared by the commands (eval, gradcheck, sweep, compare).
 
 Each helper returns a decorator, so a command reads as its list of options::
 
@@ -10,8 +10,9 @@ Each helper returns a decorator, so a command reads as its list of options::
     @gate_options()
     def eval_cmd(...): ...
 
-and :func:`emit` / :func:`exit_code` / :func:`wants_color` are the three lines every command ends
-with. Nothing here computes numbers; values are parsed and validated, never interpreted.
+and :func:`emit`, :func:`exit_code` and :func:`wants_color` are what the shared command tail
+(:mod:`smcheck.cli.tail`) ends every command with. Nothing here computes numbers; values are
+parsed and validated, never interpreted.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from ..sweep import (
     DEFAULT_DTYPES,
     DEFAULT_SCALES_SPEC,
     SweepConfig,
+    SweepReport,
     default_jobs,
     parse_scales,
     sweep,
@@ -85,6 +86,14 @@ def _check_plot(plot: str | None, output: str | None) -> str | None:
     if output is not None and os.path.abspath(plot) == os.path.abspath(output):
         raise UsageError(f"--plot and --output are the same file: {plot}")
     return plot_fmt
+
+
+def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
+    """Draw the error-vs-scale curves and write them to ``plot`` atomically."""
+    from ..output import write_atomic
+    from ..render.sweep_plot import render_plot
+
+    write_atomic(plot, render_plot(report, plot_fmt))
 
 
 @cli.command("sweep")
@@ -209,10 +218,7 @@ def sweep_cmd(
     plot_fmt = _check_plot(plot, output)  # fail before the sweep, not after it
     tail.start({"--plot": plot})
     report = sweep(config, jobs=jobs or default_jobs())
-    if plot is not None and plot_fmt is not None:
-        from ..output import write_atomic
-        from ..render.sweep_plot import render_plot
-
-        write_atomic(plot, render_plot(report, plot_fmt))
+    if plot is not None and plot_fmt is not None:  # beside the report, before it is emitted
+        _write_plot(plot, plot_fmt, report)
     doc = to_dict(report)
     finish(tail, report, render, doc, ok=report.ok, identity=grid_identity(doc))
