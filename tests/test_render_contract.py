@@ -198,3 +198,23 @@ def test_command_stays_thin(module: str) -> None:
     }
     assert not called & {"echo", "emit", "finish_baseline", "exit", "exit_code", "wants_color"}
     assert "RENDERERS:" not in source and "RENDERERS =" not in source  # tables live in render/
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["gradcheck", "--rows", "4"],
+        ["sweep", "--dtype", "float16", "--classes", "10", "--scales", "1,100", "--jobs", "1"],
+    ],
+)
+def test_one_colour_policy_for_a_report_file(tmp_path: Path, args: list[str]) -> None:
+    """Every command decides colour in the shared tail: a report file gets ANSI codes only with
+    ``--color always`` (or FORCE_COLOR), never because stdout happens to be a terminal."""
+    out = tmp_path / "report.txt"
+    env = {"NO_COLOR": "", "FORCE_COLOR": ""}
+    CliRunner().invoke(cli, [*args, "-o", str(out), "--color", "always"], env=env)
+    assert "\x1b[" in out.read_text()
+    CliRunner().invoke(cli, [*args, "-o", str(out)], env=env)
+    assert "\x1b[" not in out.read_text()
+    CliRunner().invoke(cli, [*args, "-o", str(out)], env={"FORCE_COLOR": "1", "NO_COLOR": ""})
+    assert "\x1b[" in out.read_text()
