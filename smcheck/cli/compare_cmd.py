@@ -168,8 +168,10 @@ def compare_cmd(
           --reduction mean --weight w.npy --label-smoothing 0.1
     """
     inputs = (logits, labels, loss_file, grad_file, weight)
-    tail = Tail("compare", fmt, color, output, inputs, exit_zero, baseline, write_baseline,
-                regression_factor)  # fmt: skip
+    tail = Tail(
+        "compare", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
     tail.start()
     report = compare_files(
         logits,

@@ -153,8 +153,10 @@ def eval_cmd(
         max_bytes=max_bytes,
     )
     inputs = [p for p in (logits, labels) if p]
-    tail = Tail("eval", fmt, color, output, inputs, exit_zero, baseline, write_baseline,
-                regression_factor)  # fmt: skip
+    tail = Tail(
+        "eval", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
     tail.start({"--per-row": per_row})
     per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
     keep_freed_memory()  # chunk temporaries reuse freed heap blocks (see smcheck.allocator)

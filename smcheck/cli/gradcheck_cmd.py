@@ -241,8 +241,10 @@ def gradcheck_cmd(
     )  # fmt: skip
     rows = None if logits is None else rows  # synthetic: every row made is checked
     inputs = [p for p in (logits, labels) if p]
-    tail = Tail("gradcheck", fmt, color, output, inputs, exit_zero, baseline, write_baseline,
-                regression_factor)  # fmt: skip
+    tail = Tail(
+        "gradcheck", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
     tail.start()
     run = parse_methods(methods)
     gated = parse_gate(gate, run)

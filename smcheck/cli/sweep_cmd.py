@@ -213,8 +213,8 @@ def sweep_cmd(
     """
     config = _config(dtypes, accum, classes, scales, cases, methods, rows, seed, max_bits, tol,
                      gate)  # fmt: skip
-    tail = Tail("sweep", fmt, color, output, (), False, baseline, write_baseline,
-                regression_factor)  # fmt: skip
+    tail = Tail("sweep", fmt, color, output, baseline=baseline, write_baseline=write_baseline,
+                regression_factor=regression_factor)  # fmt: skip
     plot_fmt = _check_plot(plot, output)  # fail before the sweep, not after it
     tail.start({"--plot": plot})
     report = sweep(config, jobs=jobs or default_jobs())

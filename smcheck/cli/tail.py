@@ -2,8 +2,8 @@
 
 A command parses its options, calls one analysis and hands the report to :func:`finish`::
 
-    tail = Tail("eval", fmt, color, output, inputs, exit_zero, baseline, write_baseline,
-                regression_factor)
+    tail = Tail("eval", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+                write_baseline=write_baseline, regression_factor=regression_factor)
     tail.start()  # before any work: a bad output or baseline costs nothing (exit 2)
     report = evaluate(...)
     finish(tail, report, render, to_dict(report), ok=report.ok, identity=...)
@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -69,6 +69,7 @@ class Tail:
     color: str
     output: str | None
     inputs: Sequence[str | None] = ()
+    _: KW_ONLY  # the rest by name: two of them are str | None paths, easily swapped
     exit_zero: bool = False
     baseline: str | None = None
     write_baseline: str | None = None
