@@ -464,7 +464,9 @@ def render_result(result: BaselineResult, name: str, factor: float = DEFAULT_FAC
     else:
         n = len(result.regressions)
         head = f"smcheck: {n} regression{'s' * (n != 1)} against {name}:"
-    lines = [head]
-    lines += [f"  {r.describe()}" for r in result.regressions]
-    lines += [f"  note: {n}" for n in result.notes]
+    from .render.common import safe_text  # a baseline's names are data: shown escaped
+
+    lines = [safe_text(head)]
+    lines += [f"  {safe_text(r.describe())}" for r in result.regressions]
+    lines += [f"  note: {safe_text(n)}" for n in result.notes]
     return "\n".join(lines)

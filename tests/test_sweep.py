@@ -476,7 +476,7 @@ def test_renderer_registry_covers_every_format() -> None:
     rep = _hand_report()
     assert set(RENDERERS) == {"table", "json", "markdown", "github"}
     for render in RENDERERS.values():
-        assert render(rep, False).endswith("\n")
+        assert render(rep, color=False).endswith("\n")
 
 
 def test_plot_png_and_svg() -> None:

@@ -31,6 +31,7 @@ from ..config import (
     table_name,
 )
 from ..errors import SmcheckError, UsageError
+from ..render.common import safe_text
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -44,10 +45,13 @@ class SmcheckGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SmcheckError as exc:
-            click.echo(f"smcheck: error: {exc}", err=True)
+        except SmcheckError as exc:  # its text may quote data: a file name, a header, a key
+            click.echo(f"smcheck: error: {safe_text(exc)}", err=True)
             ctx.exit(EXIT_USAGE)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as exc:  # may quote an argument: a file name from a glob
+            exc.__dict__["message"] = safe_text(exc.message)  # typed Final; show() reads it
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("smcheck: interrupted", err=True)
@@ -60,7 +64,8 @@ class SmcheckGroup(click.Group):
                 raise
             name = type(exc).__name__
             click.echo(
-                f"smcheck: internal error: {name}: {exc} (rerun with --debug for a traceback)",
+                f"smcheck: internal error: {name}: {safe_text(exc)} (rerun with --debug for a "
+                "traceback)",
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
@@ -157,7 +162,7 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
     "directory up.",
 )
 @click.option("--no-config", is_flag=True, help="Ignore config files: built-in defaults only.")
-@click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks of internal errors.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (exit 3).")
 @click.pass_context
 def cli(ctx: click.Context, config_file: Path | None, no_config: bool, debug: bool) -> None:
     """Audit softmax cross-entropy numerics: loss and gradient of each formulation, in the

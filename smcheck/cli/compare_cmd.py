@@ -16,20 +16,23 @@ from ..compare import (
     compare_files,
 )
 from ..render.compare import RENDERERS, render, to_dict
-from . import EXIT_FINDINGS, EXIT_OK, cli
-from .baseline_opts import baseline_options, finish_baseline, start_baseline
+from . import cli
+from .baseline_opts import baseline_options
 from .options import (
     color_option,
     dtype_options,
-    emit,
-    exit_code,
+    exit_zero_option,
     format_option,
     output_option,
     parse_csv_choices,
-    wants_color,
 )
+from .tail import Tail, finish
 
-assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
+
+def _fail_on(value: str) -> tuple[str, ...]:
+    """``--fail-on``: compare's checks, eval's names (overflow, underflow) read as nonfinite."""
+    chosen = parse_csv_choices(value, (*FAIL_ON, *FAIL_ON_ALIASES), "--fail-on")
+    return tuple(dict.fromkeys(FAIL_ON_ALIASES.get(f, f) for f in chosen))
 
 
 @cli.command("compare")
@@ -109,9 +112,7 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
     help=f"Findings that fail the run ({', '.join(FAIL_ON)}; 'none'). eval's overflow and "
     "underflow are read as nonfinite.",
 )
-@click.option(
-    "--exit-zero", is_flag=True, help="Exit 0 even when a check fails (bad input still exits 2)."
-)
+@exit_zero_option()
 @click.option(
     "--top", type=click.IntRange(min=0), default=10, show_default=True, help="Worst rows shown."
 )
@@ -167,7 +168,11 @@ def compare_cmd(
           --reduction mean --weight w.npy --label-smoothing 0.1
     """
     inputs = (logits, labels, loss_file, grad_file, weight)
-    start_baseline("compare", baseline, write_baseline, inputs, {"--output": output})
+    tail = Tail(
+        "compare", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
+    tail.start()
     report = compare_files(
         logits,
         labels,
@@ -188,27 +193,11 @@ def compare_cmd(
         convention=convention,
         max_loss_ulp=max_loss_ulp,
         max_grad_err=max_grad_err,
-        fail_on=tuple(
-            dict.fromkeys(
-                FAIL_ON_ALIASES.get(f, f)
-                for f in parse_csv_choices(fail_on, (*FAIL_ON, *FAIL_ON_ALIASES), "--fail-on")
-            )
-        ),
+        fail_on=_fail_on(fail_on),
         top=top,
     )
-    to_stdout = output in (None, "-")
-    use = wants_color(color) if to_stdout else color == "always"
-    text = render(report, fmt, color=use)
-    if to_stdout:  # emit's click.echo would strip the ANSI codes --color=always asked for
-        click.echo(text, nl=not text.endswith("\n"), color=use)
-    else:
-        emit(text, output, inputs)
     identity = partial(  # read and hashed only with a baseline option
         load_identity, logits, labels, logits_key=logits_key, labels_key=labels_key,
         label_column=label_column, ignore_index=ignore_index,
     )  # fmt: skip
-    code = finish_baseline(
-        "compare", to_dict(report), identity, exit_code(report.ok, exit_zero), baseline,
-        write_baseline, regression_factor, exit_zero, inputs,
-    )  # fmt: skip
-    click.get_current_context().exit(code)
+    finish(tail, report, render, to_dict(report), ok=report.ok, identity=identity)

@@ -10,6 +10,7 @@ import click
 
 from ..config import Effective, Settings, display_path, effective
 from ..errors import UsageError
+from ..render.common import safe_text
 from . import EXIT_OK, cli
 
 
@@ -26,13 +27,14 @@ def _show(value: Any) -> str:
 
 def render_config_text(path: str | None, rows: list[Effective]) -> str:
     """One block per command: option, value, source - aligned columns, no colour."""
-    lines = [f"config file: {path or 'none found'}"]
+    lines = [f"config file: {safe_text(path or 'none found')}"]  # a file's text is data
     lines.append("(values on the command line override every value below)")
     commands: dict[str, list[Effective]] = {}
     for r in rows:
         commands.setdefault(r.command, []).append(r)
     for name, items in commands.items():
-        table = [("option", "value", "source")] + [(r.key, _show(r.value), r.source) for r in items]
+        table = [("option", "value", "source")]
+        table += [(safe_text(r.key), safe_text(_show(r.value)), safe_text(r.source)) for r in items]
         w0 = max(len(t[0]) for t in table)
         w1 = max(len(t[1]) for t in table)
         lines.append("")

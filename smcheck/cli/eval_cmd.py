@@ -5,44 +5,31 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
 
 import click
 
 from ..allocator import keep_freed_memory
 from ..baseline import input_identity
-from ..evaluate import DEFAULT_CHUNK_BYTES, EvalReport, PerRowWriter, evaluate
-from ..render.eval_formats import render_github, render_json, render_junit, render_markdown, to_dict
-from ..render.eval_table import render_table
+from ..evaluate import DEFAULT_CHUNK_BYTES, PerRowWriter, evaluate
+from ..render.eval import RENDERERS, render, to_dict
 from . import cli
-from .baseline_opts import baseline_options, finish_baseline, start_baseline
+from .baseline_opts import baseline_options
 from .options import (
     FAIL_ON_CHOICES,
-    check_output,
     color_option,
     dtype_options,
-    emit,
-    exit_code,
     format_option,
     gate_options,
     load_logits,
     methods_option,
     output_option,
     parse_csv_choices,
+    parse_gate,
     parse_methods,
     progress_reporter,
-    wants_color,
     workers_option,
 )
-
-#: --format -> pure renderer (report, colour) -> text.
-RENDERERS: dict[str, Callable[[EvalReport, bool], str]] = {
-    "table": lambda r, color: render_table(r, color=color),
-    "json": lambda r, color: render_json(r),
-    "markdown": lambda r, color: render_markdown(r),
-    "github": lambda r, color: render_github(r),
-    "junit": lambda r, color: render_junit(r),
-}
+from .tail import Tail, finish
 
 
 @cli.command("eval")
@@ -153,11 +140,8 @@ def eval_cmd(
         smcheck eval samples/overconfident_f32.npy \\
             --labels samples/overconfident_labels.npy --dtype float16
     """
-    chosen, checks = (
-        parse_methods(methods),
-        parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on"),
-    )
-    gated = parse_methods(gate, "--gate") if gate.strip().lower() != "none" else ()
+    chosen, gated = parse_methods(methods), parse_gate(gate)
+    checks = parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on")
     loaded, dtype = load_logits(
         logits,
         labels,
@@ -169,10 +153,11 @@ def eval_cmd(
         max_bytes=max_bytes,
     )
     inputs = [p for p in (logits, labels) if p]
-    check_output(output, inputs)
-    start_baseline(
-        "eval", baseline, write_baseline, inputs, {"--output": output, "--per-row": per_row}
-    )
+    tail = Tail(
+        "eval", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
+    tail.start({"--per-row": per_row})
     per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
     keep_freed_memory()  # chunk temporaries reuse freed heap blocks (see smcheck.allocator)
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
@@ -187,14 +172,8 @@ def eval_cmd(
             original_shape=loaded.original_shape,
             engine=engine, scheduler=scheduler,
         )  # fmt: skip
-    emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, inputs)
-    if report.input.eligible_rows == 0:
-        click.echo(f"smcheck: {report.verdict}", err=True)
-    code = finish_baseline(
-        "eval", to_dict(report), lambda: input_identity(loaded.logits, loaded.labels),
-        exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
-        exit_zero, inputs,
+    finish(
+        tail, report, render, to_dict(report), ok=report.ok,
+        identity=lambda: input_identity(loaded.logits, loaded.labels),
+        unchecked=None if report.input.eligible_rows else report.verdict,
     )  # fmt: skip
-    if report.input.eligible_rows == 0:  # nothing was checked: no baseline excuses that
-        code = exit_code(False, exit_zero)
-    click.get_current_context().exit(code)

@@ -3,47 +3,87 @@ derivatives (parse, load or synthesise, check, render, exit code)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import NamedTuple
 
 import click
 import numpy as np
 
 from ..baseline import input_identity
 from ..errors import UsageError
-from ..gradcheck import CASE_CHOICES, GradcheckReport, gradcheck, synthetic
-from ..render.gradcheck import (
-    render_github,
-    render_json,
-    render_markdown,
-    render_table,
-    summary,
-    to_dict,
-)
+from ..gradcheck import CASE_CHOICES, gradcheck, synthetic
+from ..render.gradcheck import RENDERERS, render, summary, to_dict
 from . import cli
-from .baseline_opts import baseline_options, finish_baseline, start_baseline
+from .baseline_opts import baseline_options
 from .options import (
     color_option,
     dtype_options,
-    emit,
-    exit_code,
+    exit_zero_option,
     format_option,
+    gate_option,
     load_logits,
     methods_option,
     output_option,
+    parse_gate,
     parse_methods,
-    wants_color,
 )
-
-#: --format -> pure renderer (report, colour) -> text.
-RENDERERS: dict[str, Callable[[GradcheckReport, bool], str]] = {
-    "table": lambda r, color: render_table(r, color=color),
-    "json": lambda r, color: render_json(r),
-    "markdown": lambda r, color: render_markdown(r),
-    "github": lambda r, color: render_github(r),
-}
+from .tail import Tail, finish
 
 #: Synthetic input when no LOGITS is given.
 DEFAULT_SYNTHETIC_ROWS = 50
+
+
+class _Input(NamedTuple):
+    logits: np.ndarray
+    labels: np.ndarray | None
+    name: str
+    cases: tuple[str, ...] | None
+    dtype: str | None
+
+
+def _input(
+    logits: str | None,
+    labels: str | None,
+    dtype: str | None,
+    *,
+    logits_key: str | None,
+    labels_key: str | None,
+    label_column: str | None,
+    ignore_index: int,
+    case: str | None,
+    rows: int | None,
+    classes: int | None,
+    scale: float | None,
+    seed: int,
+) -> _Input:
+    """The rows to check: LOGITS (and --labels) loaded, or synthetic rows when no LOGITS is
+    given; the options of the other kind are a usage error."""
+    if logits is None:
+        if labels or logits_key or labels_key or label_column:
+            raise UsageError("--labels and the key/column options need a LOGITS file")
+        s = synthetic(
+            case or "all",
+            rows=rows or DEFAULT_SYNTHETIC_ROWS,
+            classes=classes or 10,
+            scale=4.0 if scale is None else scale,
+            seed=seed,
+        )
+        return _Input(s.logits, s.labels, s.description, s.cases, dtype or "float32")
+    given = [n for n, v in (("--case", case), ("--classes", classes), ("--scale", scale)) if v]
+    if given:
+        raise UsageError(f"{', '.join(given)} make synthetic input: drop them or LOGITS")
+    loaded, dtype = load_logits(
+        logits,
+        labels,
+        dtype,
+        logits_key=logits_key,
+        labels_key=labels_key,
+        label_column=label_column,
+        ignore_index=ignore_index,
+    )
+    name = loaded.logits_name
+    if loaded.labels_name and loaded.labels_name != loaded.logits_name:
+        name += f" with labels {loaded.labels_name}"
+    return _Input(loaded.logits, loaded.labels, name, None, dtype)
 
 
 @cli.command("gradcheck")
@@ -95,14 +135,7 @@ DEFAULT_SYNTHETIC_ROWS = 50
 )
 @dtype_options("the file's float dtype (float32 for text and synthetic input)")
 @methods_option()
-@click.option(
-    "--gate",
-    metavar="LIST",
-    default="fused",
-    show_default=True,
-    help="Comma-separated methods whose failure fails the run (exit 1); 'none' gates nothing, "
-    "'all' every method run.",
-)
+@gate_option()
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -153,11 +186,7 @@ DEFAULT_SYNTHETIC_ROWS = 50
 @format_option(tuple(RENDERERS))
 @output_option()
 @color_option()
-@click.option(
-    "--exit-zero",
-    is_flag=True,
-    help="Exit 0 even when a gated check fails (bad input still exits 2).",
-)
+@exit_zero_option()
 @baseline_options()
 def gradcheck_cmd(
     logits: str | None,
@@ -205,57 +234,27 @@ def gradcheck_cmd(
 
     Example: smcheck gradcheck --dtype float16 --methods all
     """
-    if logits is None:
-        if labels or logits_key or labels_key or label_column:
-            raise UsageError("--labels and the key/column options need a LOGITS file")
-        s = synthetic(
-            case or "all",
-            rows=rows or DEFAULT_SYNTHETIC_ROWS,
-            classes=classes or 10,
-            scale=4.0 if scale is None else scale,
-            seed=seed,
-        )
-        y: np.ndarray | None
-        x, y, name, cases, inputs = s.logits, s.labels, s.description, s.cases, []
-        dtype = dtype or "float32"
-        rows = None
-    else:
-        given = [n for n, v in (("--case", case), ("--classes", classes), ("--scale", scale)) if v]
-        if given:
-            raise UsageError(f"{', '.join(given)} make synthetic input: drop them or LOGITS")
-        loaded, dtype = load_logits(
-            logits,
-            labels,
-            dtype,
-            logits_key=logits_key,
-            labels_key=labels_key,
-            label_column=label_column,
-            ignore_index=ignore_index,
-        )
-        x, y, cases = loaded.logits, loaded.labels, None
-        name = loaded.logits_name
-        if loaded.labels_name and loaded.labels_name != loaded.logits_name:
-            name += f" with labels {loaded.labels_name}"
-        inputs = [p for p in (logits, labels) if p]
-    start_baseline("gradcheck", baseline, write_baseline, inputs, {"--output": output})
+    x, y, name, cases, dtype = _input(
+        logits, labels, dtype, logits_key=logits_key, labels_key=labels_key,
+        label_column=label_column, ignore_index=ignore_index, case=case, rows=rows,
+        classes=classes, scale=scale, seed=seed,
+    )  # fmt: skip
+    rows = None if logits is None else rows  # synthetic: every row made is checked
+    inputs = [p for p in (logits, labels) if p]
+    tail = Tail(
+        "gradcheck", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,
+        write_baseline=write_baseline, regression_factor=regression_factor,
+    )  # fmt: skip
+    tail.start()
     run = parse_methods(methods)
-    gated = () if gate.strip().lower() == "none" else parse_methods(gate, "--gate")
-    if gate.strip().lower() == "all":
-        gated = run
+    gated = parse_gate(gate, run)
     report = gradcheck(
         x, y, dtype=dtype, accum=accum, cast=cast_mode, ignore_index=ignore_index,
         methods=run, gate=gated, atol=atol, rtol=rtol, directions=directions, sample=sample,
         full=full, consistency_step=consistency_step, rows=rows, seed=seed, top=top_k,
         source=name, row_cases=cases,
     )  # fmt: skip
-    emit(RENDERERS[fmt](report, wants_color(color)), output, inputs)
-    if report.rows == 0:
-        click.echo(f"smcheck: {summary(report)}", err=True)
-    code = finish_baseline(
-        "gradcheck", to_dict(report), lambda: input_identity(x, y),
-        exit_code(report.ok, exit_zero), baseline, write_baseline, regression_factor,
-        exit_zero, inputs,
+    finish(
+        tail, report, render, to_dict(report), ok=report.ok, identity=lambda: input_identity(x, y),
+        unchecked=None if report.rows else summary(report), unexcused=not report.truth.ok,
     )  # fmt: skip
-    if report.rows == 0 or not report.truth.ok:  # no valid check: no baseline excuses that
-        code = exit_code(False, exit_zero)
-    click.get_current_context().exit(code)

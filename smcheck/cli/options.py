@@ -1,4 +1,4 @@
-"""Click option helpers shared by the commands (eval, gradcheck, sweep).
+"""Click option helpers shared by the commands (eval, gradcheck, sweep, compare).
 
 Each helper returns a decorator, so a command reads as its list of options::
 
@@ -10,8 +10,9 @@ Each helper returns a decorator, so a command reads as its list of options::
     @gate_options()
     def eval_cmd(...): ...
 
-and :func:`emit` / :func:`exit_code` / :func:`wants_color` are the three lines every command ends
-with. Nothing here computes numbers; values are parsed and validated, never interpreted.
+and :func:`emit`, :func:`exit_code` and :func:`wants_color` are what the shared command tail
+(:mod:`smcheck.cli.tail`) ends every command with. Nothing here computes numbers; values are
+parsed and validated, never interpreted.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ __all__ = [
     "dtype_options",
     "emit",
     "exit_code",
+    "exit_zero_option",
     "format_option",
+    "gate_option",
     "gate_options",
     "load_logits",
     "methods_option",
     "output_option",
     "parse_csv_choices",
+    "parse_gate",
     "parse_methods",
     "progress_reporter",
     "wants_color",
@@ -224,20 +228,31 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+def gate_option(
+    default: str = "fused",
+    help: str = "Comma-separated methods whose failure fails the run (exit 1); 'none' gates "
+    "nothing, 'all' every method run.",
+) -> Callable[[F], F]:
+    """``--gate LIST``: which methods decide the exit status (see :func:`parse_gate`)."""
+    return click.option("--gate", metavar="LIST", default=default, show_default=True, help=help)
+
+
+def exit_zero_option() -> Callable[[F], F]:
+    """``--exit-zero``: findings are reported, never failed on (bad input still exits 2)."""
+    return click.option(
+        "--exit-zero",
+        is_flag=True,
+        help="Exit 0 even when a gated check fails (bad input still exits 2).",
+    )
+
+
 def gate_options(
     default_gate: str = "fused", default_fail_on: str = "overflow,nonfinite"
 ) -> Callable[[F], F]:
     """The CI gate: ``--gate``, ``--max-loss-ulp``, ``--max-grad-err``, ``--fail-on``,
     ``--exit-zero``. Threshold defaults are None: the analysis picks them per dtype."""
     return _compose(
-        click.option(
-            "--gate",
-            metavar="LIST",
-            default=default_gate,
-            show_default=True,
-            help="Comma-separated methods whose failure fails the run (exit 1); 'none' gates "
-            "nothing, 'all' every method run.",
-        ),
+        gate_option(default_gate),
         click.option(
             "--max-loss-ulp",
             type=FiniteFloatRange(min=0),
@@ -259,12 +274,23 @@ def gate_options(
             show_default=True,
             help=f"Which findings fail a gated method ({', '.join(FAIL_ON_CHOICES)}; 'none').",
         ),
-        click.option(
-            "--exit-zero",
-            is_flag=True,
-            help="Exit 0 even when a gated check fails (bad input still exits 2).",
-        ),
+        exit_zero_option(),
     )
+
+
+def parse_gate(value: str, run: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``--gate``: ``none`` gates nothing; ``all`` every method in ``run`` when given (else
+    every core method, as :func:`parse_methods`); else the methods named.
+
+    >>> parse_gate("none"), parse_gate("all", ("fused", "log1p")), parse_gate("fused")
+    ((), ('fused', 'log1p'), ('fused',))
+    """
+    word = value.strip().lower()
+    if word == "none":
+        return ()
+    if word == "all" and run is not None:
+        return tuple(run)
+    return parse_methods(value, "--gate")
 
 
 def wants_color(choice: str, stream: Any = None, output: str | None = None) -> bool:

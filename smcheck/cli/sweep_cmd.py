@@ -9,33 +9,91 @@ import click
 from ..baseline import grid_identity
 from ..errors import UsageError
 from ..methods import METHODS
-from ..render.sweep import RENDERERS, to_dict
+from ..render.sweep import RENDERERS, render, to_dict
 from ..sweep import (
     CASES,
     DEFAULT_CLASSES,
     DEFAULT_DTYPES,
     DEFAULT_SCALES_SPEC,
     SweepConfig,
+    SweepReport,
     default_jobs,
     parse_scales,
     sweep,
 )
-from . import EXIT_FINDINGS, EXIT_OK, cli
-from .baseline_opts import baseline_options, finish_baseline, start_baseline
+from . import cli
+from .baseline_opts import baseline_options
 from .options import (
     color_option,
-    emit,
     format_option,
+    gate_option,
     output_option,
     parse_csv_choices,
+    parse_gate,
     parse_methods,
-    wants_color,
 )
+from .tail import Tail, finish
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     """Repeated and comma-separated option values, flattened."""
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _config(
+    dtypes: tuple[str, ...],
+    accum: str | None,
+    classes: tuple[str, ...],
+    scales: str,
+    cases: tuple[str, ...],
+    methods: str,
+    rows: int | None,
+    seed: int,
+    max_bits: float,
+    tol: float,
+    gate: str,
+) -> SweepConfig:
+    """The grid the options describe (the defaults for what is not given)."""
+    try:
+        class_counts = tuple(int(c) for c in _split(classes))
+    except ValueError:
+        raise UsageError(f"--classes {' '.join(classes)}: expected integers") from None
+    run = parse_methods(methods)
+    return SweepConfig(
+        dtypes=tuple(_split(dtypes)) or DEFAULT_DTYPES,
+        classes=class_counts or DEFAULT_CLASSES,
+        cases=parse_csv_choices(",".join(cases), tuple(CASES), "--case") if cases else tuple(CASES),
+        scales=parse_scales(scales),
+        methods=run,
+        accum=accum,
+        rows=rows,
+        seed=seed,
+        max_bits=max_bits,
+        tol=tol,
+        gate=parse_gate(gate, run),
+    )
+
+
+def _check_plot(plot: str | None, output: str | None) -> str | None:
+    """``--plot FILE``: its image format, after checking that matplotlib is there and that the
+    file is not ``--output`` (None without ``--plot``)."""
+    if plot is None:
+        return None
+    from ..render.sweep_plot import plot_format, require_matplotlib
+
+    plot_fmt = plot_format(plot)
+    require_matplotlib()
+    if output is not None and os.path.abspath(plot) == os.path.abspath(output):
+        raise UsageError(f"--plot and --output are the same file: {plot}")
+    return plot_fmt
+
+
+def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
+    """Draw the error-vs-scale curves and write them to ``plot`` atomically."""
+    from ..output import write_atomic
+    from ..render.sweep_plot import render_plot
+
+    write_atomic(plot, render_plot(report, plot_fmt))
 
 
 @cli.command("sweep")
@@ -102,12 +160,10 @@ def _split(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="Bisection stops when a break is bracketed to within this relative width.",
 )
-@click.option(
-    "--gate",
-    metavar="LIST",
-    default="none",
-    show_default=True,
-    help="Comma-separated methods that must not break anywhere in the grid (else exit 1).",
+@gate_option(
+    "none",
+    help="Comma-separated methods that must not break anywhere in the grid (else exit 1); "
+    "'none' gates nothing, 'all' every swept method.",
 )
 @click.option("--plot", metavar="FILE", help="Also draw error-vs-scale curves to FILE.png|.svg.")
 @format_option(tuple(RENDERERS))
@@ -155,43 +211,14 @@ def sweep_cmd(
     Example:
       smcheck sweep --dtype float16 --classes 10 --gate log1p --plot sweep.png
     """
-    try:
-        class_counts = tuple(int(c) for c in _split(classes))
-    except ValueError:
-        raise UsageError(f"--classes {' '.join(classes)}: expected integers") from None
-    config = SweepConfig(
-        dtypes=tuple(_split(dtypes)) or DEFAULT_DTYPES,
-        classes=class_counts or DEFAULT_CLASSES,
-        cases=parse_csv_choices(",".join(cases), tuple(CASES), "--case") if cases else tuple(CASES),
-        scales=parse_scales(scales),
-        methods=parse_methods(methods),
-        accum=accum,
-        rows=rows,
-        seed=seed,
-        max_bits=max_bits,
-        tol=tol,
-        gate=parse_methods(gate, "--gate") if gate.strip().lower() != "none" else (),
-    )
-    plot_fmt = None
-    if plot is not None:  # fail before the sweep, not after it
-        from ..render.sweep_plot import plot_format, require_matplotlib
-
-        plot_fmt = plot_format(plot)
-        require_matplotlib()
-        if output is not None and os.path.abspath(plot) == os.path.abspath(output):
-            raise UsageError(f"--plot and --output are the same file: {plot}")
-    start_baseline("sweep", baseline, write_baseline, (), {"--output": output, "--plot": plot})
+    config = _config(dtypes, accum, classes, scales, cases, methods, rows, seed, max_bits, tol,
+                     gate)  # fmt: skip
+    tail = Tail("sweep", fmt, color, output, baseline=baseline, write_baseline=write_baseline,
+                regression_factor=regression_factor)  # fmt: skip
+    plot_fmt = _check_plot(plot, output)  # fail before the sweep, not after it
+    tail.start({"--plot": plot})
     report = sweep(config, jobs=jobs or default_jobs())
-    color_on = wants_color(color) if output is None else color == "always"  # no ANSI in files
-    emit(RENDERERS[fmt](report, color_on), output)
-    if plot is not None and plot_fmt is not None:
-        from ..output import write_atomic
-        from ..render.sweep_plot import render_plot
-
-        write_atomic(plot, render_plot(report, plot_fmt))
+    if plot is not None and plot_fmt is not None:  # beside the report, before it is emitted
+        _write_plot(plot, plot_fmt, report)
     doc = to_dict(report)
-    code = finish_baseline(
-        "sweep", doc, grid_identity(doc), EXIT_OK if report.ok else EXIT_FINDINGS,
-        baseline, write_baseline, regression_factor,
-    )  # fmt: skip
-    click.get_current_context().exit(code)
+    finish(tail, report, render, doc, ok=report.ok, identity=grid_identity(doc))

@@ -1,19 +1,25 @@
-"""Machine formats of an :class:`~smcheck.evaluate.EvalReport`: json, markdown, github, junit.
+"""Machine formats of an :class:`~smcheck.evaluate.EvalReport`: json, markdown, github, junit,
+and the method columns the table and the markdown both show (:data:`METHOD_COLUMNS`).
 
-Pure functions ``report -> str``: no I/O, no numerics (numbers are only formatted).
+Pure functions ``report -> str`` with the renderer contract of :mod:`smcheck.render.eval`: no I/O,
+no numerics (numbers are only formatted); data text escaped (:func:`~.common.safe_text`).
 """
 
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..evaluate import EvalReport, MethodReport
-from .common import fmt_num, gh_escape_data, gh_escape_property
+from .common import fmt_num, gh_escape_data, gh_escape_property, md_cell, plural, safe_text
+from .common import json_float as _f
 
 __all__ = [
     "GITHUB_MAX",
+    "METHOD_COLUMNS",
+    "MethodColumn",
     "render_github",
     "render_json",
     "render_junit",
@@ -27,9 +33,55 @@ GITHUB_MAX = 10
 MARKDOWN_WORST = 5
 
 
-def _f(x: float | None) -> float | None:
-    """JSON has no inf/NaN: such a value is null (counted elsewhere)."""
-    return None if x is None or math.isnan(x) or math.isinf(x) else float(x)
+@dataclass(frozen=True)
+class MethodColumn:
+    """One numeric column of the methods table, shared by ``table`` and ``markdown``.
+
+    ``table`` is the two-line header of the terminal table, ``markdown`` the one-line header
+    (``{unit}``: rows or pairs), ``short`` the header when the table must fit 80 columns, and
+    ``optional`` columns are the ones left out there.
+    """
+
+    table: str
+    markdown: str
+    cell: Callable[[MethodReport], str]
+    short: str = ""
+    optional: bool = False
+
+
+#: The method columns between the name and the verdict, in order, declared once.
+METHOD_COLUMNS: tuple[MethodColumn, ...] = (
+    MethodColumn(
+        "NaN/inf\nloss",
+        "NaN/inf loss {unit}",
+        lambda m: str(m.nan_loss_rows + m.inf_loss_rows),
+        "NaN/\ninf",
+    ),
+    MethodColumn("bad\ngrad", "non-finite grad", lambda m: str(m.nonfinite_grad_rows), "bad\ngrad"),
+    MethodColumn("over-\nflow", "overflow", lambda m: str(m.overflow_rows), "ovf"),
+    MethodColumn("under-\nflow", "underflow", lambda m: str(m.underflow_rows), "unf"),
+    MethodColumn(
+        "loss ulp\nmax", "max loss err (ulp)", lambda m: fmt_num(m.loss_max_ulp_err), "ulp\nmax"
+    ),
+    MethodColumn(
+        "loss ulp\nmedian",
+        "median (ulp)",
+        lambda m: fmt_num(m.loss_median_ulp_err),
+        "ulp\nmed",
+        optional=True,
+    ),
+    MethodColumn("loss rel\nmax", "max rel err", lambda m: fmt_num(m.loss_max_rel_err), "rel\nmax"),
+    MethodColumn(
+        "mean-loss\nrel err",
+        "mean-loss rel err",
+        lambda m: fmt_num(m.mean_loss_rel_err),
+        "mean\nrel",
+        optional=True,
+    ),
+    MethodColumn(
+        "grad err\nmax", "max grad err", lambda m: fmt_num(m.grad_max_abs_err), "grad\nmax"
+    ),
+)
 
 
 def _method_dict(m: MethodReport) -> dict[str, Any]:
@@ -128,30 +180,28 @@ def to_dict(report: EvalReport) -> dict[str, Any]:
     }
 
 
-def render_json(report: EvalReport) -> str:
-    """``--format json``: the schema ``smcheck.eval/1`` (strict JSON: no NaN/inf)."""
+def render_json(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format json``: the schema ``smcheck.eval/1`` (strict JSON: no NaN/inf; data text
+    as it is, every control character a ``\\u`` escape of json.dumps)."""
     return json.dumps(to_dict(report), indent=2, allow_nan=False) + "\n"
 
 
 _ICON = {"ok": "✅ ok", "lossy": "⚠️ lossy", "broken": "❌ broken"}
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown(report: EvalReport) -> str:
+def render_markdown(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format markdown``: a GitHub job summary (``>> $GITHUB_STEP_SUMMARY``)."""
     i = report.input
     status = "PASS" if report.ok else "FAIL"
     lines = [
         f"## smcheck eval: {status}",
         "",
-        f"**{_md_cell(report.verdict)}**",
+        f"**{md_cell(report.verdict)}**",
         "",
-        f"`{_md_cell(i.logits)}`"
-        + (f" with labels `{_md_cell(i.labels)}`" if i.labels else " (label-free)")
-        + f": {i.rows} rows x {i.classes} classes in **{i.dtype}** (accumulate in {i.accum});"
+        f"`{md_cell(i.logits)}`"
+        + (f" with labels `{md_cell(i.labels)}`" if i.labels else " (label-free)")
+        + f": {plural(i.rows, 'row')} x {plural(i.classes, 'class')} in **{i.dtype}** "
+        f"(accumulate in {i.accum});"
         f" {i.eligible_rows} eligible, {i.ignored_rows} ignored, {i.nonfinite_input_rows} with "
         f"non-finite input. Logits {fmt_num(i.logit_min)} .. {fmt_num(i.logit_max)}, largest "
         f"margin {fmt_num(i.margin_max)}; ln(max {i.dtype}) = {i.ln_max:.4g}. "
@@ -160,28 +210,14 @@ def render_markdown(report: EvalReport) -> str:
     ]
     if i.label_free:
         lines += [f"Label-free: counts are over (row, class) pairs; {i.grad_policy}.", ""]
+    heads = [c.markdown.format(unit=i.unit) for c in METHOD_COLUMNS]
     lines += [
-        f"| method | gated | NaN/inf loss {i.unit} | non-finite grad | overflow | underflow "
-        "| max loss err (ulp) | median (ulp) | max rel err | mean-loss rel err "
-        "| max grad err | verdict |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| " + " | ".join(["method", "gated", *heads, "verdict"]) + " |",
+        "|---|---|" + "--:|" * len(METHOD_COLUMNS) + "---|",
     ]
     for m in report.methods:
-        cells = [
-            m.name,
-            "yes" if m.gated else "",
-            str(m.nan_loss_rows + m.inf_loss_rows),
-            str(m.nonfinite_grad_rows),
-            str(m.overflow_rows),
-            str(m.underflow_rows),
-            fmt_num(m.loss_max_ulp_err),
-            fmt_num(m.loss_median_ulp_err),
-            fmt_num(m.loss_max_rel_err),
-            fmt_num(m.mean_loss_rel_err),
-            fmt_num(m.grad_max_abs_err),
-            _ICON[m.verdict],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [m.name, "yes" if m.gated else "", *(c.cell(m) for c in METHOD_COLUMNS)]
+        lines.append("| " + " | ".join([*cells, _ICON[m.verdict]]) + " |")
     g = report.gate
     lines += [
         "",
@@ -191,7 +227,7 @@ def render_markdown(report: EvalReport) -> str:
     ]
     problems = [p for m in report.methods for p in m.problems]
     if problems:
-        lines += ["", "Findings:", ""] + [f"- {_md_cell(p)}" for p in problems]
+        lines += ["", "Findings:", ""] + [f"- {md_cell(p)}" for p in problems]
     if report.worst:
         label = "class" if i.label_free else "label"
         names = [name for name, *_ in report.worst[0].methods]
@@ -213,7 +249,7 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_github(report: EvalReport) -> str:
+def render_github(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format github``: ``::error``/``::warning`` workflow commands, at most 10 of each.
 
     Failing gated methods' findings are errors; other findings are warnings; a summary
@@ -289,8 +325,10 @@ def _junit_cases(report: EvalReport) -> list[tuple[str, str, str | None]]:
     return cases
 
 
-def render_junit(report: EvalReport) -> str:
-    """``--format junit``: JUnit XML, one test case per gated method and check."""
+def render_junit(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format junit``: JUnit XML, one test case per gated method and check. Valid XML 1.0
+    whatever a file name holds: its control characters are escaped (:func:`safe_text`), not
+    written as character references, which XML 1.0 forbids for most of them."""
     # imported here: xml.sax pulls in urllib and http (~15 ms of every command's start-up)
     from xml.sax.saxutils import escape, quoteattr
 
@@ -299,12 +337,13 @@ def render_junit(report: EvalReport) -> str:
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<testsuites name="smcheck eval" tests="{len(cases)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr('smcheck.eval ' + report.input.logits)} "
+        f"  <testsuite name={quoteattr('smcheck.eval ' + safe_text(report.input.logits))} "
         f'tests="{len(cases)}" failures="{failures}" errors="0">',
         f'    <properties><property name="dtype" value={quoteattr(report.input.dtype)}/>'
-        f'<property name="verdict" value={quoteattr(report.verdict)}/></properties>',
+        f'<property name="verdict" value={quoteattr(safe_text(report.verdict))}/></properties>',
     ]
     for cls, name, failure in cases:
+        failure = None if failure is None else safe_text(failure)
         head = f"    <testcase classname={quoteattr(cls)} name={quoteattr(name)}"
         if failure is None:
             lines.append(head + "/>")

@@ -1,7 +1,8 @@
 """``--format table``: the human report of ``smcheck eval`` as rich renderables.
 
 An input panel, a methods table coloured by verdict (green ok, yellow lossy, red broken), the
-worst rows, and the one-line verdict. Pure: report in, renderables (or text) out.
+worst rows, and the one-line verdict. Pure: report in, renderables (or text) out; data text (file
+names, notes) escaped with :func:`~.common.safe_text`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..evaluate import EvalReport
-from .common import STYLE_OF, fmt_num, render_to_text
+from .common import DEFAULT_WIDTH, STYLE_OF, fmt_num, plural, render_to_text, safe_text
+from .eval_formats import METHOD_COLUMNS
 
 __all__ = ["eval_renderables", "render_table"]
 
@@ -22,26 +24,28 @@ def _input_panel(report: EvalReport) -> Panel:
     i = report.input
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
-    shape = f"{i.rows} rows x {i.classes} classes"
+    grid.add_column(overflow="fold")  # a long path shown whole, not cut
+    shape = f"{plural(i.rows, 'row')} x {plural(i.classes, 'class')}"
     if len(i.original_shape) > 2:
         shape += f" (from shape {' x '.join(map(str, i.original_shape))})"
-    grid.add_row("logits", i.logits + ("" if i.labels else "  (no labels: label-free mode)"))
+    logits = safe_text(i.logits)
+    grid.add_row("logits", logits + ("" if i.labels else "  (no labels: label-free mode)"))
     if i.labels:
-        grid.add_row("labels", i.labels)
+        grid.add_row("labels", safe_text(i.labels))
     grid.add_row("shape", shape)
     grid.add_row("dtype", f"{i.dtype} (accumulate in {i.accum}, cast {i.cast})")
     grid.add_row(
         "logit range",
         f"{fmt_num(i.logit_min)} .. {fmt_num(i.logit_max)}"
-        f"   ln(max {i.dtype}) = {i.ln_max:.4g}, {i.rows_over_ln_max} rows above it",
+        f"   ln(max {i.dtype}) = {i.ln_max:.4g}, {plural(i.rows_over_ln_max, 'row')} above it",
     )
     margin_what = "max(z) - min(z)" if i.label_free else "max(z) - z_y"
     grid.add_row(
         "largest margin",
         f"{fmt_num(i.margin_max)} ({margin_what}"
         + ("" if i.margin_max_row is None else f", row {i.margin_max_row}")
-        + f")   p underflows beyond {i.underflow_margin:.4g}: {i.rows_margin_underflow} rows",
+        + f")   p underflows beyond {i.underflow_margin:.4g}: "
+        + plural(i.rows_margin_underflow, "row"),
     )
     grid.add_row(
         "rows",
@@ -54,7 +58,8 @@ def _input_panel(report: EvalReport) -> Panel:
             f"{i.ref_nonfinite} {i.unit} whose reference loss is not finite (the true loss "
             "exceeds max float64)",
         )
-    cast = f"{i.cast_changed} values rounded, max relative change {fmt_num(i.cast_max_rel_change)}"
+    cast = plural(i.cast_changed, "value")
+    cast += f" rounded, max relative change {fmt_num(i.cast_max_rel_change)}"
     if i.cast_overflowed:
         cast += f", {i.cast_overflowed} overflowed to inf"
     if i.cast_saturated:
@@ -62,16 +67,22 @@ def _input_panel(report: EvalReport) -> Panel:
     if i.cast_flushed_to_zero:
         cast += f", {i.cast_flushed_to_zero} flushed to 0"
     grid.add_row("input rounding", cast)
-    grid.add_row("reference", report.reference)
+    grid.add_row("reference", safe_text(report.reference))
     if i.label_free:
-        grid.add_row("label-free", f"counts over (row, class) pairs; {i.grad_policy}")
+        grid.add_row("label-free", f"counts over (row, class) pairs; {safe_text(i.grad_policy)}")
     for note in i.notes:
-        grid.add_row("note", note)
+        grid.add_row("note", safe_text(note))
     return Panel(grid, title="smcheck eval", title_align="left", expand=False)
 
 
-def _methods_table(report: EvalReport) -> Table:
+#: Below this width the tables take their compact form (short headers, optional columns left
+#: out) instead of letting rich cut cells into "…" - a cut number reads as a different number.
+FULL_WIDTH = 100
+
+
+def _methods_table(report: EvalReport, compact: bool = False) -> Table:
     unit = report.input.unit
+    columns = [c for c in METHOD_COLUMNS if not (compact and c.optional)]
     t = Table(
         title=f"Methods (counts in {unit}; loss error in ulps of the working dtype)",
         title_justify="left",
@@ -79,40 +90,21 @@ def _methods_table(report: EvalReport) -> Table:
         pad_edge=False,
         collapse_padding=True,
     )
-    for name in (
-        "method",
-        "NaN/inf\nloss",
-        "bad\ngrad",
-        "over-\nflow",
-        "under-\nflow",
-        "loss ulp\nmax",
-        "loss ulp\nmedian",
-        "loss rel\nmax",
-        "mean-loss\nrel err",
-        "grad err\nmax",
-        "verdict",
-    ):
-        just = "left" if name in ("method", "verdict") else "right"
-        t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    t.add_column("method", no_wrap=True)
+    for c in columns:
+        t.add_column(c.short if compact else c.table, justify="right", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
     for m in report.methods:
         style = STYLE_OF[m.verdict]
         t.add_row(
             Text(m.name + (" *" if m.gated else ""), style=style),
-            str(m.nan_loss_rows + m.inf_loss_rows),
-            str(m.nonfinite_grad_rows),
-            str(m.overflow_rows),
-            str(m.underflow_rows),
-            fmt_num(m.loss_max_ulp_err),
-            fmt_num(m.loss_median_ulp_err),
-            fmt_num(m.loss_max_rel_err),
-            fmt_num(m.mean_loss_rel_err),
-            fmt_num(m.grad_max_abs_err),
+            *(c.cell(m) for c in columns),
             Text(m.verdict, style=style),
         )
     return t
 
 
-def _worst_table(report: EvalReport) -> Table | None:
+def _worst_table(report: EvalReport, compact: bool = False) -> Table | None:
     if not report.worst:
         return None
     label = "class" if report.input.label_free else "label"
@@ -123,22 +115,24 @@ def _worst_table(report: EvalReport) -> Table | None:
         pad_edge=False,
         collapse_padding=True,
     )
-    for name in ("row", label, "max logit", "margin", "ref p_y"):
-        t.add_column(name, justify="right")
+    # compact: the row's logit statistics left out, one column per method kept
+    heads = (
+        ("row", label, "ref p_y") if compact else ("row", label, "max logit", "margin", "ref p_y")
+    )
+    for name in heads:
+        t.add_column(name, justify="right", no_wrap=True)
     names = [m.name for m in report.methods]
     for name in names:
-        t.add_column(name, justify="right")
+        t.add_column(name, justify="right", no_wrap=True)
+    nonfinite = "NaN/inf" if compact else "non-finite"
     for w in report.worst:
-        cells: list[RenderableType] = [
-            str(w.row),
-            str(w.label),
-            fmt_num(w.max_logit),
-            fmt_num(w.margin),
-            fmt_num(w.ref_p),
-        ]
+        cells: list[RenderableType] = [str(w.row), str(w.label)]
+        if not compact:
+            cells += [fmt_num(w.max_logit), fmt_num(w.margin)]
+        cells.append(fmt_num(w.ref_p))
         for _, loss, rel, bad in w.methods:
             if bad:
-                cells.append(Text("non-finite" if loss is None else "bad grad", style="red"))
+                cells.append(Text(nonfinite if loss is None else "bad grad", style="red"))
             else:
                 cells.append(fmt_num(rel))
         t.add_row(*cells)
@@ -162,18 +156,24 @@ def _gate_line(report: EvalReport) -> Text:
     return Text(text, style="dim")
 
 
-def eval_renderables(report: EvalReport) -> list[RenderableType]:
-    """The table report as a list of rich renderables."""
-    parts: list[RenderableType] = [_input_panel(report), _methods_table(report), _gate_line(report)]
-    worst = _worst_table(report)
+def eval_renderables(report: EvalReport, width: int = DEFAULT_WIDTH) -> list[RenderableType]:
+    """The table report as a list of rich renderables, fitted to ``width`` columns."""
+    compact = width < FULL_WIDTH
+    parts: list[RenderableType] = [
+        _input_panel(report),
+        _methods_table(report, compact),
+        _gate_line(report),
+    ]
+    worst = _worst_table(report, compact)
     if worst is not None:
         parts.append(worst)
     status = "PASS" if report.ok else "FAIL"
     style = "bold green" if report.ok else "bold red"
-    parts.append(Group(Text(f"{status}: {report.verdict}", style=style)))
+    parts.append(Group(Text(f"{status}: {safe_text(report.verdict)}", style=style)))
     return parts
 
 
-def render_table(report: EvalReport, *, color: bool = False, width: int = 100) -> str:
-    """The table report as text (ANSI colour codes only when ``color``)."""
-    return render_to_text(eval_renderables(report), color=color, width=width)
+def render_table(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format table``: the human report as text (ANSI colour codes only when ``color``)."""
+    width = width or DEFAULT_WIDTH
+    return render_to_text(eval_renderables(report, width), color=color, width=width)

@@ -1,6 +1,8 @@
 """Renderers of a :class:`~smcheck.gradcheck.GradcheckReport`: table, json, markdown, github.
 
-Pure functions: report in, text (or rich renderables) out; numbers are only formatted.
+Pure functions with the renderer contract (:class:`~.common.Renderer`): report in, text (or
+rich renderables) out; numbers are only formatted; data text (the input's name, notes) escaped
+with :func:`~.common.safe_text`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,27 @@ from rich.table import Table
 from rich.text import Text
 
 from ..gradcheck import GradcheckReport, MethodCheck, WorstEntry
-from .common import STYLE_OF, fmt_num, gh_escape_data, gh_escape_property, render_to_text
+from .common import (
+    DEFAULT_WIDTH,
+    STYLE_OF,
+    Renderer,
+    fmt_num,
+    gh_escape_data,
+    gh_escape_property,
+    md_cell,
+    plural,
+    render_to_text,
+    safe_text,
+)
+from .common import json_float as _f
 
 __all__ = [
     "GITHUB_MAX",
+    "RENDERERS",
     "SCHEMA",
     "gradcheck_renderables",
     "method_problem",
+    "render",
     "render_github",
     "render_json",
     "render_markdown",
@@ -34,11 +50,6 @@ __all__ = [
 SCHEMA = "smcheck.gradcheck/1"
 #: ``--format github`` prints at most this many ``::error`` and this many ``::warning`` lines.
 GITHUB_MAX = 10
-
-
-def _f(x: float | None) -> float | None:
-    """JSON has no inf/NaN: such a value is null."""
-    return None if x is None or math.isnan(x) or math.isinf(x) else float(x)
 
 
 def _num(x: float) -> str:
@@ -208,7 +219,7 @@ def to_dict(r: GradcheckReport) -> dict[str, Any]:
     }
 
 
-def render_json(r: GradcheckReport) -> str:
+def render_json(r: GradcheckReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format json``: schema ``smcheck.gradcheck/1`` (strict JSON)."""
     return json.dumps(to_dict(r), indent=2, allow_nan=False) + "\n"
 
@@ -232,14 +243,14 @@ def _truth_lines(r: GradcheckReport) -> list[str]:
 def _panel(r: GradcheckReport) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a long path shown whole, not cut
     rows = f"{r.rows} checked"
     if r.label_free:
         rows += " (row, label) pairs"
-    rows += f" of {r.input_rows} input rows x {r.classes} classes"
+    rows += f" of {plural(r.input_rows, 'input row')} x {plural(r.classes, 'class')}"
     if r.cases:
         rows += " (" + ", ".join(f"{k} {n}" for k, n in r.cases) + ")"
-    grid.add_row("input", r.source)
+    grid.add_row("input", safe_text(r.source))
     grid.add_row("rows", rows)
     grid.add_row("dtype", f"{r.dtype} (accumulate in {r.accum}, cast {r.cast})")
     grid.add_row("probes", _probes_text(r))
@@ -250,11 +261,16 @@ def _panel(r: GradcheckReport) -> Panel:
     for i, line in enumerate(_truth_lines(r)):
         grid.add_row("truth" if i == 0 else "", line)
     for note in r.notes:
-        grid.add_row("note", note)
+        grid.add_row("note", safe_text(note))
     return Panel(grid, title="smcheck gradcheck", title_align="left", expand=False)
 
 
-def _methods_table(r: GradcheckReport) -> Table:
+#: Below this width the tables take their compact form (short headers, optional columns left
+#: out) instead of letting rich cut cells into "…".
+FULL_WIDTH = 100
+
+
+def _methods_table(r: GradcheckReport, compact: bool = False) -> Table:
     t = Table(
         title="Gradients against the truth (* gated; errors over the checked entries; own loss: "
         "the working-dtype check)",
@@ -268,7 +284,7 @@ def _methods_table(r: GradcheckReport) -> Table:
         "bad\nentries",
         "NaN/inf\nrows",
         "max abs\nerr",
-        "max rel\nerr",
+        *(() if compact else ("max rel\nerr",)),
         "max\nulps",
         "bad\ndirs",
         "own loss",
@@ -288,7 +304,7 @@ def _methods_table(r: GradcheckReport) -> Table:
             f"{m.failed_entries}/{m.checked_entries}",
             str(m.nonfinite_grad_rows),
             fmt_num(m.max_abs_err),
-            fmt_num(m.max_rel_err),
+            *(() if compact else (fmt_num(m.max_rel_err),)),
             fmt_num(m.max_ulp_err),
             f"{m.failed_directions}/{m.checked_directions}",
             Text(cons, style=STYLE_OF.get(_cons_style(c.verdict), "")),
@@ -301,7 +317,7 @@ def _cons_style(verdict: str) -> str:
     return {"consistent": "ok", "inconclusive": "inconclusive"}.get(verdict, "broken")
 
 
-def _worst_table(r: GradcheckReport) -> Table | None:
+def _worst_table(r: GradcheckReport, compact: bool = False) -> Table | None:
     if not r.worst:
         return None
     t = Table(
@@ -312,8 +328,9 @@ def _worst_table(r: GradcheckReport) -> Table | None:
         collapse_padding=True,
     )
     cases = any(w.case for w in r.worst)
-    names = ["method", "row", "label", *(["case"] if cases else []), "probe"]
-    for name in (*names, "truth", "value", "|err|", "/ tol"):
+    # compact: the label (the probe names the class) and |err| (the ratio shows it) left out
+    names = ["method", "row", *([] if compact else ["label"]), *(["case"] if cases else [])]
+    for name in (*names, "probe", "truth", "value", *([] if compact else ["|err|"]), "/ tol"):
         just = "left" if name in ("method", "case", "probe") else "right"
         t.add_column(name, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for w in r.worst:
@@ -321,48 +338,47 @@ def _worst_table(r: GradcheckReport) -> Table | None:
         t.add_row(
             w.method,
             str(w.row),
-            str(w.label),
-            *([w.case or ""] if cases else []),
-            w.probe,
+            *([] if compact else [str(w.label)]),
+            *([safe_text(w.case or "")] if cases else []),
+            safe_text(w.probe),
             _num(w.truth),
             Text(_num(w.value), style=style),
-            fmt_num(w.abs_err),
+            *([] if compact else [fmt_num(w.abs_err)]),
             Text(fmt_num(w.ratio), style=style),
         )
     return t
 
 
-def gradcheck_renderables(r: GradcheckReport) -> list[RenderableType]:
-    """The table report as rich objects: input panel, methods, worst entries, verdict."""
-    out: list[RenderableType] = [_panel(r), _methods_table(r)]
-    worst = _worst_table(r)
+def gradcheck_renderables(r: GradcheckReport, width: int = DEFAULT_WIDTH) -> list[RenderableType]:
+    """The table report as rich objects: input panel, methods, worst entries, verdict (compact
+    below :data:`FULL_WIDTH` columns)."""
+    out: list[RenderableType] = [_panel(r), _methods_table(r, width < FULL_WIDTH)]
+    worst = _worst_table(r, width < FULL_WIDTH)
     if worst is not None:
         out.append(worst)
-    out.append(Text(summary(r), style=STYLE_OF["ok" if r.ok else "broken"] + " bold"))
+    out.append(Text(safe_text(summary(r)), style=STYLE_OF["ok" if r.ok else "broken"] + " bold"))
     return out
 
 
-def render_table(r: GradcheckReport, *, color: bool = False, width: int = 100) -> str:
+def render_table(r: GradcheckReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format table``: the human report (ANSI colours only when ``color``)."""
-    return render_to_text(gradcheck_renderables(r), color=color, width=width)
+    width = width or DEFAULT_WIDTH
+    return render_to_text(gradcheck_renderables(r, width), color=color, width=width)
 
 
 # --------------------------------------------------------------------------- markdown, github
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown(r: GradcheckReport) -> str:
+def render_markdown(r: GradcheckReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format markdown``: a GitHub job summary (``>> $GITHUB_STEP_SUMMARY``)."""
     status = "PASS" if r.ok else "FAIL"
     lines = [
         f"## smcheck gradcheck: {status}",
         "",
-        f"**{_md(summary(r))}**",
+        f"**{md_cell(summary(r))}**",
         "",
-        f"`{_md(r.source)}`: {r.rows} rows checked of {r.input_rows} x {r.classes} classes in "
+        f"`{md_cell(r.source)}`: {plural(r.rows, 'row')} checked of {r.input_rows} x "
+        f"{plural(r.classes, 'class')} in "
         f"**{r.dtype}** (accumulate in {r.accum}); {_probes_text(r)}. Tolerance "
         f"`|g - g*| <= {r.atol:g} + {r.rtol:g} |g*|` ({r.tolerance_source}).",
         "",
@@ -388,17 +404,13 @@ def render_markdown(r: GradcheckReport) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     problems = [p for p in (method_problem(m) for m in r.methods) if p]
     if problems:
-        lines += ["", "Findings:", ""] + [f"- {_md(p)}" for p in problems]
+        lines += ["", "Findings:", ""] + [f"- {md_cell(p)}" for p in problems]
     if r.notes:
-        lines += ["", "Notes:", ""] + [f"- {_md(n)}" for n in r.notes]
+        lines += ["", "Notes:", ""] + [f"- {md_cell(n)}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
 
-_gh = gh_escape_data
-_gh_property = gh_escape_property
-
-
-def render_github(r: GradcheckReport) -> str:
+def render_github(r: GradcheckReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format github``: ``::error`` for gated failures and an untrusted truth, ``::warning``
     for other failing methods (at most 10 of each), then a ``::notice`` with the verdict."""
     errors: list[str] = []
@@ -409,12 +421,26 @@ def render_github(r: GradcheckReport) -> str:
         p = method_problem(m)
         if p:
             (errors if m.gated else warnings).append(p)
-    title = _gh_property(f"smcheck gradcheck {r.source}")
+    title = gh_escape_property(f"smcheck gradcheck {r.source}")
     out: list[str] = []
     for kind, items in (("error", errors), ("warning", warnings)):
         shown = items if len(items) <= GITHUB_MAX else items[: GITHUB_MAX - 1]
         if len(items) > len(shown):
             shown = [*shown, f"... and {len(items) - len(shown)} more"]
-        out += [f"::{kind} title={title}::{_gh(p)}" for p in shown]
-    out.append(f"::notice title={title}::{_gh(summary(r))}")
+        out += [f"::{kind} title={title}::{gh_escape_data(p)}" for p in shown]
+    out.append(f"::notice title={title}::{gh_escape_data(summary(r))}")
     return "\n".join(out) + "\n"
+
+
+#: ``--format`` -> renderer ``(report, *, color, width) -> str``.
+RENDERERS: dict[str, Renderer[GradcheckReport]] = {
+    "table": render_table,
+    "json": render_json,
+    "markdown": render_markdown,
+    "github": render_github,
+}
+
+
+def render(r: GradcheckReport, fmt: str, *, color: bool = False, width: int | None = None) -> str:
+    """The report as text in format ``fmt`` (a key of :data:`RENDERERS`)."""
+    return RENDERERS[fmt](r, color=color, width=width)

@@ -1,11 +1,11 @@
 """Renderers of a :class:`~smcheck.sweep.SweepReport`: table (heat map + break table), json,
-markdown, github. Pure: a report in, text out."""
+markdown, github. Pure, with the renderer contract (:class:`~.common.Renderer`): a report in,
+text out."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -14,13 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..sweep import KINDS, SCHEMA, Break, Cell, DtypeTheory, SweepReport
-from .common import STYLE_OF, fmt_num, render_to_text
+from .common import STYLE_OF, Renderer, fmt_num, gh_escape_data, md_cell, render_to_text
+from .common import json_clean as _f
 
 __all__ = [
     "HEAT_CHAR",
     "RENDERERS",
     "heat_rows",
     "merged_breaks",
+    "render",
     "render_github",
     "render_json",
     "render_markdown",
@@ -39,6 +41,8 @@ _KIND_SHORT = {
 }
 #: ``--format github`` prints at most this many ``::error`` lines.
 GITHUB_MAX = 10
+#: Default width of the table: the break table's ten columns need about 116.
+TABLE_WIDTH = 120
 
 # JSON key order: the schema's required keys first, then the extras
 _GRID_KEYS = (
@@ -83,13 +87,6 @@ _BREAK_KEYS = (
 )
 
 
-def _f(x: Any) -> Any:
-    """JSON has no inf/NaN: such a value is null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _theory_dict(t: DtypeTheory) -> dict[str, Any]:
     return {
         "accum": t.accum,
@@ -127,7 +124,7 @@ def to_dict(report: SweepReport) -> dict[str, Any]:
     }
 
 
-def render_json(report: SweepReport) -> str:
+def render_json(report: SweepReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format json``: schema ``smcheck.sweep/1`` (strict JSON: no NaN/inf)."""
     return json.dumps(to_dict(report), allow_nan=False) + "\n"
 
@@ -260,41 +257,61 @@ def _heat_text(report: SweepReport, dtype: str, color: bool) -> Text:
 # Formats
 
 
-def _break_table(report: SweepReport, dtype: str, color: bool) -> Table | Text:
+#: The break table's columns: (name, justification, left out in the compact form).
+_BREAK_COLUMNS = (
+    ("C", "right", False),
+    ("case", "left", False),
+    ("method", "left", False),
+    ("breaks", "left", False),
+    ("scale", "right", False),
+    ("margin", "right", True),
+    ("cause", "left", False),
+    ("observed", "left", True),
+    ("theory", "left", False),
+    ("off", "right", True),
+)
+
+
+def _break_table(
+    report: SweepReport, dtype: str, color: bool, compact: bool = False
+) -> Table | Text:
     found = [(b, kinds) for b, kinds in merged_breaks(report) if b.dtype == dtype]
     if not found:
         return Text("no break in this grid")
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 2, 0, 0), pad_edge=False, show_edge=False)
-    for name, justify in (
-        ("C", "right"),
-        ("case", "left"),
-        ("method", "left"),
-        ("breaks", "left"),
-        ("scale", "right"),
-        ("margin", "right"),
-        ("cause", "left"),
-        ("observed", "left"),
-        ("theory", "left"),
-        ("off", "right"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    pad = (0, 0, 0, 0) if compact else (0, 2, 0, 0)  # the column divider still gives one
+    table = Table(box=box.SIMPLE_HEAD, padding=pad, pad_edge=False, show_edge=False)
+    keep = [not (compact and optional) for *_, optional in _BREAK_COLUMNS]
+    for (name, justify, _), shown in zip(_BREAK_COLUMNS, keep, strict=True):
+        if shown:
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     gate = report.config.gate
     for b, kinds in found:
         gated = b.method in gate
-        table.add_row(
+        cause, observed, theory, off = _why(b)
+        cells = (
             str(b.classes),
             b.case,
             b.method + (" *" if gated else ""),
             ",".join(_KIND_SHORT[k] for k in kinds),
             fmt_num(b.scale),
             fmt_num(b.margin),
-            *_why(b),
-            style="red" if (gated and color) else None,
+            cause,
+            observed,
+            theory,
+            off,
         )
+        shown_cells = [cell for cell, shown in zip(cells, keep, strict=True) if shown]
+        table.add_row(*shown_cells, style="red" if (gated and color) else None)
     return table
 
 
-def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]:
+#: Below this width the break table takes its compact form (margin, observed and off left out).
+FULL_WIDTH = 118
+
+
+def _table_renderables(
+    report: SweepReport, color: bool, width: int = TABLE_WIDTH
+) -> list[RenderableType]:
     c = report.config
     out: list[RenderableType] = [
         Text(
@@ -313,7 +330,7 @@ def _table_renderables(report: SweepReport, color: bool) -> list[RenderableType]
         out.append(Text(_theory_line(t), style="bold" if color else ""))
         out.append(_heat_text(report, t.dtype, color))
         out.append(Text(""))
-        out.append(_break_table(report, t.dtype, color))
+        out.append(_break_table(report, t.dtype, color, width < FULL_WIDTH))
     out.append(Text(""))
     out.extend(Text(line, style="green" if color else "") for line in _never_summary(report))
     if c.gate:
@@ -334,17 +351,14 @@ def _gate_style(report: SweepReport, color: bool) -> str:
     return "bold green" if report.ok else "bold red"
 
 
-def render_table(report: SweepReport, *, color: bool = False, width: int = 120) -> str:
+def render_table(report: SweepReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format table``: per dtype a heat map (methods x scales, worst over classes and
     cases), then the break-point table."""
-    return render_to_text(_table_renderables(report, color), color=color, width=width)
+    width = width or TABLE_WIDTH
+    return render_to_text(_table_renderables(report, color, width), color=color, width=width)
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def render_markdown(report: SweepReport) -> str:
+def render_markdown(report: SweepReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format markdown``: a GitHub job summary."""
     c = report.config
     status = "PASS" if report.ok else "FAIL"
@@ -379,18 +393,13 @@ def render_markdown(report: SweepReport) -> str:
             ", ".join(_KIND_SHORT[k] for k in kinds),
             fmt_num(b.scale),
             fmt_num(b.margin),
-            *(_md(x) for x in _why(b)),
+            *(md_cell(x) for x in _why(b)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     never = _never_summary(report)
     if never:
-        lines += [""] + [f"- {_md(line)}" for line in never]
+        lines += [""] + [f"- {md_cell(line)}" for line in never]
     return "\n".join(lines) + "\n"
-
-
-def _gh_escape(text: str) -> str:
-    """Workflow-command data escaping (%, CR, LF)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _break_line(b: Break) -> str:
@@ -400,7 +409,7 @@ def _break_line(b: Break) -> str:
     )
 
 
-def render_github(report: SweepReport) -> str:
+def render_github(report: SweepReport, *, color: bool = False, width: int | None = None) -> str:
     """``--format github``: one ``::error`` per break of a gated method (at most 10), then a
     ``::notice`` with the verdict."""
     title = "smcheck sweep"
@@ -408,7 +417,7 @@ def render_github(report: SweepReport) -> str:
     shown = fails[:GITHUB_MAX]
     if len(fails) > GITHUB_MAX:
         shown = fails[: GITHUB_MAX - 1] + [f"... and {len(fails) - GITHUB_MAX + 1} more breaks"]
-    out = [f"::error title={title}::{_gh_escape(p)}" for p in shown]
+    out = [f"::error title={title}::{gh_escape_data(p)}" for p in shown]
     found = sum(b.scale is not None for b in report.breaks)
     gate = ", ".join(report.config.gate) or "none"
     status = "PASS" if report.ok else "FAIL"
@@ -419,10 +428,16 @@ def render_github(report: SweepReport) -> str:
     return "\n".join(out) + "\n"
 
 
-#: --format -> renderer (report, colour) -> text.
-RENDERERS: dict[str, Callable[[SweepReport, bool], str]] = {
-    "table": lambda r, color: render_table(r, color=color),
-    "json": lambda r, color: render_json(r),
-    "markdown": lambda r, color: render_markdown(r),
-    "github": lambda r, color: render_github(r),
+#: ``--format`` -> renderer ``(report, *, color, width) -> str``.
+RENDERERS: dict[str, Renderer[SweepReport]] = {
+    "table": render_table,
+    "json": render_json,
+    "markdown": render_markdown,
+    "github": render_github,
 }
+
+
+def render(report: SweepReport, fmt: str, *, color: bool = False, width: int | None = None) -> str:
+    """The report as text in format ``fmt`` (a key of :data:`RENDERERS`); ``width`` is the
+    table's (None: 120 columns)."""
+    return RENDERERS[fmt](report, color=color, width=width)
