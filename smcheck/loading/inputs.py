@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, cast
@@ -11,11 +10,12 @@ from typing import BinaryIO, cast
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .labels import _load_labels_file, _validate_labels
+from .common import DEFAULT_MAX_BYTES, ROW_BYTES_PER_CLASS
+from .labels import RawLabels, _load_labels_file, _validate_labels
 from .logits import _count_nonfinite, _logits_from_array
 from .npy import _array_from_source
 from .npz import _Npz
-from .sources import _KIND_WORDS, _file_bytes, _open_source
+from .sources import _KIND_WORDS, _file_bytes, _open_source, _Source
 from .text import _text_logits
 from .zarr_store import _zarr_logits
 
@@ -72,7 +72,7 @@ def load_input(
     labels_key: str | None = None,
     label_column: str | int | None = None,
     ignore_index: int = -100,
-    max_bytes: int = 8 * 2**30,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     stdin: BinaryIO | None = None,
 ) -> LoadedInput:
     """Read and validate logits (N, C) and optional integer labels from files.
@@ -82,8 +82,9 @@ def load_input(
     ``labels`` (or ``logits_key``/``labels_key``); when ``labels`` is not given, a ``labels``
     array in the logits ``.npz`` is used, else ``label_column`` of a text file, else there are
     no labels (``labels=None``, label-free mode). ``max_bytes`` bounds what is read into memory:
-    text and stdin bytes and each decompressed ``.npz`` member (a ``.npy`` file is memory-mapped
-    and has no limit).
+    text and stdin bytes, each decompressed ``.npz`` member or zarr chunk, the labels, and the
+    working memory of one row of logits (a ``.npy`` file is read a block of rows at a time and
+    has no size limit).
 
     Raises :class:`InputError` naming the file and row/line/column for any bad data.
 
@@ -100,112 +101,182 @@ def load_input(
     smcheck.errors.InputError: ...x.csv line 2: has 1 cells, expected 2 (as on line 1)
     """
     notes: list[str] = []
+    _check_options(logits, labels, label_column, max_bytes)
+    src = _open_source(logits, stdin, max_bytes, notes)
+    _check_keys_fit(src, labels, logits_key, labels_key, label_column)
+    own_labels_key = labels_key if labels is None else None
+    if src.kind == "text":
+        got = _read_text(src, label_column, max_bytes, notes)
+    elif src.kind == "npy":
+        got = _read_npy(src, max_bytes, notes)
+    elif src.kind == "zarr":
+        got = _read_zarr(src, max_bytes, notes)
+    else:
+        got = _read_npz(src, logits_key, own_labels_key, labels, max_bytes, notes)
+    _check_row_fits(src.name, got.original_shape, max_bytes)
+    raw = got.labels
+    if labels is not None:
+        raw = _load_labels_file(labels, labels_key, stdin, max_bytes, notes)
+    n, c = int(got.logits.shape[0]), int(got.logits.shape[1])
+    labels_out: np.ndarray | None = None
+    if raw is not None:
+        labels_out = _validate_labels(
+            raw.values,
+            where=raw.where,
+            at=raw.at,
+            n=n,
+            c=c,
+            logits_shape=got.original_shape,
+            logits_name=src.name,
+            ignore_index=ignore_index,
+            notes=notes,
+        )
+    return LoadedInput(
+        logits=got.logits,
+        labels=labels_out,
+        logits_name=os.fspath(logits),
+        labels_name=None if raw is None else raw.name,
+        file_dtype=got.file_dtype,
+        original_shape=got.original_shape,
+        overflowed_cells=got.overflowed,
+        notes=tuple(notes),
+        counted_nonfinite=got.nonfinite,
+    )
+
+
+@dataclass
+class _ReadLogits:
+    """What one format's reader gives: (N, C) logits and the facts the report needs."""
+
+    logits: np.ndarray
+    original_shape: tuple[int, ...]
+    file_dtype: str
+    nonfinite: int | None = None  # counted while parsing text; None: counted on first use
+    overflowed: int = 0
+    labels: RawLabels | None = None  # labels found beside the logits (.npz array, text column)
+
+
+def _check_options(
+    logits: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | None,
+    label_column: str | int | None,
+    max_bytes: int,
+) -> None:
+    """Refuse option combinations before any file is opened."""
     if max_bytes <= 0:
         raise UsageError(f"max_bytes must be positive, got {max_bytes}")
     if labels is not None and label_column is not None:
         raise UsageError("give either a labels file or label_column, not both")
     if labels is not None and os.fspath(labels) == "-" and os.fspath(logits) == "-":
         raise UsageError("logits and labels cannot both be read from stdin ('-')")
-    src = _open_source(logits, stdin, max_bytes, notes)
-    name = src.name
-    if logits_key is not None and src.kind != "npz":
+
+
+def _check_keys_fit(
+    src: _Source,
+    labels: str | os.PathLike[str] | None,
+    logits_key: str | None,
+    labels_key: str | None,
+    label_column: str | int | None,
+) -> None:
+    """Array keys apply to an .npz, a label column to text: refuse them for another format."""
+    name, kind = src.name, src.kind
+    if logits_key is not None and kind != "npz":
         raise InputError(
-            f"{name}: logits_key {logits_key!r} given but this is {_KIND_WORDS[src.kind]}, "
-            "not an .npz"
+            f"{name}: logits_key {logits_key!r} given but this is {_KIND_WORDS[kind]}, not an .npz"
         )
-    if labels is None and labels_key is not None and src.kind != "npz":
+    if labels is None and labels_key is not None and kind != "npz":
         raise InputError(
-            f"{name}: labels_key {labels_key!r} given but this is {_KIND_WORDS[src.kind]}, "
+            f"{name}: labels_key {labels_key!r} given but this is {_KIND_WORDS[kind]}, "
             "not an .npz (and no labels file was given)"
         )
-    if label_column is not None and src.kind != "text":
+    if label_column is not None and kind != "text":
         raise InputError(
-            f"{name}: label_column applies to text input only; this is {_KIND_WORDS[src.kind]}"
+            f"{name}: label_column applies to text input only; this is {_KIND_WORDS[kind]}"
         )
 
-    raw_labels: np.ndarray | None = None
-    labels_where: str | None = None
-    labels_name: str | None = None
-    at: Callable[[int], str] = lambda i: f"row {i}"  # noqa: E731 - arrays: 0-based numpy rows
-    overflowed = 0
 
-    if src.kind == "text":
-        parsed = _text_logits(_file_bytes(src, max_bytes), name, label_column, notes)
-        arr2d, overflowed = parsed.logits, parsed.overflowed
-        original_shape = tuple(int(d) for d in arr2d.shape)
-        nonfinite: int | None = int(arr2d.size - np.count_nonzero(np.isfinite(arr2d)))
-        file_dtype = "text"
-        if parsed.label_values is not None:
-            raw_labels = parsed.label_values
-            labels_where = labels_name = parsed.label_where
-            text_lines = parsed.lines
-            at = lambda i: f"line {text_lines[i]}"  # noqa: E731
-    elif src.kind == "npy":
-        arr = _array_from_source(src, max_bytes, mmap=True)
-        arr2d, original_shape = _logits_from_array(arr, notes)
-        nonfinite = None
-        file_dtype = arr.stored.name
-    elif src.kind == "zarr":
-        zarr_logits, original_shape = _zarr_logits(src, notes)
-        arr2d = cast(np.ndarray, zarr_logits)  # duck-typed: shape, dtype, rows; see LoadedInput
-        nonfinite = None
-        file_dtype = zarr_logits.stored.name
-    else:
-        npz = _Npz(src, max_bytes)
-        try:
-            key = _pick_logits_key(npz, logits_key, labels_key if labels is None else None, notes)
-            arr = npz.read(key)
-            arr2d, original_shape = _logits_from_array(arr, notes)
-            nonfinite = None
-            file_dtype = arr.stored.name
-            lkey = labels_key or "labels"
-            if lkey in npz.members and lkey != key:
-                if labels is None:
-                    got = npz.read(lkey)
-                    raw_labels, labels_where = got.array, got.where
-                    labels_name = got.where
-                else:
-                    notes.append(
-                        f"{name}: its {lkey!r} array is ignored; labels come from "
-                        f"{os.fspath(labels)}"
-                    )
-            elif labels_key is not None and labels is None:
-                raise InputError(f"{name}: no array {labels_key!r}; it holds: {npz.keys_text()}")
-        finally:
-            npz.close()
+def _check_row_fits(name: str, shape: tuple[int, ...], max_bytes: int) -> None:
+    """Refuse logits whose single row cannot be worked on within ``max_bytes``.
 
-    if labels is not None:
-        raw_labels, labels_where, at = _load_labels_file(
-            labels, labels_key, stdin, max_bytes, notes
+    The engine works on at least one whole row at a time: its C logits in float64 and the
+    reference's and methods' temporaries, about ``ROW_BYTES_PER_CLASS`` bytes per class. One
+    row of 2**29 classes needs ~50 GiB: refused here, not by the kernel's MemoryError.
+    """
+    classes = int(shape[-1])
+    need = classes * ROW_BYTES_PER_CLASS
+    if need > max_bytes:
+        raise InputError(
+            f"{name}: one row of {classes} classes needs about {need} bytes of working memory, "
+            f"over the max_bytes limit of {max_bytes}; raise it with --max-bytes if this "
+            "machine has the memory"
         )
-        labels_name = os.fspath(labels)
 
-    n, c = int(arr2d.shape[0]), int(arr2d.shape[1])
-    labels_out: np.ndarray | None = None
-    if raw_labels is not None:
-        assert labels_where is not None
-        labels_out = _validate_labels(
-            raw_labels,
-            where=labels_where,
-            at=at,
-            n=n,
-            c=c,
-            logits_shape=original_shape,
-            logits_name=name,
-            ignore_index=ignore_index,
-            notes=notes,
-        )
-    return LoadedInput(
-        logits=arr2d,
-        labels=labels_out,
-        logits_name=os.fspath(logits),
-        labels_name=labels_name,
-        file_dtype=file_dtype,
-        original_shape=original_shape,
-        overflowed_cells=overflowed,
-        notes=tuple(notes),
-        counted_nonfinite=nonfinite,
+
+def _read_text(
+    src: _Source, label_column: str | int | None, max_bytes: int, notes: list[str]
+) -> _ReadLogits:
+    parsed = _text_logits(_file_bytes(src, max_bytes), src.name, label_column, notes)
+    arr2d = parsed.logits
+    raw: RawLabels | None = None
+    if parsed.label_values is not None:
+        assert parsed.label_where is not None
+        lines = parsed.lines
+        raw = RawLabels(
+            parsed.label_values, parsed.label_where, lambda i: f"line {lines[i]}",
+            parsed.label_where,
+        )  # fmt: skip
+    return _ReadLogits(
+        arr2d,
+        tuple(int(d) for d in arr2d.shape),
+        "text",
+        nonfinite=int(arr2d.size - np.count_nonzero(np.isfinite(arr2d))),
+        overflowed=parsed.overflowed,
+        labels=raw,
     )
+
+
+def _read_npy(src: _Source, max_bytes: int, notes: list[str]) -> _ReadLogits:
+    arr = _array_from_source(src, max_bytes, mmap=True)
+    arr2d, original_shape = _logits_from_array(arr, notes)
+    return _ReadLogits(arr2d, original_shape, arr.stored.name)
+
+
+def _read_zarr(src: _Source, max_bytes: int, notes: list[str]) -> _ReadLogits:
+    zarr_logits, original_shape = _zarr_logits(src, max_bytes, notes)
+    # duck-typed: shape, dtype and row slices, which is all the engines use; see LoadedInput
+    return _ReadLogits(cast(np.ndarray, zarr_logits), original_shape, zarr_logits.stored.name)
+
+
+def _read_npz(
+    src: _Source,
+    logits_key: str | None,
+    labels_key: str | None,
+    labels: str | os.PathLike[str] | None,
+    max_bytes: int,
+    notes: list[str],
+) -> _ReadLogits:
+    """The logits array of an .npz, and its labels array unless a labels file is given."""
+    npz = _Npz(src, max_bytes)
+    try:
+        key = _pick_logits_key(npz, logits_key, labels_key, notes)
+        arr = npz.read(key)
+        arr2d, original_shape = _logits_from_array(arr, notes)
+        raw: RawLabels | None = None
+        lkey = labels_key or "labels"
+        if lkey in npz.members and lkey != key:
+            if labels is None:
+                got = npz.read(lkey)
+                raw = RawLabels(got.array, got.where, lambda i: f"row {i}", got.where)
+            else:
+                notes.append(
+                    f"{src.name}: its {lkey!r} array is ignored; labels come from "
+                    f"{os.fspath(labels)}"
+                )
+        elif labels_key is not None:
+            raise InputError(f"{src.name}: no array {labels_key!r}; it holds: {npz.keys_text()}")
+    finally:
+        npz.close()
+    return _ReadLogits(arr2d, original_shape, arr.stored.name, labels=raw)
 
 
 def _pick_logits_key(

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import InputError, UsageError
-from .common import _check_dtype, _short
+from ..errors import InputError
+from .common import _check_dtype
 from .npy import _array_from_source
 from .npz import _Npz
 from .sources import _KIND_WORDS, _file_bytes, _open_source
 from .text import _text_labels
-from .zarr_store import _open_zarr_array
+from .zarr_store import read_zarr_whole
+
+
+@dataclass(frozen=True)
+class RawLabels:
+    """Labels as read, before validation: where they came from and how to name a row."""
+
+    values: np.ndarray
+    where: str  # "labels.npy", "data.npz['labels']", "x.csv column 3 ('label')"
+    at: Callable[[int], str]  # row i as messages name it: "row 7" (arrays), "line 9" (text)
+    name: str  # the labels' name in the report
 
 
 def _validate_labels(
@@ -134,7 +145,7 @@ def _load_labels_file(
     stdin: BinaryIO | None,
     max_bytes: int,
     notes: list[str],
-) -> tuple[np.ndarray, str, Callable[[int], str]]:
+) -> RawLabels:
     """Raw labels from a .npy, .npz or text file, with the message names for them."""
     src = _open_source(labels, stdin, max_bytes, notes)
     name = src.name
@@ -145,19 +156,14 @@ def _load_labels_file(
         )
     if src.kind == "text":
         values, lines = _text_labels(_file_bytes(src, max_bytes), name, notes)
-        return values, name, lambda i: f"line {lines[i]}"
+        return RawLabels(values, name, lambda i: f"line {lines[i]}", os.fspath(labels))
     if src.kind == "npy":
         arr = _array_from_source(src, max_bytes, mmap=False)
-        return arr.array, name, lambda i: f"row {i}"
-    if src.kind == "zarr":  # one label per row: small enough to read whole
+        return RawLabels(arr.array, name, _row, os.fspath(labels))
+    if src.kind == "zarr":  # one label per row: small enough to read whole, within max_bytes
         assert src.path is not None
-        try:
-            values = np.asarray(_open_zarr_array(src.path, name)[...])
-        except (InputError, UsageError):
-            raise
-        except Exception as exc:
-            raise InputError(f"{name}: cannot read the zarr array ({_short(exc)})") from None
-        return values, name, lambda i: f"row {i}"
+        values = read_zarr_whole(src.path, name, max_bytes)
+        return RawLabels(values, name, _row, os.fspath(labels))
     npz = _Npz(src, max_bytes)
     try:
         if labels_key is not None:
@@ -176,4 +182,9 @@ def _load_labels_file(
         got = npz.read(key)
     finally:
         npz.close()
-    return got.array, got.where, lambda i: f"row {i}"
+    return RawLabels(got.array, got.where, _row, os.fspath(labels))
+
+
+def _row(i: int) -> str:
+    """Row ``i`` of an array, as messages name it: 0-based, as numpy indexes it."""
+    return f"row {i}"

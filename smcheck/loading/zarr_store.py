@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, _check_dtype, _short
+from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, DEFAULT_MAX_BYTES, _check_dtype, _short
 from .sources import _Source
+from .zarr_guard import GuardedStore, check_store
 
 
 def _zarr() -> ModuleType:
@@ -24,11 +26,19 @@ def _zarr() -> ModuleType:
         ) from None
 
 
-def _open_zarr_array(path: str, where: str) -> Any:
-    """The zarr array at ``path``, opened read-only; InputError for a group or bad metadata."""
+def _open_zarr_array(path: str, where: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
+    """The zarr array at ``path``, opened read-only; InputError for a group or bad metadata.
+
+    The metadata is checked against smcheck's allow-lists first (:func:`check_store`), and
+    zarr reads through a :class:`GuardedStore`: no chunk is decoded before it is checked.
+    """
     zarr = _zarr()
+    facts = check_store(path, where, max_bytes)
     try:
-        node = zarr.open(store=path, mode="r")
+        store = GuardedStore.open(path, where, facts, max_bytes)
+        node = zarr.open(store=store, mode="r")
+    except InputError:
+        raise
     except Exception as exc:  # zarr raises many types on hostile metadata: all mean "unreadable"
         raise InputError(f"{where}: not a readable zarr array ({_short(exc)})") from None
     if not hasattr(node, "shape"):  # a Group: it has members, no shape
@@ -41,7 +51,31 @@ def _open_zarr_array(path: str, where: str) -> Any:
             f"{where}: is a zarr group, not an array; give the directory of one of its arrays "
             f"(it holds: {held})"
         )
+    if facts is None:  # zarr found an array where the checks saw no array metadata
+        raise InputError(f"{where}: not a readable zarr array (no zarr.json or .zarray)")
     return node
+
+
+def read_zarr_whole(path: str, where: str, max_bytes: int) -> np.ndarray:
+    """A whole (small) zarr array, e.g. labels: its declared size is checked first."""
+    arr = _open_zarr_array(path, where, max_bytes)
+    need = math.prod(int(d) for d in arr.shape) * np.dtype(arr.dtype).itemsize
+    if need > max_bytes:
+        raise InputError(
+            f"{where}: declares {need} bytes of data, over the max_bytes limit of {max_bytes}; "
+            "raise it with --max-bytes"
+        )
+    return _read_chunks(where, lambda: np.asarray(arr[...]))
+
+
+def _read_chunks(where: str, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()``, with any failure to read or decode a chunk as a one-line InputError."""
+    try:
+        return read()
+    except (InputError, UsageError):
+        raise
+    except Exception as exc:  # a corrupt chunk: zarr/numcodecs raise many types
+        raise InputError(f"{where}: cannot read the zarr array ({_short(exc)})") from None
 
 
 class ZarrLogits:
@@ -58,10 +92,13 @@ class ZarrLogits:
 
     ndim = 2
 
-    def __init__(self, path: str, where: str, array: Any = None) -> None:
+    def __init__(
+        self, path: str, where: str, array: Any = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.path = path
         self.where = where
-        arr = _open_zarr_array(path, where) if array is None else array
+        self.max_bytes = max_bytes
+        arr = _open_zarr_array(path, where, max_bytes) if array is None else array
         self._array: Any = arr
         self.original_shape: tuple[int, ...] = tuple(int(d) for d in arr.shape)
         self.stored = np.dtype(arr.dtype)
@@ -84,7 +121,7 @@ class ZarrLogits:
     def array(self) -> Any:
         """The zarr array, opened on first use after unpickling (on a Dask worker)."""
         if self._array is None:
-            self._array = _open_zarr_array(self.path, self.where)
+            self._array = _open_zarr_array(self.path, self.where, self.max_bytes)
         return self._array
 
     def __getstate__(self) -> dict[str, Any]:
@@ -108,9 +145,13 @@ class ZarrLogits:
         if hi <= lo:
             block = np.empty((0, self.shape[1]), self.stored)
         elif not lead:  # a 1-d store is one row
-            block = np.asarray(self.array[...]).reshape(1, -1)[lo:hi]
+            block = _read_chunks(self.where, lambda: np.asarray(self.array[...]))
+            block = block.reshape(1, -1)[lo:hi]
         else:
-            parts = _zarr_rows(self.array, (), lead, lo, hi)
+            parts = _read_chunks(
+                self.where,
+                lambda: _zarr_rows(self.array, (), lead, lo, hi),  # type: ignore[arg-type,return-value]
+            )
             block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.rows_read += max(0, hi - lo)
         self.largest_read = max(self.largest_read, hi - lo)
@@ -151,11 +192,13 @@ def _zarr_rows(
     return out
 
 
-def _zarr_logits(src: _Source, notes: list[str]) -> tuple[ZarrLogits, tuple[int, ...]]:
+def _zarr_logits(
+    src: _Source, max_bytes: int, notes: list[str]
+) -> tuple[ZarrLogits, tuple[int, ...]]:
     """A zarr array store as lazy (N, C) logits, checked as a .npy array is."""
     assert src.path is not None
     where = src.name
-    x = ZarrLogits(src.path, where)
+    x = ZarrLogits(src.path, where, max_bytes=max_bytes)
     shape = x.original_shape
     if x.stored.kind in "OSTU":  # zarr's string arrays (variable-length: object or StringDType)
         raise InputError(
