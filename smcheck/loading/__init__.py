@@ -18,6 +18,8 @@ and ``column M`` as an editor shows them. The rules are listed in ``docs/validat
 """
 
 from .inputs import LoadedInput, load_input
+from .npy import NpyRows
+from .values import LoadedValues, load_values
 from .zarr_store import ZarrLogits
 
-__all__ = ["LoadedInput", "ZarrLogits", "load_input"]
+__all__ = ["LoadedInput", "LoadedValues", "NpyRows", "ZarrLogits", "load_input", "load_values"]

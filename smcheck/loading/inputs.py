@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .common import DEFAULT_MAX_BYTES, ROW_BYTES_PER_CLASS
-from .labels import RawLabels, _load_labels_file, _validate_labels
+from .labels import LabelFit, RawLabels, _load_labels_file, _validate_labels
 from .logits import _count_nonfinite, _logits_from_array
 from .npy import _array_from_source
 from .npz import _Npz
@@ -114,10 +114,11 @@ def load_input(
     else:
         got = _read_npz(src, logits_key, own_labels_key, labels, max_bytes, notes)
     _check_row_fits(src.name, got.original_shape, max_bytes)
+    n, c = int(got.logits.shape[0]), int(got.logits.shape[1])
     raw = got.labels
     if labels is not None:
-        raw = _load_labels_file(labels, labels_key, stdin, max_bytes, notes)
-    n, c = int(got.logits.shape[0]), int(got.logits.shape[1])
+        fit = LabelFit(n, c, got.original_shape, src.name)
+        raw = _load_labels_file(labels, labels_key, stdin, max_bytes, notes, fit)
     labels_out: np.ndarray | None = None
     if raw is not None:
         labels_out = _validate_labels(
@@ -265,7 +266,8 @@ def _read_npz(
         lkey = labels_key or "labels"
         if lkey in npz.members and lkey != key:
             if labels is None:
-                got = npz.read(lkey)
+                fit = LabelFit(int(arr2d.shape[0]), int(arr2d.shape[1]), original_shape, src.name)
+                got = npz.read(lkey, fit.check_shape)
                 raw = RawLabels(got.array, got.where, lambda i: f"row {i}", got.where)
             else:
                 notes.append(

@@ -28,6 +28,39 @@ class RawLabels:
     name: str  # the labels' name in the report
 
 
+@dataclass(frozen=True)
+class LabelFit:
+    """The logits the labels must fit: checked on a header's shape before its data is read."""
+
+    n: int
+    c: int
+    logits_shape: tuple[int, ...]
+    logits_name: str
+
+    def check_shape(self, where: str, shape: tuple[int, ...]) -> None:
+        """Refuse a labels shape that fits no form :func:`_validate_labels` accepts.
+
+        A header can claim 750 million labels for a 4-row input (6 GB that a sparse file
+        "holds"): refused from the header, with the message the data would have got.
+        """
+        n, c, logits_shape = self.n, self.c, self.logits_shape
+        if len(shape) == 0:
+            if n != 1:
+                raise InputError(f"{where}: is a single number; expected {n} labels (one per row)")
+            return
+        fits = shape in (logits_shape[:-1], (n, c), logits_shape)
+        if len(shape) >= 2 and not fits and not (len(shape) == 2 and shape[1] == 1):
+            raise InputError(
+                f"{where}: labels of shape {shape} do not fit logits of shape {logits_shape}; "
+                f"expected {n} class indices, or one-hot rows of shape ({n}, {c})"
+            )
+        if not fits and shape[0] != n:
+            raise InputError(
+                f"{where}: has {shape[0]} labels but {self.logits_name} has {n} rows; expected "
+                "one label per row"
+            )
+
+
 def _validate_labels(
     raw: np.ndarray,
     *,
@@ -45,6 +78,7 @@ def _validate_labels(
     ``at(i)`` names row ``i`` for messages ("row 7", "line 9").
     """
     lab = np.asarray(raw)
+    LabelFit(n, c, logits_shape, logits_name).check_shape(where, lab.shape)
     _check_dtype(lab.dtype, where)
     if not lab.dtype.isnative:
         lab = lab.astype(lab.dtype.newbyteorder("="))
@@ -145,8 +179,12 @@ def _load_labels_file(
     stdin: BinaryIO | None,
     max_bytes: int,
     notes: list[str],
+    fit: LabelFit,
 ) -> RawLabels:
-    """Raw labels from a .npy, .npz or text file, with the message names for them."""
+    """Raw labels from a .npy, .npz, zarr or text file, with the message names for them.
+
+    An array's declared shape is checked against ``fit`` before its data is read.
+    """
     src = _open_source(labels, stdin, max_bytes, notes)
     name = src.name
     if labels_key is not None and src.kind != "npz":
@@ -158,11 +196,11 @@ def _load_labels_file(
         values, lines = _text_labels(_file_bytes(src, max_bytes), name, notes)
         return RawLabels(values, name, lambda i: f"line {lines[i]}", os.fspath(labels))
     if src.kind == "npy":
-        arr = _array_from_source(src, max_bytes, mmap=False)
+        arr = _array_from_source(src, max_bytes, mmap=False, check_shape=fit.check_shape)
         return RawLabels(arr.array, name, _row, os.fspath(labels))
     if src.kind == "zarr":  # one label per row: small enough to read whole, within max_bytes
         assert src.path is not None
-        values = read_zarr_whole(src.path, name, max_bytes)
+        values = read_zarr_whole(src.path, name, max_bytes, fit.check_shape)
         return RawLabels(values, name, _row, os.fspath(labels))
     npz = _Npz(src, max_bytes)
     try:
@@ -179,7 +217,7 @@ def _load_labels_file(
             )
         if key not in npz.members:
             raise InputError(f"{name}: no array {key!r}; it holds: {npz.keys_text()}")
-        got = npz.read(key)
+        got = npz.read(key, fit.check_shape)
     finally:
         npz.close()
     return RawLabels(got.array, got.where, _row, os.fspath(labels))

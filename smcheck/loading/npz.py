@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from ..errors import InputError
 from .common import _NPY_MAGIC, _short
-from .npy import _Array, _npy_from_stream
+from .npy import ShapeCheck, _Array, _npy_from_stream
 from .sources import _Source
 
 
@@ -28,7 +28,7 @@ class _Npz:
         except Exception as exc:
             # on damaged bytes zipfile raises BadZipFile but also IndexError, struct.error,
             # UnicodeDecodeError, ...: each means the archive cannot be read
-            raise InputError(f"{self.name}: not a readable .npz archive ({_short(exc)})") from None
+            raise InputError(f"{self.name}: cannot read the .npz archive ({_short(exc)})") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -40,7 +40,7 @@ class _Npz:
     def keys_text(self) -> str:
         return ", ".join(repr(k) for k in self.members)
 
-    def read(self, key: str) -> _Array:
+    def read(self, key: str, check_shape: ShapeCheck | None = None) -> _Array:
         info = self.members[key]
         where = f"{self.name}[{key!r}]"
         # the declared uncompressed size is checked before a single byte is inflated: a few KiB
@@ -58,7 +58,13 @@ class _Npz:
                     raise InputError(f"{where}: member {info.filename!r} is not a .npy array")
                 # start again so that numpy's header reader sees the magic
             with self.zip.open(info) as fp:
-                return _npy_from_stream(fp, info.file_size, where, self.max_bytes)  # type: ignore[arg-type]
+                return _npy_from_stream(
+                    fp,  # type: ignore[arg-type]
+                    info.file_size,
+                    where,
+                    self.max_bytes,
+                    check_shape,
+                )
         except InputError:
             raise
         except Exception as exc:  # zipfile/zlib on a damaged member: see __init__

@@ -46,10 +46,7 @@ def _open_source(
     """Check that ``given`` is a readable file (or ``-``) and sniff its format from its bytes."""
     name = os.fspath(given)
     if name == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        if stream.isatty():  # reading would wait for typing: almost surely a forgotten pipe
-            raise InputError("stdin ('-') is a terminal; pipe the logits in, e.g. cat x.csv |")
-        piped = _read_stream(stream, "stdin", max_bytes)
+        piped = _read_stream(_stdin(stdin), "stdin", max_bytes)
         return _Source("stdin", None, piped, _sniff(piped[:8]))
     try:
         st = os.stat(name)
@@ -84,6 +81,22 @@ def _open_source(
     return _Source(name, name if data is None else None, data, kind)
 
 
+def _stdin(stdin: BinaryIO | None) -> BinaryIO:
+    """The stream '-' names, refused when closed (``0<&-``: Python sets sys.stdin to None) or a
+    terminal (reading would wait for typing: almost surely a forgotten pipe)."""
+    stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+    try:
+        closed = stream is None or stream.closed
+        tty = not closed and stream is not None and stream.isatty()
+    except (OSError, ValueError) as exc:  # a descriptor that is not open or not a stream
+        raise InputError(f"stdin ('-'): cannot read: {_reason(exc)}") from None
+    if closed or stream is None:
+        raise InputError("stdin ('-') is closed; pipe the logits in, e.g. cat x.csv |")
+    if tty:
+        raise InputError("stdin ('-') is a terminal; pipe the logits in, e.g. cat x.csv |")
+    return stream
+
+
 def _read_stream(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
     """Read a stream to its end, refusing more than ``max_bytes`` and obvious binary junk early."""
     chunks: list[bytes] = []
@@ -91,7 +104,7 @@ def _read_stream(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
     while True:
         try:
             chunk = stream.read(_STREAM_CHUNK)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a closed stream
             raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
         if not chunk:
             break

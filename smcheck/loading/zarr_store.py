@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, DEFAULT_MAX_BYTES, _check_dtype, _short
+from .npy import ShapeCheck
 from .sources import _Source
 from .zarr_guard import GuardedStore, check_store
 
@@ -56,9 +57,13 @@ def _open_zarr_array(path: str, where: str, max_bytes: int = DEFAULT_MAX_BYTES) 
     return node
 
 
-def read_zarr_whole(path: str, where: str, max_bytes: int) -> np.ndarray:
-    """A whole (small) zarr array, e.g. labels: its declared size is checked first."""
+def read_zarr_whole(
+    path: str, where: str, max_bytes: int, check_shape: ShapeCheck | None = None
+) -> np.ndarray:
+    """A whole (small) zarr array, e.g. labels: its declared shape and size are checked first."""
     arr = _open_zarr_array(path, where, max_bytes)
+    if check_shape is not None:
+        check_shape(where, tuple(int(d) for d in arr.shape))
     need = math.prod(int(d) for d in arr.shape) * np.dtype(arr.dtype).itemsize
     if need > max_bytes:
         raise InputError(
