@@ -10,7 +10,7 @@ from typing import BinaryIO, cast
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .common import DEFAULT_MAX_BYTES, ROW_BYTES_PER_CLASS
+from .common import DEFAULT_MAX_BYTES, ROW_BYTES_PER_CLASS, ROW_BYTES_PER_CLASS_LABEL_FREE
 from .labels import LabelFit, RawLabels, _load_labels_file, _validate_labels
 from .logits import _count_nonfinite, _logits_from_array
 from .npy import _array_from_source
@@ -113,9 +113,10 @@ def load_input(
         got = _read_zarr(src, max_bytes, notes)
     else:
         got = _read_npz(src, logits_key, own_labels_key, labels, max_bytes, notes)
-    _check_row_fits(src.name, got.original_shape, max_bytes)
     n, c = int(got.logits.shape[0]), int(got.logits.shape[1])
     raw = got.labels
+    label_free = raw is None and labels is None
+    _check_row_fits(src.name, c, label_free, max_bytes)
     if labels is not None:
         fit = LabelFit(n, c, got.original_shape, src.name)
         raw = _load_labels_file(labels, labels_key, stdin, max_bytes, notes, fit)
@@ -196,15 +197,16 @@ def _check_keys_fit(
         )
 
 
-def _check_row_fits(name: str, shape: tuple[int, ...], max_bytes: int) -> None:
+def _check_row_fits(name: str, classes: int, label_free: bool, max_bytes: int) -> None:
     """Refuse logits whose single row cannot be worked on within ``max_bytes``.
 
     The engine works on at least one whole row at a time: its C logits in float64 and the
-    reference's and methods' temporaries, about ``ROW_BYTES_PER_CLASS`` bytes per class. One
-    row of 2**29 classes needs ~50 GiB: refused here, not by the kernel's MemoryError.
+    reference's and methods' temporaries, ``ROW_BYTES_PER_CLASS`` bytes per class (eight times
+    that label-free). One row of 2**29 classes needs ~20 GiB with labels: refused here, before
+    the engine's MemoryError.
     """
-    classes = int(shape[-1])
-    need = classes * ROW_BYTES_PER_CLASS
+    per_class = ROW_BYTES_PER_CLASS_LABEL_FREE if label_free else ROW_BYTES_PER_CLASS
+    need = classes * per_class
     if need > max_bytes:
         raise InputError(
             f"{name}: one row of {classes} classes needs about {need} bytes of working memory, "
