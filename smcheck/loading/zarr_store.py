@@ -70,17 +70,26 @@ def read_zarr_whole(
             f"{where}: declares {need} bytes of data, over the max_bytes limit of {max_bytes}; "
             "raise it with --max-bytes"
         )
-    return _read_chunks(where, lambda: np.asarray(arr[...]))
+    return _read_chunks(where, arr, lambda: np.asarray(arr[...]))
 
 
-def _read_chunks(where: str, read: Callable[[], np.ndarray]) -> np.ndarray:
-    """``read()``, with any failure to read or decode a chunk as a one-line InputError."""
+def _read_chunks(where: str, arr: Any, read: Callable[[], Any]) -> Any:
+    """``read()`` of ``arr``'s chunks, with any failure to read or decode a chunk as a one-line
+    InputError. A chunk the guarded store refused is reported as such (the store hands zarr
+    an empty chunk instead of raising inside zarr's tasks, which would leave them pending)."""
     try:
-        return read()
+        got = read()
     except (InputError, UsageError):
         raise
     except Exception as exc:  # a corrupt chunk: zarr/numcodecs raise many types
+        refused = getattr(arr.store, "refused", None)
+        if refused is not None:
+            raise refused from None
         raise InputError(f"{where}: cannot read the zarr array ({_short(exc)})") from None
+    refused = getattr(arr.store, "refused", None)
+    if refused is not None:  # never used: an empty chunk does not decode
+        raise refused
+    return got
 
 
 class ZarrLogits:
@@ -150,11 +159,12 @@ class ZarrLogits:
         if hi <= lo:
             block = np.empty((0, self.shape[1]), self.stored)
         elif not lead:  # a 1-d store is one row
-            block = _read_chunks(self.where, lambda: np.asarray(self.array[...]))
+            block = _read_chunks(self.where, self.array, lambda: np.asarray(self.array[...]))
             block = block.reshape(1, -1)[lo:hi]
         else:
             parts = _read_chunks(
                 self.where,
+                self.array,
                 lambda: _zarr_rows(self.array, (), lead, lo, hi),  # type: ignore[arg-type,return-value]
             )
             block = parts[0] if len(parts) == 1 else np.concatenate(parts)
