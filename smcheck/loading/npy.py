@@ -113,7 +113,7 @@ def _npy_from_stream(
     if need > max_bytes:
         raise InputError(
             f"{where}: the header declares {need} bytes of data, over the max_bytes limit of "
-            f"{max_bytes}"
+            f"{max_bytes}; raise it with --max-bytes"
         )
     if need > have:
         raise _truncated(where, shape, dtype, have)

@@ -48,7 +48,7 @@ class _Npz:
         if info.file_size > self.max_bytes or self._read_total + info.file_size > self.max_bytes:
             raise InputError(
                 f"{where}: declares {info.file_size} bytes uncompressed, over the max_bytes limit "
-                f"of {self.max_bytes}; refusing to decompress it"
+                f"of {self.max_bytes}; refusing to decompress it (raise it with --max-bytes)"
             )
         self._read_total += info.file_size
         try:

@@ -12,6 +12,7 @@ decodes it. This does not depend on the numcodecs version installed.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import math
 import os
@@ -54,11 +55,23 @@ class StoreFacts:
     dtype: np.dtype
     compressor: str | None  # "zstd", "blosc", "gzip", "zlib", or None (raw bytes)
     trailer: int  # bytes a crc32c after the compressor appends to each chunk
+    key_prefix: str = ""  # "c" + separator for v3's default chunk keys ("c/0/0")
+    separator: str = "."
 
     @property
     def chunk_bytes(self) -> int:
         """Bytes of one decoded chunk."""
         return math.prod(self.chunks) * self.dtype.itemsize
+
+    def chunk_keys(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> list[str]:
+        """Store keys of the chunks holding elements lo..hi (inclusive, per axis)."""
+        if not self.shape:
+            return [self.key_prefix.rstrip(self.separator) or "0"]
+        ranges = [range(a // c, b // c + 1) for a, b, c in zip(lo, hi, self.chunks, strict=True)]
+        return [
+            self.key_prefix + self.separator.join(map(str, idx))
+            for idx in itertools.product(*ranges)
+        ]
 
 
 def read_small(path: str, where: str, limit: int) -> bytes:
@@ -156,12 +169,21 @@ def _v3_facts(meta: dict[str, Any], where: str) -> StoreFacts:
         raise InputError(f"{where}: more than one compressor ({', '.join(compressors)})")
     at = names.index(compressors[0]) if compressors else len(names)
     trailer = 4 * names[at:].count("crc32c")
+    encoding = meta.get("chunk_key_encoding") or {"name": "default"}
+    name = encoding.get("name") if isinstance(encoding, dict) else None
+    sep = ((encoding.get("configuration") or {}) if isinstance(encoding, dict) else {}).get(
+        "separator", "/" if name == "default" else "."
+    )
+    if name not in ("default", "v2") or sep not in ("/", "."):
+        raise InputError(f"{where}: chunk key encoding {_shown(encoding)} is not supported")
     return StoreFacts(
         _dims(meta.get("shape"), "shape", where, 0),
         _dims(chunks, "chunk shape", where, 0),
         dtype,
         compressors[0] if compressors else None,
         trailer,
+        "c" + sep if name == "default" else "",
+        sep,
     )
 
 
@@ -183,12 +205,17 @@ def _v2_facts(meta: dict[str, Any], where: str) -> StoreFacts:
         )
     if meta.get("order", "C") not in ("C", "F"):
         raise InputError(f"{where}: order {_shown(meta.get('order'))} is not C or F")
+    sep = meta.get("dimension_separator", ".")
+    if sep not in ("/", "."):
+        raise InputError(f"{where}: dimension separator {_shown(sep)} is not supported")
     return StoreFacts(
         _dims(meta.get("shape"), "shape", where, 0),
         _dims(meta.get("chunks"), "chunk shape", where, 0),
         dtype,
         cid,
         0,
+        "",
+        sep,
     )
 
 
@@ -333,6 +360,17 @@ def _make_store_class() -> type:
             super().__init__(os.path.realpath(root), read_only=True)
             self.where, self.facts, self.max_bytes = where, facts, max_bytes
             self.refused: InputError | None = None  # the first chunk refused
+            self.checked: dict[str, bytes | None] = {}  # chunks read by precheck(), for zarr
+
+        def precheck(self, keys: list[str]) -> None:
+            """Read and check ``keys`` now, outside zarr's tasks: a refusal raises here, and
+            zarr then gets the checked bytes without reading the files again."""
+            for key in keys:
+                self.checked[key] = self.read_key(key)
+
+        def forget(self, keys: list[str]) -> None:
+            for key in keys:
+                self.checked.pop(key, None)
 
         def with_read_only(self, read_only: bool = False) -> Any:
             return type(self)(str(self.root), self.where, self.facts, self.max_bytes)
@@ -342,7 +380,7 @@ def _make_store_class() -> type:
 
         def _read(self, key: str, prototype: Any) -> Any:
             try:
-                data = self.read_key(key)
+                data = self.checked.pop(key) if key in self.checked else self.read_key(key)
             except InputError as exc:
                 # raising here, inside one of zarr's gathered tasks, would leave the others
                 # pending ("Task was destroyed but it is pending!" at exit): an empty chunk

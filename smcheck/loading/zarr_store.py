@@ -73,11 +73,31 @@ def read_zarr_whole(
     return _read_chunks(where, arr, lambda: np.asarray(arr[...]))
 
 
-def _read_chunks(where: str, arr: Any, read: Callable[[], Any]) -> Any:
+def _read_chunks(
+    where: str,
+    arr: Any,
+    read: Callable[[], Any],
+    box: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> Any:
     """``read()`` of ``arr``'s chunks, with any failure to read or decode a chunk as a one-line
-    InputError. A chunk the guarded store refused is reported as such (the store hands zarr
-    an empty chunk instead of raising inside zarr's tasks, which would leave them pending)."""
+    InputError.
+
+    The chunks of ``box`` (first and last element index per axis; None: the whole array) are
+    read and checked first, here: a link, FIFO or bomb raises before zarr starts its tasks,
+    which an error inside one of them would leave pending ("Task was destroyed but it is
+    pending!" at exit). A chunk refused inside zarr all the same (outside the box) is handed
+    to zarr empty and reported as refused.
+    """
+    store = arr.store
+    facts = getattr(store, "facts", None)
+    keys: list[str] = []
+    if facts is not None and all(d > 0 for d in facts.shape):
+        if box is None:
+            box = (tuple(0 for _ in facts.shape), tuple(d - 1 for d in facts.shape))
+        keys = facts.chunk_keys(*box)
     try:
+        if keys:
+            store.precheck(keys)
         got = read()
     except (InputError, UsageError):
         raise
@@ -86,6 +106,9 @@ def _read_chunks(where: str, arr: Any, read: Callable[[], Any]) -> Any:
         if refused is not None:
             raise refused from None
         raise InputError(f"{where}: cannot read the zarr array ({_short(exc)})") from None
+    finally:
+        if keys:
+            store.forget(keys)
     refused = getattr(arr.store, "refused", None)
     if refused is not None:  # never used: an empty chunk does not decode
         raise refused
@@ -166,6 +189,7 @@ class ZarrLogits:
                 self.where,
                 self.array,
                 lambda: _zarr_rows(self.array, (), lead, lo, hi),  # type: ignore[arg-type,return-value]
+                _row_box(self.original_shape, lo, hi),
             )
             block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.rows_read += max(0, hi - lo)
@@ -178,6 +202,23 @@ class ZarrLogits:
 
     def __repr__(self) -> str:
         return f"ZarrLogits({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _row_box(shape: tuple[int, ...], lo: int, hi: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """First and last element index per axis of the box holding flattened rows [lo, hi).
+
+    Rows are the leading axes flattened: once the first and last rows differ on an axis, the
+    axes after it are spanned whole; the class axis is always whole.
+    """
+    lead = shape[:-1]
+    first = [int(i) for i in np.unravel_index(lo, lead)]
+    last = [int(i) for i in np.unravel_index(hi - 1, lead)]
+    for k in range(len(lead)):
+        if first[k] != last[k]:
+            for j in range(k + 1, len(lead)):
+                first[j], last[j] = 0, lead[j] - 1
+            break
+    return (*first, 0), (*last, shape[-1] - 1)
 
 
 def _zarr_rows(
