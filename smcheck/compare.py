@@ -43,7 +43,7 @@ import numpy as np
 
 from .core import reference_of
 from .errors import InputError, UsageError
-from .loading import load_input
+from .loading import LoadedValues, load_input, load_values
 from .metrics import (
     bits_of_error,
     gate_ulps,
@@ -102,9 +102,6 @@ FAIL_ON_ALIASES: dict[str, str] = {"overflow": "nonfinite", "underflow": "nonfin
 
 #: Upper edges (ulps, inclusive) of the loss-error histogram; a last bin holds the rest.
 HIST_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 65536.0)
-
-#: Largest .npz member read into memory (declared uncompressed size), as smcheck.loading's default.
-MAX_MEMBER_BYTES = 8 * 2**30
 
 #: Row ids kept per finding (the counts are complete).
 MAX_ROW_IDS = 20
@@ -263,112 +260,6 @@ class CompareReport:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-@dataclass(frozen=True)
-class LoadedValues:
-    """An array read from their dump: ``values`` as stored (float), and where it came from."""
-
-    values: np.ndarray
-    name: str  # "loss.npy" or "dump.npz['loss']"
-    dtype: str  # stored dtype, or "text"
-
-
-def load_values(
-    path: str | os.PathLike[str],
-    *,
-    key: str | None,
-    default_key: str,
-    max_bytes: int = MAX_MEMBER_BYTES,
-) -> LoadedValues:
-    """Read a float array of any shape (0-d included) from .npy, .npz or text.
-
-    The format is sniffed from the bytes as :mod:`smcheck.loading` does. ``.npy`` is memory
-    mapped and never unpickled; in an ``.npz`` the array is ``key``, else ``default_key``, else
-    the only one, read only if its declared size is at most ``max_bytes``; text goes through
-    :func:`smcheck.loading.load_input` (one value per line, or a table). Integer arrays are read
-    as float64. Raises :class:`InputError` naming the file.
-    """
-    name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory, expected a .npy, .npz or text file") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{name}: cannot read: {exc}") from None
-    if not head:
-        raise InputError(f"{name}: is empty, expected a .npy, .npz or text file")
-    if head.startswith(b"\x93NUMPY") or head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        if head.startswith(b"\x93NUMPY") and key is not None:
-            raise InputError(f"{name}: key {key!r} given but this is a .npy array, not an .npz")
-        arr, where = _load_numpy(name, head.startswith(b"\x93NUMPY"), key, default_key, max_bytes)
-        stored = arr.dtype
-        kind = stored.kind
-        if kind == "V" and stored.itemsize in (1, 2):
-            raise InputError(
-                f"{where}: raw void dtype {stored.str} (ml_dtypes bfloat16/float8 saved by numpy); "
-                "convert with .astype(np.float32) before saving, which is exact"
-            )
-        if kind not in "fiub" or (kind == "f" and stored.itemsize not in (2, 4, 8)):
-            raise InputError(
-                f"{where}: dtype {stored} is not supported; expected float16, float32 or float64"
-            )
-        if kind != "f":
-            arr = arr.astype(np.float64)
-        return LoadedValues(arr, where, stored.name)
-    if key is not None:
-        raise InputError(f"{name}: key {key!r} given but this is a text file, not an .npz")
-    got = load_input(name)
-    return LoadedValues(got.logits, name, "text")
-
-
-def _load_numpy(
-    name: str, is_npy: bool, key: str | None, default_key: str, max_bytes: int
-) -> tuple[np.ndarray, str]:
-    # numpy raises ValueError, OSError, EOFError, BadZipFile, KeyError ... on a damaged file:
-    # each means "this file cannot be read", said once with the file's name
-    try:
-        if is_npy:
-            try:
-                return np.load(name, mmap_mode="r", allow_pickle=False), name
-            except ValueError:  # an empty array cannot be memory-mapped; a pickle is refused
-                return np.load(name, allow_pickle=False), name
-        # through our own file object: numpy leaks its handle when the zip is damaged
-        with open(name, "rb") as f, np.load(f, allow_pickle=False) as z:
-            keys = list(z.files)
-            if key is not None:
-                chosen = key
-            elif default_key in keys:
-                chosen = default_key
-            elif len(keys) == 1:
-                chosen = keys[0]
-            else:
-                shown = ", ".join(repr(k) for k in keys)
-                raise InputError(
-                    f"{name}: no {default_key!r} array and more than one candidate; it holds: "
-                    f"{shown} (name one with --{default_key}-key)"
-                )
-            if chosen not in keys:
-                shown = ", ".join(repr(k) for k in keys)
-                raise InputError(f"{name}: no array {chosen!r}; it holds: {shown}")
-            # the declared size is checked before inflating: a few KiB of DEFLATE can expand to
-            # gigabytes (the limit smcheck.loading applies to .npz members)
-            member = f"{chosen}.npy" if f"{chosen}.npy" in z.zip.namelist() else chosen
-            size = z.zip.getinfo(member).file_size
-            if size > max_bytes:
-                raise InputError(
-                    f"{name}[{chosen!r}]: declares {size} bytes uncompressed, over the limit of "
-                    f"{max_bytes}; save it as .npy (memory-mapped, no limit)"
-                )
-            return np.asarray(z[chosen]), f"{name}[{chosen!r}]"
-    except InputError:
-        raise
-    except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{name}: cannot read the array ({text})") from None
 
 
 def _as_loss(got: LoadedValues, n: int, lead: tuple[int, ...], reduction: str) -> np.ndarray:

@@ -256,3 +256,31 @@ def test_label_values(fuzz_dir: Path, labels: list[float], dtype: str) -> None:
     with np.errstate(invalid="ignore", over="ignore"):  # wrapping to the dtype is the point
         path.write_bytes(npy_bytes(np.array(labels).astype(dtype)))
     check(logits, path)
+
+
+def _text_result(data: bytes, label_column: str | int | None, block_bytes: int) -> object:
+    from smcheck.loading.text import _text_logits
+
+    notes: list[str] = []
+    try:
+        got = _text_logits(data, "t.csv", label_column, notes, block_bytes)
+    except InputError as exc:
+        return ("error", str(exc))
+    lines = [got.lines[i] for i in range(len(got.lines))]
+    labels = None if got.label_values is None else got.label_values.tobytes()
+    return (got.logits.tobytes(), got.logits.shape, labels, got.label_where, lines, notes)
+
+
+@FUZZ
+@given(
+    data=st.one_of(csv_bytes(), st.text("0123456789.,;-e\n\r#\t nax\"'").map(str.encode)),
+    label_column=st.sampled_from([None, 0, -1, 2, "y"]),
+    block_bytes=st.integers(0, 40),
+)
+def test_text_in_any_block_size_parses_as_one_block(
+    data: bytes, label_column: str | int | None, block_bytes: int
+) -> None:
+    """The block-at-a-time text parser gives the one-block (whole-file) result: values, line
+    numbers, notes, or the same first error."""
+    whole = _text_result(data, label_column, 1 << 30)
+    assert _text_result(data, label_column, block_bytes) == whole

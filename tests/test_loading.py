@@ -831,3 +831,68 @@ class _Terminal(io.BytesIO):
 def test_stdin_terminal_is_refused_instead_of_waiting() -> None:
     with pytest.raises(InputError, match="terminal"):
         load_input("-", stdin=_Terminal(b"1,2\n"))
+
+
+# --------------------------------------------------------------------------- text in blocks
+
+BLOCK_CASES = {
+    "plain": ("1,2,3\n4,5,6\n7,8,9\n", None),
+    "header, label column, comments and blanks": (
+        "a,b,label\n# c\n1,2,0\n\n3,4,1\r\n5,6e400,1\n",
+        "label",
+    ),
+    "trailing delimiter on every line": ("a,b,\n1,2,\n3,4,\n5,6,\n", None),
+    "trailing delimiter stops on a later line": ("1,2,\n3,4,\n5,6,\n7,8,9\n", None),
+    "bad cell before a ragged row": ("1,2\n3,x\n5,6\n7\n", None),
+    "bad logit before a bad label": ("1,2,0\n1,x,0\n1,2,y\n", 2),
+    "decimal comma late": ("1;2\n3;4\n5;6,5\n", None),
+    "header only": ("a,b\n\n# nothing\n", None),
+    "old mac line ends": ("1,2\r3,4\r5,6\r", None),
+    "header width": ("a,b,c\n1,2\n3,4\n", None),
+    "label column missing": ("a,b\n1,2\n3,4\n", "z"),
+    "utf-8 BOM and whitespace": ("\ufeff1 2 3\n4 5 6\n", None),
+}
+
+
+def _parsed(content: str, label_column: str | int | None, block_bytes: int) -> object:
+    from smcheck.loading.text import _text_logits
+
+    notes: list[str] = []
+    try:
+        got = _text_logits(content.encode(), "t.csv", label_column, notes, block_bytes)
+    except InputError as exc:
+        return ("error", str(exc))
+    lines = [got.lines[i] for i in range(len(got.lines))]
+    labels = None if got.label_values is None else got.label_values.tolist()
+    return (got.logits.tolist(), labels, got.label_where, lines, got.overflowed, notes)
+
+
+@pytest.mark.parametrize("case", sorted(BLOCK_CASES))
+def test_text_read_in_blocks_gives_the_whole_file_result(case: str) -> None:
+    """Every block size, down to one line per block, gives what one block (the whole file,
+    as the parser read it before it read in blocks) gives: values, line numbers, notes, and
+    the same first error."""
+    content, label_column = BLOCK_CASES[case]
+    whole = _parsed(content, label_column, 10**9)
+    for block_bytes in (0, 1, 3, 7, 16):
+        assert _parsed(content, label_column, block_bytes) == whole, block_bytes
+
+
+def test_csv_costs_about_twice_its_size_in_memory(tmp_path: Path) -> None:
+    """Regression: a CSV cost ~11x its size (every cell a Python string at once); parsed a
+    block at a time it costs its bytes, its float64 values and one block of strings."""
+    import tracemalloc
+
+    x = np.random.default_rng(0).standard_normal((4000, 50)).astype(np.float32)
+    buf = io.StringIO()
+    np.savetxt(buf, x, delimiter=",", fmt="%.9g")  # 9 digits: float32 round-trips exactly
+    path = write(tmp_path, "m.csv", buf.getvalue())
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        got = load_input(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got.logits.astype(np.float32), x)
+    assert peak < 3 * size, peak / size  # measured 2.1x

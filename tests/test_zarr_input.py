@@ -140,7 +140,7 @@ def _hostile(d: Path) -> dict[str, tuple[Path, str]]:
         "plain directory": (d / "plain", "is a directory, expected a .npy, .npz or text file"),
         "group": (d / "g.zarr", "is a zarr group, not an array; give the directory of one of"),
         "bad metadata": (d / "bad.zarr", "bad.zarr: not a readable zarr array"),
-        "strings": (d / "s.zarr", "s.zarr: dtype StringDType() is not numeric"),
+        "strings": (d / "s.zarr", "s.zarr: dtype 'string' is not numeric"),
         "complex": (
             _store(d / "c.zarr", np.ones((2, 2), np.complex64)),
             "c.zarr: complex dtype complex64 is not supported",
