@@ -20,6 +20,7 @@ from .core import CrossEntropyResult, ReferenceResult, cross_entropy, reference
 from .errors import InputError, SmcheckError, UsageError
 from .evaluate import EvalReport, evaluate
 from .gradcheck import GradcheckReport, gradcheck
+from .kernel import KernelReport, kernel
 from .loading import LoadedInput, load_input
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import PRECISIONS, Precision, get_precision
@@ -33,6 +34,7 @@ __all__ = [
     "CrossEntropyResult",
     "EvalReport",
     "GradcheckReport",
+    "KernelReport",
     "InputError",
     "LoadedInput",
     "Precision",
@@ -47,6 +49,7 @@ __all__ = [
     "evaluate",
     "get_precision",
     "gradcheck",
+    "kernel",
     "load_input",
     "reference",
     "sweep",

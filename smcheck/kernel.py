@@ -57,6 +57,7 @@ from .precisions import Precision, get_precision, resolve_accum
 
 __all__ = [
     "DEFAULT_VOCAB",
+    "assert_kernel",
     "FRAMEWORKS",
     "GATES",
     "PROBES",
@@ -349,7 +350,7 @@ def numpy_stock(
     with np.errstate(invalid="ignore", divide="ignore"):  # every row ignored: 0/0 = NaN
         mean = np.asarray(loss.sum(dtype=wide) / wide(count))
     # no counted row: the gradient is 0, not 0/0
-    return mean, (grad / wide(max(count, 1))).astype(wide)
+    return mean, np.divide(grad, max(count, 1)).astype(wide)
 
 
 class _Numpy(_Framework):
@@ -410,13 +411,15 @@ def _framework(name: str, device: str | None) -> _Framework:
 
 
 def detect_framework(fn: KernelFn) -> str:
-    """Which framework ``fn`` works in, from what it returns on a tiny float32 batch: a torch
-    tensor, a jax array, or a numpy array (a kernel that raises on one is tried on the next)."""
+    """Which framework ``fn`` works in, from what it returns on a small float32 batch: a torch
+    tensor, a numpy array or a jax array (a kernel that raises on one is tried on the next)."""
     # 4 rows x 256 classes: a size any kernel handles (some want whole blocks of classes)
     z = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     y = np.array([0, 1, 254, 255])
     errors = []
-    for name in FRAMEWORKS:
+    # classified by what comes back, not by what went in: a jax kernel given numpy arrays
+    # returns a jax array (numpy before jax: numpy functions accept jax arrays and vice versa)
+    for name in ("torch", "numpy", "jax"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -1129,7 +1132,7 @@ def rows_for(vocab: int, rows: int | None) -> int:
     return min(MAX_ROWS, max(MIN_ROWS, ROW_BUDGET // vocab))
 
 
-def _parse_probes(probes: str | Sequence[str]) -> tuple[str, ...]:
+def parse_probes(probes: str | Sequence[str]) -> tuple[str, ...]:
     items = probes.split(",") if isinstance(probes, str) else list(probes)
     names = [p.strip() for p in items if p.strip()]
     if not names or names == ["all"]:
@@ -1192,7 +1195,7 @@ def kernel(
         raise UsageError(f"vocabulary sizes must be at least 2, got {sizes}")
     if rows is not None and rows < 1:
         raise UsageError(f"rows must be positive, got {rows}")
-    names = _parse_probes(probes)
+    names = parse_probes(probes)
     runner = _Runner(fn, fw, _accepted(fn), gate, seed, max_loss_ulp, max_grad_err, stock)
     start = time.perf_counter()
     results = []
@@ -1263,3 +1266,52 @@ def load_target(target: str) -> KernelFn:
     if not callable(fn):
         raise UsageError(f"kernel target {target!r}: {attr} is not callable")
     return fn  # type: ignore[no-any-return]
+
+
+# --- for test suites ----------------------------------------------------------------------------
+
+
+def failure_message(report: KernelReport) -> str:
+    """The AssertionError text: a header, then per failed probe its detail and worst rows."""
+    lines = [
+        f"smcheck: {len(report.failed)} of {len(report.probes)} kernel probes failed "
+        f"({report.target}: {report.framework} on {report.device}, gate {report.gate})"
+    ]
+    for p in report.failed:
+        lines.append(f"{p.test_id}: {p.detail}")
+        rows = [w for w in p.worst if w.row >= 0]
+        if rows:
+            table = [["row", "label", "loss", "reference", "error (ulps)"]]
+            table += [
+                [str(w.row), str(w.label), f"{w.value:.8g}", f"{w.reference:.8g}", f"{w.error:.3g}"]
+                for w in rows
+            ]
+            widths = [max(len(t[i]) for t in table) for i in range(len(table[0]))]
+            lines.extend(
+                "  " + "  ".join(s.rjust(w) for s, w in zip(t, widths, strict=True)) for t in table
+            )
+    return "\n".join(lines)
+
+
+def assert_kernel(fn: KernelFn, **options: Any) -> KernelReport:
+    """Assert that the cross-entropy kernel ``fn`` passes every probe of :func:`kernel`.
+
+    ``options`` are :func:`kernel`'s (``framework``, ``dtypes``, ``vocab``, ``quick``,
+    ``probes``, ``gate``...). Raises :class:`AssertionError` listing each failed probe with its
+    detail and worst rows; returns the report when every probe passes (skips do not fail).
+
+    >>> import numpy as np
+    >>> def wrong_mean(z, y):  # the mean of a per-row loss, divided by one row too many
+    ...     d = z - z.max(1, keepdims=True)
+    ...     return (np.log(np.exp(d).sum(1)) - d[np.arange(len(y)), y]).sum() / (len(y) + 1)
+    >>> assert_kernel(wrong_mean, vocab=(10,), probes="uniform", rows=6)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    AssertionError: smcheck: 1 of 1 kernel probes failed (wrong_mean: numpy on cpu, gate either)
+    uniform[float32-10]: all-equal rows (...): loss 1.38e+06 ulps (stock 1.13, limit 11); ...
+    """
+    __tracebackhide__ = True
+    report = kernel(fn, **options)
+    if not report.ok:
+        raise AssertionError(failure_message(report))
+    return report

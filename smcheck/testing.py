@@ -64,6 +64,7 @@ import numpy as np
 from .core import Prepared, get_method, prepare, reference_of, run_method
 from .errors import InputError, UsageError
 from .evaluate import default_thresholds as eval_thresholds
+from .kernel import assert_kernel as assert_kernel  # re-exported: smcheck.testing.assert_kernel
 from .metrics import loss_abs_err
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import ReferenceOutput
