@@ -34,6 +34,13 @@ SCHEMA = "smcheck.kernel/1"
 GITHUB_MAX = 10
 
 
+def _clean(text: str) -> str:
+    """Control characters escaped (``\\x1b``): a report is read in terminals and CI logs, and
+    XML 1.0 cannot hold them at all. :mod:`smcheck.kernel` already does this to what a kernel
+    says; a report built by hand goes through here too."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _num(x: float | None) -> float | str | None:
     """JSON has no inf/NaN: they become the strings "inf"/"nan"."""
     if x is None:
@@ -53,7 +60,7 @@ def probe_dict(p: ProbeResult) -> dict[str, Any]:
         "rows": p.rows,
         "status": p.status,
         "passed": p.passed,
-        "detail": p.detail,
+        "detail": _clean(p.detail),
         "loss_dtype": p.loss_dtype or None,
         "loss_max_ulp_err": _num(p.loss_max_ulp_err),
         "grad_max_err": _num(p.grad_max_err),
@@ -79,7 +86,7 @@ def to_dict(r: KernelReport) -> dict[str, Any]:
     """The JSON document (schema ``smcheck.kernel/1``)."""
     return {
         "schema": SCHEMA,
-        "target": r.target,
+        "target": _clean(r.target),
         "framework": r.framework,
         "device": r.device,
         "stock": r.stock or None,
@@ -108,7 +115,7 @@ def summary(r: KernelReport) -> str:
     verdict = "ok" if r.ok else "FAILED"
     passed = len(r.probes) - len(r.failed) - len(r.skipped)
     return (
-        f"kernel {r.target} ({r.framework}, {r.device}): {len(r.probes)} probes, {passed} "
+        f"kernel {_clean(r.target)} ({r.framework}, {r.device}): {len(r.probes)} probes, {passed} "
         f"passed, {len(r.failed)} failed, {len(r.skipped)} skipped - {verdict}"
     )
 
@@ -125,7 +132,7 @@ def _err_cell(k: float | None, stock: float | None) -> str:
 def render_table(r: KernelReport, *, color: bool = False, width: int = 100) -> str:
     """A rich table: one row per probe run (failures and skips with their detail below)."""
     title = (
-        f"smcheck kernel {rich_escape(r.target)}: {r.framework} on {r.device}; "
+        f"smcheck kernel {rich_escape(_clean(r.target))}: {r.framework} on {r.device}; "
         f"gate {r.gate}" + (f" (stock: {rich_escape(r.stock)})" if r.stock else "")
     )
     table = Table(title=title, title_justify="left", show_lines=False)
@@ -156,7 +163,7 @@ def render_table(r: KernelReport, *, color: bool = False, width: int = 100) -> s
     parts: list[Any] = [table]
     for p in (*r.failed, *r.skipped):
         line = Text(f"{p.status.upper()} {p.test_id}: ", style=style[p.status])
-        line.append(p.detail)
+        line.append(_clean(p.detail))
         parts.append(line)
     parts.append(Text(summary(r), style="green" if r.ok else "bold red"))
     return render_to_text(parts, color=color, width=width)
@@ -169,7 +176,7 @@ def _md(text: str) -> str:
 def render_markdown(r: KernelReport) -> str:
     """A GitHub-flavoured Markdown table (failures first), for a job summary or a PR comment."""
     lines = [
-        f"### smcheck kernel `{_md(r.target)}`",
+        f"### smcheck kernel `{_md(_clean(r.target))}`",
         "",
         f"{_md(summary(r))}. Gate: {r.gate}"
         + (f"; stock: `{_md(r.stock)}`" if r.stock else "")
@@ -185,15 +192,15 @@ def render_markdown(r: KernelReport) -> str:
         lines.append(
             f"| {p.name} | {p.dtype} | {p.vocab} | {mark} | "
             f"{_err_cell(p.loss_max_ulp_err, p.stock_loss_max_ulp_err)} | "
-            f"{_err_cell(p.grad_max_err, p.stock_grad_max_err)} | {_md(p.detail)} |"
+            f"{_err_cell(p.grad_max_err, p.stock_grad_max_err)} | {_md(_clean(p.detail))} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def render_github(r: KernelReport) -> str:
     """``::error`` per failed probe (at most :data:`GITHUB_MAX`), then a ``::notice``."""
-    title = gh_escape_property(f"smcheck kernel {r.target}")
-    fails = [f"{p.test_id}: {p.detail}" for p in r.failed]
+    title = gh_escape_property(f"smcheck kernel {_clean(r.target)}")
+    fails = [f"{p.test_id}: {_clean(p.detail)}" for p in r.failed]
     if len(fails) > GITHUB_MAX:
         fails = [*fails[: GITHUB_MAX - 1], f"... and {len(fails) - GITHUB_MAX + 1} more"]
     out = [f"::error title={title}::{gh_escape_data(f)}" for f in fails]
@@ -210,7 +217,7 @@ def render_junit(r: KernelReport) -> str:
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<testsuites name="smcheck kernel" tests="{n}" failures="{failures}" skipped="{skipped}">',
-        f'  <testsuite name={quoteattr("smcheck.kernel " + r.target)} tests="{n}" '
+        f'  <testsuite name={quoteattr("smcheck.kernel " + _clean(r.target))} tests="{n}" '
         f'failures="{failures}" errors="0" skipped="{skipped}" time="{r.seconds}">',
         f'    <properties><property name="framework" value={quoteattr(r.framework)}/>'
         f'<property name="device" value={quoteattr(r.device)}/>'
@@ -225,9 +232,10 @@ def render_junit(r: KernelReport) -> str:
             lines.append(head + "/>")
         else:
             tag = "failure" if p.status == "fail" else "skipped"
+            detail = _clean(p.detail)
             lines += [
                 head + ">",
-                f"      <{tag} message={quoteattr(p.detail)}>{escape(p.detail)}</{tag}>",
+                f"      <{tag} message={quoteattr(detail)}>{escape(detail)}</{tag}>",
                 "    </testcase>",
             ]
     lines += ["  </testsuite>", "</testsuites>"]
