@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 
 import mpmath
 import numpy as np
@@ -47,15 +46,6 @@ OPTION_PROBES = {
     "reduction_mean",
     "label_smoothing",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    # on a loaded 2-core machine torch's second OpenMP thread spins: 10x slower small ops
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _failures(r: KernelReport) -> list[str]:
@@ -268,6 +258,12 @@ def test_usage_errors(kwargs: dict[str, object], message: str) -> None:
 def test_undetectable_framework_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="cannot tell the kernel's framework"):
         kernel(lambda z, y: "loss")
+
+
+def test_torch_threads_restored_after_the_run() -> None:
+    before = torch.get_num_threads()
+    kernel(tk.good, dtypes="float32", vocab=(10,), probes="random")
+    assert torch.get_num_threads() == before
 
 
 def test_detect_framework() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ KERNELS = Path(__file__).parent / "kernels"
 GOOD = f"{KERNELS / 'torch_kernels.py'}:good"
 TAIL = f"{KERNELS / 'torch_kernels.py'}:tail_dropped"
 SMALL = ["--dtype", "float32", "--vocab", "1000", "--rows", "8"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a loaded 2-core machine: torch's second thread spins
-    yield
-    torch.set_num_threads(before)
 
 
 def run(*args: str) -> tuple[int, str, str]:

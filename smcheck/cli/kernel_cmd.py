@@ -77,7 +77,7 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     "--rows",
     type=click.IntRange(min=1),
     default=None,
-    help="Rows per probe (at least 6). Default: about 2**19 logits' worth, 6 to 64 rows.",
+    help="Rows per probe (fewer than 6 are raised to 6). Default: 2**19 / V within [6, 64].",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probes' rows.")
 @click.option(

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from rich import box
 from rich.markup import escape as rich_escape
 from rich.table import Table
 from rich.text import Text
@@ -135,17 +136,25 @@ def render_table(r: KernelReport, *, color: bool = False, width: int = 100) -> s
         f"smcheck kernel {rich_escape(_clean(r.target))}: {r.framework} on {r.device}; "
         f"gate {r.gate}" + (f" (stock: {rich_escape(r.stock)})" if r.stock else "")
     )
-    table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column("probe")
-    table.add_column("dtype")
-    table.add_column("vocab", justify="right")
-    table.add_column("result")
+    # no vertical rules: ten columns of numbers fit 100 characters without truncation
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    table.add_column("probe", no_wrap=True)
+    table.add_column("dtype", no_wrap=True)
+    table.add_column("vocab", justify="right", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     for head in ("loss ulps", "stock", "limit", "grad err", "stock", "limit"):
-        table.add_column(head, justify="right")
+        table.add_column(head, justify="right", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
     def cell(x: float | None) -> str:
-        return "-" if x is None or math.isnan(x) else fmt_num(x, 3)
+        return "-" if x is None or math.isnan(x) else fmt_num(x, 2)
 
     for p in r.probes:
         table.add_row(
