@@ -47,30 +47,11 @@ def test_softmax_no_shift(smcheck_probe):
 """
 
 
-def test_one_item_per_probe(pytester: pytest.Pytester) -> None:
+def test_one_item_per_probe_failures_show_their_table(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_kernels=KERNELS)
-    res = pytester.runpytest("-p", "smcheck.pytest_plugin", "-k", "softmax_good", "-rs")
-    res.assert_outcomes(passed=3, skipped=1)
-    res.stdout.fnmatch_lines(["*SKIPPED*ignore_index*does not accept ignore_index=*"])
-
-
-def test_collected_ids(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_kernels=KERNELS)
-    res = pytester.runpytest("-p", "smcheck.pytest_plugin", "--collect-only", "-q")
-    res.stdout.fnmatch_lines(
-        [
-            "test_kernels.py::test_softmax_good[random-float32-10]",
-            "test_kernels.py::test_softmax_good[offset-float32-10]",
-            "test_kernels.py::test_softmax_no_shift[first_last-float32-10]",
-            "test_kernels.py::test_softmax_no_shift[offset-float32-10]",
-        ]
-    )
-
-
-def test_failing_probe_shows_its_detail(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_kernels=KERNELS)
-    res = pytester.runpytest("-p", "smcheck.pytest_plugin", "-k", "no_shift")
-    res.assert_outcomes(passed=1, failed=1)
+    res = pytester.runpytest("-p", "smcheck.pytest_plugin", "-k", "softmax", "-rs")
+    # good: random, offset, reduction_sum pass, ignore_index skipped; no_shift: offset fails
+    res.assert_outcomes(passed=4, failed=1, skipped=1)
     res.stdout.fnmatch_lines(
         [
             "*smcheck: 1 of 1 kernel probes failed*",
@@ -78,10 +59,20 @@ def test_failing_probe_shows_its_detail(pytester: pytest.Pytester) -> None:
             "*row*label*loss*reference*error (ulps)*",
         ]
     )
+    res.stdout.fnmatch_lines(["*SKIPPED*ignore_index*does not accept ignore_index=*"])
 
 
-def test_k_selects_one_probe(pytester: pytest.Pytester) -> None:
+def test_item_ids_and_k_selection(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_kernels=KERNELS)
+    res = pytester.runpytest("-p", "smcheck.pytest_plugin", "--collect-only", "-q")
+    res.stdout.fnmatch_lines(
+        [
+            "test_kernels.py::test_softmax_good?random-float32-10?",
+            "test_kernels.py::test_softmax_good?offset-float32-10?",
+            "test_kernels.py::test_softmax_no_shift?first_last-float32-10?",
+            "test_kernels.py::test_softmax_no_shift?offset-float32-10?",
+        ]
+    )
     res = pytester.runpytest("-p", "smcheck.pytest_plugin", "-k", "softmax and random")
     res.assert_outcomes(passed=1)
 
