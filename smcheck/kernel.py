@@ -250,6 +250,10 @@ class _Torch(_Framework):
             loss = out.detach().to(torch.float64).cpu().numpy()
             if z.grad is not None:
                 grad = z.grad.detach().to(torch.float64).cpu().numpy()
+            elif not bool(prep.ignored.all()):  # every row ignored: a constant loss is fine
+                raise RuntimeError(
+                    "no gradient reached the logits: the loss is detached from autograd"
+                )
         except Exception as exc:  # the callee's failure is a finding, not smcheck's
             error = _one_line(exc)
         mutated = []
@@ -430,7 +434,7 @@ def _framework(name: str, device: str | None) -> _Framework:
     raise UsageError(f"unknown framework {name!r}; expected one of: {', '.join(FRAMEWORKS)}")
 
 
-def detect_framework(fn: KernelFn) -> str:
+def detect_framework(fn: KernelFn, device: str | None = None) -> str:
     """Which framework ``fn`` works in, from what it returns on a small float32 batch: a torch
     tensor, a numpy array or a jax array (a kernel that raises on one is tried on the next)."""
     # 4 rows x 256 classes: a size any kernel handles (some want whole blocks of classes)
@@ -444,8 +448,16 @@ def detect_framework(fn: KernelFn) -> str:
             mod = importlib.import_module(name)
         except ImportError:
             continue
-        if name == "torch":
-            args: tuple[Any, Any] = (mod.from_numpy(z.copy()), mod.from_numpy(y.copy()))
+        if name == "torch":  # on --device: a CUDA-only kernel refuses CPU tensors
+            dev = device or "cpu"
+            try:
+                args: tuple[Any, Any] = (
+                    mod.from_numpy(z.copy()).to(dev),
+                    mod.from_numpy(y.copy()).to(dev),
+                )
+            except (RuntimeError, AssertionError) as exc:
+                errors.append(f"torch: {_one_line(exc)}")
+                continue
         elif name == "jax":
             args = (mod.numpy.asarray(z), mod.numpy.asarray(y.astype(np.int32)))
         else:
@@ -1203,7 +1215,7 @@ def kernel(
         raise UsageError(f"unknown gate {gate!r}; expected one of: {', '.join(GATES)}")
     if not callable(fn):
         raise UsageError(f"the kernel {fn!r} is not callable")
-    fw_name = framework or detect_framework(fn)
+    fw_name = framework or detect_framework(fn, device)
     fw = _framework(fw_name, device)
     if dtypes is None:
         dtypes = DEFAULT_DTYPES[fw.name]

@@ -166,6 +166,17 @@ def test_numpy_kernel_without_gradient_checks_the_loss_only() -> None:
     assert all(p.grad_max_err is None for p in r.probes)
 
 
+def test_regression_detached_loss_is_a_finding_not_a_pass() -> None:
+    def detached(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(z.detach(), y, ignore_index=ignore_index)
+
+    r = kernel(detached, dtypes="float32", vocab=(10,), probes="random,all_ignored")
+    random, all_ignored = r.probes
+    assert random.status == "fail" and "no gradient reached the logits" in random.detail
+    # every row ignored: a constant (NaN) loss needs no gradient
+    assert all_ignored.status == "pass", all_ignored.detail
+
+
 def test_kernel_returning_a_bad_shape_fails() -> None:
     def two_d(z: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.zeros((len(y), 2))

@@ -115,6 +115,9 @@ def test_usage_errors_exit_2() -> None:
     assert code == 2 and "unknown probe 'bogus'" in err
     code, _, err = run(GOOD, "--framework", "numpy", "--device", "cuda")
     assert code == 2 and "numpy kernels run on the CPU" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(GOOD, "--framework", "torch", "--device", "cuda")
+        assert code == 2 and err.startswith("smcheck: error: --device cuda: ")
 
 
 def test_refuses_to_write_the_report_onto_the_target(tmp_path: Path) -> None:
