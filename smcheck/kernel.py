@@ -975,6 +975,10 @@ class _Runner:
         n_red = n if out.loss.shape == () else 1
         lim_l, lim_g = self.limits(prep, n_red)
         m = _measure(out, truth, reduction, cot if self.fw.cotangent else None, pad)
+        if "reduction" in opts and (reduction == "none") != (out.loss.shape == (n,)):
+            # a kernel that ignores the keyword it declares would pass the wrong comparison
+            wrong = f"reduction={reduction!r} gave a loss of shape {out.loss.shape}"
+            m = replace(m, problems=(*m.problems, wrong))
         s = None
         if self.stock:
             sout = self._call(self.fw.stock(), prep, opts, cot)

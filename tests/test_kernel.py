@@ -177,6 +177,16 @@ def test_regression_detached_loss_is_a_finding_not_a_pass() -> None:
     assert all_ignored.status == "pass", all_ignored.detail
 
 
+def test_regression_reduction_keyword_ignored_is_caught() -> None:
+    def always_rows(z: np.ndarray, y: np.ndarray, reduction: str = "mean") -> np.ndarray:
+        d = z.astype(np.float64) - z.max(axis=1, keepdims=True)
+        return np.log(np.exp(d).sum(axis=1)) - d[np.arange(len(y)), y]
+
+    r = kernel(always_rows, vocab=(10,), probes="random,reduction_mean")
+    assert [p.status for p in r.probes] == ["pass", "fail"]
+    assert "reduction='mean' gave a loss of shape (64,)" in r.probes[1].detail
+
+
 def test_kernel_returning_a_bad_shape_fails() -> None:
     def two_d(z: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.zeros((len(y), 2))
