@@ -76,7 +76,7 @@ def _plan(fn: Any, options: dict[str, Any]) -> list[tuple[str, str, int]]:
 
     dtypes = options.get("dtypes")
     if dtypes is None:
-        framework = options.get("framework") or detect_framework(fn)
+        framework = options.get("framework") or detect_framework(fn, options.get("device"))
         options["framework"] = framework
         dtypes = DEFAULT_DTYPES[framework]
     if isinstance(dtypes, str):

@@ -409,6 +409,8 @@ def kernel(
     runs = list(_iter_runs(precisions, sizes, names))
     with fw.session():
         for i, (t, v, probe) in enumerate(runs):
+            if i and (t, v) != runs[i - 1][:2]:
+                fw.release()
             results.append(runner.run(probe, t, v, rows_for(v, rows)))
             if progress is not None:
                 progress(i + 1, len(runs))
