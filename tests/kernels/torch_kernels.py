@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
+import pytest
+
+# optional like torch itself: pytest's doctest collection imports this module too
+torch = pytest.importorskip("torch")
 
 LogSoftmax = Callable[[torch.Tensor], torch.Tensor]
 
