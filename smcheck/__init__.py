@@ -23,6 +23,7 @@ from .core import CrossEntropyResult, ReferenceResult, cross_entropy, reference
 from .errors import InputError, SmcheckError, UsageError
 from .evaluate import EvalOptions, EvalReport, evaluate
 from .gradcheck import GradcheckOptions, GradcheckReport, gradcheck
+from .kernel import KernelReport, kernel
 from .loading import LoadedInput, load_input
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import PRECISIONS, Precision, get_precision
@@ -40,6 +41,7 @@ __all__ = [
     "EvalReport",
     "GradcheckOptions",
     "GradcheckReport",
+    "KernelReport",
     "InputError",
     "LoadedInput",
     "Precision",
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate",
     "get_precision",
     "gradcheck",
+    "kernel",
     "load_input",
     "prepare_input",
     "reference",

@@ -59,6 +59,7 @@ import numpy as np
 from . import metrics
 from .core import get_method, reference_of, run_method
 from .errors import InputError
+from .kernel import assert_kernel as assert_kernel  # re-exported: smcheck.testing.assert_kernel
 from .metrics import loss_gate_err
 from .options import renamed_keywords
 from .precisions import Precision
@@ -69,6 +70,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MEMORY",
     "WORST_ROWS",
+    "assert_kernel",
     "assert_matches_reference",
     "assert_stable",
     "default_thresholds",

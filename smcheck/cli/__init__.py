@@ -195,7 +195,8 @@ def _register() -> None:
     # Commands register themselves on import; a missing module just means a command is absent.
     import importlib
 
-    for mod in ("eval_cmd", "gradcheck_cmd", "sweep_cmd", "compare_cmd", "config_cmd"):
+    commands = ("eval_cmd", "gradcheck_cmd", "sweep_cmd", "compare_cmd", "config_cmd")
+    for mod in (*commands, "kernel_cmd"):
         try:
             importlib.import_module(f"{__name__}.{mod}")
         except ModuleNotFoundError as exc:

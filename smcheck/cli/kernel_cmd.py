@@ -1,0 +1,162 @@
+"""``smcheck kernel TARGET``: run the probe suite on a cross-entropy implementation (parse,
+import the target, run :func:`smcheck.kernel.kernel`, render, exit code)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from ..errors import UsageError
+from ..kernel import FRAMEWORKS, GATES, PROBES, KernelReport, kernel, load_target
+from ..render.kernel import (
+    render_github,
+    render_json,
+    render_junit,
+    render_markdown,
+    render_table,
+)
+from . import cli
+from .options import (
+    FiniteFloatRange,
+    check_output,
+    color_option,
+    emit,
+    exit_code,
+    format_option,
+    output_option,
+    wants_color,
+)
+
+#: --format -> pure renderer (report, colour) -> text.
+RENDERERS: dict[str, Callable[[KernelReport, bool], str]] = {
+    "table": lambda r, color: render_table(r, color=color),
+    "json": lambda r, color: render_json(r),
+    "markdown": lambda r, color: render_markdown(r),
+    "github": lambda r, color: render_github(r),
+    "junit": lambda r, color: render_junit(r),
+}
+
+
+def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated integers, got {value!r}") from None
+    if not out:
+        raise UsageError(f"{what}: no value given")
+    return out
+
+
+@cli.command("kernel")
+@click.argument("target")
+@click.option(
+    "--framework",
+    type=click.Choice(list(FRAMEWORKS)),
+    default=None,
+    help="The kernel's framework. Default: detected from what it returns on a tiny batch.",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    metavar="LIST",
+    default=None,
+    help="Comma-separated working dtypes the logits are given in. Default: float32,bfloat16 "
+    "(numpy: float32).",
+)
+@click.option(
+    "--vocab",
+    metavar="LIST",
+    default=None,
+    help="Comma-separated vocabulary sizes. Default: 1000,32000,50257,65537,128256,151936.",
+)
+@click.option("--quick", is_flag=True, help="Small vocabulary sizes only (10,1000,4099).")
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per probe (fewer than 6 are raised to 6). Default: 2**19 / V within [6, 64].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probes' rows.")
+@click.option(
+    "--device",
+    default=None,
+    help="torch: where the tensors are made (cpu, cuda, cuda:1...). The reference always "
+    "runs on the host.",
+)
+@click.option(
+    "--probes",
+    metavar="LIST",
+    default="all",
+    show_default=True,
+    help=f"Comma-separated probes to run ({', '.join(PROBES)}), or all.",
+)
+@click.option(
+    "--gate",
+    type=click.Choice(list(GATES)),
+    default="either",
+    show_default=True,
+    help="How a probe passes: within the reference thresholds, no worse than the framework's "
+    "stock cross-entropy (+4 ulps), either, or both.",
+)
+@click.option(
+    "--max-loss-ulp",
+    type=FiniteFloatRange(min=0),
+    default=None,
+    help="Loss error limit in ulps of max(|loss|, 1). Default: as smcheck eval, "
+    "4 + ceil(log2 V) * eps(accum) / eps(dtype), plus ceil(log2 N) for a reduced loss.",
+)
+@click.option(
+    "--max-grad-err",
+    type=FiniteFloatRange(min=0),
+    default=None,
+    help="Gradient error limit (max over entries). Default: the loss limit times eps(dtype).",
+)
+@format_option(tuple(RENDERERS))
+@output_option()
+@color_option()
+@click.option(
+    "--exit-zero", is_flag=True, help="Exit 0 even when a probe fails (a bad target exits 2)."
+)
+def kernel_cmd(
+    target: str,
+    framework: str | None,
+    dtypes: str | None,
+    vocab: str | None,
+    quick: bool,
+    rows: int | None,
+    seed: int,
+    device: str | None,
+    probes: str,
+    gate: str,
+    max_loss_ulp: float | None,
+    max_grad_err: float | None,
+    fmt: str,
+    output: str | None,
+    color: str,
+    exit_zero: bool,
+) -> None:
+    """Audit a cross-entropy implementation by running it: TARGET is module:function or
+    path/to/file.py:function, with torch.nn.functional.cross_entropy's interface
+    fn(logits, labels, **options) -> loss (options it does not accept are skipped probes).
+
+    Each probe (accuracy at several scales, confident and wrong rows, a large offset, rows
+    with different maxima, odd vocabulary sizes, -inf padding, ignore_index, reductions,
+    label smoothing, input mutation, determinism, batch independence, NaN rows) compares the
+    kernel's loss and gradient with the high-precision reference on the same rounded logits,
+    next to the framework's stock cross-entropy. TARGET is imported and run: it is your code.
+    Exit status: 0 every probe passes, 1 one fails, 2 bad target or usage, 3 internal error.
+
+    Example: smcheck kernel mykernels.py:fused_ce --quick --format markdown
+    """
+    check_output(output, [target.rpartition(":")[0]])
+    fn = load_target(target)
+    report = kernel(
+        fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
+        probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
+        max_grad_err=max_grad_err, gate=gate, quick=quick, target=target,
+    )  # fmt: skip
+    emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, [])
+    click.get_current_context().exit(exit_code(report.ok, exit_zero))
