@@ -74,9 +74,10 @@ class _Runner:
 
     def limits(self, prep: Prepared, n_reduced: int) -> tuple[float, float]:
         t = prep.working
-        lim_l, lim_g = default_thresholds(t, prep.accum, prep.x.shape[1])
+        accum = resolve_accum(t, prep.accum)
+        lim_l, lim_g = default_thresholds(t, accum, prep.x.shape[1])
         if n_reduced > 1:  # a reduction adds ceil(log2 N) roundings of its sum
-            lim_l += math.ceil(math.log2(n_reduced)) * max(prep.accum.eps / t.eps, 1.0)
+            lim_l += math.ceil(math.log2(n_reduced)) * max(accum.eps / t.eps, 1.0)
         return (
             lim_l if self.max_loss_ulp is None else self.max_loss_ulp,
             lim_g if self.max_grad_err is None else self.max_grad_err,
