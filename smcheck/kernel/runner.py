@@ -31,6 +31,7 @@ from ._base import (
     default_thresholds,
     get_precision,
     prepare_input,
+    resolve_accum,
 )
 from .frameworks import _Framework, _framework, _Outcome, detect_framework
 from .measure import _Measure, _measure, _truth, _ulps
