@@ -35,19 +35,14 @@ from typing import Any
 import numpy as np
 
 from .core import check_labels
+from .diagnosis import OVERFLOW_CAUSES, underflow_margin
 from .engine import (
     FULL_GRAD_CLASSES,
-    OVERFLOW_CAUSES,
     RANDOM_GRAD_LABELS,
-    ChunkStats,
     EngineConfig,
-    Extreme,
-    MethodStats,
     PerRowBlock,
     chunk_rows_for,
-    hist_quantile,
     run,
-    underflow_margin,
 )
 from .errors import InputError, UsageError
 from .frameworks import FRAMEWORK_METHODS
@@ -55,6 +50,7 @@ from .loading import ZarrLogits
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
+from .stats import ChunkStats, Extreme, MethodStats, hist_quantile
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
