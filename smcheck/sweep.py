@@ -8,7 +8,7 @@ scale) gets its fractions of non-finite/overflowed/underflowed rows and its erro
 patterns are normalised so that their largest entry is exactly 1: **the scale is the largest
 logit** (before rounding).
 
-Cases (rows of ``C`` classes, label ``y``):
+Cases (rows of ``C`` classes, label ``y``; defined in :mod:`smcheck.synthetic`):
 
 * ``random`` - N(0, 1) logits, random labels (an untrained classifier);
 * ``confident`` - N(0, 1) logits, the label at each row's maximum;
@@ -53,7 +53,7 @@ import math
 import multiprocessing
 import multiprocessing.context
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -65,6 +65,7 @@ from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import ReferenceOutput, reference_precision_name
+from .synthetic import PATTERN_CASES, case_pattern
 
 __all__ = [
     "CASES",
@@ -79,7 +80,6 @@ __all__ = [
     "SweepConfig",
     "SweepReport",
     "auto_rows",
-    "case_pattern",
     "default_jobs",
     "parse_scales",
     "sweep",
@@ -149,82 +149,9 @@ def auto_rows(classes: int) -> int:
     return max(1, min(64, ROW_BUDGET // classes))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cases: base patterns (rows, classes) with largest entry exactly 1, and labels
-
-
-def _normal(rng: np.random.Generator, rows: int, classes: int) -> np.ndarray:
-    g = rng.standard_normal((rows, classes))
-    top = g.flat[np.argmax(np.abs(g))]
-    return g / top  # largest |g| becomes exactly +1 (N(0, 1) is symmetric: the sign is free)
-
-
-def _case_random(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = _normal(rng, rows, classes)
-    return base, rng.integers(0, classes, size=rows)
-
-
-def _case_confident(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = _normal(rng, rows, classes)
-    return base, np.argmax(base, axis=1)
-
-
-def _two_positions(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    first = rng.integers(0, classes, size=rows)
-    second = (first + rng.integers(1, classes, size=rows)) % classes  # != first
-    return first, second
-
-
-def _case_wrong(rng: np.random.Generator, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    base = rng.uniform(-0.9, -0.3, size=(rows, classes))
-    top, label = _two_positions(rng, rows, classes)
-    r = np.arange(rows)
-    base[r, top] = 1.0
-    base[r, label] = -1.0
-    return base, label
-
-
-def _case_margin(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = rng.uniform(-0.5, 0.0, size=(rows, classes))
-    label, runner_up = _two_positions(rng, rows, classes)
-    r = np.arange(rows)
-    base[r, runner_up] = 0.0
-    base[r, label] = 1.0
-    return base, label
-
-
-CaseFn = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
-
-#: Synthetic cases by name (see the module docstring). Order is the order reports list them in.
-CASES: dict[str, CaseFn] = {
-    "random": _case_random,
-    "confident": _case_confident,
-    "wrong": _case_wrong,
-    "margin": _case_margin,
-}
-
-
-def case_pattern(case: str, classes: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The base pattern (rows, classes) float64 and labels of a case; logits = base * scale.
-
-    Deterministic in (case, classes, rows, seed) and the same for every dtype.
-
-    >>> base, labels = case_pattern("margin", 4, 2, seed=0)
-    >>> float(base.max()), [float(base[i, labels[i]]) for i in range(2)]
-    (1.0, [1.0, 1.0])
-    """
-    if case not in CASES:
-        raise UsageError(f"unknown case {case!r}; expected one of: {', '.join(CASES)}")
-    rng = np.random.default_rng([seed, list(CASES).index(case), classes, rows])
-    return CASES[case](rng, rows, classes)
+#: Sweep's synthetic cases by name (the base patterns of :mod:`smcheck.synthetic`); the order
+#: is the order reports list them in.
+CASES = PATTERN_CASES
 
 
 # ---------------------------------------------------------------------------------------------
