@@ -50,22 +50,20 @@ rounds to 0 once 1 + s' rounds to 1, say. The plain bits are reported too.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import multiprocessing.context
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from . import core, metrics
 from .errors import UsageError
+from .executor import available_cpus, can_fork, ordered_map
 from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import ReferenceOutput, reference_precision_name
-from .synthetic import PATTERN_CASES, case_pattern
+from .synthetic import PATTERN_CASES, case_pattern, check_size
 
 __all__ = [
     "CASES",
@@ -98,6 +96,10 @@ DEFAULT_SCALES_SPEC = "0.1:1e4:40"
 ROW_BUDGET = 1 << 10
 #: Elements evaluated in one batch of stacked scales (bounds memory: binary128 is 16 B a value).
 CHUNK_ELEMENTS = 1 << 19
+#: Bytes per logit of a cell held at once: the logits, their rounding, the reference's
+#: binary128 values and gradient, a method's gradient and the errors (generous: a limit on what
+#: cannot fit at all, checked before anything is allocated).
+SWEEP_BYTES_PER_VALUE = 128
 #: Elements a bisection round may evaluate for one bracket: cheap cells refine in one round.
 REFINE_ELEMENTS = 1 << 15
 
@@ -205,6 +207,8 @@ class SweepConfig:
         if self.accum is not None and self.accum != "working":
             object.__setattr__(self, "accum", get_precision(self.accum).name)
         need(self.rows is None or self.rows >= 1, f"--rows {self.rows}: must be >= 1")
+        for n_classes in self.classes:  # before any pattern is made
+            check_size(self.rows_for(n_classes), n_classes, SWEEP_BYTES_PER_VALUE, "sweep")
         need(self.max_bits >= 0, f"--max-bits {self.max_bits}: must be >= 0")
         need(0 < self.tol < 1, f"--tol {self.tol}: must be in (0, 1)")
 
@@ -814,6 +818,12 @@ def _run_task(
     return cells, _refine(prob, config.scales, grid, config.tol, theory)
 
 
+def _run_indexed(
+    config: SweepConfig, tasks: Sequence[tuple[str, int, str]], i: int
+) -> tuple[list[Cell], list[Break]]:
+    return _run_task(config, *tasks[i])
+
+
 def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
     """Rough relative cost of a task (binary128 reference and float16 arithmetic are slow)."""
     dtype, classes, _ = task
@@ -821,31 +831,17 @@ def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
     return weight * classes * config.rows_for(classes)
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """Workers that do not inherit threads: a fork of a process running threads (JAX's, a
-    progress bar's) can deadlock, so fork from a fresh server that has imported smcheck.sweep
-    once (spawn where there is no forkserver)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
-
-
 def default_jobs() -> int:
     """Worker processes: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return min(8, available_cpus())
 
 
 def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     """Sweep the grid of ``config`` and find every method's break points.
 
-    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many processes; the report
-    is identical for any ``jobs``.
+    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many workers (at most the
+    CPUs) through :func:`smcheck.executor.ordered_map` - forked processes where that is safe,
+    else threads; the report is identical for any ``jobs``.
 
     >>> rep = sweep(SweepConfig(dtypes=("float16",), classes=(10,), cases=("margin",),
     ...                         methods=("naive",), scales=(1.0, 20.0)))
@@ -855,13 +851,12 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     """
     config = config or SweepConfig()
     tasks = [(d, c, k) for d in config.dtypes for c in config.classes for k in config.cases]
-    if jobs > 1 and len(tasks) > 1:
-        order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_mp_context()) as ex:
-            futures = {i: ex.submit(_run_task, config, *tasks[i]) for i in order}
-            results = [futures[i].result() for i in range(len(tasks))]
-    else:
-        results = [_run_task(config, *t) for t in tasks]
+    # costliest first, so that no long task starts last while the other workers idle
+    order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
+    run = partial(_run_indexed, config, tasks)  # a forked worker inherits it, unpickled
+    done = ordered_map(run, order, workers=jobs, processes=can_fork(config.methods))
+    by_index = dict(zip(order, done, strict=True))
+    results = [by_index[i] for i in range(len(tasks))]
     cells = [cell for cs, _ in results for cell in cs]
     breaks = [b for _, bs in results for b in bs]
     d_ord = {d: i for i, d in enumerate(config.dtypes)}

@@ -23,6 +23,7 @@ from ..sweep import (
 from . import EXIT_FINDINGS, EXIT_OK, cli
 from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
+    capped_workers,
     color_option,
     emit,
     format_option,
@@ -117,6 +118,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
+    callback=capped_workers,
     help="Worker processes. Default: the CPU cores available (at most 8).",
 )
 @baseline_options()
