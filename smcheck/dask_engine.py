@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .engine import EngineConfig, PerRowBlock, chunk_stats
+from .engine import EngineConfig, chunk_stats
 from .errors import UsageError
 from .loading import ZarrLogits
+from .rows import PerRowBlock
 from .stats import ChunkStats, merge
 
 __all__ = ["run_dask"]

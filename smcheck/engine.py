@@ -34,6 +34,7 @@ from .methods import SHARED_SOFTMAX_METHODS, ShiftedSoftmax, shifted_softmax
 from .metrics import loss_abs_err, loss_rel_err, loss_ulp_err
 from .precisions import CastReport, Precision
 from .reference import ReferenceOutput, reference_block
+from .rows import PerRowBlock, RowFacts, per_row_block, worst_rows
 from .stats import (
     ChunkStats,
     ExactSum,
@@ -41,7 +42,6 @@ from .stats import (
     Histogram,
     InputStats,
     MethodStats,
-    WorstRows,
     merge,
     merge_cast,
 )
@@ -51,7 +51,6 @@ __all__ = [
     "NUMERICS_BLOCK",
     "RANDOM_GRAD_LABELS",
     "EngineConfig",
-    "PerRowBlock",
     "chunk_rows_for",
     "chunk_stats",
     "grad_labels",
@@ -69,17 +68,6 @@ NUMERICS_BLOCK = 1 << 19
 FULL_GRAD_CLASSES = 32
 #: Label-free with more classes: pseudo-random classes checked per row, besides argmax and argmin.
 RANDOM_GRAD_LABELS = 3
-
-
-@dataclass(frozen=True)
-class PerRowBlock:
-    """Per-row values of one chunk, for ``--per-row`` files (rows in order)."""
-
-    row: np.ndarray
-    label: np.ndarray  # -1 label-free
-    eligible: np.ndarray
-    ref_loss: np.ndarray
-    methods: dict[str, dict[str, np.ndarray]]  # name -> loss, loss_ulp_err, grad_rel_err, flags
 
 
 @dataclass(frozen=True)
@@ -281,26 +269,11 @@ class _MethodRows:
 
 
 @dataclass(frozen=True)
-class _RowFacts:
-    """What a chunk's rows look like, per row: labels, eligibility, extremes, input rounding."""
-
-    labels: np.ndarray | None  # (n,) int64 as given; None label-free
-    safe_labels: np.ndarray | None  # ignored rows replaced by 0
-    ignored: np.ndarray  # (n,) bool
-    finite_input: np.ndarray  # (n,) bool
-    zmax: np.ndarray  # (n,) float64 row max of the rounded logits
-    zmin: np.ndarray
-    amax: np.ndarray  # (n,) int64 first argmax
-    margin: np.ndarray  # max(z) - z_y (label-free: max(z) - min(z))
-    cast: CastReport | None
-
-
-@dataclass(frozen=True)
 class _Numerics:
     """The labelled chunk's row facts, reference values per row, and each method's
     :class:`_MethodRows`."""
 
-    facts: _RowFacts
+    facts: RowFacts
     ref_loss: np.ndarray
     ref_lo: np.ndarray | None
     ref_p: np.ndarray  # reference probability of the label (label-free: (n, C))
@@ -396,7 +369,7 @@ class _LabelledRows:
         # correct rounding
         with np.errstate(invalid="ignore", over="ignore"):
             margin = self.zmax - self.zlab
-        facts = _RowFacts(
+        facts = RowFacts(
             self.labels, self.safe, self.ignored, self.finite, self.zmax, self.zmin, self.amax,
             margin, cast,
         )  # fmt: skip
@@ -503,10 +476,13 @@ def chunk_stats(
     measured = (e[:, None] if labels is None else e) & np.isfinite(nums.ref_loss)
     inp = _input_stats(facts, nums.ref_loss, e, rows_g, cfg.working)
     methods, per_method = _method_stats(nums, cfg, measured, row0, label_free=labels is None)
-    worst = _worst(cfg, rows_g, facts, nums.ref_loss, nums.ref_lo, nums.ref_p, xf, e, per_method)
+    worst = worst_rows(
+        cfg.top_k, cfg.working.eps, rows_g, facts, nums.ref_loss, nums.ref_lo, nums.ref_p, xf, e,
+        per_method,
+    )  # fmt: skip
     per_row = None
     if cfg.per_row:
-        per_row = _per_row(rows_g, facts, e, nums.ref_loss, nums.ref_lo, per_method)
+        per_row = per_row_block(rows_g, facts, e, nums.ref_loss, nums.ref_lo, per_method)
     return ChunkStats(inp, methods, worst), per_row
 
 
@@ -517,7 +493,7 @@ def _label_free_numerics(prep: Prepared, cfg: EngineConfig, row0: int) -> _Numer
     # inf - inf on rows with non-finite input: not eligible, their margin unused
     with np.errstate(invalid="ignore", over="ignore"):
         margin = zmax - zmin
-    facts = _RowFacts(
+    facts = RowFacts(
         None, None, prep.ignored, prep.finite_input, zmax, zmin, amax, margin, prep.cast_report
     )
     ref = reference_of(prep)
@@ -527,7 +503,7 @@ def _label_free_numerics(prep: Prepared, cfg: EngineConfig, row0: int) -> _Numer
 
 
 def _input_stats(
-    facts: _RowFacts, ref_loss: np.ndarray, e: np.ndarray, rows_g: np.ndarray, working: Precision
+    facts: RowFacts, ref_loss: np.ndarray, e: np.ndarray, rows_g: np.ndarray, working: Precision
 ) -> InputStats:
     """What the chunk's input looks like over its eligible rows ``e``, and how many of them
     (pairs, label-free) the reference itself cannot measure."""
@@ -577,123 +553,6 @@ def _largest(values: np.ndarray, rows: np.ndarray) -> Extreme:
     if top.any():
         return Extreme(math.inf, int(rows[int(np.argmax(top))]), -1)
     return Extreme.of(values, rows)
-
-
-def _finite_or(v: np.ndarray, fill: float) -> np.ndarray:
-    return np.where(np.isfinite(v), v, fill)
-
-
-def _worst(
-    cfg: EngineConfig,
-    rows_g: np.ndarray,
-    facts: _RowFacts,
-    ref_loss: np.ndarray,
-    ref_lo: np.ndarray | None,
-    ref_prob: np.ndarray,
-    xf: np.ndarray | None,
-    e: np.ndarray,
-    per_method: dict[str, dict[str, np.ndarray]],
-) -> WorstRows:
-    """Candidates for the worst-rows list: every eligible row (label-free: its worst class).
-
-    A row's score is, over methods, the largest of its loss error in ulps of max(|L*|, 1) and its
-    gradient error in eps of the working dtype - both in the unit the gate counts in."""
-    if cfg.top_k <= 0 or not e.any():
-        return WorstRows(cfg.top_k, {})
-    n = rows_g.size
-    idx = np.arange(n)
-    eps = cfg.working.eps
-    names = cfg.methods
-    zmax, margin = facts.zmax, facts.margin
-    if facts.labels is None:
-        assert xf is not None
-        # per pair: methods with a non-finite loss, then the largest gate error; keep each row's
-        # worst class (first one on ties)
-        bad = sum((~np.isfinite(per_method[m]["loss"])).astype(np.int64) for m in names)
-        score = np.max([_finite_or(per_method[m]["gate_err"], -1.0) for m in names], axis=0)
-        bad_row = bad.max(axis=1)
-        k = np.argmax(np.where(bad == bad_row[:, None], score, -np.inf), axis=1)
-        label = k.astype(np.int64)
-        # inf - inf on non-eligible rows, dropped below; a margin beyond max float64 is inf
-        with np.errstate(invalid="ignore", over="ignore"):
-            margin = zmax - xf[idx, k].astype(np.float64)
-    else:
-        assert facts.safe_labels is not None
-        label = facts.labels.astype(np.int64)
-        k = facts.safe_labels
-
-    def pick(a: np.ndarray) -> np.ndarray:
-        return a[idx, k] if a.ndim == 2 else a
-
-    cols: dict[str, np.ndarray] = {
-        "row": rows_g,
-        "label": label,
-        "max_logit": zmax,
-        "margin": margin,
-        "ref_p": ref_prob[idx, k] if ref_prob.ndim == 2 else ref_prob,
-        "ref_loss": pick(ref_loss) + (0.0 if ref_lo is None else pick(ref_lo)),
-    }
-    n_bad = np.zeros(n, np.int64)
-    total = np.full(n, -1.0)
-    for m in names:
-        pm = per_method[m]
-        loss = pick(pm["loss"])
-        gabs = pm["grad_abs_err"]
-        nonfinite = ~np.isfinite(loss) | np.isinf(gabs)
-        n_bad += nonfinite
-        total = np.maximum(total, _finite_or(pick(pm["gate_err"]), -1.0))
-        total = np.maximum(total, _finite_or(gabs / eps, -1.0))
-        cols[f"{m}:loss"] = loss
-        cols[f"{m}:rel_err"] = pick(pm["rel_err"])
-        cols[f"{m}:ulp_err"] = pick(pm["ulp_err"])
-        cols[f"{m}:grad_abs_err"] = gabs
-        cols[f"{m}:nonfinite"] = nonfinite
-    cols["n_bad"] = n_bad
-    cols["score"] = total
-    return WorstRows.select(cfg.top_k, {name: v[e] for name, v in cols.items()})
-
-
-def _per_row(
-    rows_g: np.ndarray,
-    facts: _RowFacts,
-    e: np.ndarray,
-    ref_loss: np.ndarray,
-    ref_lo: np.ndarray | None,
-    per_method: dict[str, dict[str, np.ndarray]],
-) -> PerRowBlock:
-    """Per-row values. Label-free: the loss columns are the row's argmax class (its smallest
-    loss), the error columns the worst over the row's classes (loss) and checked labels (grad)."""
-    n = rows_g.size
-    idx = np.arange(n)
-    ref_loss = ref_loss + (0.0 if ref_lo is None else ref_lo)
-    label_free = facts.labels is None
-    if label_free:
-        k = facts.amax
-        label = np.full(n, -1, np.int64)
-        ref_loss = ref_loss[idx, k] if n else np.zeros(0)
-    else:
-        assert facts.labels is not None
-        label = facts.labels
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for m, pm in per_method.items():
-        loss, ulp, under = pm["loss"], pm["ulp_err"], pm["underflow"]
-        if label_free:
-            nonfinite_loss = ~np.isfinite(loss).all(axis=1)
-            loss = loss[idx, k] if n else np.zeros(0)
-            ulp = np.fmax.reduce(ulp, axis=1) if n else np.zeros(0)
-            under = np.asarray(under.any(axis=1))
-        else:
-            nonfinite_loss = ~np.isfinite(loss)
-        nonfinite = (nonfinite_loss | np.isinf(pm["grad_abs_err"])) & e
-        out[m] = {
-            "loss": loss,
-            "loss_ulp_err": np.where(e, ulp, np.nan),
-            "grad_rel_err": np.where(e, pm["grad_rel_err"], np.nan),
-            "overflow": pm["overflow"] & e,
-            "underflow": under & e,
-            "nonfinite": nonfinite,
-        }
-    return PerRowBlock(rows_g, label, e, np.where(e, ref_loss, np.nan), out)
 
 
 def run(

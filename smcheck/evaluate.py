@@ -40,7 +40,6 @@ from .engine import (
     FULL_GRAD_CLASSES,
     RANDOM_GRAD_LABELS,
     EngineConfig,
-    PerRowBlock,
     chunk_rows_for,
     run,
 )
@@ -50,6 +49,7 @@ from .loading import ZarrLogits
 from .methods import DEFAULT_METHODS, METHODS
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
+from .rows import PerRowBlock
 from .stats import ChunkStats, Extreme, MethodStats, hist_quantile
 
 __all__ = [
