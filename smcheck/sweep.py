@@ -610,6 +610,12 @@ def _explain(
     return best[1]
 
 
+#: An open interval per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from
+#: the smallest scale on.
+_Brackets = dict[tuple[str, str], list[float | None]]
+_Cache = dict[tuple[str, float], _Stats]
+
+
 def _refine(
     prob: _Problem,
     scales: tuple[float, ...],
@@ -618,25 +624,10 @@ def _refine(
     theory: DtypeTheory,
 ) -> list[Break]:
     """Break points of every method and kind: first broken grid scale, then bisection."""
-    r, c = prob.base.shape
-    k_budget = max(1, REFINE_ELEMENTS // (r * c))
-    cache: dict[tuple[str, float], _Stats] = {}
-    for m, stats in grid.items():
-        for sc, st in zip(scales, stats, strict=True):
-            cache[(m, sc)] = st
-    # bracket per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from start
-    brackets: dict[tuple[str, str], list[float | None]] = {}
-    never: list[tuple[str, str]] = []
-    for m, stats in grid.items():
-        for kind in KINDS:
-            first = next(
-                (i for i, st in enumerate(stats) if _broken(st, kind, prob.max_bits)), None
-            )
-            if first is None:
-                never.append((m, kind))
-            else:
-                brackets[(m, kind)] = [scales[first - 1] if first else None, scales[first]]
-
+    cache: _Cache = {
+        (m, sc): st for m, stats in grid.items() for sc, st in zip(scales, stats, strict=True)
+    }
+    brackets, never = _grid_brackets(scales, grid, prob.max_bits)
     _near_misses(prob, scales, grid, brackets, cache)
     _rebracket(brackets, never, cache, prob.max_bits)
 
@@ -652,43 +643,86 @@ def _refine(
             if not _rebracket(brackets, never, cache, prob.max_bits):
                 break
             continue
-        # point -> methods to run there, and whether the reference is needed there
-        need_at: dict[float, tuple[set[str], list[bool]]] = {}
-        points: dict[tuple[str, str], list[float]] = {}
-        for (m, kind), (lo, hi) in todo:
-            assert lo is not None and hi is not None
-            need = math.ceil(math.log(hi / lo) / math.log1p(tol)) - 1
-            k = max(1, min(k_budget, need))
-            pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
-            points[(m, kind)] = pts
-            with_ref = kind == "precision"
-            for p in pts:
-                if (m, p) in cache and (cache[(m, p)].has_ref or not with_ref):
-                    continue
-                methods, ref = need_at.setdefault(p, (set(), [False]))
-                methods.add(m)
-                ref[0] = ref[0] or with_ref
-        # points that need the same methods share one batch: one rounding, one reference
-        batches: dict[tuple[tuple[str, ...], bool], list[float]] = {}
-        for p, (methods, ref) in need_at.items():
-            order = tuple(x for x in grid if x in methods)
-            batches.setdefault((order, ref[0]), []).append(p)
-        for (methods_t, with_ref), pts_list in batches.items():
-            ordered = sorted(pts_list)
-            measured = _measure(prob, ordered, methods_t, with_ref)
-            for m in methods_t:
-                for p, st in zip(ordered, measured[m], strict=True):
-                    cache[(m, p)] = st
-        for (m, kind), pts in points.items():
-            b = brackets[(m, kind)]
-            hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
-            if hit is None:
-                b[0] = pts[-1]
+        _bisect(prob, todo, tuple(grid), cache, tol)
+    return _breaks(prob, brackets, never, cache, theory)
+
+
+def _grid_brackets(
+    scales: tuple[float, ...], grid: dict[str, list[_Stats]], max_bits: float
+) -> tuple[_Brackets, list[tuple[str, str]]]:
+    """Each (method, kind)'s bracket around its first broken grid scale, and those never
+    broken on the grid."""
+    brackets: _Brackets = {}
+    never: list[tuple[str, str]] = []
+    for m, stats in grid.items():
+        for kind in KINDS:
+            first = next((i for i, st in enumerate(stats) if _broken(st, kind, max_bits)), None)
+            if first is None:
+                never.append((m, kind))
             else:
-                i = pts.index(hit)
-                b[1] = hit
-                if i > 0:
-                    b[0] = pts[i - 1]
+                brackets[(m, kind)] = [scales[first - 1] if first else None, scales[first]]
+    return brackets, never
+
+
+def _bisect(
+    prob: _Problem,
+    todo: list[tuple[tuple[str, str], list[float | None]]],
+    methods: tuple[str, ...],
+    cache: _Cache,
+    tol: float,
+) -> None:
+    """One round of bisection: up to k points inside each open bracket of ``todo`` (k as many
+    as a cell's rows allow within :data:`REFINE_ELEMENTS`), measured in shared batches, and
+    each bracket narrowed to the points around its first broken one (in place)."""
+    r, c = prob.base.shape
+    k_budget = max(1, REFINE_ELEMENTS // (r * c))
+    # point -> methods to run there, and whether the reference is needed there
+    need_at: dict[float, tuple[set[str], list[bool]]] = {}
+    points: dict[tuple[str, str], list[float]] = {}
+    for (m, kind), (lo, hi) in todo:
+        assert lo is not None and hi is not None
+        need = math.ceil(math.log(hi / lo) / math.log1p(tol)) - 1
+        k = max(1, min(k_budget, need))
+        pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
+        points[(m, kind)] = pts
+        with_ref = kind == "precision"
+        for p in pts:
+            if (m, p) in cache and (cache[(m, p)].has_ref or not with_ref):
+                continue
+            wanted, ref = need_at.setdefault(p, (set(), [False]))
+            wanted.add(m)
+            ref[0] = ref[0] or with_ref
+    # points that need the same methods share one batch: one rounding, one reference
+    batches: dict[tuple[tuple[str, ...], bool], list[float]] = {}
+    for p, (wanted, ref) in need_at.items():
+        order = tuple(x for x in methods if x in wanted)
+        batches.setdefault((order, ref[0]), []).append(p)
+    for (methods_t, with_ref), pts_list in batches.items():
+        ordered = sorted(pts_list)
+        measured = _measure(prob, ordered, methods_t, with_ref)
+        for m in methods_t:
+            for p, st in zip(ordered, measured[m], strict=True):
+                cache[(m, p)] = st
+    for (m, kind), b in todo:
+        pts = points[(m, kind)]
+        hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
+        if hit is None:
+            b[0] = pts[-1]
+        else:
+            i = pts.index(hit)
+            b[1] = hit
+            if i > 0:
+                b[0] = pts[i - 1]
+
+
+def _breaks(
+    prob: _Problem,
+    brackets: _Brackets,
+    never: list[tuple[str, str]],
+    cache: _Cache,
+    theory: DtypeTheory,
+) -> list[Break]:
+    """A :class:`Break` per bracket, explained at its broken end, and one per kind never seen."""
     out: list[Break] = []
     for (m, kind), (lo, hi) in brackets.items():
         assert hi is not None
