@@ -96,6 +96,10 @@ DEFAULT_SCALES_SPEC = "0.1:1e4:40"
 ROW_BUDGET = 1 << 10
 #: Elements evaluated in one batch of stacked scales (bounds memory: binary128 is 16 B a value).
 CHUNK_ELEMENTS = 1 << 19
+#: Most scales a sweep takes, and most grid cells (a report holds each cell as an object of
+#: about 1 KiB; the default grid has 6400).
+MAX_SCALES = 100_000
+MAX_CELLS = 1_000_000
 #: Bytes per logit of a cell held at once: the logits, their rounding, the reference's
 #: binary128 values and gradient, a method's gradient and the errors (generous: a limit on what
 #: cannot fit at all, checked before anything is allocated).
@@ -123,11 +127,15 @@ def parse_scales(spec: str) -> tuple[float, ...]:
             lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
             if n < 1 or not (0 < lo <= hi) or not math.isfinite(hi):
                 raise ValueError
+            if n > MAX_SCALES:  # before geomspace allocates them
+                raise UsageError(f"--scales {spec!r}: {n} scales, at most {MAX_SCALES}")
             values = [lo] if n == 1 else np.geomspace(lo, hi, n).tolist()
             if n > 1:  # geomspace rounds the ends; give them back exactly
                 values[0], values[-1] = lo, hi
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(
             f"--scales {spec!r}: expected a list '1,10,100' or 'LO:HI:N' (0 < LO <= HI, N >= 1)"
@@ -209,6 +217,13 @@ class SweepConfig:
         need(self.rows is None or self.rows >= 1, f"--rows {self.rows}: must be >= 1")
         for n_classes in self.classes:  # before any pattern is made
             check_size(self.rows_for(n_classes), n_classes, SWEEP_BYTES_PER_VALUE, "sweep")
+        shape = (self.dtypes, self.classes, self.cases, self.methods, self.scales)
+        cells = math.prod(len(axis) for axis in shape)
+        need(
+            cells <= MAX_CELLS,
+            f"sweep: {' x '.join(str(len(a)) for a in shape)} (dtypes x classes x cases x methods "
+            f"x scales) = {cells} cells, at most {MAX_CELLS}",
+        )
         need(self.max_bits >= 0, f"--max-bits {self.max_bits}: must be >= 0")
         need(0 < self.tol < 1, f"--tol {self.tol}: must be in (0, 1)")
 

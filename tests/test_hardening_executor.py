@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from smcheck.cli import cli
 from smcheck.errors import UsageError
 from smcheck.executor import available_cpus, cap_workers, ordered_map, workers_note
+from smcheck.sweep import MAX_CELLS, SweepConfig, parse_scales
 from smcheck.synthetic import case_pattern, check_size, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,3 +287,16 @@ def test_cli_impossible_sizes_exit_2_with_the_size_and_the_limit(args: list[str]
     assert line.startswith(f"smcheck: error: {args[0]}: --rows 1000000000 x --classes 1000000")
     assert "1e+15 logits need about" in line and "of memory" in line
     assert res.stdout == ""
+
+
+def test_regression_sweep_grids_too_large_are_refused_before_allocating() -> None:
+    # 10**12 log-spaced scales would be 8 TB before the first cell
+    with pytest.raises(UsageError, match=r"1000000000000 scales, at most 100000"):
+        parse_scales("1:1e4:1000000000000")
+    scales = tuple(float(s) for s in range(1, 50_001))
+    with pytest.raises(
+        UsageError, match=rf"2 x 2 x 4 x 5 x 50000 .* = 4000000 cells, at most {MAX_CELLS}"
+    ):
+        SweepConfig(dtypes=("float16", "float32"), classes=(10, 100), scales=scales)
+    # a large but possible grid is fine
+    assert len(SweepConfig(scales=scales[:100]).scales) == 100

@@ -356,7 +356,7 @@ def progress_reporter(
     def update(done: int, total: int) -> None:
         if not task:
             # started at the first report, not before: its refresh thread must not exist yet
-            # when the engine forks its workers (engine.can_fork)
+            # when the engine forks its workers (executor.can_fork)
             bar.start()
             task.append(bar.add_task(label, total=total))
         bar.update(task[0], completed=done)
