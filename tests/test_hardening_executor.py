@@ -92,6 +92,7 @@ def _start_script(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], P
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     return proc, pids
 
@@ -182,17 +183,22 @@ def test_workers_die_when_the_parent_is_killed(tmp_path: Path) -> None:
 
 @linux_only
 @two_cpus
-def test_ctrl_c_in_the_parent_ends_the_workers_without_waiting(tmp_path: Path) -> None:
+def test_ctrl_c_ends_the_workers_without_waiting_and_without_their_tracebacks(
+    tmp_path: Path,
+) -> None:
     proc, folder = _start_script(tmp_path, "wait")
     pids: list[int] = []
     try:
         assert _wait_for(lambda: len(_worker_pids(folder)) >= 2, 60)
         pids = _worker_pids(folder)
         start = time.monotonic()
-        proc.send_signal(signal.SIGINT)  # the parent only: its KeyboardInterrupt ends the pool
+        # a terminal's Ctrl-C goes to the whole process group: workers ignore it, the parent's
+        # KeyboardInterrupt ends the pool
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert time.monotonic() - start < 10  # not the 60 s the tasks sleep
-        assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+        assert proc.returncode != 0 and err.decode().rstrip().endswith("KeyboardInterrupt")
+        assert err.count(b"KeyboardInterrupt") == 1 and b"ForkProcess" not in err
         assert not any(_alive(p) for p in pids)
     finally:
         _end(proc)
