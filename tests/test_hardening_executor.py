@@ -31,9 +31,10 @@ LINUX = sys.platform.startswith("linux")
 linux_only = pytest.mark.skipif(not LINUX, reason="worker processes are forked on Linux only")
 two_cpus = pytest.mark.skipif(available_cpus() < 2, reason="one CPU: no worker is forked")
 
-#: Forks two workers whose tasks write their pid into a folder and then sleep; the mode says
-#: how the parent ends: "wait" (killed from outside), "raise" (an exception after the first
-#: result while the other tasks still sleep).
+#: Forks two workers; each task writes its worker's pid into a folder. Task 0 sleeps for a
+#: minute, the others return at once, so one worker is busy and the other soon idle. The mode
+#: says how the parent ends: "wait" - signalled from outside while it waits for task 0;
+#: "raise" - SystemExit as soon as task 1's result is in, task 0 still running.
 SCRIPT = """
 import os, sys, time
 from smcheck.executor import ordered_map
@@ -42,11 +43,12 @@ folder, mode = sys.argv[1], sys.argv[2]
 
 def task(i):
     open(os.path.join(folder, str(os.getpid())), "w").close()
-    time.sleep(0 if (mode == "raise" and i == 0) else 60)
+    time.sleep(60 if i == 0 else 0.2)
     return i
 
-for _ in ordered_map(task, list(range(6)), workers=2, processes=True):
-    if mode == "raise":
+items = [1, 0, 2, 3] if mode == "raise" else [0, 1, 2, 3]
+for _ in ordered_map(task, items, workers=2, processes=True):
+    if mode == "raise":  # task 1 is done, task 0 is still running
         raise SystemExit("parent gives up")
 """
 
@@ -86,15 +88,22 @@ def _start_script(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[bytes], P
     script.write_text(SCRIPT)
     pids = tmp_path / "pids"
     pids.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(pids), mode],
-        env=_env(),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
+    # stderr to a file, not a pipe: orphaned workers would hold a pipe open, and reading it to
+    # the end would hang the test instead of failing it
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(pids), mode],
+            env=_env(),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
     return proc, pids
+
+
+def _stderr(pids: Path) -> str:
+    return (pids.parent / "stderr.txt").read_text()
 
 
 def _worker_pids(pids: Path) -> list[int]:
@@ -102,10 +111,10 @@ def _worker_pids(pids: Path) -> list[int]:
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the script if a failed assertion left it running; close its pipes."""
+    """Kill the script if a failed assertion left it running."""
     if proc.poll() is None:
         proc.kill()
-    proc.communicate()
+    proc.wait()
 
 
 def _reap_leftovers(pids: list[int]) -> None:
@@ -171,7 +180,7 @@ def test_workers_die_when_the_parent_is_killed(tmp_path: Path) -> None:
             assert all(_alive(p) for p in pids[sig])
         for sig, (proc, _) in runs.items():
             proc.send_signal(sig)
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         for sig, workers in pids.items():
             # PR_SET_PDEATHSIG: the kernel kills each worker as its parent dies
             assert _wait_for(lambda w=workers: not any(_alive(p) for p in w), 10), (sig, workers)
@@ -195,10 +204,12 @@ def test_ctrl_c_ends_the_workers_without_waiting_and_without_their_tracebacks(
         # a terminal's Ctrl-C goes to the whole process group: workers ignore it, the parent's
         # KeyboardInterrupt ends the pool
         os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert time.monotonic() - start < 10  # not the 60 s the tasks sleep
-        assert proc.returncode != 0 and err.decode().rstrip().endswith("KeyboardInterrupt")
-        assert err.count(b"KeyboardInterrupt") == 1 and b"ForkProcess" not in err
+        proc.wait(timeout=30)
+        assert time.monotonic() - start < 10  # not the 60 s the task sleeps
+        err = _stderr(folder)
+        assert proc.returncode != 0 and err.rstrip().endswith("KeyboardInterrupt")
+        # an idle worker interrupted would print a traceback of its own
+        assert err.count("KeyboardInterrupt") == 1 and "ForkProcess" not in err
         assert not any(_alive(p) for p in pids)
     finally:
         _end(proc)
@@ -211,9 +222,9 @@ def test_an_exception_in_the_parent_does_not_wait_for_the_tasks_in_flight(tmp_pa
     proc, folder = _start_script(tmp_path, "raise")
     pids: list[int] = []
     try:
-        _, err = proc.communicate(timeout=30)  # the tasks in flight sleep for 60 s
+        proc.wait(timeout=30)  # the task in flight sleeps for 60 s
         pids = _worker_pids(folder)
-        assert proc.returncode == 1 and err.decode().strip() == "parent gives up"
+        assert proc.returncode == 1 and _stderr(folder).strip() == "parent gives up"
         assert pids and not any(_alive(p) for p in pids)
     finally:
         _end(proc)
