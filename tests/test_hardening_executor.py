@@ -44,6 +44,7 @@ folder, mode = sys.argv[1], sys.argv[2]
 def task(i):
     open(os.path.join(folder, str(os.getpid())), "w").close()
     time.sleep(60 if i == 0 else 0.2)
+    open(os.path.join(folder, f"{i}.done"), "w").close()
     return i
 
 items = [1, 0, 2, 3] if mode == "raise" else [0, 1, 2, 3]
@@ -71,6 +72,14 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """SIGINT in the process's ignored-signal mask (/proc/PID/status ``SigIgn``, bit n - 1)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return False
 
 
 def _wait_for(cond: object, timeout: float) -> bool:
@@ -107,7 +116,7 @@ def _stderr(pids: Path) -> str:
 
 
 def _worker_pids(pids: Path) -> list[int]:
-    return [int(p.name) for p in pids.iterdir()]
+    return [int(p.name) for p in pids.iterdir() if p.name.isdigit()]
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:
@@ -199,7 +208,9 @@ def test_ctrl_c_ends_the_workers_without_waiting_and_without_their_tracebacks(
     pids: list[int] = []
     try:
         assert _wait_for(lambda: len(_worker_pids(folder)) >= 2, 60)
+        assert _wait_for(lambda: len(list(folder.glob("*.done"))) == 3, 60)  # one worker idle
         pids = _worker_pids(folder)
+        assert all(_ignores_sigint(p) for p in pids)
         start = time.monotonic()
         # a terminal's Ctrl-C goes to the whole process group: workers ignore it, the parent's
         # KeyboardInterrupt ends the pool
