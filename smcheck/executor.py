@@ -120,8 +120,8 @@ def ordered_map(
     try:
         yield from _windowed(ex.submit, task, items, 2 * workers)
     except BaseException:
-        # Ctrl-C or an abandoned generator: drop the queued tasks; the running ones (a chunk
-        # each, well under a second) finish on their own
+        # Ctrl-C or an abandoned generator: drop the queued tasks; a thread cannot be killed,
+        # so the running ones (one task each) finish on their own
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
