@@ -56,13 +56,13 @@ from functools import partial
 
 import numpy as np
 
-from . import core, metrics
 from .errors import UsageError
 from .executor import available_cpus, can_fork, ordered_map
 from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
-from .reference import ReferenceOutput, reference_precision_name
+from .reference import reference_precision_name
+from .sweep_cells import Problem, ScaleStats, cell_verdict, is_broken, measure
 from .synthetic import PATTERN_CASES, case_pattern, check_size
 
 __all__ = [
@@ -94,8 +94,6 @@ DEFAULT_SCALES_SPEC = "0.1:1e4:40"
 
 #: Elements (rows x classes) of one cell: ``auto_rows`` gives 64 rows at C = 10, 1 at C = 32000.
 ROW_BUDGET = 1 << 10
-#: Elements evaluated in one batch of stacked scales (bounds memory: binary128 is 16 B a value).
-CHUNK_ELEMENTS = 1 << 19
 #: Most scales a sweep takes, and most grid cells (a report holds each cell as an object of
 #: about 1 KiB; the default grid has 6400).
 MAX_SCALES = 100_000
@@ -353,239 +351,11 @@ class SweepReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring one method at many scales
-
-
-@dataclass(frozen=True)
-class _Problem:
-    dtype: str
-    accum: Precision
-    classes: int
-    case: str
-    base: np.ndarray
-    labels: np.ndarray
-    max_bits: float
-
-
-@dataclass(frozen=True)
-class _Stats:
-    rows: int
-    largest_logit: float | None
-    margin: float | None
-    loss: float | None
-    lse: float | None
-    nonfinite_loss_frac: float | None
-    nonfinite_grad_frac: float | None
-    overflow_frac: float | None
-    underflow_frac: float | None
-    has_ref: bool
-    loss_median_bits: float | None = None
-    loss_max_bits: float | None = None
-    loss_max_excess_bits: float | None = None
-    loss_median_rel_err: float | None = None
-    loss_max_rel_err: float | None = None
-    mean_loss_rel_err: float | None = None
-    grad_max_abs_err: float | None = None
-
-
-def _opt(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _fracs(flag: np.ndarray, finite: np.ndarray, n: np.ndarray) -> list[float | None]:
-    hits = (flag & finite).sum(axis=1)
-    return [float(h / k) if k else None for h, k in zip(hits, n, strict=True)]
-
-
-def _max_med(values: np.ndarray, measured: np.ndarray) -> tuple[list[float | None], ...]:
-    """Per scale (axis 0): max and median of ``values`` over ``measured`` rows (None if none)."""
-    n = measured.sum(axis=1)
-    srt = np.sort(np.where(measured, values, np.inf), axis=1)
-    mx: list[float | None] = []
-    med: list[float | None] = []
-    for i, k in enumerate(n):
-        if k == 0:
-            mx.append(None)
-            med.append(None)
-            continue
-        mx.append(_opt(srt[i, k - 1]))
-        med.append(_opt(0.5 * (srt[i, (k - 1) // 2] + srt[i, k // 2])))
-    return mx, med
-
-
-def _geometry(x: np.ndarray, labels: np.ndarray, s: int, r: int) -> dict[str, list]:
-    """Per scale: largest rounded logit, most extreme margin, largest loss and log-sum-exp.
-
-    Margin of a row: z_y - max_{j != y} z_j; the cell's margin is its most negative row margin
-    when some label is below another logit (p_y heads for 0), else its largest one. The loss
-    -ln p_y = lse(z) - z_y and lse(z) are float64 (a description of the rounded input to compare
-    with the thresholds at 1%; the errors are measured against the core's reference).
-    """
-    z = x.astype(np.float64)
-    rows = np.arange(z.shape[0])
-    # inf/NaN logits (an input that overflowed in the cast) give NaN here: not measured
-    with np.errstate(invalid="ignore", over="ignore"):
-        z_y = z[rows, labels].copy()
-        z[rows, labels] = -np.inf
-        other = z.max(axis=1)
-        z[rows, labels] = z_y
-        row_max = np.maximum(other, z_y)
-        # log1p form: lse - z_y = (m - z_y) + log1p(sum_{j != argmax} exp(z_j - m)), which keeps
-        # a confident row's tiny loss (lse - z_y would cancel it to 0)
-        e = np.exp(z - row_max[:, None])
-        e[rows, np.argmax(z, axis=1)] = 0.0
-        rest = np.log1p(np.sum(e, axis=1))
-        lse = row_max + rest
-        loss = ((row_max - z_y) + rest).reshape(s, r)
-        margin = (z_y - other).reshape(s, r)
-        lse = lse.reshape(s, r)
-        row_max = row_max.reshape(s, r)
-
-    def top(a: np.ndarray) -> float | None:
-        a = a[np.isfinite(a)]
-        return float(a.max()) if a.size else None
-
-    out: dict[str, list] = {"largest_logit": [], "margin": [], "loss": [], "lse": []}
-    for i in range(s):
-        out["largest_logit"].append(top(row_max[i]))
-        out["loss"].append(top(loss[i]))
-        out["lse"].append(top(lse[i]))
-        mg = margin[i][np.isfinite(margin[i])]
-        if not mg.size:
-            out["margin"].append(None)
-        else:
-            out["margin"].append(float(mg.min()) if mg.min() < 0 else float(mg.max()))
-    return out
-
-
-def _measure(
-    prob: _Problem, scales: Sequence[float], methods: Sequence[str], with_ref: bool
-) -> dict[str, list[_Stats]]:
-    """Stats of each method at each scale; the scales' rows are stacked into few core calls."""
-    r, c = prob.base.shape
-    out: dict[str, list[_Stats]] = {m: [] for m in methods}
-    per_chunk = max(1, CHUNK_ELEMENTS // (r * c))
-    sc_all = np.asarray(scales, dtype=np.float64)
-    for start in range(0, len(sc_all), per_chunk):
-        sc = sc_all[start : start + per_chunk]
-        s = len(sc)
-        # a scale past float64's range gives inf logits: counted as non-finite input below
-        with np.errstate(over="ignore"):
-            logits = (sc[:, None, None] * prob.base[None]).reshape(s * r, c)
-        labels = np.tile(prob.labels, s)
-        prep = core.prepare(logits, labels, dtype=prob.dtype)
-        finite = prep.finite_input.reshape(s, r)
-        n_fin = finite.sum(axis=1)
-        geo = _geometry(prep.x, labels, s, r)
-        ref = core.reference_of(prep) if with_ref else None
-        # the condition number is the problem's (reference only): once for every method
-        kappa = None
-        if ref is not None and ref.grad is not None:
-            kappa = metrics.condition_number(prep.x, ref.grad, ref.loss)
-        for m in methods:
-            res = core.run_method(m, prep, prob.accum)
-            assert res.grad is not None
-            nl = res.nonfinite_loss.reshape(s, r)
-            ng = res.nonfinite_grad.reshape(s, r)
-            common = {
-                "nonfinite_loss_frac": _fracs(nl, finite, n_fin),
-                "nonfinite_grad_frac": _fracs(ng, finite, n_fin),
-                "overflow_frac": _fracs(res.overflow.reshape(s, r), finite, n_fin),
-                "underflow_frac": _fracs(res.underflow.reshape(s, r), finite, n_fin),
-            }
-            errs: dict[str, list] = {}
-            if ref is not None and kappa is not None:
-                errs = _errors(res, kappa, ref, prep.working, finite, nl, s, r)
-            for i in range(s):
-                out[m].append(
-                    _Stats(
-                        rows=int(n_fin[i]),
-                        **{k: v[i] for k, v in geo.items()},
-                        has_ref=ref is not None,
-                        **{k: v[i] for k, v in common.items()},
-                        **{k: v[i] for k, v in errs.items()},
-                    )
-                )
-    return out
-
-
-def _errors(
-    res: core.CrossEntropyResult,
-    kappa: np.ndarray,
-    ref: ReferenceOutput,
-    working: Precision,
-    finite: np.ndarray,
-    nl: np.ndarray,
-    s: int,
-    r: int,
-) -> dict[str, list]:
-    """Loss errors (bits, relative), mean-loss error and gradient error per scale."""
-    ref_loss, ref_lo = ref.loss, ref.loss_lo
-    rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo).reshape(s, r)
-    bits = metrics.bits_of_error(metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo)).reshape(
-        s, r
-    )
-    measured = finite & np.isfinite(bits)
-    max_bits, med_bits = _max_med(bits, measured)
-    # error beyond what the problem forces: kappa * eps is the relative error that rounding
-    # the shifted logits alone causes (exp turns an absolute error of z - m into a relative one)
-    with np.errstate(invalid="ignore"):  # NaN rows (non-finite input or loss) stay NaN
-        excess = metrics.bits_of_error(
-            metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo) / np.maximum(kappa, 1.0)
-        ).reshape(s, r)
-    max_excess, _ = _max_med(excess, finite & np.isfinite(excess))
-    max_rel, med_rel = _max_med(rel, finite & np.isfinite(rel))
-    assert res.grad is not None and ref.grad is not None
-    g_err = metrics.grad_abs_err(res.grad, ref.grad, ref.grad_lo).reshape(s, r)
-    g_max, _ = _max_med(g_err, finite & np.isfinite(g_err))
-    # error of the batch-mean loss (what reduction="mean" reports): sum of signed row errors
-    loss64 = np.asarray(res.loss, dtype=np.float64).reshape(s, r)
-    hi = ref_loss.reshape(s, r)
-    lo = np.zeros_like(hi) if ref_lo is None else ref_lo.reshape(s, r)
-    mean_rel: list[float | None] = []
-    for i in range(s):
-        f = finite[i]
-        if not f.any() or nl[i][f].any():
-            mean_rel.append(None)  # a non-finite row makes the mean non-finite: counted apart
-            continue
-        num = abs(float(np.sum((loss64[i][f] - hi[i][f]) - lo[i][f])))
-        den = abs(float(np.sum(hi[i][f]) + np.sum(lo[i][f])))
-        mean_rel.append(num / den if den > 0 else (0.0 if num == 0 else None))
-    return {
-        "loss_median_bits": med_bits,
-        "loss_max_bits": max_bits,
-        "loss_max_excess_bits": max_excess,
-        "loss_median_rel_err": med_rel,
-        "loss_max_rel_err": max_rel,
-        "mean_loss_rel_err": mean_rel,
-        "grad_max_abs_err": g_max,
-    }
-
-
-def _broken(st: _Stats, kind: str, max_bits: float) -> bool:
-    if kind == "overflow":
-        return bool(st.overflow_frac)
-    if kind == "nonfinite_loss":
-        return bool(st.nonfinite_loss_frac)
-    if kind == "nonfinite_grad":
-        return bool(st.nonfinite_grad_frac)
-    return st.loss_max_excess_bits is not None and st.loss_max_excess_bits > max_bits
-
-
-def _verdict(st: _Stats, max_bits: float) -> str:
-    if st.rows == 0:
-        return "inconclusive"
-    if any(_broken(st, k, max_bits) for k in ("overflow", "nonfinite_loss", "nonfinite_grad")):
-        return "broken"
-    return "lossy" if _broken(st, "precision", max_bits) else "ok"
-
-
-# ---------------------------------------------------------------------------------------------
 # Break points: grid, then bisection
 
 
 def _explain(
-    st: _Stats, theory: DtypeTheory, kind: str, method: str = ""
+    st: ScaleStats, theory: DtypeTheory, kind: str, method: str = ""
 ) -> tuple[str | None, str | None, float | None, float | None]:
     """Which threshold a break crossed: among the mechanisms its flags allow, the first (in the
     order exp, sum, 1/p_y) whose quantity is just past its threshold (ratio in [0.99, 1.03]:
@@ -628,13 +398,13 @@ def _explain(
 #: An open interval per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from
 #: the smallest scale on.
 _Brackets = dict[tuple[str, str], list[float | None]]
-_Cache = dict[tuple[str, float], _Stats]
+_Cache = dict[tuple[str, float], ScaleStats]
 
 
 def _refine(
-    prob: _Problem,
+    prob: Problem,
     scales: tuple[float, ...],
-    grid: dict[str, list[_Stats]],
+    grid: dict[str, list[ScaleStats]],
     tol: float,
     theory: DtypeTheory,
 ) -> list[Break]:
@@ -663,7 +433,7 @@ def _refine(
 
 
 def _grid_brackets(
-    scales: tuple[float, ...], grid: dict[str, list[_Stats]], max_bits: float
+    scales: tuple[float, ...], grid: dict[str, list[ScaleStats]], max_bits: float
 ) -> tuple[_Brackets, list[tuple[str, str]]]:
     """Each (method, kind)'s bracket around its first broken grid scale, and those never
     broken on the grid."""
@@ -671,7 +441,7 @@ def _grid_brackets(
     never: list[tuple[str, str]] = []
     for m, stats in grid.items():
         for kind in KINDS:
-            first = next((i for i, st in enumerate(stats) if _broken(st, kind, max_bits)), None)
+            first = next((i for i, st in enumerate(stats) if is_broken(st, kind, max_bits)), None)
             if first is None:
                 never.append((m, kind))
             else:
@@ -680,7 +450,7 @@ def _grid_brackets(
 
 
 def _bisect(
-    prob: _Problem,
+    prob: Problem,
     todo: list[tuple[tuple[str, str], list[float | None]]],
     methods: tuple[str, ...],
     cache: _Cache,
@@ -714,13 +484,13 @@ def _bisect(
         batches.setdefault((order, ref[0]), []).append(p)
     for (methods_t, with_ref), pts_list in batches.items():
         ordered = sorted(pts_list)
-        measured = _measure(prob, ordered, methods_t, with_ref)
+        measured = measure(prob, ordered, methods_t, with_ref)
         for m in methods_t:
             for p, st in zip(ordered, measured[m], strict=True):
                 cache[(m, p)] = st
     for (m, kind), b in todo:
         pts = points[(m, kind)]
-        hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
+        hit = next((p for p in pts if is_broken(cache[(m, p)], kind, prob.max_bits)), None)
         if hit is None:
             b[0] = pts[-1]
         else:
@@ -731,7 +501,7 @@ def _bisect(
 
 
 def _breaks(
-    prob: _Problem,
+    prob: Problem,
     brackets: _Brackets,
     never: list[tuple[str, str]],
     cache: _Cache,
@@ -769,11 +539,11 @@ def _breaks(
 
 
 def _near_misses(
-    prob: _Problem,
+    prob: Problem,
     scales: tuple[float, ...],
-    grid: dict[str, list[_Stats]],
+    grid: dict[str, list[ScaleStats]],
     brackets: dict[tuple[str, str], list[float | None]],
-    cache: dict[tuple[str, float], _Stats],
+    cache: dict[tuple[str, float], ScaleStats],
 ) -> None:
     """Evaluate the geometric midpoint of every grid interval before a method's first precision
     break where an end loses more than half of ``max_bits``: a loss error can peak between two
@@ -793,7 +563,7 @@ def _near_misses(
         batches.setdefault(tuple(x for x in grid if x in methods), []).append(p)
     for methods_t, pts in batches.items():
         ordered = sorted(pts)
-        measured = _measure(prob, ordered, methods_t, with_ref=True)
+        measured = measure(prob, ordered, methods_t, with_ref=True)
         for m in methods_t:
             for p, st in zip(ordered, measured[m], strict=True):
                 cache[(m, p)] = st
@@ -802,7 +572,7 @@ def _near_misses(
 def _rebracket(
     brackets: dict[tuple[str, str], list[float | None]],
     never: list[tuple[str, str]],
-    cache: dict[tuple[str, float], _Stats],
+    cache: dict[tuple[str, float], ScaleStats],
     max_bits: float,
 ) -> bool:
     """Move each break down to the smallest evaluated scale where its kind shows (bracketed by
@@ -817,7 +587,7 @@ def _rebracket(
             for (mm, sc), st in cache.items()
             if mm == m and sc < hi and (st.has_ref or kind != "precision")
         )
-        first = next((i for i, (_, st) in enumerate(seen) if _broken(st, kind, max_bits)), None)
+        first = next((i for i, (_, st) in enumerate(seen) if is_broken(st, kind, max_bits)), None)
         if first is None:
             continue
         brackets[(m, kind)] = [seen[first - 1][0] if first else None, seen[first][0]]
@@ -833,8 +603,8 @@ def _run_task(
     """Grid and break points of one (dtype, classes, case): a unit of parallel work."""
     accum = config.accum_for(dtype)
     base, labels = case_pattern(case, classes, config.rows_for(classes), config.seed)
-    prob = _Problem(dtype, accum, classes, case, base, labels, config.max_bits)
-    grid = _measure(prob, config.scales, config.methods, with_ref=True)
+    prob = Problem(dtype, accum, classes, case, base, labels, config.max_bits)
+    grid = measure(prob, config.scales, config.methods, with_ref=True)
     cells = [
         Cell(
             dtype=dtype,
@@ -858,7 +628,7 @@ def _run_task(
             loss_max_excess_bits=st.loss_max_excess_bits,
             loss_median_rel_err=st.loss_median_rel_err,
             mean_loss_rel_err=st.mean_loss_rel_err,
-            verdict=_verdict(st, config.max_bits),
+            verdict=cell_verdict(st, config.max_bits),
         )
         for m, stats in grid.items()
         for sc, st in zip(config.scales, stats, strict=True)
