@@ -14,7 +14,7 @@ their kernel saw them, computes the high-precision reference on those rounded nu
 * rows where they are NaN/inf but the reference is finite (a bug in their kernel), and the
   reverse (their kernel hides a non-finite input behind a finite number).
 
-PyTorch's loss options (class ``weight``, ``label_smoothing``) go to :func:`smcheck.core.prepare`,
+PyTorch's loss options (class ``weight``, ``label_smoothing``) go to :func:`smcheck.prepare.prepare_input`,
 so the reference is PyTorch's weighted/smoothed loss per row. Reductions follow PyTorch: ignored
 rows (``ignore_index``) are left out, ``mean`` divides by the summed weight of the counted rows'
 labels (their number without weights, ``Prepared.mean_denominator``); when that is 0 (every row
@@ -398,7 +398,7 @@ def _mean_denominator(
     """What ``mean`` divides by, exactly: the counted rows, or with class weights the sum of
     their labels' weights (``Prepared.mean_denominator``, which rounds it to float64).
 
-    Labels outside [0, C) are skipped here; :func:`smcheck.core.prepare` reports them.
+    Labels outside [0, C) are skipped here; :func:`smcheck.prepare.prepare_input` reports them.
     """
     ids = labels[~ignored]
     if weight is None:

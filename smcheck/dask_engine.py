@@ -4,7 +4,7 @@ The same :func:`smcheck.engine.chunk_stats` runs on row blocks of a ``.npy`` fil
 store; each task opens its own read-only memory map of the file (pickling an ``np.memmap``
 would ship the whole array), or the store from its path (a pickled
 :class:`~smcheck.loading.ZarrLogits` holds the path only) and reads only its rows. The partial
-statistics are merged in row order with :func:`smcheck.engine.merge` - associative and exact,
+statistics are merged in row order with :func:`smcheck.stats.merge` - associative and exact,
 so the result equals the local engine's for the same chunk size.
 ``scheduler`` is the address of an existing cluster (``tcp://host:8786``); without one a
 ``distributed.LocalCluster`` with ``workers`` processes is started and closed afterwards.
@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .engine import ChunkStats, EngineConfig, PerRowBlock, chunk_stats, merge
+from .engine import EngineConfig, chunk_stats
 from .errors import UsageError
 from .loading import ZarrLogits
+from .rows import PerRowBlock
+from .stats import ChunkStats, merge
 
 __all__ = ["run_dask"]
 

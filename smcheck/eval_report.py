@@ -30,17 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import SupportsIndex, overload
 
-from .engine import (
-    FULL_GRAD_CLASSES,
-    OVERFLOW_CAUSES,
-    RANDOM_GRAD_LABELS,
-    ChunkStats,
-    Extreme,
-    MethodStats,
-    hist_quantile,
-    underflow_margin,
-)
+from .diagnosis import OVERFLOW_CAUSES, underflow_margin
+from .engine import FULL_GRAD_CLASSES, RANDOM_GRAD_LABELS
 from .precisions import Precision, get_precision
+from .stats import ChunkStats, Extreme, MethodStats, hist_quantile
 
 __all__ = [
     "SCHEMA",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import ChunkStats, EngineConfig, PerRowBlock, chunk_rows_for, run
+from .engine import EngineConfig, chunk_rows_for, run
 from .errors import UsageError
 from .eval_report import (
     SCHEMA,
@@ -41,6 +41,8 @@ from .metrics import default_thresholds
 from .options import merge_options
 from .prepare import CheckedInput, DtypeLike, check_input
 from .reference import reference_precision_name
+from .rows import PerRowBlock
+from .stats import ChunkStats
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",

@@ -57,6 +57,7 @@ from .options import merge_options
 from .precisions import Precision, get_precision
 from .prepare import Prepared, prepare_input
 from .reference import _two_diff_residual, quad_dtype, reference_precision_name
+from .synthetic import CASE_CHOICES, ROW_CASES, Synthetic, synthetic
 
 __all__ = [
     "CASES",
@@ -79,10 +80,8 @@ __all__ = [
     "synthetic",
 ]
 
-#: Synthetic row kinds; ``all`` mixes them row by row (an ``extreme`` row first: the seed's case).
-CASES: tuple[str, ...] = ("random", "confident", "wrong", "uniform", "extreme")
-CASE_CHOICES: tuple[str, ...] = (*CASES, "all")
-_MIX: tuple[str, ...] = ("extreme", "random", "confident", "wrong", "uniform")
+#: Synthetic row kinds (:mod:`smcheck.synthetic`); ``all`` mixes them row by row.
+CASES: tuple[str, ...] = tuple(ROW_CASES)
 
 #: Step of the complex-step derivative (see the module docstring for why not 1e-200).
 COMPLEX_STEP = 2.0**-40
@@ -122,77 +121,6 @@ _Evaluator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray | None, np.ndar
 def default_tolerance(working: str | Precision) -> tuple[float, float]:
     """(atol, rtol) used when none is given (:data:`DEFAULT_TOLERANCES`)."""
     return DEFAULT_TOLERANCES[get_precision(working).name]
-
-
-# --------------------------------------------------------------------------- synthetic input
-
-
-@dataclass(frozen=True)
-class Synthetic:
-    """Reproducible synthetic logits (float64, rounded later) with labels and each row's case."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    cases: tuple[str, ...]
-    description: str
-
-
-def synthetic(
-    case: str = "all", *, rows: int = 50, classes: int = 10, scale: float = 4.0, seed: int = 0
-) -> Synthetic:
-    """Synthetic rows of one case, or of all cases mixed row by row (``"all"``).
-
-    With logits z ~ N(0, scale**2) and a uniform random label, unless the case says otherwise:
-
-    * ``random`` - as is;
-    * ``confident`` - the label is the max by a margin in [2, 6] * scale (p_y ~ 1);
-    * ``wrong`` - the label is the min by a margin in [2, 6] * scale (p_y underflows in float16);
-    * ``uniform`` - every logit equal (ties at the max, p = 1/C);
-    * ``extreme`` - in turn: the seed's row [0, -800, 1] (label 1, further classes random), a
-      row shifted by +1000 (naive's exp overflows), one shifted by -1000 (naive's sum is 0) and
-      one with 100x the spread.
-
-    >>> s = synthetic("all", rows=5, classes=3)
-    >>> s.cases
-    ('extreme', 'random', 'confident', 'wrong', 'uniform')
-    >>> s.logits[0].tolist(), int(s.labels[0])
-    ([0.0, -800.0, 1.0], 1)
-    """
-    if case not in CASE_CHOICES:
-        raise UsageError(f"unknown case {case!r}; expected one of: {', '.join(CASE_CHOICES)}")
-    if rows < 1:
-        raise UsageError(f"rows must be at least 1, got {rows}")
-    if classes < 2:
-        raise UsageError(f"classes must be at least 2 (the seed's case needs 2), got {classes}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise UsageError(f"scale must be a positive number, got {scale}")
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((rows, classes)) * scale
-    y = rng.integers(0, classes, rows)
-    margin = rng.uniform(2.0, 6.0, rows) * scale
-    kinds = tuple(case if case != "all" else _MIX[i % len(_MIX)] for i in range(rows))
-    n_extreme = 0
-    for i, kind in enumerate(kinds):
-        if kind == "confident":
-            z[i, y[i]] = np.delete(z[i], y[i]).max() + margin[i]
-        elif kind == "wrong":
-            z[i, y[i]] = np.delete(z[i], y[i]).min() - margin[i]
-        elif kind == "uniform":
-            z[i] = z[i, 0]
-        elif kind == "extreme":
-            variant = n_extreme % 4
-            n_extreme += 1
-            if variant == 0:  # the seed: p_1 = exp(-801) / (1 + e**-1) underflows in float64
-                z[i, :3] = [0.0, -800.0, 1.0][:classes]
-                y[i] = 1
-            elif variant == 1:
-                z[i] += 1000.0
-            elif variant == 2:
-                z[i] -= 1000.0
-            else:
-                z[i] *= 100.0
-    desc = f"synthetic {case}: {rows} x {classes} logits, scale {scale:g}, seed {seed}"
-    return Synthetic(z, y.astype(np.int64), kinds, desc)
 
 
 # --------------------------------------------------------------------------- the truth

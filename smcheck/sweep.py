@@ -2,13 +2,13 @@
 
 The analysis behind ``smcheck sweep``. Synthetic logits ``base * scale`` (one fixed base pattern
 per case, drawn once from a seeded generator, so every number here is a function of the scale
-alone) are rounded to each working dtype with :func:`smcheck.core.prepare`, every method and the
+alone) are rounded to each working dtype with :func:`smcheck.prepare.prepare_input`, every method and the
 reference run on the same rounded values, and each grid cell (dtype, classes, case, method,
 scale) gets its fractions of non-finite/overflowed/underflowed rows and its errors. The base
 patterns are normalised so that their largest entry is exactly 1: **the scale is the largest
 logit** (before rounding).
 
-Cases (rows of ``C`` classes, label ``y``):
+Cases (rows of ``C`` classes, label ``y``; defined in :mod:`smcheck.synthetic`):
 
 * ``random`` - N(0, 1) logits, random labels (an untrained classifier);
 * ``confident`` - N(0, 1) logits, the label at each row's maximum;
@@ -50,21 +50,20 @@ rounds to 0 once 1 + s' rounds to 1, say. The plain bits are reported too.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import multiprocessing.context
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
-from . import core, metrics
 from .errors import UsageError
+from .executor import available_cpus, can_fork, ordered_map
 from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
 from .precisions import Precision, get_precision, resolve_accum
-from .reference import ReferenceOutput, reference_precision_name
+from .reference import reference_precision_name
+from .sweep_cells import Problem, ScaleStats, cell_verdict, is_broken, measure
+from .synthetic import PATTERN_CASES, case_pattern, check_size
 
 __all__ = [
     "CASES",
@@ -79,7 +78,6 @@ __all__ = [
     "SweepConfig",
     "SweepReport",
     "auto_rows",
-    "case_pattern",
     "default_jobs",
     "parse_scales",
     "sweep",
@@ -96,8 +94,14 @@ DEFAULT_SCALES_SPEC = "0.1:1e4:40"
 
 #: Elements (rows x classes) of one cell: ``auto_rows`` gives 64 rows at C = 10, 1 at C = 32000.
 ROW_BUDGET = 1 << 10
-#: Elements evaluated in one batch of stacked scales (bounds memory: binary128 is 16 B a value).
-CHUNK_ELEMENTS = 1 << 19
+#: Most scales a sweep takes, and most grid cells (a report holds each cell as an object of
+#: about 1 KiB; the default grid has 6400).
+MAX_SCALES = 100_000
+MAX_CELLS = 1_000_000
+#: Bytes per logit of a cell held at once: the logits, their rounding, the reference's
+#: binary128 values and gradient, a method's gradient and the errors (generous: a limit on what
+#: cannot fit at all, checked before anything is allocated).
+SWEEP_BYTES_PER_VALUE = 128
 #: Elements a bisection round may evaluate for one bracket: cheap cells refine in one round.
 REFINE_ELEMENTS = 1 << 15
 
@@ -121,11 +125,15 @@ def parse_scales(spec: str) -> tuple[float, ...]:
             lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
             if n < 1 or not (0 < lo <= hi) or not math.isfinite(hi):
                 raise ValueError
+            if n > MAX_SCALES:  # before geomspace allocates them
+                raise UsageError(f"--scales {spec!r}: {n} scales, at most {MAX_SCALES}")
             values = [lo] if n == 1 else np.geomspace(lo, hi, n).tolist()
             if n > 1:  # geomspace rounds the ends; give them back exactly
                 values[0], values[-1] = lo, hi
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(
             f"--scales {spec!r}: expected a list '1,10,100' or 'LO:HI:N' (0 < LO <= HI, N >= 1)"
@@ -149,82 +157,9 @@ def auto_rows(classes: int) -> int:
     return max(1, min(64, ROW_BUDGET // classes))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cases: base patterns (rows, classes) with largest entry exactly 1, and labels
-
-
-def _normal(rng: np.random.Generator, rows: int, classes: int) -> np.ndarray:
-    g = rng.standard_normal((rows, classes))
-    top = g.flat[np.argmax(np.abs(g))]
-    return g / top  # largest |g| becomes exactly +1 (N(0, 1) is symmetric: the sign is free)
-
-
-def _case_random(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = _normal(rng, rows, classes)
-    return base, rng.integers(0, classes, size=rows)
-
-
-def _case_confident(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = _normal(rng, rows, classes)
-    return base, np.argmax(base, axis=1)
-
-
-def _two_positions(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    first = rng.integers(0, classes, size=rows)
-    second = (first + rng.integers(1, classes, size=rows)) % classes  # != first
-    return first, second
-
-
-def _case_wrong(rng: np.random.Generator, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    base = rng.uniform(-0.9, -0.3, size=(rows, classes))
-    top, label = _two_positions(rng, rows, classes)
-    r = np.arange(rows)
-    base[r, top] = 1.0
-    base[r, label] = -1.0
-    return base, label
-
-
-def _case_margin(
-    rng: np.random.Generator, rows: int, classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    base = rng.uniform(-0.5, 0.0, size=(rows, classes))
-    label, runner_up = _two_positions(rng, rows, classes)
-    r = np.arange(rows)
-    base[r, runner_up] = 0.0
-    base[r, label] = 1.0
-    return base, label
-
-
-CaseFn = Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
-
-#: Synthetic cases by name (see the module docstring). Order is the order reports list them in.
-CASES: dict[str, CaseFn] = {
-    "random": _case_random,
-    "confident": _case_confident,
-    "wrong": _case_wrong,
-    "margin": _case_margin,
-}
-
-
-def case_pattern(case: str, classes: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The base pattern (rows, classes) float64 and labels of a case; logits = base * scale.
-
-    Deterministic in (case, classes, rows, seed) and the same for every dtype.
-
-    >>> base, labels = case_pattern("margin", 4, 2, seed=0)
-    >>> float(base.max()), [float(base[i, labels[i]]) for i in range(2)]
-    (1.0, [1.0, 1.0])
-    """
-    if case not in CASES:
-        raise UsageError(f"unknown case {case!r}; expected one of: {', '.join(CASES)}")
-    rng = np.random.default_rng([seed, list(CASES).index(case), classes, rows])
-    return CASES[case](rng, rows, classes)
+#: Sweep's synthetic cases by name (the base patterns of :mod:`smcheck.synthetic`); the order
+#: is the order reports list them in.
+CASES = PATTERN_CASES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +213,15 @@ class SweepConfig:
         if self.accum is not None and self.accum != "working":
             object.__setattr__(self, "accum", get_precision(self.accum).name)
         need(self.rows is None or self.rows >= 1, f"--rows {self.rows}: must be >= 1")
+        for n_classes in self.classes:  # before any pattern is made
+            check_size(self.rows_for(n_classes), n_classes, SWEEP_BYTES_PER_VALUE, "sweep")
+        shape = (self.dtypes, self.classes, self.cases, self.methods, self.scales)
+        cells = math.prod(len(axis) for axis in shape)
+        need(
+            cells <= MAX_CELLS,
+            f"sweep: {' x '.join(str(len(a)) for a in shape)} (dtypes x classes x cases x methods "
+            f"x scales) = {cells} cells, at most {MAX_CELLS}",
+        )
         need(self.max_bits >= 0, f"--max-bits {self.max_bits}: must be >= 0")
         need(0 < self.tol < 1, f"--tol {self.tol}: must be in (0, 1)")
 
@@ -407,239 +351,11 @@ class SweepReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring one method at many scales
-
-
-@dataclass(frozen=True)
-class _Problem:
-    dtype: str
-    accum: Precision
-    classes: int
-    case: str
-    base: np.ndarray
-    labels: np.ndarray
-    max_bits: float
-
-
-@dataclass(frozen=True)
-class _Stats:
-    rows: int
-    largest_logit: float | None
-    margin: float | None
-    loss: float | None
-    lse: float | None
-    nonfinite_loss_frac: float | None
-    nonfinite_grad_frac: float | None
-    overflow_frac: float | None
-    underflow_frac: float | None
-    has_ref: bool
-    loss_median_bits: float | None = None
-    loss_max_bits: float | None = None
-    loss_max_excess_bits: float | None = None
-    loss_median_rel_err: float | None = None
-    loss_max_rel_err: float | None = None
-    mean_loss_rel_err: float | None = None
-    grad_max_abs_err: float | None = None
-
-
-def _opt(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _fracs(flag: np.ndarray, finite: np.ndarray, n: np.ndarray) -> list[float | None]:
-    hits = (flag & finite).sum(axis=1)
-    return [float(h / k) if k else None for h, k in zip(hits, n, strict=True)]
-
-
-def _max_med(values: np.ndarray, measured: np.ndarray) -> tuple[list[float | None], ...]:
-    """Per scale (axis 0): max and median of ``values`` over ``measured`` rows (None if none)."""
-    n = measured.sum(axis=1)
-    srt = np.sort(np.where(measured, values, np.inf), axis=1)
-    mx: list[float | None] = []
-    med: list[float | None] = []
-    for i, k in enumerate(n):
-        if k == 0:
-            mx.append(None)
-            med.append(None)
-            continue
-        mx.append(_opt(srt[i, k - 1]))
-        med.append(_opt(0.5 * (srt[i, (k - 1) // 2] + srt[i, k // 2])))
-    return mx, med
-
-
-def _geometry(x: np.ndarray, labels: np.ndarray, s: int, r: int) -> dict[str, list]:
-    """Per scale: largest rounded logit, most extreme margin, largest loss and log-sum-exp.
-
-    Margin of a row: z_y - max_{j != y} z_j; the cell's margin is its most negative row margin
-    when some label is below another logit (p_y heads for 0), else its largest one. The loss
-    -ln p_y = lse(z) - z_y and lse(z) are float64 (a description of the rounded input to compare
-    with the thresholds at 1%; the errors are measured against the core's reference).
-    """
-    z = x.astype(np.float64)
-    rows = np.arange(z.shape[0])
-    # inf/NaN logits (an input that overflowed in the cast) give NaN here: not measured
-    with np.errstate(invalid="ignore", over="ignore"):
-        z_y = z[rows, labels].copy()
-        z[rows, labels] = -np.inf
-        other = z.max(axis=1)
-        z[rows, labels] = z_y
-        row_max = np.maximum(other, z_y)
-        # log1p form: lse - z_y = (m - z_y) + log1p(sum_{j != argmax} exp(z_j - m)), which keeps
-        # a confident row's tiny loss (lse - z_y would cancel it to 0)
-        e = np.exp(z - row_max[:, None])
-        e[rows, np.argmax(z, axis=1)] = 0.0
-        rest = np.log1p(np.sum(e, axis=1))
-        lse = row_max + rest
-        loss = ((row_max - z_y) + rest).reshape(s, r)
-        margin = (z_y - other).reshape(s, r)
-        lse = lse.reshape(s, r)
-        row_max = row_max.reshape(s, r)
-
-    def top(a: np.ndarray) -> float | None:
-        a = a[np.isfinite(a)]
-        return float(a.max()) if a.size else None
-
-    out: dict[str, list] = {"largest_logit": [], "margin": [], "loss": [], "lse": []}
-    for i in range(s):
-        out["largest_logit"].append(top(row_max[i]))
-        out["loss"].append(top(loss[i]))
-        out["lse"].append(top(lse[i]))
-        mg = margin[i][np.isfinite(margin[i])]
-        if not mg.size:
-            out["margin"].append(None)
-        else:
-            out["margin"].append(float(mg.min()) if mg.min() < 0 else float(mg.max()))
-    return out
-
-
-def _measure(
-    prob: _Problem, scales: Sequence[float], methods: Sequence[str], with_ref: bool
-) -> dict[str, list[_Stats]]:
-    """Stats of each method at each scale; the scales' rows are stacked into few core calls."""
-    r, c = prob.base.shape
-    out: dict[str, list[_Stats]] = {m: [] for m in methods}
-    per_chunk = max(1, CHUNK_ELEMENTS // (r * c))
-    sc_all = np.asarray(scales, dtype=np.float64)
-    for start in range(0, len(sc_all), per_chunk):
-        sc = sc_all[start : start + per_chunk]
-        s = len(sc)
-        # a scale past float64's range gives inf logits: counted as non-finite input below
-        with np.errstate(over="ignore"):
-            logits = (sc[:, None, None] * prob.base[None]).reshape(s * r, c)
-        labels = np.tile(prob.labels, s)
-        prep = core.prepare(logits, labels, dtype=prob.dtype)
-        finite = prep.finite_input.reshape(s, r)
-        n_fin = finite.sum(axis=1)
-        geo = _geometry(prep.x, labels, s, r)
-        ref = core.reference_of(prep) if with_ref else None
-        # the condition number is the problem's (reference only): once for every method
-        kappa = None
-        if ref is not None and ref.grad is not None:
-            kappa = metrics.condition_number(prep.x, ref.grad, ref.loss)
-        for m in methods:
-            res = core.run_method(m, prep, prob.accum)
-            assert res.grad is not None
-            nl = res.nonfinite_loss.reshape(s, r)
-            ng = res.nonfinite_grad.reshape(s, r)
-            common = {
-                "nonfinite_loss_frac": _fracs(nl, finite, n_fin),
-                "nonfinite_grad_frac": _fracs(ng, finite, n_fin),
-                "overflow_frac": _fracs(res.overflow.reshape(s, r), finite, n_fin),
-                "underflow_frac": _fracs(res.underflow.reshape(s, r), finite, n_fin),
-            }
-            errs: dict[str, list] = {}
-            if ref is not None and kappa is not None:
-                errs = _errors(res, kappa, ref, prep.working, finite, nl, s, r)
-            for i in range(s):
-                out[m].append(
-                    _Stats(
-                        rows=int(n_fin[i]),
-                        **{k: v[i] for k, v in geo.items()},
-                        has_ref=ref is not None,
-                        **{k: v[i] for k, v in common.items()},
-                        **{k: v[i] for k, v in errs.items()},
-                    )
-                )
-    return out
-
-
-def _errors(
-    res: core.CrossEntropyResult,
-    kappa: np.ndarray,
-    ref: ReferenceOutput,
-    working: Precision,
-    finite: np.ndarray,
-    nl: np.ndarray,
-    s: int,
-    r: int,
-) -> dict[str, list]:
-    """Loss errors (bits, relative), mean-loss error and gradient error per scale."""
-    ref_loss, ref_lo = ref.loss, ref.loss_lo
-    rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo).reshape(s, r)
-    bits = metrics.bits_of_error(metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo)).reshape(
-        s, r
-    )
-    measured = finite & np.isfinite(bits)
-    max_bits, med_bits = _max_med(bits, measured)
-    # error beyond what the problem forces: kappa * eps is the relative error that rounding
-    # the shifted logits alone causes (exp turns an absolute error of z - m into a relative one)
-    with np.errstate(invalid="ignore"):  # NaN rows (non-finite input or loss) stay NaN
-        excess = metrics.bits_of_error(
-            metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo) / np.maximum(kappa, 1.0)
-        ).reshape(s, r)
-    max_excess, _ = _max_med(excess, finite & np.isfinite(excess))
-    max_rel, med_rel = _max_med(rel, finite & np.isfinite(rel))
-    assert res.grad is not None and ref.grad is not None
-    g_err = metrics.grad_abs_err(res.grad, ref.grad, ref.grad_lo).reshape(s, r)
-    g_max, _ = _max_med(g_err, finite & np.isfinite(g_err))
-    # error of the batch-mean loss (what reduction="mean" reports): sum of signed row errors
-    loss64 = np.asarray(res.loss, dtype=np.float64).reshape(s, r)
-    hi = ref_loss.reshape(s, r)
-    lo = np.zeros_like(hi) if ref_lo is None else ref_lo.reshape(s, r)
-    mean_rel: list[float | None] = []
-    for i in range(s):
-        f = finite[i]
-        if not f.any() or nl[i][f].any():
-            mean_rel.append(None)  # a non-finite row makes the mean non-finite: counted apart
-            continue
-        num = abs(float(np.sum((loss64[i][f] - hi[i][f]) - lo[i][f])))
-        den = abs(float(np.sum(hi[i][f]) + np.sum(lo[i][f])))
-        mean_rel.append(num / den if den > 0 else (0.0 if num == 0 else None))
-    return {
-        "loss_median_bits": med_bits,
-        "loss_max_bits": max_bits,
-        "loss_max_excess_bits": max_excess,
-        "loss_median_rel_err": med_rel,
-        "loss_max_rel_err": max_rel,
-        "mean_loss_rel_err": mean_rel,
-        "grad_max_abs_err": g_max,
-    }
-
-
-def _broken(st: _Stats, kind: str, max_bits: float) -> bool:
-    if kind == "overflow":
-        return bool(st.overflow_frac)
-    if kind == "nonfinite_loss":
-        return bool(st.nonfinite_loss_frac)
-    if kind == "nonfinite_grad":
-        return bool(st.nonfinite_grad_frac)
-    return st.loss_max_excess_bits is not None and st.loss_max_excess_bits > max_bits
-
-
-def _verdict(st: _Stats, max_bits: float) -> str:
-    if st.rows == 0:
-        return "inconclusive"
-    if any(_broken(st, k, max_bits) for k in ("overflow", "nonfinite_loss", "nonfinite_grad")):
-        return "broken"
-    return "lossy" if _broken(st, "precision", max_bits) else "ok"
-
-
-# ---------------------------------------------------------------------------------------------
 # Break points: grid, then bisection
 
 
 def _explain(
-    st: _Stats, theory: DtypeTheory, kind: str, method: str = ""
+    st: ScaleStats, theory: DtypeTheory, kind: str, method: str = ""
 ) -> tuple[str | None, str | None, float | None, float | None]:
     """Which threshold a break crossed: among the mechanisms its flags allow, the first (in the
     order exp, sum, 1/p_y) whose quantity is just past its threshold (ratio in [0.99, 1.03]:
@@ -679,33 +395,24 @@ def _explain(
     return best[1]
 
 
+#: An open interval per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from
+#: the smallest scale on.
+_Brackets = dict[tuple[str, str], list[float | None]]
+_Cache = dict[tuple[str, float], ScaleStats]
+
+
 def _refine(
-    prob: _Problem,
+    prob: Problem,
     scales: tuple[float, ...],
-    grid: dict[str, list[_Stats]],
+    grid: dict[str, list[ScaleStats]],
     tol: float,
     theory: DtypeTheory,
 ) -> list[Break]:
     """Break points of every method and kind: first broken grid scale, then bisection."""
-    r, c = prob.base.shape
-    k_budget = max(1, REFINE_ELEMENTS // (r * c))
-    cache: dict[tuple[str, float], _Stats] = {}
-    for m, stats in grid.items():
-        for sc, st in zip(scales, stats, strict=True):
-            cache[(m, sc)] = st
-    # bracket per (method, kind): [lo, hi] with lo ok and hi broken; lo None = broken from start
-    brackets: dict[tuple[str, str], list[float | None]] = {}
-    never: list[tuple[str, str]] = []
-    for m, stats in grid.items():
-        for kind in KINDS:
-            first = next(
-                (i for i, st in enumerate(stats) if _broken(st, kind, prob.max_bits)), None
-            )
-            if first is None:
-                never.append((m, kind))
-            else:
-                brackets[(m, kind)] = [scales[first - 1] if first else None, scales[first]]
-
+    cache: _Cache = {
+        (m, sc): st for m, stats in grid.items() for sc, st in zip(scales, stats, strict=True)
+    }
+    brackets, never = _grid_brackets(scales, grid, prob.max_bits)
     _near_misses(prob, scales, grid, brackets, cache)
     _rebracket(brackets, never, cache, prob.max_bits)
 
@@ -721,43 +428,86 @@ def _refine(
             if not _rebracket(brackets, never, cache, prob.max_bits):
                 break
             continue
-        # point -> methods to run there, and whether the reference is needed there
-        need_at: dict[float, tuple[set[str], list[bool]]] = {}
-        points: dict[tuple[str, str], list[float]] = {}
-        for (m, kind), (lo, hi) in todo:
-            assert lo is not None and hi is not None
-            need = math.ceil(math.log(hi / lo) / math.log1p(tol)) - 1
-            k = max(1, min(k_budget, need))
-            pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
-            points[(m, kind)] = pts
-            with_ref = kind == "precision"
-            for p in pts:
-                if (m, p) in cache and (cache[(m, p)].has_ref or not with_ref):
-                    continue
-                methods, ref = need_at.setdefault(p, (set(), [False]))
-                methods.add(m)
-                ref[0] = ref[0] or with_ref
-        # points that need the same methods share one batch: one rounding, one reference
-        batches: dict[tuple[tuple[str, ...], bool], list[float]] = {}
-        for p, (methods, ref) in need_at.items():
-            order = tuple(x for x in grid if x in methods)
-            batches.setdefault((order, ref[0]), []).append(p)
-        for (methods_t, with_ref), pts_list in batches.items():
-            ordered = sorted(pts_list)
-            measured = _measure(prob, ordered, methods_t, with_ref)
-            for m in methods_t:
-                for p, st in zip(ordered, measured[m], strict=True):
-                    cache[(m, p)] = st
-        for (m, kind), pts in points.items():
-            b = brackets[(m, kind)]
-            hit = next((p for p in pts if _broken(cache[(m, p)], kind, prob.max_bits)), None)
-            if hit is None:
-                b[0] = pts[-1]
+        _bisect(prob, todo, tuple(grid), cache, tol)
+    return _breaks(prob, brackets, never, cache, theory)
+
+
+def _grid_brackets(
+    scales: tuple[float, ...], grid: dict[str, list[ScaleStats]], max_bits: float
+) -> tuple[_Brackets, list[tuple[str, str]]]:
+    """Each (method, kind)'s bracket around its first broken grid scale, and those never
+    broken on the grid."""
+    brackets: _Brackets = {}
+    never: list[tuple[str, str]] = []
+    for m, stats in grid.items():
+        for kind in KINDS:
+            first = next((i for i, st in enumerate(stats) if is_broken(st, kind, max_bits)), None)
+            if first is None:
+                never.append((m, kind))
             else:
-                i = pts.index(hit)
-                b[1] = hit
-                if i > 0:
-                    b[0] = pts[i - 1]
+                brackets[(m, kind)] = [scales[first - 1] if first else None, scales[first]]
+    return brackets, never
+
+
+def _bisect(
+    prob: Problem,
+    todo: list[tuple[tuple[str, str], list[float | None]]],
+    methods: tuple[str, ...],
+    cache: _Cache,
+    tol: float,
+) -> None:
+    """One round of bisection: up to k points inside each open bracket of ``todo`` (k as many
+    as a cell's rows allow within :data:`REFINE_ELEMENTS`), measured in shared batches, and
+    each bracket narrowed to the points around its first broken one (in place)."""
+    r, c = prob.base.shape
+    k_budget = max(1, REFINE_ELEMENTS // (r * c))
+    # point -> methods to run there, and whether the reference is needed there
+    need_at: dict[float, tuple[set[str], list[bool]]] = {}
+    points: dict[tuple[str, str], list[float]] = {}
+    for (m, kind), (lo, hi) in todo:
+        assert lo is not None and hi is not None
+        need = math.ceil(math.log(hi / lo) / math.log1p(tol)) - 1
+        k = max(1, min(k_budget, need))
+        pts = [float(lo * (hi / lo) ** (j / (k + 1))) for j in range(1, k + 1)]
+        points[(m, kind)] = pts
+        with_ref = kind == "precision"
+        for p in pts:
+            if (m, p) in cache and (cache[(m, p)].has_ref or not with_ref):
+                continue
+            wanted, ref = need_at.setdefault(p, (set(), [False]))
+            wanted.add(m)
+            ref[0] = ref[0] or with_ref
+    # points that need the same methods share one batch: one rounding, one reference
+    batches: dict[tuple[tuple[str, ...], bool], list[float]] = {}
+    for p, (wanted, ref) in need_at.items():
+        order = tuple(x for x in methods if x in wanted)
+        batches.setdefault((order, ref[0]), []).append(p)
+    for (methods_t, with_ref), pts_list in batches.items():
+        ordered = sorted(pts_list)
+        measured = measure(prob, ordered, methods_t, with_ref)
+        for m in methods_t:
+            for p, st in zip(ordered, measured[m], strict=True):
+                cache[(m, p)] = st
+    for (m, kind), b in todo:
+        pts = points[(m, kind)]
+        hit = next((p for p in pts if is_broken(cache[(m, p)], kind, prob.max_bits)), None)
+        if hit is None:
+            b[0] = pts[-1]
+        else:
+            i = pts.index(hit)
+            b[1] = hit
+            if i > 0:
+                b[0] = pts[i - 1]
+
+
+def _breaks(
+    prob: Problem,
+    brackets: _Brackets,
+    never: list[tuple[str, str]],
+    cache: _Cache,
+    theory: DtypeTheory,
+) -> list[Break]:
+    """A :class:`Break` per bracket, explained at its broken end, and one per kind never seen."""
     out: list[Break] = []
     for (m, kind), (lo, hi) in brackets.items():
         assert hi is not None
@@ -789,11 +539,11 @@ def _refine(
 
 
 def _near_misses(
-    prob: _Problem,
+    prob: Problem,
     scales: tuple[float, ...],
-    grid: dict[str, list[_Stats]],
+    grid: dict[str, list[ScaleStats]],
     brackets: dict[tuple[str, str], list[float | None]],
-    cache: dict[tuple[str, float], _Stats],
+    cache: dict[tuple[str, float], ScaleStats],
 ) -> None:
     """Evaluate the geometric midpoint of every grid interval before a method's first precision
     break where an end loses more than half of ``max_bits``: a loss error can peak between two
@@ -813,7 +563,7 @@ def _near_misses(
         batches.setdefault(tuple(x for x in grid if x in methods), []).append(p)
     for methods_t, pts in batches.items():
         ordered = sorted(pts)
-        measured = _measure(prob, ordered, methods_t, with_ref=True)
+        measured = measure(prob, ordered, methods_t, with_ref=True)
         for m in methods_t:
             for p, st in zip(ordered, measured[m], strict=True):
                 cache[(m, p)] = st
@@ -822,7 +572,7 @@ def _near_misses(
 def _rebracket(
     brackets: dict[tuple[str, str], list[float | None]],
     never: list[tuple[str, str]],
-    cache: dict[tuple[str, float], _Stats],
+    cache: dict[tuple[str, float], ScaleStats],
     max_bits: float,
 ) -> bool:
     """Move each break down to the smallest evaluated scale where its kind shows (bracketed by
@@ -837,7 +587,7 @@ def _rebracket(
             for (mm, sc), st in cache.items()
             if mm == m and sc < hi and (st.has_ref or kind != "precision")
         )
-        first = next((i for i, (_, st) in enumerate(seen) if _broken(st, kind, max_bits)), None)
+        first = next((i for i, (_, st) in enumerate(seen) if is_broken(st, kind, max_bits)), None)
         if first is None:
             continue
         brackets[(m, kind)] = [seen[first - 1][0] if first else None, seen[first][0]]
@@ -853,8 +603,8 @@ def _run_task(
     """Grid and break points of one (dtype, classes, case): a unit of parallel work."""
     accum = config.accum_for(dtype)
     base, labels = case_pattern(case, classes, config.rows_for(classes), config.seed)
-    prob = _Problem(dtype, accum, classes, case, base, labels, config.max_bits)
-    grid = _measure(prob, config.scales, config.methods, with_ref=True)
+    prob = Problem(dtype, accum, classes, case, base, labels, config.max_bits)
+    grid = measure(prob, config.scales, config.methods, with_ref=True)
     cells = [
         Cell(
             dtype=dtype,
@@ -878,13 +628,19 @@ def _run_task(
             loss_max_excess_bits=st.loss_max_excess_bits,
             loss_median_rel_err=st.loss_median_rel_err,
             mean_loss_rel_err=st.mean_loss_rel_err,
-            verdict=_verdict(st, config.max_bits),
+            verdict=cell_verdict(st, config.max_bits),
         )
         for m, stats in grid.items()
         for sc, st in zip(config.scales, stats, strict=True)
     ]
     theory = DtypeTheory.of(dtype, accum.name)
     return cells, _refine(prob, config.scales, grid, config.tol, theory)
+
+
+def _run_indexed(
+    config: SweepConfig, tasks: Sequence[tuple[str, int, str]], i: int
+) -> tuple[list[Cell], list[Break]]:
+    return _run_task(config, *tasks[i])
 
 
 def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
@@ -894,31 +650,17 @@ def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
     return weight * classes * config.rows_for(classes)
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """Workers that do not inherit threads: a fork of a process running threads (JAX's, a
-    progress bar's) can deadlock, so fork from a fresh server that has imported smcheck.sweep
-    once (spawn where there is no forkserver)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
-
-
 def default_jobs() -> int:
     """Worker processes: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return min(8, available_cpus())
 
 
 def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     """Sweep the grid of ``config`` and find every method's break points.
 
-    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many processes; the report
-    is identical for any ``jobs``.
+    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many workers (at most the
+    CPUs) through :func:`smcheck.executor.ordered_map` - forked processes where that is safe,
+    else threads; the report is identical for any ``jobs``.
 
     >>> rep = sweep(SweepConfig(dtypes=("float16",), classes=(10,), cases=("margin",),
     ...                         methods=("naive",), scales=(1.0, 20.0)))
@@ -928,13 +670,12 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     """
     config = config or SweepConfig()
     tasks = [(d, c, k) for d in config.dtypes for c in config.classes for k in config.cases]
-    if jobs > 1 and len(tasks) > 1:
-        order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=_mp_context()) as ex:
-            futures = {i: ex.submit(_run_task, config, *tasks[i]) for i in order}
-            results = [futures[i].result() for i in range(len(tasks))]
-    else:
-        results = [_run_task(config, *t) for t in tasks]
+    # costliest first, so that no long task starts last while the other workers idle
+    order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
+    run = partial(_run_indexed, config, tasks)  # a forked worker inherits it, unpickled
+    done = ordered_map(run, order, workers=jobs, processes=can_fork(config.methods))
+    by_index = dict(zip(order, done, strict=True))
+    results = [by_index[i] for i in range(len(tasks))]
     cells = [cell for cs, _ in results for cell in cs]
     breaks = [b for _, bs in results for b in bs]
     d_ord = {d: i for i, d in enumerate(config.dtypes)}

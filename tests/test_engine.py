@@ -13,30 +13,31 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from smcheck.core import prepare
+from smcheck.diagnosis import OVERFLOW_CAUSES, overflow_causes
 from smcheck.engine import (
     FULL_GRAD_CLASSES,
-    HIST_BINS,
-    OVERFLOW_CAUSES,
     RANDOM_GRAD_LABELS,
+    EngineConfig,
+    chunk_rows_for,
+    chunk_stats,
+    grad_labels,
+    run,
+)
+from smcheck.gradient_errors import grad_errors
+from smcheck.memmaps import release_pages
+from smcheck.metrics import grad_abs_err, grad_rel_err
+from smcheck.precisions import get_precision
+from smcheck.stats import (
+    HIST_BINS,
     WORST_FIELDS,
     WORST_METHOD_FIELDS,
-    EngineConfig,
     ExactSum,
     Extreme,
     Histogram,
     MethodStats,
     _hist,
-    chunk_rows_for,
-    chunk_stats,
-    grad_errors,
-    grad_labels,
     hist_quantile,
-    overflow_causes,
-    release_pages,
-    run,
 )
-from smcheck.metrics import grad_abs_err, grad_rel_err
-from smcheck.precisions import get_precision
 
 
 def exact(values: np.ndarray) -> Fraction:
@@ -209,20 +210,19 @@ def test_run_is_identical_for_any_chunking_and_worker_count(label_free: bool, dt
 def test_chunks_run_in_forked_processes_only_where_that_is_safe() -> None:
     import threading
 
-    from smcheck.engine import can_fork
+    from smcheck.executor import can_fork
 
-    t = get_precision("float32")
     # alone in the process (threads left by other tests, e.g. dask's, rule fork out too)
     alone = threading.active_count() == 1
-    assert can_fork(EngineConfig(t, t, ("naive", "fused"))) == alone
+    assert can_fork(("naive", "fused")) == alone
     # torch and jax keep thread pools of their own: threads, not fork
-    assert not can_fork(EngineConfig(t, t, ("fused", "torch")))
+    assert not can_fork(("fused", "torch"))
     # another Python thread may hold a lock the child would inherit locked
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        assert not can_fork(EngineConfig(t, t, ("fused",)))
+        assert not can_fork(("fused",))
     finally:
         stop.set()
         other.join()
@@ -276,15 +276,14 @@ def test_overflow_causes_per_row_against_hand_facts() -> None:
     t, a = get_precision("float16"), get_precision("float16")
     x = np.array([[12, 0, -30, -30], [10, 10, 10, 10], [0, -12, -30, -30], [1, 2, 0, 0]], t.dtype)
     y = np.array([1, 1, 1, 1])
-    cfg = EngineConfig(t, a, ("naive",))
     flagged = np.array([True, True, True, False])
-    got = overflow_causes("naive", x, y, flagged, cfg)
+    got = overflow_causes("naive", x, y, flagged, t, a)
     assert [OVERFLOW_CAUSES[i] if i >= 0 else None for i in got] == ["exp", "sum", "grad", None]
     # shifted: d <= 0, so exp(d) <= 1 and four of them sum to 4; its -1/p_y row is the same
-    got = overflow_causes("shifted", x[1:3], y[1:3], flagged[1:3], cfg)
+    got = overflow_causes("shifted", x[1:3], y[1:3], flagged[1:3], t, a)
     assert [OVERFLOW_CAUSES[i] for i in got] == ["other", "grad"]
     # label-free: no -1/p_y is computed, so a flagged row nothing explains is "other"
-    got = overflow_causes("shifted", x[2:3], None, np.array([True]), cfg)
+    got = overflow_causes("shifted", x[2:3], None, np.array([True]), t, a)
     assert [OVERFLOW_CAUSES[i] for i in got] == ["other"]
 
 
@@ -380,7 +379,7 @@ def test_worst_rows_columns_are_the_declared_fields() -> None:
 def test_grad_errors_many_reuse_equal_rows_and_match_one_at_a_time() -> None:
     """Rows equal to the previous method's gradient take its errors: the same values as
     comparing every method on its own, whatever the row block (NaN rows are recomputed)."""
-    from smcheck.engine import grad_errors_many
+    from smcheck.gradient_errors import grad_errors_many
 
     rng = np.random.default_rng(5)
     n, c = 9, 70000  # rows wider than one comparison block
@@ -411,21 +410,19 @@ def test_overflow_causes_read_off_the_shared_softmax_equal_the_recomputed_ones(d
     raw[5, 7] = -min(t.max, 1e4)  # a shift that overflows where there is no inf
     x = np.asarray(prepare(raw, None, dtype=t).xk)  # values of T in its carrier
     y = rng.integers(0, 64, 40)
-    cfg = EngineConfig(t, a, ("shifted", "fused"))
     every = np.ones(40, bool)  # ask for every row, flagged or not
     with np.errstate(all="ignore"):
         sm = shifted_softmax(x, t, a)
     for name in ("shifted", "fused"):
-        want = overflow_causes(name, x, y, every, cfg)
-        got = overflow_causes(name, x, y, every, cfg, sm)
+        want = overflow_causes(name, x, y, every, t, a)
+        got = overflow_causes(name, x, y, every, t, a, sm)
         assert np.array_equal(got, want), (name, got, want)
 
 
 def _can_fork_in_child(queue: object) -> None:
-    from smcheck.engine import can_fork
+    from smcheck.executor import can_fork
 
-    t = get_precision("float32")
-    queue.put(can_fork(EngineConfig(t, t, ("fused",))))  # type: ignore[attr-defined]
+    queue.put(can_fork(("fused",)))  # type: ignore[attr-defined]
 
 
 def test_no_fork_inside_a_daemonic_process() -> None:

@@ -35,10 +35,10 @@ from smcheck.sweep import (
     SweepConfig,
     SweepReport,
     auto_rows,
-    case_pattern,
     parse_scales,
     sweep,
 )
+from smcheck.synthetic import case_pattern
 
 FINFO = {
     "float16": np.finfo(np.float16),

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import UsageError
+from ..executor import cap_workers, workers_note
 from ..loading import LoadedInput, load_input
 from ..methods import DEFAULT_METHODS, METHODS
 from ..precisions import PRECISIONS
@@ -34,6 +35,7 @@ from ..prepare import file_dtype
 from ..render.common import use_color
 
 __all__ = [
+    "capped_workers",
     "FAIL_ON_CHOICES",
     "check_output",
     "FORMATS",
@@ -204,12 +206,24 @@ def color_option() -> Callable[[F], F]:
     )
 
 
+def capped_workers(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """Option callback: at most the CPUs this process may use, with a one-line note on stderr
+    when more were asked for (not 100 forked processes on 2 cores)."""
+    if value is None:
+        return None
+    note = workers_note(value, f"--{param.name}")
+    if note:
+        click.echo(f"smcheck: note: {note}", err=True)
+    return cap_workers(value)
+
+
 def workers_option() -> Callable[[F], F]:
     """``--workers N``: parallel workers for row chunks (see :func:`smcheck.engine.run`)."""
     return click.option(
         "--workers",
         type=click.IntRange(min=1),
         default=None,
+        callback=capped_workers,
         help="Row chunks processed in parallel: forked worker processes on Linux, threads "
         "elsewhere (and with --methods torch/jax). Default: the number of CPU cores.",
     )
@@ -369,7 +383,7 @@ def progress_reporter(
     def update(done: int, total: int) -> None:
         if not task:
             # started at the first report, not before: its refresh thread must not exist yet
-            # when the engine forks its workers (engine.can_fork)
+            # when the engine forks its workers (executor.can_fork)
             bar.start()
             task.append(bar.add_task(label, total=total))
         bar.update(task[0], completed=done)

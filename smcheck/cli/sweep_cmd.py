@@ -24,6 +24,7 @@ from ..sweep import (
 from . import cli
 from .baseline_opts import baseline_options
 from .options import (
+    capped_workers,
     color_option,
     format_option,
     gate_option,
@@ -173,6 +174,7 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     "--jobs",
     type=click.IntRange(min=1),
     default=None,
+    callback=capped_workers,
     help="Worker processes. Default: the CPU cores available (at most 8).",
 )
 @baseline_options()
