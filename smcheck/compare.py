@@ -14,17 +14,17 @@ their kernel saw them, computes the high-precision reference on those rounded nu
 * rows where they are NaN/inf but the reference is finite (a bug in their kernel), and the
   reverse (their kernel hides a non-finite input behind a finite number).
 
-PyTorch's loss options (class ``weight``, ``label_smoothing``) go to :func:`smcheck.prepare.prepare_input`,
-so the reference is PyTorch's weighted/smoothed loss per row. Reductions follow PyTorch: ignored
-rows (``ignore_index``) are left out, ``mean`` divides by the summed weight of the counted rows'
-labels (their number without weights, ``Prepared.mean_denominator``); when that is 0 (every row
-ignored) PyTorch's mean is NaN (0/0) and optax's is 0, and ``convention="torch"|"jax"`` picks
-the reference. The reference's sum is exact to ~2**-106 (``math.fsum`` over the double-double
-row values), the weight sum exact (integers), and their error is formed with exact rationals,
-so the reference contributes nothing measurable to the error of a float64 mean. With a
-reduction their gradient is the gradient of the reduced loss: for ``mean`` it is compared after
-multiplying by that denominator (exactly, as a double-double product), so gradient errors are
-always in per-row units.
+PyTorch's loss options (class ``weight``, ``label_smoothing``) go to
+:func:`smcheck.prepare.prepare_input`, so the reference is PyTorch's weighted/smoothed loss per row.
+Reductions follow PyTorch: ignored rows (``ignore_index``) are left out, ``mean`` divides by the
+summed weight of the counted rows' labels (their number without weights,
+``Prepared.mean_denominator``); when that is 0 (every row ignored) PyTorch's mean is NaN (0/0) and
+optax's is 0, and ``convention="torch"|"jax"`` picks the reference. The reference's sum is exact to
+~2**-106 (``math.fsum`` over the double-double row values), the weight sum exact (integers), and
+their error is formed with exact rationals, so the reference contributes nothing measurable to the
+error of a float64 mean. With a reduction their gradient is the gradient of the reduced loss: for
+``mean`` it is compared after multiplying by that denominator (exactly, as a double-double product),
+so gradient errors are always in per-row units.
 
 Everything but :func:`load_values` and :func:`compare_files` is pure (arrays in, report out).
 """

@@ -1,12 +1,12 @@
 """``sweep``: a stability map - where each method breaks as the logits grow, per precision.
 
-The analysis behind ``smcheck sweep``. Synthetic logits ``base * scale`` (one fixed base pattern
-per case, drawn once from a seeded generator, so every number here is a function of the scale
-alone) are rounded to each working dtype with :func:`smcheck.prepare.prepare_input`, every method and the
-reference run on the same rounded values, and each grid cell (dtype, classes, case, method,
-scale) gets its fractions of non-finite/overflowed/underflowed rows and its errors. The base
-patterns are normalised so that their largest entry is exactly 1: **the scale is the largest
-logit** (before rounding).
+The analysis behind ``smcheck sweep``. Synthetic logits ``base * scale`` (one fixed base pattern per
+case, drawn once from a seeded generator, so every number here is a function of the scale alone) are
+rounded to each working dtype with :func:`smcheck.prepare.prepare_input`, every method and the
+reference run on the same rounded values, and each grid cell (dtype, classes, case, method, scale)
+gets its fractions of non-finite/overflowed/underflowed rows and its errors. The base patterns are
+normalised so that their largest entry is exactly 1: **the scale is the largest logit** (before
+rounding).
 
 Cases (rows of ``C`` classes, label ``y``; defined in :mod:`smcheck.synthetic`):
 
