@@ -66,7 +66,9 @@ def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
         distributed.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
-            dashboard_address=None,
+            # ":0": any free port. None means the default 8787, and a second cluster on this
+            # machine (another run, a notebook) then fails to start - "Port 8787 is already in use"
+            dashboard_address=":0",
             processes=True,
         ) as cluster,
         distributed.Client(cluster) as client,
