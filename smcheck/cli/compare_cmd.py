@@ -199,10 +199,7 @@ def compare_cmd(
     to_stdout = output in (None, "-")
     use = wants_color(color) if to_stdout else color == "always"
     text = render(report, fmt, color=use)
-    if to_stdout:  # emit's click.echo would strip the ANSI codes --color=always asked for
-        click.echo(text, nl=not text.endswith("\n"), color=use)
-    else:
-        emit(text, output, inputs)
+    emit(text, output, inputs)  # never strips the ANSI codes --color=always asked for
     identity = partial(  # read and hashed only with a baseline option
         load_identity, logits, labels, logits_key=logits_key, labels_key=labels_key,
         label_column=label_column, ignore_index=ignore_index,

@@ -18,6 +18,7 @@ from . import cli
 from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     FAIL_ON_CHOICES,
+    all_inputs,
     check_output,
     color_option,
     dtype_options,
@@ -173,7 +174,9 @@ def eval_cmd(
     start_baseline(
         "eval", baseline, write_baseline, inputs, {"--output": output, "--per-row": per_row}
     )
-    per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
+    per_row_sink = (
+        PerRowWriter(per_row, all_inputs(*inputs)) if per_row else contextlib.nullcontext()
+    )
     keep_freed_memory()  # chunk temporaries reuse freed heap blocks (see smcheck.allocator)
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
         report = evaluate(

@@ -187,8 +187,9 @@ def sweep_cmd(
     if plot is not None and plot_fmt is not None:
         from ..output import write_atomic
         from ..render.sweep_plot import render_plot
+        from .options import all_inputs
 
-        write_atomic(plot, render_plot(report, plot_fmt))
+        write_atomic(plot, render_plot(report, plot_fmt), inputs=all_inputs())
     doc = to_dict(report)
     code = finish_baseline(
         "sweep", doc, grid_identity(doc), EXIT_OK if report.ok else EXIT_FINDINGS,
