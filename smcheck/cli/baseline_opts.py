@@ -86,7 +86,7 @@ def start_baseline(
     baseline, the config file - or the same file as another output."""
     if baseline is not None:
         check_baseline(_load(baseline), command, baseline)
-    every = {**(outputs or {}), "--write-baseline": write_baseline}
+    every = {"--write-baseline": write_baseline, **(outputs or {})}
     for option, path in every.items():
         if path and path != "-":
             # --write-baseline onto --baseline is the ratchet: read first, then replaced

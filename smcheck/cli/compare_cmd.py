@@ -19,6 +19,7 @@ from ..render.compare import RENDERERS, render, to_dict
 from . import EXIT_FINDINGS, EXIT_OK, cli
 from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
+    FiniteFloatRange,
     color_option,
     dtype_options,
     emit,
@@ -88,7 +89,7 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
 @dtype_options()
 @click.option(
     "--max-loss-ulp",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=None,
     help="Largest loss error allowed, in ulps of max(|L|, 1) of the working dtype. Default: "
     "4 + log2(classes) * eps(accum) / eps(dtype) (a reduction adds log2(rows) * eps(accum) / "
@@ -96,7 +97,7 @@ assert (EXIT_OK, EXIT_FINDINGS) == (0, 1)  # what exit_code returns
 )
 @click.option(
     "--max-grad-err",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=None,
     help="Largest absolute gradient error allowed (max over entries, per-row units). Default: "
     "the per-row loss budget times eps(dtype) (times the largest class weight, if above 1).",

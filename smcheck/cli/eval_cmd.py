@@ -18,6 +18,8 @@ from . import cli
 from .baseline_opts import baseline_options, finish_baseline, start_baseline
 from .options import (
     FAIL_ON_CHOICES,
+    FiniteFloatRange,
+    SchedulerAddress,
     all_inputs,
     check_output,
     color_option,
@@ -98,12 +100,13 @@ RENDERERS: dict[str, Callable[[EvalReport, bool], str]] = {
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
+    type=SchedulerAddress(),
     default=None,
     help="With --engine dask: the scheduler of an existing cluster (else a local one).",
 )
 @click.option(
     "--chunk-mb",
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloatRange(min=0.001, max=2.0**40),
     default=DEFAULT_CHUNK_BYTES / 2**20,
     show_default=True,
     help="Working-memory budget of one chunk of rows, in MiB.",

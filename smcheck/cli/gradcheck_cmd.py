@@ -88,7 +88,7 @@ DEFAULT_SYNTHETIC_ROWS = 50
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0, 2**64 - 1),
     default=0,
     show_default=True,
     help="Seed of the synthetic rows, the random directions and coordinates.",

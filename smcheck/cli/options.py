@@ -33,6 +33,8 @@ from ..render.common import use_color
 
 __all__ = [
     "FAIL_ON_CHOICES",
+    "FiniteFloatRange",
+    "SchedulerAddress",
     "all_inputs",
     "check_output",
     "FORMATS",
@@ -222,6 +224,33 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
+
+
+class SchedulerAddress(click.ParamType):
+    """A Dask scheduler address, ``scheme://host:port`` with a scheme distributed speaks.
+
+    Checked before any work: ``garbage://x`` is a usage error, not an internal one after the
+    input was loaded.
+    """
+
+    name = "address"
+    SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "tcp", text  # distributed's default: "host:port"
+        if scheme not in self.SCHEMES or not rest or not rest.isprintable() or len(text) > 300:
+            from ..config import clip
+
+            self.fail(
+                f"{clip(repr(text), 80)} is not a scheduler address (scheme://host:port, "
+                f"scheme one of {', '.join(self.SCHEMES)})",
+                param,
+                ctx,
+            )
+        return text
 
 
 def gate_options(

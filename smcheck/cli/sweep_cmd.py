@@ -87,7 +87,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
     default=None,
     help="Rows per cell. Default: about 1024 logits a cell (64 rows at C=10, 1 at C=32000).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the base patterns.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the base patterns.",
+)
 @click.option(
     "--max-bits",
     type=click.FloatRange(min=0),
