@@ -156,12 +156,13 @@ def _default_mode() -> int:
 def _target(dest: str) -> tuple[str, os.stat_result | None]:
     """Where the bytes go: the symlink's final target (or the path), and its stat if it exists.
 
-    Raises :class:`InputError` for a directory, a block device or a missing directory.
+    A device, FIFO or socket keeps the name given: the kernel follows ``/dev/fd/63`` (bash's
+    ``>(...)``) to its pipe, where :func:`os.path.realpath` would give a name that is not a
+    path. Raises :class:`InputError` for a directory, a block device or a missing directory.
     """
-    real = os.path.realpath(dest)  # follows every link; a dangling one gives its target
     try:
-        st: os.stat_result | None = os.stat(real)
-    except FileNotFoundError:
+        st: os.stat_result | None = os.stat(dest)
+    except (FileNotFoundError, NotADirectoryError):
         st = None
     except OSError as exc:
         raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
@@ -170,6 +171,10 @@ def _target(dest: str) -> tuple[str, os.stat_result | None]:
             raise InputError(f"cannot write {_name(dest)}: it is a directory")
         if stat.S_ISBLK(st.st_mode):
             raise InputError(f"refusing to write {_name(dest)}: it is a block device")
+        if not stat.S_ISREG(st.st_mode):
+            return dest, st
+    real = os.path.realpath(dest)  # follows every link; a dangling one gives its target
+    if st is not None:
         return real, st
     directory = os.path.dirname(real) or "."
     if not os.path.isdir(directory):
@@ -188,7 +193,9 @@ def _open_direct(real: str, st: os.stat_result, dest: str) -> IO[bytes]:
             except OSError:
                 sock.close()
                 raise
-            return sock.makefile("wb")
+            fh = sock.makefile("wb")
+            sock.close()  # the file holds the connection; closing it closes the socket
+            return fh
         flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
         if stat.S_ISFIFO(mode):
             # non-blocking open: ENXIO at once when no process has the FIFO open for reading,
@@ -346,6 +353,15 @@ def write_atomic(
         f.write(payload)
 
 
+def _is_stream(path: str) -> bool:
+    """A character device, FIFO or socket (written directly, its name has no suffix)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 class PerRowWriter:
     """A ``per_row`` sink for :func:`smcheck.evaluate.evaluate` writing ``.csv`` (streamed) or
     ``.npz`` (kept in memory: N rows x a few columns, then saved) through :func:`open_output`;
@@ -359,7 +375,9 @@ class PerRowWriter:
     def __init__(self, path: str, inputs: Sequence[PathLike | None] = ()) -> None:
         suffix = path.lower().rsplit(".", 1)[-1] if "." in path else ""
         if suffix not in ("csv", "npz"):
-            raise UsageError(f"--per-row {_name(path)}: the file name must end in .csv or .npz")
+            if not _is_stream(path):
+                raise UsageError(f"--per-row {_name(path)}: the file name must end in .csv or .npz")
+            suffix = "csv"  # /dev/null, a FIFO, bash's >(...): CSV, the format that streams
         self.path = path
         self.kind = suffix
         self.inputs = tuple(inputs)

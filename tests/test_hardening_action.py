@@ -55,5 +55,5 @@ def test_action_does_not_import_modules_from_the_working_directory(tmp_path: Pat
 def test_every_python_call_of_the_action_is_isolated(path: str) -> None:
     text = (ROOT / path).read_text()
     calls = re.findall(r'"\$py"\s+(-\S+)', text)
-    assert calls, "the action runs Python as \"$py\""
+    assert calls, 'the action runs Python as "$py"'
     assert all(flag in ("-P", "-I") for flag in calls), calls
