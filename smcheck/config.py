@@ -137,11 +137,13 @@ def show_value(value: Any, limit: int = 60) -> str:
     long integers and long texts cut with "…".
 
     >>> print(show_value(True), show_value("f16"), show_value(10**300))
-    true 'f16' an integer of about 301 digits
+    true 'f16' an integer of 301 digits
     """
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
-        # str() of a 5000-digit integer raises (sys.get_int_max_str_digits): count by bits
-        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # beyond sys.get_int_max_str_digits (4300)
+            return "an integer of more than 4300 digits"
     if isinstance(value, str):
         return clip(repr(value), limit)
     try:

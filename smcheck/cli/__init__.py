@@ -26,6 +26,7 @@ from .. import __version__
 from ..config import (
     OptionSpec,
     Settings,
+    clip,
     display_path,
     load_settings,
     normalize_key,
@@ -119,6 +120,8 @@ def _toml_type_error(param: click.Parameter, value: Any) -> str | None:
         elif isinstance(kind, click.types.IntParamType):
             if isinstance(v, bool) or not isinstance(v, int):
                 return "expected an integer"
+            if not -(2**63) <= v < 2**63:
+                return "out of range"
         elif isinstance(kind, click.types.FloatParamType):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 return "expected a number"
@@ -177,7 +180,7 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
         value = settings.default_map[name][param_name]
         raise UsageError(
             f"{display_path(settings.path)}: {_key_of(param)} = {show_value(value)} in {where}: "
-            f"{message}"
+            f"{clip(message, 120)}"
         )
 
 
@@ -194,19 +197,19 @@ def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> Non
         return
     values = settings.default_map.get(name, {})
     params = {p.name: p for p in group.commands[name].params} if name in group.commands else {}
-    for param_name in ANNOUNCED:
-        if param_name not in values or param_name not in params:
-            continue
+    present = [p for p in ANNOUNCED if p in values and p in params]
+    where = {p: f"{display_path(settings.path)} {settings.origin[name][p]}" for p in present}
+    if "scheduler" in present and not settings.explicit:
+        raise UsageError(
+            f"{where['scheduler']}: scheduler = {show_value(values['scheduler'])}: a Dask "
+            "scheduler is taken from a config file only when --config names that file"
+        )
+    if settings.explicit:
+        return
+    for param_name in present:
         key = _key_of(params[param_name])
         shown = show_value(values[param_name])
-        where = f"{display_path(settings.path)} {settings.origin[name][param_name]}"
-        if param_name == "scheduler" and not settings.explicit:
-            raise UsageError(
-                f"{where}: scheduler = {shown}: a Dask scheduler is taken from a config file "
-                "only when --config names that file"
-            )
-        if not settings.explicit:
-            click.echo(f"smcheck: note: {key} = {shown} from {where}", err=True)
+        click.echo(f"smcheck: note: {key} = {shown} from {where[param_name]}", err=True)
 
 
 @click.group(cls=SmcheckGroup, context_settings={"help_option_names": ["-h", "--help"]})
