@@ -360,6 +360,13 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _plain(value: Any) -> str:
+    """A value for a note as before (``float32``, ``[512, 1000]``) when short and printable;
+    else :func:`_short` (a hostile baseline's megabyte-long shape or escape sequences)."""
+    text = str(value)
+    return text if len(text) <= 40 and text.isprintable() else _short(value)
+
+
 def _parse_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS:
         raise InputError(f"an integer of {len(text)} digits")
@@ -497,15 +504,19 @@ def _identity_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key, what in (("shape", "shape"), ("dtype", "dtype")):
         if old.get(key) != new.get(key):
             notes.append(
-                f"input {what} differs from the baseline's: {old.get(key)} -> {new.get(key)}"
+                f"input {what} differs from the baseline's: {_plain(old.get(key))} -> "
+                f"{_plain(new.get(key))}"
             )
     if not notes and old.get("sha256") != new.get("sha256"):
         notes.append("input content differs from the baseline's (sha256)")
     if old.get("labels_sha256") != new.get("labels_sha256"):
         notes.append("labels differ from the baseline's")
     old_grid, new_grid = old.get("grid") or {}, new.get("grid") or {}
+    if not isinstance(old_grid, dict):
+        old_grid = {"grid": old_grid}
     notes += [
-        f"grid differs from the baseline's: {key} {old_grid.get(key)} -> {new_grid.get(key)}"
+        f"grid differs from the baseline's: {_plain(key)} {_plain(old_grid.get(key))} -> "
+        f"{_plain(new_grid.get(key))}"
         for key in dict.fromkeys([*old_grid, *new_grid])
         if old_grid.get(key) != new_grid.get(key)
     ]
@@ -549,8 +560,10 @@ def compare(
     regressions: list[Regression] = []
     old_methods = rules.units(old)
     new_methods = rules.units(report)
-    for method in old_methods.keys() - new_methods.keys():
-        notes.append(f"{method}: in the baseline, not run now")
+    gone = sorted(old_methods.keys() - new_methods.keys())
+    notes += [f"{_plain(m)}: in the baseline, not run now" for m in gone[:10]]
+    if len(gone) > 10:
+        notes.append(f"... and {len(gone) - 10} more methods in the baseline, not run now")
     for method in new_methods.keys() - old_methods.keys():
         notes.append(f"{method}: not in the baseline (nothing to compare)")
     for method, now in new_methods.items():

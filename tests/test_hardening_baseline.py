@@ -141,3 +141,18 @@ def test_regression_factor_must_be_finite(made: tuple[Path, Path, dict[str, Any]
     for bad in ("nan", "inf"):
         r = _run("eval", str(x), "--baseline", str(base), "--regression-factor", bad)
         assert r.exit_code == 2 and "is not a finite number" in r.stderr, r.output
+
+
+def test_notes_from_a_hostile_baseline_stay_short_and_escaped(
+    made: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    x, base, doc = made
+    doc["input"]["shape"] = list(range(200000))  # a megabyte-long line if printed as is
+    doc["input"]["dtype"] = "\x1b]0;pwned\x07"
+    doc["report"]["methods"]["\x1b[2J::stop-commands::x"] = dict(doc["report"]["methods"]["fused"])
+    base.write_text(json.dumps(doc))
+    r = _run("eval", str(x), "--dtype", "float16", "--methods", "all", "--baseline", str(base))
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+    assert not any(line.startswith("::") for line in r.stderr.splitlines())
+    assert max(len(line) for line in r.stderr.splitlines()) < 200
