@@ -153,6 +153,29 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def _check_link(dest: str) -> None:
+    """Refuse a symlink planted by another user in a sticky world-writable directory (/tmp).
+
+    The kernel's ``fs.protected_symlinks`` stops ``open`` from following such a link, but an
+    atomic replace renames onto the resolved target and would bypass it: as root,
+    ``-o /tmp/report.txt`` would replace whatever a stranger's link points at. Same rule as the
+    kernel: the link must belong to us or to the directory's owner.
+    """
+    try:
+        link = os.lstat(dest)
+        if not stat.S_ISLNK(link.st_mode):
+            return
+        parent = os.stat(os.path.dirname(os.path.abspath(dest)))
+    except (OSError, ValueError):
+        return
+    shared = parent.st_mode & stat.S_IWOTH and parent.st_mode & stat.S_ISVTX
+    if shared and link.st_uid not in (os.geteuid(), parent.st_uid):
+        raise InputError(
+            f"refusing to write {_name(dest)}: a symlink of another user (uid {link.st_uid}) "
+            "in a world-writable directory"
+        )
+
+
 def _target(dest: str) -> tuple[str, os.stat_result | None]:
     """Where the bytes go: the symlink's final target (or the path), and its stat if it exists.
 
@@ -160,6 +183,7 @@ def _target(dest: str) -> tuple[str, os.stat_result | None]:
     ``>(...)``) to its pipe, where :func:`os.path.realpath` would give a name that is not a
     path. Raises :class:`InputError` for a directory, a block device or a missing directory.
     """
+    _check_link(dest)
     try:
         st: os.stat_result | None = os.stat(dest)
     except (FileNotFoundError, NotADirectoryError):

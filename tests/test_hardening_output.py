@@ -315,3 +315,22 @@ def test_non_utf8_output_path_is_written_and_named_escaped(logits: Path, tmp_pat
     r = _run("eval", str(logits), "-o", name, "--per-row", name)
     line = _one_line_error(r, "the same file", "\\udcff")
     line.encode("ascii")  # printable on any terminal
+
+
+@ROOT_ONLY
+def test_a_strangers_symlink_in_a_sticky_directory_is_not_followed(tmp_path: Path) -> None:
+    # as in /tmp: anyone may create entries, the sticky bit protects only their own
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    link = shared / "report.txt"
+    link.symlink_to(victim)
+    os.lchown(link, 12345, 12345)
+    with pytest.raises(InputError, match="symlink of another user"):
+        write_atomic(link, "report")
+    assert victim.read_text() == "precious\n" and link.is_symlink()
+    os.lchown(link, 0, 0)  # our own link there is followed as usual
+    write_atomic(link, "report")
+    assert victim.read_text() == "report"
