@@ -28,6 +28,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import socket
 import stat
 import tempfile
@@ -274,25 +275,41 @@ def open_output(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
         return
     directory, base = os.path.split(real)
     suffix = os.path.splitext(base)[1]
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=directory or ".")
-    except OSError as exc:
-        raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
-    _LIVE.add(tmp)
+    fd, tmp = _make_temp(dest, f".{base}.", f".tmp{suffix}", directory or ".")
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         _commit(tmp, real, st)
+        _LIVE.discard(tmp)
     except OSError as exc:
         _remove(tmp)
         raise InputError(f"{_why(exc)} writing {_name(dest)}") from None
     except BaseException:
         _remove(tmp)
         raise
-    finally:
-        _LIVE.discard(tmp)
+
+
+def _make_temp(dest: str, prefix: str, suffix: str, directory: str | None) -> tuple[int, str]:
+    """Create a temporary file (0o600, O_EXCL) whose name is in :data:`_LIVE` *before* it
+    exists: a signal handler may raise between any two statements, and a file created but not
+    yet recorded would be left behind (masking signals does not help: another thread - an
+    OpenBLAS worker - takes the signal and the main thread still runs the handler)."""
+    where = directory or tempfile.gettempdir()
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        name = os.path.join(where, f"{prefix}{secrets.token_hex(4)}{suffix}")
+        _LIVE.add(name)
+        try:
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            _LIVE.discard(name)
+        except OSError as exc:
+            _LIVE.discard(name)
+            raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
+    raise InputError(f"cannot write {_name(dest)}: no free temporary file name in {_name(where)}")
 
 
 def _commit(tmp: str, real: str, old: os.stat_result | None) -> None:
@@ -336,12 +353,8 @@ def atomic_path(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
     else:
         directory = None  # a device: stage in the temporary directory instead
     suffix = os.path.splitext(real)[1]
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".smcheck.", suffix=f".tmp{suffix}", dir=directory)
-    except OSError as exc:
-        raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
+    fd, tmp = _make_temp(dest, ".smcheck.", f".tmp{suffix}", directory)
     os.close(fd)
-    _LIVE.add(tmp)
     try:
         yield Path(tmp)
         if directory is not None:
