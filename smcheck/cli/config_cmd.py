@@ -11,6 +11,7 @@ import click
 from ..config import Effective, Settings, display_path, effective
 from ..errors import UsageError
 from . import EXIT_OK, cli
+from .options import emit
 
 
 def _show(value: Any) -> str:
@@ -86,5 +87,5 @@ def config_cmd(ctx: click.Context, commands: tuple[str, ...], fmt: str) -> None:
         )
     chosen = {name: opts for name, opts in specs.items() if not commands or name in commands}
     path = None if settings.path is None else display_path(settings.path)
-    click.echo(RENDERERS[fmt](path, effective(settings, chosen)), nl=False)
+    emit(RENDERERS[fmt](path, effective(settings, chosen)), None)  # a closed stdout: exit 2
     ctx.exit(EXIT_OK)

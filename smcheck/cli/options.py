@@ -338,7 +338,7 @@ def _to_stdout(text: str) -> None:
     """The report on stdout; a closed or full stdout is an error, never a silent exit 0."""
     stream = sys.stdout
     if stream is None:  # started with stdout closed: click.echo would drop the report quietly
-        raise UsageError("cannot write the report: standard output is closed (use -o FILE)")
+        raise UsageError("cannot write the report: standard output is closed")
     try:
         # color=True: never strip ANSI codes; the renderer already applied the --color decision
         click.echo(text, nl=not text.endswith("\n"), color=True, file=stream)
