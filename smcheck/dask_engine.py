@@ -59,14 +59,16 @@ SCHEDULER_TIMEOUT_S = 5
 
 
 @contextmanager
-def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
+def _client(
+    scheduler: str | None, workers: int, timeout: float = SCHEDULER_TIMEOUT_S
+) -> Iterator[Any]:
     distributed = _need("distributed")
     if scheduler:
         try:  # an unreachable scheduler is bad input, said within the timeout
-            client = distributed.Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+            client = distributed.Client(scheduler, timeout=timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(
-                f"--scheduler {clip(scheduler, 80)}: cannot connect within {SCHEDULER_TIMEOUT_S} s "
+                f"--scheduler {clip(scheduler, 80)}: cannot connect within {timeout:g} s "
                 f"({type(exc).__name__})"
             ) from None
         with client:

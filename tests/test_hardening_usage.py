@@ -71,7 +71,8 @@ def test_unreachable_scheduler_is_said_within_ten_seconds() -> None:
 
     assert SCHEDULER_TIMEOUT_S <= 10
     start = time.monotonic()
+    # the default is at most 10 s; 1 s here keeps the suite fast, the path is the same
     with pytest.raises(InputError, match=r"--scheduler tcp://127\.0\.0\.1:9: cannot connect"):
-        with _client("tcp://127.0.0.1:9", 1):
+        with _client("tcp://127.0.0.1:9", 1, timeout=1):
             pass
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 5
