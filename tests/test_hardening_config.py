@@ -144,6 +144,8 @@ BAD_TOML = {
         "top = an integer of 300 digits in top level: out of range",
     ),
     "exit-zero text": (b'exit-zero = "yes"\n', "exit-zero = 'yes' in top level: expected true"),
+    "unknown dtype": (b'dtype = "float17"\n', "dtype = 'float17' in top level: unknown dtype"),
+    "unknown method": (b'methods = ["fused", "bogus"]\n', "unknown method 'bogus'"),
     "long text": (b'format = "' + b"x" * 100000 + b'"\n', "format = 'xxxx"),
 }
 

@@ -135,6 +135,30 @@ def _toml_type_error(param: click.Parameter, value: Any) -> str | None:
     return None
 
 
+def _word_error(param_name: str, value: Any) -> str | None:
+    """Why a text value the command parses itself (dtype, accum, methods) is bad, or None.
+
+    Checked here so the error names the config file; the command would only say
+    ``unknown dtype 'float17'``, and leave the user looking for where it came from.
+    """
+    from ..precisions import get_precision
+    from .options import parse_methods
+
+    try:
+        if param_name in ("dtype", "dtypes"):
+            for v in value if isinstance(value, list) else [value]:
+                for item in str(v).split(","):
+                    if item.strip():
+                        get_precision(item.strip())
+        elif param_name == "accum" and value not in (None, "working"):
+            get_precision(str(value))
+        elif param_name == "methods":
+            parse_methods(str(value))
+    except (SmcheckError, ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> None:
     """Convert each file value as the command line would, so a bad one names the file.
 
@@ -148,7 +172,7 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
     for name, values in settings.default_map.items():
         params = {p.name: p for p in group.commands[name].params}
         for param_name, value in values.items():
-            wrong = _toml_type_error(params[param_name], value)
+            wrong = _toml_type_error(params[param_name], value) or _word_error(param_name, value)
             if wrong is not None:
                 failures[name, param_name] = wrong
                 continue
