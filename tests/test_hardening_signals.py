@@ -85,7 +85,8 @@ def test_sigint_during_imports_is_one_line_no_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("signum", "what"), [(signal.SIGTERM, "terminated"), (signal.SIGHUP, "hangup")]
+    ("signum", "what"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated"), (signal.SIGHUP, "hangup")],
 )
 def test_signal_during_the_write_keeps_previous_output_and_leaves_no_temp_file(
     tmp_path: Path, signum: int, what: str
