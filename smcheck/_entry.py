@@ -91,12 +91,20 @@ def is_cli(argv: list[str] | None = None) -> bool:
     (False, False)
     """
     args = list(sys.orig_argv if argv is None else argv)
+    skip = False
     for i, a in enumerate(args[1:], 1):
-        if a == "-m":
+        if skip:  # the value of -X/-W/--check-hash-based-pycs
+            skip = False
+            continue
+        if a in ("-X", "-W", "--check-hash-based-pycs"):
+            skip = True
+        elif a == "-m":
             return args[i + 1 : i + 2] == ["smcheck"]
-        if a.startswith("-m"):
+        elif a.startswith("-m"):
             return a == "-msmcheck"
-        if not a.startswith("-"):  # the script: the console entry point is named smcheck
+        elif a == "-c" or a.startswith("-c"):
+            return False
+        elif not a.startswith("-"):  # the script: the console entry point is named smcheck
             return os.path.basename(a).removesuffix(".exe") == "smcheck"
     return bool(args) and os.path.basename(args[0]).removesuffix(".exe") == "smcheck"
 

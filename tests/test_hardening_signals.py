@@ -66,6 +66,8 @@ def test_is_cli_recognises_the_entry_points() -> None:
     assert is_cli(["/venv/bin/python", "/venv/bin/smcheck", "eval"])
     assert not is_cli(["python", "-m", "smcheck_other"])
     assert not is_cli(["python", "-c", "import smcheck"])
+    assert is_cli(["python", "-X", "importtime", "-W", "error", "-m", "smcheck", "eval"])
+    assert not is_cli(["python", "-X", "dev", "train.py"])
 
 
 def test_sigint_during_imports_is_one_line_no_traceback(tmp_path: Path) -> None:
