@@ -29,16 +29,16 @@ from types import FrameType
 
 __all__ = ["EXIT_STATUS", "Signalled", "main"]
 
-#: 128 + the signal number, as a shell reports a process killed by it.
+#: 128 + the signal number, as a shell reports a process killed by it (SIGHUP: not on Windows).
 EXIT_STATUS: dict[int, int] = {
-    signal.SIGINT: 130,
-    signal.SIGTERM: 143,
-    signal.SIGHUP: 129,
+    getattr(signal, name): 128 + getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP")
+    if hasattr(signal, name)
 }
 _WHAT: dict[int, str] = {
-    signal.SIGINT: "interrupted",
-    signal.SIGTERM: "terminated",
-    signal.SIGHUP: "hangup",
+    getattr(signal, name): what
+    for name, what in (("SIGINT", "interrupted"), ("SIGTERM", "terminated"), ("SIGHUP", "hangup"))
+    if hasattr(signal, name)
 }
 _MAIN_PID = os.getpid()
 

@@ -216,7 +216,8 @@ def untrusted(path: Path) -> str | None:
         st, parent = path.stat(), path.parent.stat()
     except OSError as exc:
         return f"it cannot be checked ({exc.strerror or exc})"
-    if st.st_uid != os.geteuid():
+    geteuid = getattr(os, "geteuid", None)  # Windows: no owners to compare
+    if geteuid is not None and st.st_uid != geteuid():
         return f"it is owned by another user (uid {st.st_uid})"
     if parent.st_mode & stat.S_IWOTH:
         return f"its directory {path.parent} is writable by every user"

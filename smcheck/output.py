@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
 import socket
@@ -154,6 +153,12 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
+def _euid() -> int:
+    """The effective user id (-1 where there is none: Windows)."""
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid() if geteuid is not None else -1
+
+
 def _check_link(dest: str) -> None:
     """Refuse a symlink planted by another user in a sticky world-writable directory (/tmp).
 
@@ -170,7 +175,7 @@ def _check_link(dest: str) -> None:
     except (OSError, ValueError):
         return
     shared = parent.st_mode & stat.S_IWOTH and parent.st_mode & stat.S_ISVTX
-    if shared and link.st_uid not in (os.geteuid(), parent.st_uid):
+    if shared and link.st_uid not in (_euid(), parent.st_uid):
         raise InputError(
             f"refusing to write {_name(dest)}: a symlink of another user (uid {link.st_uid}) "
             "in a world-writable directory"
@@ -226,7 +231,7 @@ def _open_direct(real: str, st: os.stat_result, dest: str) -> IO[bytes]:
             # non-blocking open: ENXIO at once when no process has the FIFO open for reading,
             # where a plain open would wait forever; then back to blocking writes
             fd = os.open(real, flags | os.O_NONBLOCK)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            os.set_blocking(fd, True)
         elif stat.S_ISCHR(mode):
             fd = os.open(real, flags)
         else:
@@ -317,7 +322,7 @@ def _commit(tmp: str, real: str, old: os.stat_result | None) -> None:
         os.chmod(tmp, _default_mode())
     else:
         os.chmod(tmp, stat.S_IMODE(old.st_mode))
-        if os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+        if _euid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
             # root rewriting a user's report: the file stays theirs
             with contextlib.suppress(OSError):
                 os.chown(tmp, old.st_uid, old.st_gid)
