@@ -20,6 +20,10 @@
 set -euo pipefail
 
 py="${SMCHECK_PYTHON:-python3}"
+# Every Python call runs with -P (3.11+): `python -m X` and `python -c` put the working
+# directory - the repository under test - first on sys.path, so a click.py, numpy.py or
+# shlex.py committed there would run inside this step. -P leaves it out; PYTHONPATH and the
+# installed packages still count (-I would also drop a --user install).
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -52,7 +56,7 @@ if [[ -z "${SMCHECK_COMMAND:-}" ]]; then
 fi
 
 # split the command as a shell would (quotes, backslashes) without running anything
-if ! "$py" -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' \
+if ! "$py" -P -c 'import shlex, sys; sys.stdout.write("".join(a + "\0" for a in shlex.split(sys.argv[1])))' \
     "$SMCHECK_COMMAND" > "$tmp/args" 2> "$tmp/split.err"; then
   fail_usage "cannot split the command '$SMCHECK_COMMAND': $(tail -n 1 "$tmp/split.err")"
 fi
@@ -72,7 +76,7 @@ done
 
 # 1. Markdown report -> job summary (stderr passes through to the log)
 set +e
-"$py" -m smcheck "${args[@]}" --format markdown > "$tmp/report.md" 2> "$tmp/stderr"
+"$py" -P -m smcheck "${args[@]}" --format markdown > "$tmp/report.md" 2> "$tmp/stderr"
 rc=$?
 set -e
 cat "$tmp/stderr" >&2
@@ -93,7 +97,7 @@ to_summary < "$tmp/report.md"
 
 # 2. annotations (stdout) - the same analysis again, in GitHub's workflow-command format
 set +e
-"$py" -m smcheck "${args[@]}" --format github
+"$py" -P -m smcheck "${args[@]}" --format github
 rc2=$?
 set -e
 exit $(( rc2 > rc ? rc2 : rc ))

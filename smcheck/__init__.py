@@ -18,6 +18,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# first: when this process is the smcheck CLI, its signal handlers must exist before numpy is
+# imported (a Ctrl-C there would print a traceback); a library import changes nothing
+from . import _entry  # noqa: F401, I001
 from .compare import CompareOptions, CompareReport, compare
 from .core import CrossEntropyResult, ReferenceResult, cross_entropy, reference
 from .errors import InputError, SmcheckError, UsageError

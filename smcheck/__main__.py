@@ -1,3 +1,5 @@
-from .cli import cli
+"""``python -m smcheck``: the same entry point as the ``smcheck`` script (see smcheck._entry)."""
 
-cli()
+from ._entry import main
+
+raise SystemExit(main())

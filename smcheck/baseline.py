@@ -31,6 +31,7 @@ records its grid instead. Pure: dicts in, a :class:`BaselineResult` out;
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "input_identity",
     "load_identity",
     "make_baseline",
+    "read_baseline",
     "render_result",
     "sweep_breaks",
 ]
@@ -63,6 +65,11 @@ BASELINE_SCHEMA = "smcheck.baseline/1"
 DEFAULT_FACTOR = 2.0
 #: Bytes hashed per step, so a memory-mapped input is never loaded whole.
 _HASH_CHUNK = 16 * 2**20
+#: Largest baseline file read (a real one is a few kB to a few MB): ``/dev/zero`` or a 300 MB
+#: file is refused after this many bytes instead of filling memory.
+MAX_BASELINE_BYTES = 64 * 2**20
+#: Longest integer literal accepted: counts and row ids, never hundreds of digits.
+_MAX_INT_DIGITS = 20
 
 Report = dict[str, Any]
 
@@ -347,17 +354,148 @@ def make_baseline(command: str, report: dict[str, Any], identity: dict[str, Any]
     return {"schema": BASELINE_SCHEMA, "command": command, "input": identity, "report": report}
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for a one-line message: JSON-ish, cut at ``limit`` characters with "…"."""
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plain(value: Any) -> str:
+    """A value for a note as before (``float32``, ``[512, 1000]``) when short and printable;
+    else :func:`_short` (a hostile baseline's megabyte-long shape or escape sequences)."""
+    text = str(value)
+    return text if len(text) <= 40 and text.isprintable() else _short(value)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise InputError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _parse_constant(text: str) -> float:
+    raise InputError(f"{text} (baselines hold finite numbers only)")
+
+
+def read_baseline(path: str, limit: int = MAX_BASELINE_BYTES) -> Any:
+    """The JSON document in ``path``, read in bounded memory; :class:`InputError` naming the
+    file for anything that is not plain JSON of reasonable size and depth.
+
+    At most ``limit`` bytes are read (``/dev/zero`` stops there), integers of more than 20
+    digits and ``NaN``/``Infinity`` are refused (``--write-baseline`` never writes them), and
+    nesting too deep for the parser is an error, not a crash.
+    """
+    from .output import _name
+
+    where = _name(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise InputError(f"{where}: baseline file does not exist") from None
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read the baseline ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise InputError(
+            f"{where}: baseline larger than {limit // 2**20} MiB (not a smcheck baseline)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not UTF-8 (byte {exc.start}), not a JSON baseline") from None
+    try:
+        return json.loads(text, parse_int=_parse_int, parse_constant=_parse_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{where}: not a JSON baseline (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from None
+    except RecursionError:
+        raise InputError(f"{where}: not a smcheck baseline (JSON nested too deeply)") from None
+    except InputError as exc:
+        raise InputError(f"{where}: not a smcheck baseline ({exc})") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_report(report: dict[str, Any], name: str) -> None:
+    """Every number :func:`compare` reads is a number: a baseline whose counts were replaced by
+    strings, null or lists would otherwise compare as "no regression"."""
+    rules = RULES[report["schema"]]
+    where = f"{name}: not a valid smcheck baseline"
+    try:
+        units = rules.units(report)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        raise InputError(f"{where}: its report's methods are malformed") from None
+    for unit, values in units.items():
+        if not isinstance(values, dict):
+            raise InputError(f"{where}: {_short(unit)} is {_short(values)}, not a table")
+        for key in rules.counts:
+            v = values.get(key)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise InputError(f"{where}: {_short(unit)} {key} is {_short(v)}, not a count")
+        for key in rules.errors:
+            v = values.get(key)
+            if v is not None and not _is_number(v):
+                raise InputError(f"{where}: {_short(unit)} {key} is {_short(v)}, not a number")
+    # a gate's verdict must be true/false: a null "ok" would read as "failed already", so a
+    # newly failing gate would not count as a regression
+    flags: list[tuple[str, Any]] = []
+    if rules.units is _eval_units:
+        ok_key = "passed" if report["schema"] == "smcheck.gradcheck/1" else "ok"
+        flags = [
+            (f"{_short(m)} {k}", v.get(k))
+            for m, v in (report.get("methods") or {}).items()
+            for k in ("gated", ok_key)
+        ]
+    elif report["schema"] == "smcheck.compare/1":
+        checks = report.get("checks") or []
+        if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+            raise InputError(f"{where}: 'checks' is {_short(checks)}, not a list of checks")
+        flags = [
+            (f"check {_short(c.get('name'))} {k}", c.get(k))
+            for c in checks
+            for k in ("gated", "ok")
+        ]
+    for what, v in flags:
+        if not isinstance(v, bool):
+            raise InputError(f"{where}: {what} is {_short(v)}, not true/false")
+    if rules.extra is sweep_breaks:
+        breaks = report.get("breaks")
+        if not isinstance(breaks, list):
+            raise InputError(f"{where}: 'breaks' is {_short(breaks)}, not a list")
+        for b in breaks:
+            ok = isinstance(b, dict) and all(
+                isinstance(b.get(k), str) for k in ("dtype", "case", "method", "kind")
+            )
+            ok = ok and isinstance(b.get("classes"), int) and not isinstance(b["classes"], bool)
+            if not ok or not (b.get("scale") is None or _is_number(b.get("scale"))):
+                raise InputError(f"{where}: a break point is {_short(b)}")
+
+
 def check_baseline(baseline: Any, command: str, name: str) -> dict[str, Any]:
-    """``baseline`` if it is a baseline of ``command``; else :class:`InputError` naming ``name``."""
+    """``baseline`` if it is a baseline of ``command``; else :class:`InputError` naming ``name``.
+
+    >>> check_baseline({"schema": "smcheck.baseline/1", "command": "eval", "report": {
+    ...     "schema": "smcheck.eval/1", "methods": {"fused": {"overflow_rows": "0"}}}},
+    ...     "eval", "b.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    smcheck.errors.InputError: b.json: not a valid ...: 'fused' overflow_rows is '0', not a count
+    """
     if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA:
         raise InputError(f"{name}: not a smcheck baseline (expected schema {BASELINE_SCHEMA!r})")
     if baseline.get("command") != command:
-        raise InputError(
-            f"{name}: a baseline of 'smcheck {baseline.get('command')}', not of 'smcheck {command}'"
-        )
+        other = baseline.get("command")
+        other = other if isinstance(other, str) and other.isidentifier() else _short(other)
+        raise InputError(f"{name}: a baseline of 'smcheck {other}', not of 'smcheck {command}'")
     report = baseline.get("report")
     if not isinstance(report, dict) or report.get("schema") not in RULES:
         raise InputError(f"{name}: the baseline's report has no known schema")
+    _check_report(report, name)
+    if not isinstance(baseline.get("input", {}), dict):
+        raise InputError(f"{name}: not a valid smcheck baseline: 'input' is not a table")
     return baseline
 
 
@@ -366,15 +504,19 @@ def _identity_notes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key, what in (("shape", "shape"), ("dtype", "dtype")):
         if old.get(key) != new.get(key):
             notes.append(
-                f"input {what} differs from the baseline's: {old.get(key)} -> {new.get(key)}"
+                f"input {what} differs from the baseline's: {_plain(old.get(key))} -> "
+                f"{_plain(new.get(key))}"
             )
     if not notes and old.get("sha256") != new.get("sha256"):
         notes.append("input content differs from the baseline's (sha256)")
     if old.get("labels_sha256") != new.get("labels_sha256"):
         notes.append("labels differ from the baseline's")
     old_grid, new_grid = old.get("grid") or {}, new.get("grid") or {}
+    if not isinstance(old_grid, dict):
+        old_grid = {"grid": old_grid}
     notes += [
-        f"grid differs from the baseline's: {key} {old_grid.get(key)} -> {new_grid.get(key)}"
+        f"grid differs from the baseline's: {_plain(key)} {_plain(old_grid.get(key))} -> "
+        f"{_plain(new_grid.get(key))}"
         for key in dict.fromkeys([*old_grid, *new_grid])
         if old_grid.get(key) != new_grid.get(key)
     ]
@@ -418,8 +560,10 @@ def compare(
     regressions: list[Regression] = []
     old_methods = rules.units(old)
     new_methods = rules.units(report)
-    for method in old_methods.keys() - new_methods.keys():
-        notes.append(f"{method}: in the baseline, not run now")
+    gone = sorted(old_methods.keys() - new_methods.keys())
+    notes += [f"{_plain(m)}: in the baseline, not run now" for m in gone[:10]]
+    if len(gone) > 10:
+        notes.append(f"... and {len(gone) - 10} more methods in the baseline, not run now")
     for method in new_methods.keys() - old_methods.keys():
         notes.append(f"{method}: not in the baseline (nothing to compare)")
     for method, now in new_methods.items():

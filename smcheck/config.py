@@ -27,12 +27,21 @@ command overrides them for that command. Keys are option names, with dashes or u
 
 An unknown key, a table for an unknown command, or a key that no command has is a
 :class:`~smcheck.errors.UsageError` naming the key and the file (exit 2).
+
+Trust: a file named with ``--config`` is the user's choice and is read as is. A *discovered*
+file is someone else's if another user owns it or it sits in a directory every user may write
+(``/tmp``, sticky or not): like git's ``safe.directory``, smcheck then ignores it with a
+one-line warning (and looks no further up) - a stranger must not choose where your reports go
+or which scheduler receives your data. Files are read in bounded memory
+(:data:`MAX_CONFIG_BYTES`).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +55,8 @@ __all__ = [
     "Effective",
     "OptionSpec",
     "Settings",
+    "MAX_CONFIG_BYTES",
+    "discover",
     "display_path",
     "effective",
     "find_config",
@@ -53,10 +64,14 @@ __all__ = [
     "normalize_key",
     "read_table",
     "resolve",
+    "show_value",
+    "untrusted",
 ]
 
 #: File names looked for in each directory, in this order.
 CONFIG_NAMES: tuple[str, ...] = ("smcheck.toml", "pyproject.toml")
+#: Largest config file read: a real pyproject.toml is a few kB; ``/dev/zero`` stops here.
+MAX_CONFIG_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,10 @@ class Settings:
     default_map: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: command -> param -> the table that set it, e.g. "[tool.smcheck.eval]"
     origin: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: True when the user named the file with --config (False: it was discovered)
+    explicit: bool = False
+    #: one-line warnings for stderr: discovered files ignored as untrusted
+    warnings: tuple[str, ...] = ()
 
 
 def normalize_key(key: str) -> str:
@@ -106,21 +125,75 @@ def table_name(path: Path, command: str | None = None) -> str:
     return f"[{name}]" if name else "top level"
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` on one line: control characters escaped, cut at ``limit`` characters with "…"."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """A config value for a one-line message, as TOML writes it: control characters escaped,
+    long integers and long texts cut with "…".
+
+    >>> print(show_value(True), show_value("f16"), show_value(10**300))
+    true 'f16' an integer of 301 digits
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**20:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # beyond sys.get_int_max_str_digits (4300)
+            return "an integer of more than 4300 digits"
+    if isinstance(value, str):
+        return clip(repr(value), limit)
+    try:
+        text = json.dumps(value, ensure_ascii=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    text = {"Infinity": "inf", "-Infinity": "-inf", "NaN": "nan"}.get(text, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _read_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    where = display_path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise UsageError(f"config file {where} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {where} is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"config file {where}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise UsageError(f"config file {where} is larger than {limit // 2**20} MiB")
+    return data
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    where = display_path(path)
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML: not UTF-8 (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{where}: invalid TOML: {clip(str(exc))}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: invalid TOML: nested too deeply") from None
+    except ValueError:  # int() of a literal beyond the 4300-digit limit
+        raise UsageError(f"{where}: invalid TOML: an integer with too many digits") from None
+
+
 def read_table(path: Path, *, required: bool = True) -> dict[str, Any] | None:
     """The smcheck table of ``path``: ``[tool.smcheck]`` of a pyproject.toml, else the file.
 
     A pyproject.toml without the table gives None when not ``required`` (discovery walks on)
     and a :class:`UsageError` when it is (the user named that file).
     """
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise UsageError(f"config file {display_path(path)} does not exist") from exc
-    except IsADirectoryError as exc:
-        raise UsageError(f"config file {display_path(path)} is a directory") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{display_path(path)}: invalid TOML: {exc}") from exc
+    data = _parse(path)
     if path.name != "pyproject.toml":
         return data
     table = data.get("tool", {}).get("smcheck") if isinstance(data.get("tool"), dict) else None
@@ -133,22 +206,64 @@ def read_table(path: Path, *, required: bool = True) -> dict[str, Any] | None:
     return table
 
 
-def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The nearest config file at or above ``start`` and its smcheck table, or None."""
-    for directory in (start, *start.parents):
-        for name in CONFIG_NAMES:
-            candidate = directory / name
-            if candidate.is_file():
-                table = read_table(candidate, required=False)
-                if table is not None:
-                    return candidate, table
+def untrusted(path: Path) -> str | None:
+    """Why a discovered config file is not to be trusted, or None when it is.
+
+    Another user's file, or a file in a directory every user may write (anyone could have put
+    it there), is not: it could send reports over your files or your data to their scheduler.
+    """
+    try:
+        st, parent = path.stat(), path.parent.stat()
+    except OSError as exc:
+        return f"it cannot be checked ({exc.strerror or exc})"
+    geteuid = getattr(os, "geteuid", None)  # Windows: no owners to compare
+    if geteuid is not None and st.st_uid != geteuid():
+        return f"it is owned by another user (uid {st.st_uid})"
+    if parent.st_mode & stat.S_IWOTH:
+        return f"its directory {path.parent} is writable by every user"
+    if st.st_mode & stat.S_IWOTH:
+        return "it is writable by every user"
     return None
 
 
+def discover(start: Path) -> tuple[tuple[Path, dict[str, Any]] | None, tuple[str, ...]]:
+    """The nearest trusted config file at or above ``start`` with its smcheck table (or None),
+    and warnings about an untrusted one that was ignored (the search stops there)."""
+    for directory in (start, *start.parents):
+        for name in CONFIG_NAMES:
+            candidate = directory / name
+            if not candidate.is_file():
+                continue
+            why = untrusted(candidate)
+            if why is None:
+                table = read_table(candidate, required=False)
+                if table is not None:
+                    return (candidate, table), ()
+                continue
+            try:  # a foreign pyproject.toml without [tool.smcheck] sets nothing: walk on
+                has_table = read_table(candidate, required=False) is not None
+            except UsageError:
+                has_table = True
+            if has_table:
+                warning = (
+                    f"smcheck: warning: ignoring config file {display_path(candidate)}: {why}; "
+                    "name it with --config to use it"
+                )
+                return None, (warning,)
+    return None, ()
+
+
+def find_config(start: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The nearest trusted config file at or above ``start`` and its smcheck table, or None."""
+    return discover(start)[0]
+
+
 def _unknown(path: Path, where: str, key: str, choices: list[str], what: str) -> UsageError:
-    hint = difflib.get_close_matches(key, choices, n=1)
+    hint = difflib.get_close_matches(key[:100], choices, n=1)
     also = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {', '.join(choices)}"
-    return UsageError(f"{display_path(path)}: unknown {what} {key!r} in {where}{also}")
+    return UsageError(
+        f"{display_path(path)}: unknown {what} {clip(repr(key), 60)} in {where}{also}"
+    )
 
 
 def _value(spec: OptionSpec, value: Any, path: Path, where: str) -> Any:
@@ -229,10 +344,11 @@ def load_settings(
     if config is not None:
         table = read_table(config, required=True)
         assert table is not None
-        return resolve(table, config, commands)
-    found = find_config((cwd or Path.cwd()).resolve())
+        s = resolve(table, config, commands)
+        return Settings(s.path, s.default_map, s.origin, explicit=True)
+    found, warnings = discover((cwd or Path.cwd()).resolve())
     if found is None:
-        return Settings(None)
+        return Settings(None, warnings=warnings)
     return resolve(found[1], found[0], commands)
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import clip
 from .engine import EngineConfig, chunk_stats
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .loading import ZarrLogits
 from .rows import PerRowBlock
 from .stats import ChunkStats, merge
@@ -55,11 +56,24 @@ def _block(
     return chunk_stats(x, labels, start, cfg)
 
 
+#: Seconds to wait for --scheduler before giving up (exit 2).
+SCHEDULER_TIMEOUT_S = 5
+
+
 @contextmanager
-def _client(scheduler: str | None, workers: int) -> Iterator[Any]:
+def _client(
+    scheduler: str | None, workers: int, timeout: float = SCHEDULER_TIMEOUT_S
+) -> Iterator[Any]:
     distributed = _need("distributed")
     if scheduler:
-        with distributed.Client(scheduler) as client:
+        try:  # an unreachable scheduler is bad input, said within the timeout
+            client = distributed.Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                f"--scheduler {clip(scheduler, 80)}: cannot connect within {timeout:g} s "
+                f"({type(exc).__name__})"
+            ) from None
+        with client:
             yield client
         return
     with (

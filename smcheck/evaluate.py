@@ -7,8 +7,8 @@ in row chunks (:mod:`smcheck.engine`: bounded memory, results identical for any 
 the merged statistics become the report (:mod:`smcheck.eval_report`: the verdicts in words).
 Default thresholds: :func:`smcheck.metrics.default_thresholds`.
 
-(:class:`PerRowWriter` and :func:`per_row_columns`, a ``per_row`` sink writing files, live here
-until they move to :mod:`smcheck.output`.)
+The ``per_row`` sink that writes files, :class:`smcheck.output.PerRowWriter`, is re-exported
+here under its old address.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .loading import ZarrLogits
 from .methods import DEFAULT_METHODS, METHODS
 from .metrics import default_thresholds
 from .options import merge_options
+from .output import PerRowWriter  # re-exported: it lives in smcheck.output now
 from .prepare import CheckedInput, DtypeLike, check_input
 from .reference import reference_precision_name
 from .rows import PerRowBlock
@@ -249,61 +250,3 @@ def per_row_columns(block: PerRowBlock) -> dict[str, np.ndarray]:
             v = values[f]
             cols[f"{m}_{f}"] = v.astype(np.int8) if v.dtype == bool else v
     return cols
-
-
-class PerRowWriter:
-    """A ``per_row`` sink for :func:`evaluate` writing ``.csv`` (streamed) or ``.npz`` (kept
-    in memory: N rows x a few columns, then saved) atomically; use as a context manager.
-
-    Label-free mode: ``label`` is -1, ``ref_loss`` and ``<method>_loss`` are the row's argmax
-    class (its smallest loss), error columns the worst over the row's classes (loss) and its
-    checked labels (gradient).
-    """
-
-    def __init__(self, path: str, inputs: Sequence[str] = ()) -> None:
-        suffix = path.lower().rsplit(".", 1)[-1] if "." in path else ""
-        if suffix not in ("csv", "npz"):
-            raise UsageError(f"--per-row {path}: the file name must end in .csv or .npz")
-        self.path = path
-        self.kind = suffix
-        self.inputs = tuple(inputs)
-        self._parts: list[dict[str, np.ndarray]] = []
-        self._header_done = False
-        self._ctx: Any = None
-        self._fh: Any = None
-        self._tmp: Any = None
-
-    def __enter__(self) -> PerRowWriter:
-        from .output import atomic_path
-
-        self._ctx = atomic_path(self.path, inputs=self.inputs)
-        self._tmp = self._ctx.__enter__()
-        if self.kind == "csv":
-            self._fh = open(self._tmp, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        return self
-
-    def __call__(self, block: PerRowBlock) -> None:
-        cols = per_row_columns(block)
-        if self.kind == "npz":
-            self._parts.append(cols)
-            return
-        if not self._header_done:
-            self._fh.write(",".join(cols) + "\n")
-            self._header_done = True
-        if block.row.size == 0:
-            return
-        fmts = ["%d" if v.dtype.kind in "iu" else "%.17g" for v in cols.values()]
-        table = np.column_stack([v.astype(np.float64) for v in cols.values()])
-        np.savetxt(self._fh, table, fmt=fmts, delimiter=",")
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._fh is not None:
-                self._fh.close()
-            if exc[0] is None and self.kind == "npz":
-                names = self._parts[0].keys() if self._parts else ()
-                merged = {n: np.concatenate([p[n] for p in self._parts]) for n in names}
-                with open(self._tmp, "wb") as fh:
-                    np.savez(fh, **merged)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
-        finally:
-            self._ctx.__exit__(*exc)

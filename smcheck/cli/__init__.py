@@ -15,6 +15,7 @@ replaces an option's built-in default, and the command line still wins over both
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from .. import __version__
 from ..config import (
     OptionSpec,
     Settings,
+    clip,
     display_path,
     load_settings,
     normalize_key,
+    show_value,
     table_name,
 )
 from ..errors import SmcheckError, UsageError
@@ -105,6 +108,62 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
     return specs
 
 
+def _toml_type_error(param: click.Parameter, value: Any) -> str | None:
+    """Why a TOML value does not fit the option's type, or None.
+
+    Stricter than the command line, where every value is text: click would read ``top = 3.5``
+    as 3 and ``top = true`` as 1 (``int(True)``), and take ``chunk-mb = inf``.
+    """
+    values = value if param.multiple and isinstance(value, list) else [value]
+    kind = param.type
+    for v in values:
+        if isinstance(v, dict | list):
+            return "expected a single value"
+        if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):
+            if not isinstance(v, bool):
+                return "expected true or false"
+        elif isinstance(kind, click.types.IntParamType):
+            if isinstance(v, bool) or not isinstance(v, int):
+                return "expected an integer"
+            if not -(2**63) <= v < 2**63:
+                return "out of range"
+        elif isinstance(kind, click.types.FloatParamType):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return "expected a number"
+            if isinstance(v, float) and not math.isfinite(v):
+                return "expected a finite number"
+        elif isinstance(kind, click.Choice):
+            if not isinstance(v, str):
+                return "expected a string"
+        elif isinstance(v, bool | float):  # text options; an integer reads as its digits
+            return "expected a string"
+    return None
+
+
+def _word_error(param_name: str, value: Any) -> str | None:
+    """Why a text value the command parses itself (dtype, accum, methods) is bad, or None.
+
+    Checked here so the error names the config file; the command would only say
+    ``unknown dtype 'float17'``, and leave the user looking for where it came from.
+    """
+    from ..precisions import get_precision
+    from .options import parse_methods
+
+    try:
+        if param_name in ("dtype", "dtypes"):
+            for v in value if isinstance(value, list) else [value]:
+                for item in str(v).split(","):
+                    if item.strip():
+                        get_precision(item.strip())
+        elif param_name == "accum" and value not in (None, "working"):
+            get_precision(str(value))
+        elif param_name == "methods":
+            parse_methods(str(value))
+    except (SmcheckError, ValueError, TypeError) as exc:
+        return str(exc)
+    return None
+
+
 def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> None:
     """Convert each file value as the command line would, so a bad one names the file.
 
@@ -118,12 +177,16 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
     for name, values in settings.default_map.items():
         params = {p.name: p for p in group.commands[name].params}
         for param_name, value in values.items():
+            wrong = _toml_type_error(params[param_name], value) or _word_error(param_name, value)
+            if wrong is not None:
+                failures[name, param_name] = wrong
+                continue
             try:
                 params[param_name].type_cast_value(ctx, value)
             except click.BadParameter as exc:
                 failures[name, param_name] = exc.message
-            except (TypeError, ValueError, AttributeError) as exc:  # e.g. a number for a flag
-                failures[name, param_name] = f"not a valid value ({exc})"
+            except (TypeError, ValueError, AttributeError, OverflowError):  # a number for a flag
+                failures[name, param_name] = "not a valid value"
     top = table_name(settings.path) if settings.path is not None else ""
 
     def key(name: str, param_name: str) -> str:
@@ -145,8 +208,37 @@ def _check_types(ctx: click.Context, group: click.Group, settings: Settings) -> 
         param = {p.name: p for p in group.commands[name].params}[param_name]
         value = settings.default_map[name][param_name]
         raise UsageError(
-            f"{display_path(settings.path)}: {_key_of(param)} = {value!r} in {where}: {message}"
+            f"{display_path(settings.path)}: {_key_of(param)} = {show_value(value)} in {where}: "
+            f"{clip(message, 120)}"
         )
+
+
+#: Settings that decide where output goes or where data is sent: a discovered file that sets
+#: them is announced on stderr, so no file silently redirects a report.
+ANNOUNCED = ("output", "per_row", "write_baseline", "engine", "scheduler")
+
+
+def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> None:
+    """Say which output/engine settings a discovered file gives the command about to run;
+    refuse a scheduler from any file but one named with --config (it receives the data)."""
+    name = ctx.invoked_subcommand
+    if settings.path is None or name is None:
+        return
+    values = settings.default_map.get(name, {})
+    params = {p.name: p for p in group.commands[name].params} if name in group.commands else {}
+    present = [p for p in ANNOUNCED if p in values and p in params]
+    where = {p: f"{display_path(settings.path)} {settings.origin[name][p]}" for p in present}
+    if "scheduler" in present and not settings.explicit:
+        raise UsageError(
+            f"{where['scheduler']}: scheduler = {show_value(values['scheduler'])}: a Dask "
+            "scheduler is taken from a config file only when --config names that file"
+        )
+    if settings.explicit:
+        return
+    for param_name in present:
+        key = _key_of(params[param_name])
+        shown = show_value(values[param_name])
+        click.echo(f"smcheck: note: {key} = {shown} from {where[param_name]}", err=True)
 
 
 @click.group(cls=SmcheckGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,7 +273,10 @@ def cli(ctx: click.Context, config_file: Path | None, no_config: bool, debug: bo
     assert isinstance(group, click.Group)
     specs = option_specs(group)
     settings = Settings(None) if no_config else load_settings(specs, config=config_file)
+    for warning in settings.warnings:
+        click.echo(warning, err=True)
     _check_types(ctx, group, settings)
+    _announce(ctx, group, settings)
     ctx.obj["settings"] = settings
     ctx.obj["option_specs"] = specs
     # the file replaces built-in defaults; a default_map given by the caller (tests) wins

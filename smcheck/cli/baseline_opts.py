@@ -22,7 +22,6 @@ fail); the regressions and notes go to stderr, so the report on stdout is unchan
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,8 +29,9 @@ from typing import Any, TypeVar
 import click
 
 from ..baseline import DEFAULT_FACTOR, check_baseline, compare, make_baseline, render_result
-from ..errors import InputError, UsageError
-from ..output import check_not_input, write_atomic
+from ..errors import InputError
+from ..output import check_distinct, check_not_input, write_atomic
+from .options import FiniteFloatRange, all_inputs
 
 __all__ = ["baseline_options", "finish_baseline", "start_baseline"]
 
@@ -44,7 +44,7 @@ def baseline_options() -> Callable[[F], F]:
     def apply(f: F) -> F:
         f = click.option(
             "--regression-factor",
-            type=click.FloatRange(min=1),
+            type=FiniteFloatRange(min=1),
             default=DEFAULT_FACTOR,
             show_default=True,
             help="With --baseline: an error metric regresses when it grows by more than this.",
@@ -68,20 +68,9 @@ def baseline_options() -> Callable[[F], F]:
 
 
 def _load(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{path}: baseline file does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable JSON baseline ({exc})") from None
+    from ..baseline import read_baseline
 
-
-def _same_path(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):  # one does not exist yet
-        return os.path.realpath(a) == os.path.realpath(b)
+    return read_baseline(path)
 
 
 def start_baseline(
@@ -92,16 +81,17 @@ def start_baseline(
     outputs: Mapping[str, str | None] | None = None,
 ) -> None:
     """Check the options before the run, so a bad one costs no work (exit 2): ``baseline``
-    must be a readable baseline of ``command``; ``write_baseline`` must not be an input nor
-    one of the command's other ``outputs`` (option name -> path)."""
+    must be a readable baseline of ``command``; no output (``write_baseline`` and the
+    command's other ``outputs``, option name -> path) may be an input - the data files, the
+    baseline, the config file - or the same file as another output."""
     if baseline is not None:
         check_baseline(_load(baseline), command, baseline)
-    if write_baseline is None:
-        return
-    check_not_input(write_baseline, [i for i in inputs if i])
-    for option, path in (outputs or {}).items():
-        if path and path != "-" and _same_path(path, write_baseline):
-            raise UsageError(f"--write-baseline and {option} are the same file: {path}")
+    every = {"--write-baseline": write_baseline, **(outputs or {})}
+    for option, path in every.items():
+        if path and path != "-":
+            # --write-baseline onto --baseline is the ratchet: read first, then replaced
+            check_not_input(path, all_inputs(*inputs, baseline=option != "--write-baseline"))
+    check_distinct(every)
 
 
 def finish_baseline(
@@ -127,9 +117,14 @@ def finish_baseline(
     report = json.loads(json.dumps(report, allow_nan=False))
     ident = json.loads(json.dumps(identity() if callable(identity) else identity))
     if baseline is not None:
-        result = compare(
-            _load(baseline), report, ident, command=command, factor=factor, name=baseline
-        )
+        doc = _load(baseline)
+        try:
+            result = compare(doc, report, ident, command=command, factor=factor, name=baseline)
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            # _check_report vets what compare reads; this names the file if a corner slips by
+            raise InputError(f"{baseline}: not a valid smcheck baseline (malformed)") from None
         click.echo(render_result(result, Path(baseline).name, factor), err=True)
         code = 0 if result.ok or exit_zero else 1
     if write_baseline is not None:
@@ -137,6 +132,6 @@ def finish_baseline(
         write_atomic(
             write_baseline,
             json.dumps(doc, indent=2, allow_nan=False) + "\n",
-            inputs=[i for i in inputs if i],
+            inputs=all_inputs(*inputs, baseline=False),
         )
     return code

@@ -19,6 +19,7 @@ from ..render.compare import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
 from .options import (
+    FiniteFloatRange,
     color_option,
     dtype_options,
     exit_zero_option,
@@ -91,7 +92,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
 @dtype_options()
 @click.option(
     "--max-loss-ulp",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=None,
     help="Largest loss error allowed, in ulps of max(|L|, 1) of the working dtype. Default: "
     "4 + log2(classes) * eps(accum) / eps(dtype) (a reduction adds log2(rows) * eps(accum) / "
@@ -99,7 +100,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
 )
 @click.option(
     "--max-grad-err",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=None,
     help="Largest absolute gradient error allowed (max over entries, per-row units). Default: "
     "the per-row loss budget times eps(dtype) (times the largest class weight, if above 1).",

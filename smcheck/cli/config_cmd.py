@@ -12,6 +12,7 @@ from ..config import Effective, Settings, display_path, effective
 from ..errors import UsageError
 from ..render.common import safe_text
 from . import EXIT_OK, cli
+from .options import emit
 
 
 def _show(value: Any) -> str:
@@ -88,5 +89,5 @@ def config_cmd(ctx: click.Context, commands: tuple[str, ...], fmt: str) -> None:
         )
     chosen = {name: opts for name, opts in specs.items() if not commands or name in commands}
     path = None if settings.path is None else display_path(settings.path)
-    click.echo(RENDERERS[fmt](path, effective(settings, chosen)), nl=False)
+    emit(RENDERERS[fmt](path, effective(settings, chosen)), None)  # a closed stdout: exit 2
     ctx.exit(EXIT_OK)

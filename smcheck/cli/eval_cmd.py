@@ -16,6 +16,9 @@ from . import cli
 from .baseline_opts import baseline_options
 from .options import (
     FAIL_ON_CHOICES,
+    FiniteFloatRange,
+    SchedulerAddress,
+    all_inputs,
     color_option,
     dtype_options,
     format_option,
@@ -84,12 +87,13 @@ from .tail import Tail, finish
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
+    type=SchedulerAddress(),
     default=None,
     help="With --engine dask: the scheduler of an existing cluster (else a local one).",
 )
 @click.option(
     "--chunk-mb",
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloatRange(min=0.001, max=2.0**40),
     default=DEFAULT_CHUNK_BYTES / 2**20,
     show_default=True,
     help="Working-memory budget of one chunk of rows, in MiB.",
@@ -158,7 +162,9 @@ def eval_cmd(
         write_baseline=write_baseline, regression_factor=regression_factor,
     )  # fmt: skip
     tail.start({"--per-row": per_row})
-    per_row_sink = PerRowWriter(per_row, inputs) if per_row else contextlib.nullcontext()
+    per_row_sink = (
+        PerRowWriter(per_row, all_inputs(*inputs)) if per_row else contextlib.nullcontext()
+    )
     keep_freed_memory()  # chunk temporaries reuse freed heap blocks (see smcheck.allocator)
     with progress_reporter(sys.stderr) as progress, per_row_sink as sink:
         report = evaluate(

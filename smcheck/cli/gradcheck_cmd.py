@@ -128,7 +128,7 @@ def _input(
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0, 2**64 - 1),
     default=0,
     show_default=True,
     help="Seed of the synthetic rows, the random directions and coordinates.",

@@ -37,6 +37,9 @@ from ..render.common import use_color
 __all__ = [
     "capped_workers",
     "FAIL_ON_CHOICES",
+    "FiniteFloatRange",
+    "SchedulerAddress",
+    "all_inputs",
     "check_output",
     "FORMATS",
     "color_option",
@@ -260,6 +263,33 @@ def exit_zero_option() -> Callable[[F], F]:
     )
 
 
+class SchedulerAddress(click.ParamType):
+    """A Dask scheduler address, ``scheme://host:port`` with a scheme distributed speaks.
+
+    Checked before any work: ``garbage://x`` is a usage error, not an internal one after the
+    input was loaded.
+    """
+
+    name = "address"
+    SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "tcp", text  # distributed's default: "host:port"
+        if scheme not in self.SCHEMES or not rest or not rest.isprintable() or len(text) > 300:
+            from ..config import clip
+
+            self.fail(
+                f"{clip(repr(text), 80)} is not a scheduler address (scheme://host:port, "
+                f"scheme one of {', '.join(self.SCHEMES)})",
+                param,
+                ctx,
+            )
+        return text
+
+
 def gate_options(
     default_gate: str = "fused", default_fail_on: str = "overflow,nonfinite"
 ) -> Callable[[F], F]:
@@ -317,24 +347,63 @@ def wants_color(choice: str, stream: Any = None, output: str | None = None) -> b
     return use_color(choice, bool(isatty and isatty()), os.environ)
 
 
+def all_inputs(*paths: str | None, baseline: bool = True) -> list[str]:
+    """``paths`` plus every other file this run reads: the config file and (unless not
+    ``baseline``) ``--baseline``.
+
+    An output must never land on any of them; they are taken from the click context, so a
+    command names only its data files.
+    """
+    out = [p for p in paths if p]
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        settings = (ctx.find_root().obj or {}).get("settings")
+        if settings is not None and settings.path is not None:
+            out.append(os.fspath(settings.path))
+        given = ctx.params.get("baseline")
+        if baseline and isinstance(given, str) and given:
+            out.append(given)
+    return list(dict.fromkeys(out))
+
+
 def check_output(output: str | None, inputs: Iterable[str | None] = ()) -> None:
     """Refuse an ``--output`` that is one of the inputs before any work is done (exit 2)."""
     if output is None or output == "-":
         return
     from ..output import check_not_input
 
-    check_not_input(output, [i for i in inputs if i])
+    check_not_input(output, all_inputs(*inputs))
+
+
+def _to_stdout(text: str) -> None:
+    """The report on stdout; a closed or full stdout is an error, never a silent exit 0."""
+    stream = sys.stdout
+    if stream is None:  # started with stdout closed: click.echo would drop the report quietly
+        raise UsageError("cannot write the report: standard output is closed")
+    try:
+        # color=True: never strip ANSI codes; the renderer already applied the --color decision
+        click.echo(text, nl=not text.endswith("\n"), color=True, file=stream)
+        stream.flush()
+    except (OSError, ValueError) as exc:  # ENOSPC (>/dev/full), EPIPE, a closed file
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is closed"
+        with contextlib.suppress(OSError, ValueError):  # no second error at interpreter exit
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, stream.fileno())
+            os.close(fd)
+        raise UsageError(
+            f"{why[:1].lower()}{why[1:]} writing the report to standard output"
+        ) from None
 
 
 def emit(text: str, output: str | None, inputs: Iterable[str | None] = ()) -> None:
-    """Write the report: to stdout, or atomically to ``output`` (refused if it is an input)."""
+    """Write the report: to stdout, or to ``output`` through :func:`smcheck.output.open_output`
+    (atomically for a file, directly for a device or FIFO; refused if it is an input)."""
     if output is None or output == "-":
-        # color=True: never strip ANSI codes; the renderer already applied the --color decision
-        click.echo(text, nl=not text.endswith("\n"), color=True)
+        _to_stdout(text)
         return
     from ..output import write_atomic
 
-    write_atomic(output, text, inputs=[i for i in inputs if i])
+    write_atomic(output, text, inputs=all_inputs(*inputs))
 
 
 def exit_code(ok: bool, exit_zero: bool) -> int:

@@ -93,8 +93,9 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     """Draw the error-vs-scale curves and write them to ``plot`` atomically."""
     from ..output import write_atomic
     from ..render.sweep_plot import render_plot
+    from .options import all_inputs
 
-    write_atomic(plot, render_plot(report, plot_fmt))
+    write_atomic(plot, render_plot(report, plot_fmt), inputs=all_inputs())
 
 
 @cli.command("sweep")
@@ -146,7 +147,13 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     default=None,
     help="Rows per cell. Default: about 1024 logits a cell (64 rows at C=10, 1 at C=32000).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the base patterns.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the base patterns.",
+)
 @click.option(
     "--max-bits",
     type=click.FloatRange(min=0),
