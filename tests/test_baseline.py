@@ -170,7 +170,6 @@ def _eval_json(logits: Path, labels: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif("eval" not in cli.commands, reason="smcheck eval has not landed")
 def test_eval_report_against_its_baseline(tmp_path: Path) -> None:
     z, y, lp, yp = _fixture(tmp_path, extra_overflow=False)
     base = make_baseline("eval", _eval_json(lp, yp), input_identity(z, y))

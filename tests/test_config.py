@@ -249,7 +249,6 @@ def test_config_command_without_file_and_unknown_command(with_probe: None, proje
     assert "unknown command 'nosuch'" in result.stderr
 
 
-@pytest.mark.skipif("eval" not in cli.commands, reason="smcheck eval has not landed yet")
 def test_eval_takes_dtype_from_the_file_unless_given(project: Path) -> None:
     rng = np.random.default_rng(0)
     np.save("logits.npy", rng.normal(0, 2, (20, 5)).astype(np.float32))
