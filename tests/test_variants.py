@@ -1,0 +1,263 @@
+"""Loss variants (logit scale, softcap, z-loss, Megatron smoothing) against mpmath at 60 digits.
+
+The oracle below is written from the formulas of docs/variants.md alone: z' = s z,
+z'' = c tanh(z' / c), loss = sum_k t_k (-log softmax(z'')_k) + lambda lse(z'')**2, and the
+gradient with respect to the original z through sech(u)**2 (mpmath's own sech, not the
+reference's 4 e^{-2|u|} / (1 + e^{-2|u|})**2).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import mpmath
+import numpy as np
+import pytest
+
+from smcheck import cross_entropy, reference
+from smcheck.errors import UsageError
+from smcheck.precisions import PRECISIONS
+from smcheck.prepare import prepare_input
+
+from .conftest import TRUTH_DPS, mp_abs_err, mp_rel_err
+
+
+def _const(v: float, dtype: str) -> float:
+    """The constant as the front door holds it: in the carrier (float32 for float32 and
+    narrower, float64 for float64)."""
+    return float(np.float64(v)) if dtype == "float64" else float(np.float32(v))
+
+
+def mp_variant_truth(
+    row: np.ndarray,
+    label: int,
+    *,
+    scale: float = 1.0,
+    cap: float | None = None,
+    lam: float = 0.0,
+    eps: float = 0.0,
+    convention: str = "torch",
+    weight: np.ndarray | None = None,
+    used: np.ndarray | None = None,
+) -> tuple[mpmath.mpf, list[mpmath.mpf], mpmath.mpf]:
+    """(loss, gradient w.r.t. the original logits, z-loss term) of one row, 60 digits.
+
+    ``used``: the coefficients as the front door rounded them to the working dtype; they must
+    be the exact t_k to within that rounding (checked), and the truth is then computed with
+    them - the same rounded inputs as the reference."""
+    with mpmath.workdps(TRUTH_DPS):
+        z0 = [mpmath.mpf(float(v)) for v in np.asarray(row, dtype=np.float64)]
+        c_n = len(z0)
+        s = mpmath.mpf(scale)
+        u = [s * v for v in z0]
+        if cap is not None:
+            cm = mpmath.mpf(cap)
+            z = [cm * mpmath.tanh(v / cm) for v in u]
+            dz = [s * mpmath.sech(v / cm) ** 2 for v in u]
+        else:
+            z = u
+            dz = [s] * c_n
+        w = [mpmath.mpf(1)] * c_n if weight is None else [mpmath.mpf(float(v)) for v in weight]
+        if convention == "torch":
+            t = [mpmath.mpf(eps) / c_n] * c_n
+            t[label] += 1 - mpmath.mpf(eps)
+        else:
+            t = [mpmath.mpf(eps) / (c_n - 1)] * c_n
+            t[label] = 1 - mpmath.mpf(eps)
+        t = [tk * wk for tk, wk in zip(t, w, strict=True)]
+        if used is not None:
+            for tk, uk in zip(t, used, strict=True):
+                assert abs(tk - mpmath.mpf(float(uk))) <= abs(tk) * 2.0**-7, (tk, uk)
+            t = [mpmath.mpf(float(uk)) for uk in used]
+        # -log p_k = log1p(sum_{j != k} exp(z_j - z_k)): no 1 + 1e-80 rounding to 1
+        nll = [
+            mpmath.log1p(mpmath.fsum(mpmath.exp(zj - zk) for j, zj in enumerate(z) if j != k))
+            for k, zk in enumerate(z)
+        ]
+        lse = z[label] + nll[label]
+        p = [mpmath.exp(v - lse) for v in z]
+        total_t = mpmath.fsum(t)
+        zl = mpmath.mpf(lam) * lse**2
+        loss = mpmath.fsum(tk * nk for tk, nk in zip(t, nll, strict=True) if tk != 0) + zl
+        grad = [
+            (p[j] * total_t - t[j] + 2 * mpmath.mpf(lam) * lse * p[j]) * dz[j] for j in range(c_n)
+        ]
+    return loss, grad, zl
+
+
+def _check(
+    name: str,
+    z: np.ndarray,
+    y: int,
+    *,
+    scale: float = 1.0,
+    cap: float | None = None,
+    lam: float = 0.0,
+    eps: float = 0.0,
+    convention: str = "torch",
+    weight: np.ndarray | None = None,
+) -> None:
+    bound = PRECISIONS[name].eps * 2.0**-20
+    prep = prepare_input(
+        z[None, :], np.array([y]), dtype=name, label_smoothing=eps, weight=weight,
+        smoothing_convention=convention,
+    )  # fmt: skip
+    x = prep.x.astype(np.float64)[0]
+    used = None if prep.coeff is None else prep.coeff.astype(np.float64)[0]
+    assert np.isfinite(x).all()
+    ref = reference(
+        z[None, :], np.array([y]), dtype=name, z_loss=lam, softcap=cap, logit_scale=scale,
+        label_smoothing=eps, smoothing_convention=convention, weight=weight,
+    )  # fmt: skip
+    loss_t, grad_t, zl_t = mp_variant_truth(
+        x, y, scale=_const(scale, name), cap=None if cap is None else _const(cap, name),
+        lam=_const(lam, name), eps=eps, convention=convention,
+        weight=weight, used=used,
+    )  # fmt: skip
+    what = (name, z[:3], y, scale, cap, lam, eps, convention)
+    lo = 0.0 if ref.loss_lo is None else ref.loss_lo[0]
+    rel = mp_rel_err(ref.loss[0], lo, loss_t)
+    assert rel <= bound, (*what, rel, bound)
+    if lam:
+        assert ref.z_loss is not None
+        assert mp_rel_err(ref.z_loss[0], 0.0, zl_t) <= 2.0**-50, what
+    else:
+        assert ref.z_loss is None
+    glo = np.zeros_like(ref.grad[0]) if ref.grad_lo is None else ref.grad_lo[0]
+    worst = max(mp_abs_err(g, gl, t) for g, gl, t in zip(ref.grad[0], glo, grad_t, strict=True))
+    assert worst <= bound, (*what, worst, bound)
+
+
+DTYPES = ["float64", "float32", "bfloat16", "float16"]
+
+
+def _rows() -> list[tuple[np.ndarray, int]]:
+    rng = np.random.default_rng(16)
+    z = rng.standard_normal(6) * 4.0
+    conf = np.array([40.0, 0.0, -3.0, 1.5])
+    return [(z, 2), (z, int(np.argmax(z))), (conf, 0), (conf, 1)]
+
+
+COMBOS = list(
+    itertools.product(
+        [1.0, 0.08838834764831845],  # 1/sqrt(128): not a float32 value
+        [None, 30.0, 50.0],
+        [0.0, 1e-4],
+        [(0.0, "torch"), (0.1, "torch"), (0.1, "megatron")],
+    )
+)
+
+
+@pytest.mark.parametrize("name", DTYPES)
+@pytest.mark.parametrize(("scale", "cap", "lam", "smooth"), COMBOS)
+def test_reference_variant_matches_mpmath(
+    name: str, scale: float, cap: float | None, lam: float, smooth: tuple[float, str]
+) -> None:
+    eps, convention = smooth
+    for z, y in _rows():
+        _check(name, z, y, scale=scale, cap=cap, lam=lam, eps=eps, convention=convention)
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("cap", [30.0, 50.0])
+def test_reference_softcap_saturated_logits_up_to_1e4(name: str, cap: float) -> None:
+    # tanh(1e4 / 30) rounds to 1 in every format: 1 - tanh**2 would cancel to 0, while the
+    # true factor is 4 e^{-667} - the gradient's absolute bound still holds, and the loss's
+    # relative one needs c tanh(u) to 113 bits
+    z = np.array([1e4, -1e4, 9000.0, 55.0, 0.0, -60.0])
+    for y in range(len(z)):
+        _check(name, z, y, cap=cap)
+        _check(name, z, y, cap=cap, lam=1e-4, scale=0.5)
+
+
+def test_reference_z_loss_at_log_sum_exp_88_in_float32() -> None:
+    # lse(z) ~ 88.7: exp(z) alone would overflow float32 (ln max = 88.72); the square ~7870
+    z = np.array([88.0, 87.5, 80.0, -5.0, 88.5], dtype=np.float32)
+    for y in range(len(z)):
+        _check("float32", z, y, lam=1e-4)
+        _check("float32", z, y, lam=1.0, eps=0.1, convention="megatron")
+
+
+def test_reference_variant_with_weights_and_negative_scale() -> None:
+    z = np.array([3.0, -1.0, 0.5, 2.0])
+    w = np.array([0.5, 2.0, 1.0, 0.25])
+    for name, y in itertools.product(["float64", "float32"], range(4)):
+        _check(name, z, y, scale=-0.75, cap=2.0, lam=1e-3, eps=0.2, convention="megatron",
+               weight=w)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "bfloat16", "float16", "float8_e4m3fn"])
+@pytest.mark.parametrize("method", ["naive", "shifted", "fused", "log1p", "online"])
+def test_methods_variant_close_to_reference(name: str, method: str) -> None:
+    # each method computes the variant in T: a few ulps of max(|L*|, 1) on ordinary rows
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((16, 9)) * 3
+    y = rng.integers(0, 9, 16)
+    kw = dict(z_loss=1e-3, softcap=15.0, logit_scale=0.5, label_smoothing=0.1,
+              smoothing_convention="megatron")  # fmt: skip
+    r = cross_entropy(z, y, method=method, dtype=name, **kw)
+    ref = reference(z, y, dtype=name, **kw)
+    eps = PRECISIONS[name].eps
+    assert r.z_loss is not None and ref.z_loss is not None
+    # only the naive method overflows here (exp(7.5) > 448 in float8_e4m3fn), and says so
+    ok = ~r.overflow
+    assert ok.all() or (method == "naive" and name == "float8_e4m3fn")
+    err = np.abs(r.loss[ok].astype(np.float64) - ref.loss[ok]) / np.maximum(
+        np.abs(ref.loss[ok]), 1
+    )
+    assert err.max() <= 16 * eps, (name, method, err.max() / eps)
+    gerr = np.abs(r.grad[ok].astype(np.float64) - ref.grad[ok]).max()
+    assert gerr <= 16 * eps, (name, method, gerr / eps)
+
+
+def test_plain_options_give_the_plain_loss_bits() -> None:
+    # defaults must not route through the variant path: bit-identical results
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((5, 7)).astype(np.float32)
+    y = rng.integers(0, 7, 5)
+    for m in ["naive", "fused", "log1p", "online"]:
+        a = cross_entropy(z, y, method=m)
+        b = cross_entropy(z, y, method=m, z_loss=0.0, logit_scale=1.0, softcap=None,
+                          smoothing_convention="torch")  # fmt: skip
+        assert a.loss.tobytes() == b.loss.tobytes() and a.grad.tobytes() == b.grad.tobytes()
+        assert b.z_loss is None
+    assert prepare_input(z, y).variant is None
+
+
+def test_megatron_without_smoothing_is_the_plain_loss() -> None:
+    z = np.array([[1.0, 2.0, 0.5]])
+    a = reference(z, np.array([1]), smoothing_convention="megatron")
+    b = reference(z, np.array([1]))
+    assert a.loss.tolist() == b.loss.tolist()
+
+
+def test_softcap_kernel_form_is_zero_where_tanh_saturates() -> None:
+    # the kernel's 1 - th*th is exactly 0 at 1e4/30 in float32; the true gradient there is
+    # ~1e-290: the absolute error is far below eps
+    r = cross_entropy(np.array([[1e4, 0.0]], np.float32), np.array([0]), softcap=30.0)
+    ref = reference(np.array([[1e4, 0.0]], np.float32), np.array([0]), softcap=30.0)
+    assert r.grad[0, 0] == 0 and 0 < abs(ref.grad[0, 0]) < 1e-280
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"softcap": 0.0}, "softcap must be a finite number > 0"),
+        ({"softcap": float("inf")}, "softcap must be a finite number > 0"),
+        ({"logit_scale": 0.0}, "logit_scale must be a finite nonzero number"),
+        ({"logit_scale": float("nan")}, "logit_scale must be a finite nonzero number"),
+        ({"z_loss": -1e-4}, "z_loss must be a finite number >= 0"),
+        ({"z_loss": float("inf")}, "z_loss must be a finite number >= 0"),
+        ({"smoothing_convention": "tf"}, "unknown smoothing_convention 'tf'"),
+        ({"softcap": 1e39, "dtype": "float32"}, "not representable in float32"),
+    ],
+)
+def test_variant_options_refused_at_the_front_door(kw: dict, msg: str) -> None:
+    with pytest.raises(UsageError, match=msg):
+        cross_entropy(np.zeros((1, 3)), np.array([0]), **kw)
+
+
+def test_megatron_with_one_class_refused() -> None:
+    with pytest.raises(UsageError, match="at least 2 classes"):
+        reference(np.zeros((2, 1)), np.array([0, 0]), label_smoothing=0.1,
+                  smoothing_convention="megatron")  # fmt: skip
