@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, UsageError
-from .variants import Variant, check_variant
 from .precisions import (
     PRECISIONS,
     CastReport,
@@ -44,6 +43,7 @@ from .precisions import (
     resolve_accum,
     to_carrier,
 )
+from .variants import Variant, check_variant
 
 __all__ = [
     "CASTS",

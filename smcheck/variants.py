@@ -145,8 +145,7 @@ def check_variant(
         raise UsageError(f"logit_scale must be a finite nonzero number, got {logit_scale}")
     if smoothing_convention not in CONVENTIONS:
         raise UsageError(
-            f"unknown smoothing_convention {smoothing_convention!r}; expected 'torch' or"
-            " 'megatron'"
+            f"unknown smoothing_convention {smoothing_convention!r}; expected 'torch' or 'megatron'"
         )
     if smoothing_convention == "megatron" and classes is not None and classes < 2:
         raise UsageError(

@@ -193,8 +193,8 @@ def test_methods_variant_close_to_reference(name: str, method: str) -> None:
     rng = np.random.default_rng(3)
     z = rng.standard_normal((16, 9)) * 3
     y = rng.integers(0, 9, 16)
-    kw = dict(z_loss=1e-3, softcap=15.0, logit_scale=0.5, label_smoothing=0.1,
-              smoothing_convention="megatron")  # fmt: skip
+    kw = {"z_loss": 1e-3, "softcap": 15.0, "logit_scale": 0.5, "label_smoothing": 0.1,
+              "smoothing_convention": "megatron"}  # fmt: skip
     r = cross_entropy(z, y, method=method, dtype=name, **kw)
     ref = reference(z, y, dtype=name, **kw)
     eps = PRECISIONS[name].eps
@@ -204,9 +204,7 @@ def test_methods_variant_close_to_reference(name: str, method: str) -> None:
     ok = np.isfinite(r.loss.astype(np.float64)) & np.isfinite(r.grad.astype(np.float64)).all(1)
     assert (r.overflow | r.underflow)[~ok].all()
     assert ok.all() or (method in ("naive", "shifted") and name == "float8_e4m3fn")
-    err = np.abs(r.loss[ok].astype(np.float64) - ref.loss[ok]) / np.maximum(
-        np.abs(ref.loss[ok]), 1
-    )
+    err = np.abs(r.loss[ok].astype(np.float64) - ref.loss[ok]) / np.maximum(np.abs(ref.loss[ok]), 1)
     assert err.max() <= 16 * eps, (name, method, err.max() / eps)
     gerr = np.abs(r.grad[ok].astype(np.float64) - ref.grad[ok]).max()
     assert gerr <= 16 * eps, (name, method, gerr / eps)
