@@ -261,3 +261,46 @@ def test_megatron_with_one_class_refused() -> None:
     with pytest.raises(UsageError, match="at least 2 classes"):
         reference(np.zeros((2, 1)), np.array([0, 0]), label_smoothing=0.1,
                   smoothing_convention="megatron")  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["torch", "jax"])
+def test_framework_methods_compute_the_variant(method: str) -> None:
+    pytest.importorskip(method)
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((6, 5)) * 20
+    y = rng.integers(0, 5, 6)
+    kw = {"z_loss": 1e-3, "softcap": 30.0, "logit_scale": 0.75, "label_smoothing": 0.1,
+          "smoothing_convention": "megatron"}  # fmt: skip
+    r = cross_entropy(z, y, method=method, dtype="float32", **kw)
+    ref = reference(z, y, dtype="float32", **kw)
+    eps = PRECISIONS["float32"].eps
+    assert r.z_loss is not None
+    assert np.abs(r.loss - ref.loss).max() <= 64 * eps * np.abs(ref.loss).max()
+    assert np.abs(r.grad - ref.grad).max() <= 64 * eps
+
+
+def test_wrong_formulas_are_far_from_the_reference() -> None:
+    # the mistakes the issue names, computed in float64 by hand: each is off by far more than
+    # any method's rounding error, so an analysis comparing against the reference sees it
+    z = np.array([[40.0, -20.0, 3.0, 25.0]])
+    y = np.array([3])
+    ref = reference(z, y, softcap=30.0, logit_scale=2.0, z_loss=1e-3, label_smoothing=0.1,
+                    smoothing_convention="megatron")  # fmt: skip
+
+    def loss_of(zz: np.ndarray, coeff: np.ndarray, zl: float) -> float:
+        lse = float(np.log(np.exp(zz - zz.max()).sum()) + zz.max())
+        return float((coeff * (lse - zz)).sum() + 1e-3 * zl * lse**2)
+
+    megatron = np.array([0.1 / 3, 0.1 / 3, 0.1 / 3, 0.9])
+    torch_c = np.array([0.025, 0.025, 0.025, 0.925])
+    s = 2.0 * z[0]
+    right = loss_of(30 * np.tanh(s / 30), megatron, 1)
+    assert abs(right - ref.loss[0]) < 1e-12 * right
+    wrong = {
+        "z tanh(z / c)": loss_of(s * np.tanh(s / 30), megatron, 1),
+        "cap before scale": loss_of(2.0 * 30 * np.tanh(z[0] / 30), megatron, 1),
+        "torch convention": loss_of(30 * np.tanh(s / 30), torch_c, 1),
+        "no z-loss": loss_of(30 * np.tanh(s / 30), megatron, 0),
+    }
+    for name, w in wrong.items():
+        assert abs(w - ref.loss[0]) > 1e-4 * abs(ref.loss[0]), name
