@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -241,7 +241,11 @@ def reference_block(
     a loss variant; the smoothing convention is already in ``coeff``.
     """
     if variant is not None and variant.changes_values:
-        return _variant_reference(x, y, working, coeff, variant)
+        out = _variant_reference(x, y, working, coeff, variant)
+        if keep_prob or y is None or coeff is not None:
+            return out
+        # the caller asked for the labels' probabilities only
+        return replace(out, prob=out.prob[np.arange(out.prob.shape[0]), y])
     keep_prob = keep_prob or y is None or coeff is not None
     name = reference_precision_name(working)
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
