@@ -304,3 +304,107 @@ def test_wrong_formulas_are_far_from_the_reference() -> None:
     }
     for name, w in wrong.items():
         assert abs(w - ref.loss[0]) > 1e-4 * abs(ref.loss[0]), name
+
+
+def _their_kernel(z: np.ndarray, y: np.ndarray, mistake: str | None) -> tuple[np.ndarray, ...]:
+    """A float32 kernel of scale 2, cap 30, z-loss 1e-3, Megatron smoothing 0.1 - right, or with
+    one of the mistakes the issue names. Written from the formulas, in float32."""
+    f = np.float32
+    z = z.astype(f)
+    c_n = z.shape[1]
+    s, cap, lam, eps = f(2.0), f(30.0), f(1e-3), f(0.1)
+    capped = mistake != "z-loss from the unshifted sum"  # a cap keeps exp(zz) <= e**30
+    if not capped:
+        zz = s * z
+    elif mistake == "cap before scale":
+        zz = s * (cap * np.tanh(z / cap))
+    elif mistake == "z tanh(z / c)":
+        zz = (s * z) * np.tanh(s * z / cap)
+    else:
+        zz = cap * np.tanh(s * z / cap)
+    m = zz.max(axis=1, keepdims=True)
+    e = np.exp(zz - m)
+    ssum = e.sum(axis=1, keepdims=True)
+    lse = (m + np.log(ssum))[:, 0]
+    if mistake == "z-loss from the unshifted sum":
+        with np.errstate(over="ignore"):
+            lse_z = np.log(np.exp(zz).sum(axis=1))
+    else:
+        lse_z = lse
+    onehot = np.eye(c_n, dtype=f)[y]
+    if mistake == "torch convention":
+        t = (1 - eps) * onehot + eps / c_n
+    else:
+        t = (1 - eps) * onehot + eps / (c_n - 1) * (1 - onehot)
+    nll = lse[:, None] - zz
+    loss = (t * nll).sum(axis=1) + lam * lse_z * lse_z
+    p = e / ssum
+    with np.errstate(invalid="ignore"):  # inf * 0 of the unshifted mistake: its NaN is the bug
+        g = p * t.sum(axis=1, keepdims=True) - t + 2 * lam * lse_z[:, None] * p
+    if not capped:
+        g = g * s
+    elif mistake != "cap before scale":
+        g = g * (1 - np.tanh(s * z / cap) ** 2) * s
+    return loss.astype(f), g.astype(f)
+
+
+MISTAKES = [
+    "z tanh(z / c)",
+    "cap before scale",
+    "torch convention",
+    "z-loss from the unshifted sum",
+]
+
+
+@pytest.mark.parametrize("mistake", [None, *MISTAKES])
+def test_compare_catches_each_wrong_formula(mistake: str | None) -> None:
+    from smcheck import compare
+
+    rng = np.random.default_rng(9)
+    z = (rng.standard_normal((32, 11)) * 8).astype(np.float32)
+    z[:4, 0] = 60.0  # exp(2 * 60) overflows float32: the unshifted z-loss sum is inf
+    y = rng.integers(0, 11, 32)
+    loss, grad = _their_kernel(z, y, mistake)
+    cap = None if mistake == "z-loss from the unshifted sum" else 30.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        rep = compare(z, y, loss, grad, logit_scale=2.0, softcap=cap, z_loss=1e-3,
+                      label_smoothing=0.1, smoothing_convention="megatron")  # fmt: skip
+    assert rep.variant is not None and rep.variant.softcap == cap
+    if mistake is None:
+        assert rep.ok, rep.verdict
+    else:
+        assert not rep.ok and rep.verdict in ("broken", "lossy"), (mistake, rep.verdict)
+
+
+def test_compare_and_eval_cli_name_the_variant(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from smcheck.cli import cli
+
+    rng = np.random.default_rng(2)
+    z = (rng.standard_normal((16, 7)) * 5).astype(np.float32)
+    y = rng.integers(0, 7, 16)
+    loss, grad = _their_kernel(z, y, None)
+    for name, a in (("z", z), ("y", y), ("loss", loss), ("grad", grad)):
+        np.save(tmp_path / f"{name}.npy", a)
+    runner = CliRunner()
+    flags = ["--logit-scale", "2", "--softcap", "30", "--z-loss", "1e-3"]
+    f = {k: str(tmp_path / f"{k}.npy") for k in ("z", "y", "loss", "grad")}
+    args = ["compare", f["z"], "--labels", f["y"], "--loss", f["loss"], "--grad", f["grad"]]
+    args += ["--label-smoothing", "0.1", "--smoothing-convention", "megatron", *flags]
+    r = runner.invoke(cli, [*args, "-f", "json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["input"]["variant"] == {
+        "logit_scale": 2.0, "softcap": 30.0, "z_loss": float(np.float32(1e-3)),
+        "smoothing_convention": "megatron",
+    }  # fmt: skip
+    r = runner.invoke(cli, ["eval", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"),
+                            *flags])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "loss variant    logit_scale=2, softcap=30, z_loss=0.001" in r.stdout
+    r = runner.invoke(cli, ["eval", str(tmp_path / "z.npy"), "--softcap", "-3"])
+    assert r.exit_code == 2
+    assert r.stderr.strip().endswith("softcap must be a finite number > 0, got -3.0")
