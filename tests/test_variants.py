@@ -408,3 +408,28 @@ def test_compare_and_eval_cli_name_the_variant(tmp_path) -> None:
     r = runner.invoke(cli, ["eval", str(tmp_path / "z.npy"), "--softcap", "-3"])
     assert r.exit_code == 2
     assert r.stderr.strip().endswith("softcap must be a finite number > 0, got -3.0")
+
+
+@pytest.mark.parametrize("name", ["z_tanh", "cap_before_scale", "z_loss_unshifted",
+                                  "z_loss_always", "wrong_convention"])  # fmt: skip
+def test_kernel_probes_catch_each_wrong_variant_kernel(name: str) -> None:
+    pytest.importorskip("torch")
+    from smcheck.kernel import PROBES, kernel
+    from tests.kernels import variant_kernels as vk
+
+    for probe in vk.BROKEN[name]:
+        r = kernel(getattr(vk, name), dtypes="float32", vocab=(1000,), rows=16, probes=probe)
+        (result,) = r.probes
+        assert result.status == "fail", (name, probe, result.detail)
+        assert result.detail.startswith(PROBES[probe].catches)
+
+
+def test_kernel_variant_probes_pass_a_correct_kernel() -> None:
+    pytest.importorskip("torch")
+    from smcheck.kernel import kernel
+    from tests.kernels import variant_kernels as vk
+
+    probes = "softcap,scale_then_cap,z_loss,z_loss_off,smoothing_torch,smoothing_megatron"
+    r = kernel(vk.good, dtypes="float32,bfloat16", vocab=(10, 1000), rows=16, probes=probes)
+    assert r.ok, [f"{p.test_id}: {p.detail}" for p in r.failed]
+    assert len(r.probes) == 6 * 2 * 2 and not r.skipped
