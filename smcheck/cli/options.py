@@ -245,10 +245,19 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
-def variant_options() -> Callable[[F], F]:
+def variant_options(smoothing: bool = True) -> Callable[[F], F]:
     """``--z-loss``, ``--softcap``, ``--logit-scale``, ``--smoothing-convention``: the loss
-    variant checked (:mod:`smcheck.variants`; the library validates the values)."""
+    variant checked (:mod:`smcheck.variants`; the library validates the values). Commands
+    without label smoothing (sweep) take ``smoothing=False``: no convention to choose."""
+    conv = click.option(
+        "--smoothing-convention",
+        type=click.Choice(["torch", "megatron"]),
+        default="torch",
+        show_default=True,
+        help="Label smoothing over all C classes (torch) or the other C-1 (megatron).",
+    )
     return _compose(
+        *((conv,) if smoothing else ()),
         click.option(
             "--logit-scale",
             type=FiniteFloatRange(),
@@ -268,13 +277,6 @@ def variant_options() -> Callable[[F], F]:
             default=0.0,
             show_default=True,
             help="Add this times (log-sum-exp)^2 to each row's loss (PaLM's z-loss).",
-        ),
-        click.option(
-            "--smoothing-convention",
-            type=click.Choice(["torch", "megatron"]),
-            default="torch",
-            show_default=True,
-            help="Label smoothing over all C classes (torch) or the other C-1 (megatron).",
         ),
     )
 
