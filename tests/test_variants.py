@@ -451,3 +451,22 @@ def test_sweep_softcap_below_ln_max_removes_naive_overflow_in_float16() -> None:
     assert not [b for b in capped.breaks if b.kind == "overflow" and b.scale is not None]
     assert to_dict(capped)["config"]["variant"] == {"softcap": 3.0}
     assert "variant" not in to_dict(plain)["config"]
+
+
+def test_variant_config_keys_come_from_the_flags(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from smcheck.cli import cli
+
+    np.save(tmp_path / "z.npy", np.array([[1e4, 0.0, 2.0], [1.0, 2.0, 3.0]], np.float32))
+    np.save(tmp_path / "y.npy", np.array([1, 2]))
+    cfg = tmp_path / "smcheck.toml"
+    cfg.write_text('softcap = 30\n[eval]\nz-loss = 1e-4\nsmoothing_convention = "megatron"\n')
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "eval", str(tmp_path / "z.npy"),
+                                 "--labels", str(tmp_path / "y.npy"), "-f", "json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["input"]["variant"] == {
+        "softcap": 30.0, "z_loss": float(np.float32(1e-4)), "smoothing_convention": "megatron"
+    }  # fmt: skip
