@@ -63,6 +63,7 @@ from .prepare import (
     prepare_input,
 )
 from .reference import reference_precision_name
+from .variants import Variant, variant_fields
 
 __all__ = [
     "CONVENTIONS",
@@ -252,6 +253,8 @@ class CompareReport:
     weight: str | None = None  # where the class weights came from; None without weights
     label_smoothing: float = 0.0
     convention: str = "torch"
+    #: the loss variant checked (constants as used); None for the plain loss
+    variant: Variant | None = None
 
     @property
     def cast(self) -> str:
@@ -474,6 +477,7 @@ def _block(prep: Prepared, grad: np.ndarray | None, grad_scale: float, out: _Blo
         coeff = loss_coefficients(
             n_rows, classes, prep.safe_labels, prep.ignored, prep.weight, prep.label_smoothing,
             prep.soft_targets,
+            "torch" if prep.variant is None else prep.variant.smoothing_convention,
         )  # fmt: skip
         prep = dataclasses.replace(prep, coeff=coeff)
     ref = reference_of(prep)
@@ -759,9 +763,15 @@ class CompareOptions:
     their_dtypes: tuple[str, str | None] | None = None
     notes: Sequence[str] = ()
     weight_name: str = "weight"
+    #: the loss variant their kernel computes (see :mod:`smcheck.variants`); defaults: plain
+    z_loss: float = 0.0
+    softcap: float | None = None
+    logit_scale: float = 1.0
+    smoothing_convention: str = "torch"
 
     def __post_init__(self) -> None:
         _check_options(self.reduction, self.fail_on, self.label_smoothing, self.convention)
+        variant_fields(self)  # UsageError naming the option
 
 
 @dataclass(frozen=True)
@@ -843,7 +853,7 @@ def compare(
         dtype=working.name,
         accum=st.ci.accum.name,
         cast_mode=opts.cast,
-        reference_precision=reference_precision_name(working),
+        reference_precision=reference_precision_name(working, _variant(opts, working)),
         reduction=opts.reduction,
         counted_rows=st.counted,
         ignored_rows=st.ci.rows - st.counted,
@@ -866,7 +876,14 @@ def compare(
         weight=None if st.weight is None else opts.weight_name,
         label_smoothing=float(opts.label_smoothing),
         convention=opts.convention,
+        variant=_variant(opts, working),
     )
+
+
+def _variant(opts: CompareOptions, working: Precision) -> Variant | None:
+    """The loss variant with its constants as the front door rounds them; None when plain."""
+    v = variant_fields(opts)
+    return v.rounded(working.carrier) if v.active else None
 
 
 def _setup(
@@ -935,7 +952,9 @@ def _measure(st: _Setup, grad: np.ndarray | None, opts: CompareOptions) -> _Bloc
         prep = prepare_input(
             st.ci.x[i : i + step], st.labels[i : i + step], dtype=st.ci.working, cast=opts.cast,
             ignore_index=opts.ignore_index, weight=st.weight,
-            label_smoothing=opts.label_smoothing, row_offset=i,
+            label_smoothing=opts.label_smoothing, row_offset=i, z_loss=opts.z_loss,
+            softcap=opts.softcap, logit_scale=opts.logit_scale,
+            smoothing_convention=opts.smoothing_convention,
         )  # fmt: skip
         _block(prep, g_block, st.grad_scale, blocks)
     return blocks

@@ -15,11 +15,13 @@ import numpy as np
 
 from .errors import UsageError
 from .methods import (
+    LSE_FORM,
     METHODS,
     SHARED_SOFTMAX_METHODS,
     LossTargets,
     MethodFn,
     ShiftedSoftmax,
+    run_variant,
 )
 from .precisions import CastReport, Precision, accumulate, get_precision
 from .prepare import Prepared, check_labels, loss_coefficients, prepare_input
@@ -77,6 +79,8 @@ class CrossEntropyResult:
     ignored: np.ndarray
     cast_report: CastReport
     mean_denominator: float = math.nan
+    #: (N,) the z-loss term lambda lse**2 alone (already in ``loss``); None without z-loss
+    z_loss: np.ndarray | None = None
 
     def reduced(self, reduction: str = "mean", convention: str = "torch") -> float:
         """The loss reduced in the working precision: the sum accumulated in ``accum`` and
@@ -141,21 +145,36 @@ def run_method(
         kw["carrier"] = carrier
         if shared is not None and name in SHARED_SOFTMAX_METHODS:
             kw["shared"] = shared
-    if prep.coeff is None:
-        out = fn(x, prep.safe_labels, prep.working, accum, **kw)
-    else:
+    targets = None
+    if prep.coeff is not None:
         targets = LossTargets(
             prep.coeff, prep.weight, prep.label_smoothing, prep.soft_targets, prep.safe_labels
         )
+    var = prep.variant
+    if var is not None and name not in METHODS:
+        # a framework computes the variant (and the smoothing convention) its own way, as its
+        # users write it (see smcheck.frameworks)
+        kw["variant"] = var
+    if var is not None and var.changes_values and name in METHODS:
+        # the shared softmax is of the untransformed logits: not this variant's
+        out = run_variant(
+            fn, x, prep.safe_labels, prep.working, accum, targets, var,
+            form=LSE_FORM.get(name, "shifted"), carrier=carrier,
+        )  # fmt: skip
+    elif targets is None:
+        out = fn(x, prep.safe_labels, prep.working, accum, **kw)
+    else:
         out = fn(x, prep.safe_labels, prep.working, accum, targets, **kw)
     ok = prep.finite_input & ~prep.ignored
-    loss, grad = out.loss, out.grad
+    loss, grad, zl = out.loss, out.grad, out.z_loss
     if prep.ignored.any():
         loss = loss.copy()
         loss[prep.ignored] = 0
         if grad is not None:
             grad = grad.copy()
             grad[prep.ignored] = 0
+        if zl is not None:
+            zl = np.where(prep.ignored, zl.dtype.type(0), zl)
     under = out.underflow & (ok if out.underflow.ndim == 1 else ok[:, None])
     return CrossEntropyResult(
         method=name,
@@ -169,6 +188,7 @@ def run_method(
         ignored=prep.ignored,
         cast_report=prep.cast_report,
         mean_denominator=prep.mean_denominator,
+        z_loss=zl,
     )
 
 
@@ -212,6 +232,10 @@ def cross_entropy(
     ignore_index: int = -100,
     weight: np.ndarray | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
 ) -> CrossEntropyResult:
     """Per-row softmax cross-entropy and its gradient, computed by ``method`` in ``dtype``.
 
@@ -219,7 +243,10 @@ def cross_entropy(
     (``cast="ieee"`` or ``"saturate"``). Sums accumulate in ``accum`` (default float32 for
     16/8-bit types, else the working dtype). ``labels=None`` gives the label-free loss matrix;
     ``labels`` of shape (N, C) are soft targets. ``weight`` and ``label_smoothing`` are
-    PyTorch's; ``result.reduced("mean")`` applies a reduction as PyTorch does.
+    PyTorch's; ``result.reduced("mean")`` applies a reduction as PyTorch does. ``z_loss``,
+    ``softcap``, ``logit_scale`` and ``smoothing_convention`` select a loss variant (see
+    :mod:`smcheck.variants`: z <- s z, then c tanh(z / c), then the loss, plus lambda lse**2,
+    reported alone in ``result.z_loss``); the gradient is with respect to the original logits.
 
     >>> import numpy as np
     >>> r = cross_entropy(np.array([[0.0, -800.0, 1.0]]), np.array([1]), method="fused")
@@ -228,7 +255,8 @@ def cross_entropy(
     """
     prep = prepare_input(
         logits, labels, dtype=dtype, accum=accum, cast=cast, ignore_index=ignore_index,
-        weight=weight, label_smoothing=label_smoothing,
+        weight=weight, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        logit_scale=logit_scale, smoothing_convention=smoothing_convention,
     )  # fmt: skip
     assert prep.accum is not None
     return run_method(method, prep, prep.accum)
@@ -251,6 +279,8 @@ class ReferenceResult:
     ignored: np.ndarray
     finite_input: np.ndarray
     mean_denominator: float = math.nan
+    #: (N,) the z-loss term lambda lse**2 alone (already in ``loss``); None without z-loss
+    z_loss: np.ndarray | None = None
 
     def reduced(self, reduction: str = "mean", convention: str = "torch") -> float:
         """The exact reduction (math.fsum of the double-double losses), rounded to float64."""
@@ -269,13 +299,16 @@ def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS)
     n, c = prep.x.shape
     step = max(1, block_elements // max(c, 1))
     if n <= step:
-        return reference_block(prep.x, prep.safe_labels, prep.working, prep.coeff)
+        return reference_block(
+            prep.x, prep.safe_labels, prep.working, prep.coeff, variant=prep.variant
+        )
     parts = [
         reference_block(
             prep.x[i : i + step],
             None if prep.safe_labels is None else prep.safe_labels[i : i + step],
             prep.working,
             None if prep.coeff is None else prep.coeff[i : i + step],
+            variant=prep.variant,
         )
         for i in range(0, n, step)
     ]
@@ -292,6 +325,7 @@ def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS)
         prob=np.concatenate([p.prob for p in parts]),
         prob_rest=np.concatenate([p.prob_rest for p in parts]),
         precision=parts[0].precision,
+        z_loss=cat("z_loss"),
     )
 
 
@@ -304,11 +338,17 @@ def reference(
     ignore_index: int = -100,
     weight: np.ndarray | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
 ) -> ReferenceResult:
     """The reference loss and gradient of the logits rounded to ``dtype``.
 
     Accurate to eps(dtype) * 2**-20 (relative for the loss, absolute for the gradient):
-    float64 arithmetic with exact shifts for float32 and narrower, binary128 for float64.
+    float64 arithmetic with exact shifts for float32 and narrower, binary128 for float64 and
+    for every loss variant that changes values (``z_loss``, ``softcap``, ``logit_scale``, as in
+    :func:`cross_entropy`; the z-loss term alone in ``.z_loss``).
 
     >>> import numpy as np
     >>> r = reference(np.array([[0.0, -800.0, 1.0]]), np.array([1]))
@@ -317,7 +357,8 @@ def reference(
     """
     prep = prepare_input(
         logits, labels, dtype=dtype, cast=cast, ignore_index=ignore_index, weight=weight,
-        label_smoothing=label_smoothing,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention,
     )  # fmt: skip
     out = reference_of(prep)
     loss, loss_lo, grad, grad_lo = out.loss, out.loss_lo, out.grad, out.grad_lo
@@ -328,6 +369,9 @@ def reference(
             grad = np.where(prep.ignored[:, None], 0.0, grad)
         if grad_lo is not None:
             grad_lo = np.where(prep.ignored[:, None], 0.0, grad_lo)
+    zl = out.z_loss
+    if zl is not None and prep.ignored.any():
+        zl = np.where(prep.ignored, 0.0, zl)
     return ReferenceResult(
         loss,
         loss_lo,
@@ -339,4 +383,5 @@ def reference(
         prep.ignored,
         prep.finite_input,
         prep.mean_denominator,
+        zl,
     )

@@ -46,6 +46,7 @@ from .stats import (
     merge,
     merge_cast,
 )
+from .variants import Variant
 
 __all__ = [
     "FULL_GRAD_CLASSES",
@@ -85,6 +86,17 @@ class EngineConfig:
     #: logits per sub-block of a chunk's numerics (see :data:`NUMERICS_BLOCK`); a speed knob
     #: only - every step is per row, so results do not depend on it (tested)
     block_values: int = NUMERICS_BLOCK
+    #: the loss variant checked (:mod:`smcheck.variants`); None for the plain loss
+    variant: Variant | None = None
+
+    def prepare(self, x: np.ndarray, labels: np.ndarray | None, **kw: object) -> Prepared:
+        """:func:`prepare_input` with this configuration's dtype, cast and loss variant."""
+        v = self.variant or Variant()
+        return prepare_input(
+            x, labels, dtype=self.working, cast=self.cast, z_loss=v.z_loss, softcap=v.softcap,
+            logit_scale=v.logit_scale, smoothing_convention=v.smoothing_convention,
+            **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -323,8 +335,9 @@ class _LabelledRows:
         # call; the gradient takes the softmax's memory and only the labels' p are kept
         arg = self.amax[i:j] if sub.xk.dtype == np.float32 else None
         ref = reference_block(
-            sub.xk, sub.safe_labels, sub.working, keep_prob=False, row_argmax=arg, carrier=True
-        )
+            sub.xk, sub.safe_labels, sub.working, keep_prob=False, row_argmax=arg, carrier=True,
+            variant=sub.variant,
+        )  # fmt: skip
         self.ref_loss[i:j] = ref.loss
         if ref.loss_lo is not None:
             if self.ref_lo is None:
@@ -400,16 +413,13 @@ def _labelled_numerics(
     acc = _LabelledRows(n, cfg.methods)
     for i in range(0, n, step):
         j = min(i + step, n)
-        sub = prepare_input(
-            x[i:j], labels[i:j], dtype=cfg.working, cast=cfg.cast,
-            ignore_index=cfg.ignore_index, row_offset=row0 + i,
-        )  # fmt: skip
+        sub = cfg.prepare(x[i:j], labels[i:j], ignore_index=cfg.ignore_index, row_offset=row0 + i)
         acc.facts(sub, i, j)
         ref = acc.reference(sub, i, j)
         acc.methods(sub, ref, cfg, i, j)
     cast = acc.cast
     if cast is None:  # no rows: the report of rounding nothing
-        cast = prepare_input(x, labels, dtype=cfg.working, cast=cfg.cast).cast_report
+        cast = cfg.prepare(x, labels).cast_report
     assert cast is not None
     return acc.numerics(cast, row0)
 
@@ -422,7 +432,7 @@ def _label_free_methods(
     pr, pc = grad_labels(prep.xk, row0)
     keep = e[pr]
     pr, pc = pr[keep], pc[keep]
-    gprep = prepare_input(prep.xk[pr], pc, dtype=cfg.working, cast=cfg.cast)
+    gprep = cfg.prepare(prep.xk[pr], pc)
     gref = reference_of(gprep)
     assert gref.grad is not None
     g_measured = np.isfinite(gref.grad).all(axis=1)
@@ -459,7 +469,7 @@ def chunk_stats(
     rows_g = np.arange(row0, row0 + n, dtype=np.int64)
     xf: np.ndarray | None = None
     if labels is None:
-        prep = prepare_input(x, None, dtype=cfg.working, cast=cfg.cast)
+        prep = cfg.prepare(x, None)
         xf = prep.xk  # float32/float64 carrier: fast exact reductions
         nums = _label_free_numerics(prep, cfg, row0)
     else:

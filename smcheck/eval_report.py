@@ -34,6 +34,7 @@ from .diagnosis import OVERFLOW_CAUSES, underflow_margin
 from .engine import FULL_GRAD_CLASSES, RANDOM_GRAD_LABELS
 from .precisions import Precision, get_precision
 from .stats import ChunkStats, Extreme, MethodStats, hist_quantile
+from .variants import Variant
 
 __all__ = [
     "SCHEMA",
@@ -84,6 +85,8 @@ class InputSummary:
     grad_policy: str
     original_shape: tuple[int, ...]
     notes: tuple[str, ...]
+    #: the loss variant checked (constants as used); None for the plain loss
+    variant: Variant | None = None
 
 
 @dataclass(frozen=True)
@@ -450,6 +453,7 @@ def input_summary(
     label_free: bool,
     original_shape: tuple[int, ...],
     notes: tuple[str, ...],
+    variant: Variant | None = None,
 ) -> InputSummary:
     """The input as the methods saw it: the engine's input statistics, in the report's units."""
     n, c = shape
@@ -486,6 +490,7 @@ def input_summary(
         grad_policy=_grad_policy(label_free, c),
         original_shape=original_shape,
         notes=notes,
+        variant=variant,
     )
 
 

@@ -44,6 +44,7 @@ from .prepare import CheckedInput, DtypeLike, check_input
 from .reference import reference_precision_name
 from .rows import PerRowBlock
 from .stats import ChunkStats
+from .variants import Variant, variant_fields
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -113,8 +114,14 @@ class EvalOptions:
     labels_name: str | None = None
     notes: Sequence[str] = ()
     original_shape: Sequence[int] | None = None
+    #: the loss variant checked (see :mod:`smcheck.variants`); the defaults are the plain loss
+    z_loss: float = 0.0
+    softcap: float | None = None
+    logit_scale: float = 1.0
+    smoothing_convention: str = "torch"
 
     def __post_init__(self) -> None:
+        variant_fields(self)  # UsageError naming the option
         known = (*METHODS, *FRAMEWORK_METHODS)
         for what, items in (("method", self.methods), ("gated method", self.gate)):
             for m in items:
@@ -174,10 +181,16 @@ def evaluate(
         stats, names=(opts.logits_name, opts.labels_name), shape=(ci.rows, ci.classes),
         working=ci.working, accum=ci.accum, cast=opts.cast, label_free=ci.labels is None,
         original_shape=tuple(int(s) for s in shape),
-        notes=(*opts.notes, *_framework_notes(opts.run_methods)),
+        notes=(*opts.notes, *_framework_notes(opts.run_methods)), variant=_variant(opts, ci),
     )  # fmt: skip
-    reference = reference_precision_name(ci.working)
+    reference = reference_precision_name(ci.working, _variant(opts, ci))
     return build_report(stats, inp, gate, opts.run_methods, ci.working, reference)
+
+
+def _variant(opts: EvalOptions, ci: CheckedInput) -> Variant | None:
+    """The loss variant with its constants as the front door rounds them; None when plain."""
+    v = variant_fields(opts)
+    return v.rounded(ci.working.carrier) if v.active else None
 
 
 def _gate_config(opts: EvalOptions, ci: CheckedInput) -> GateConfig:
@@ -195,7 +208,10 @@ def _gate_config(opts: EvalOptions, ci: CheckedInput) -> GateConfig:
 def _run_chunks(ci: CheckedInput, opts: EvalOptions) -> ChunkStats:
     """The methods and the reference over every chunk of rows, merged (local or Dask)."""
     methods = opts.run_methods
-    cfg = EngineConfig(ci.working, ci.accum, methods, opts.cast, opts.ignore_index, opts.top)
+    cfg = EngineConfig(
+        ci.working, ci.accum, methods, opts.cast, opts.ignore_index, opts.top,
+        variant=variant_fields(opts) if variant_fields(opts).active else None,
+    )  # fmt: skip
     label_free = ci.labels is None
     rows_per_chunk = opts.chunk_rows or chunk_rows_for(
         ci.classes, len(methods), label_free, opts.chunk_bytes

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .precisions import Precision, accumulate, from_carrier, round_in, to_carrier
+from .variants import Variant
 
 __all__ = [
     "METHODS",
@@ -36,6 +37,7 @@ __all__ = [
     "MethodOutput",
     "MethodFn",
     "ShiftedSoftmax",
+    "run_variant",
     "shifted_softmax",
 ]
 
@@ -51,6 +53,7 @@ class MethodOutput:
     grad: np.ndarray | None  # (N, C); None label-free
     overflow: np.ndarray  # (N,) bool
     underflow: np.ndarray  # (N,) bool, or (N, C) label-free
+    z_loss: np.ndarray | None = None  # (N,) the z-loss term alone (in ``loss``); None without
 
 
 MethodFn = Callable[..., MethodOutput]  # (x, y, working, accum, targets=None) -> MethodOutput
@@ -99,7 +102,8 @@ def _output(out: MethodOutput, t: Precision, carrier: bool) -> MethodOutput:
     if carrier:
         return out
     grad = None if out.grad is None else from_carrier(out.grad, t)
-    return MethodOutput(from_carrier(out.loss, t), grad, out.overflow, out.underflow)
+    zl = None if out.z_loss is None else from_carrier(out.z_loss, t)
+    return MethodOutput(from_carrier(out.loss, t), grad, out.overflow, out.underflow, zl)
 
 
 def _mul(p: np.ndarray, q: np.ndarray, t: Precision, unit: bool = False) -> np.ndarray:
@@ -547,3 +551,102 @@ SHARED_SOFTMAX_METHODS: frozenset[str] = frozenset({"shifted", "fused", "log1p"}
 
 #: What ``eval`` runs unless told otherwise (``all`` adds the rest).
 DEFAULT_METHODS: tuple[str, ...] = ("naive", "shifted", "fused", "log1p")
+
+
+#: How each method forms log-sum-exp for the z-loss, as a kernel of that formulation would:
+#: naive from the unshifted sum (overflows with its softmax), log1p as m + log1p(s'), every
+#: other as m + log(s).
+LSE_FORM: dict[str, str] = {"naive": "unshifted", "log1p": "log1p"}
+
+
+def _lse_and_prob(
+    z: np.ndarray, t: Precision, a: Precision, form: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lse rounded to T, p rounded to T) of carrier values ``z``, in the form ``form``."""
+    if form == "unshifted":
+        e = round_in(np.exp(z), t, nonneg=True)
+        e_a = e.astype(a.dtype, copy=False)
+        s = accumulate(e_a, a)
+        return round_in(np.log(s), t), _softmax_div(e_a, s, t)
+    sm = shifted_softmax(z, t, a)
+    if form == "log1p":
+        rows = _rows(z.shape[0])
+        k = z.argmax(axis=1)
+        e_a = sm.e_a.copy()
+        e_a[rows, k] = 0
+        s_rest = accumulate(e_a, a)
+        e_a[rows, k] = sm.e_a[rows, k]
+        lse = round_in(sm.m + round_in(np.log1p(s_rest), t), t)
+        return lse, _softmax_div(e_a, s_rest + a.dtype.type(1.0), t)
+    return round_in(sm.m + round_in(np.log(sm.s), t), t), sm.p
+
+
+def run_variant(
+    fn: MethodFn,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    t: Precision,
+    a: Precision,
+    targets: LossTargets | None,
+    variant: Variant,
+    *,
+    form: str = "shifted",
+    carrier: bool = False,
+) -> MethodOutput:
+    """Method ``fn`` on the loss variant, every step in the working dtype as a kernel does it.
+
+    Forward: z' = s z (T), u = z' / c (T), z'' = c tanh(u) (tanh in the carrier, rounded to T;
+    c tanh rounded to T), then ``fn`` on z'' (its own precisions), then the z-loss
+    lambda lse**2 (the square and the product each rounded to T; lse formed as
+    :data:`LSE_FORM` says) added to the loss in T. Backward: dz'' = g + (2 lambda lse) p (T),
+    dz' = dz'' (1 - th**2) (th**2 and 1 - th**2 each rounded to T: the kernel's form, which
+    is exactly 0 once tanh rounds to +-1), dz = s dz' (T). ``s``, ``c`` and ``lambda`` are
+    carrier values (rounded at the front door). Where 1 - tanh**2 cancels, the exact factor
+    4 e^{-2|u|} / (1 + e^{-2|u|})**2 is tiny, so the absolute error stays below eps(T):
+
+    >>> import numpy as np
+    >>> from smcheck.precisions import get_precision
+    >>> from smcheck.variants import Variant
+    >>> f32 = get_precision("float32")
+    >>> out = run_variant(fused, np.array([[1e4, 0.0]], np.float32), np.array([1]), f32, f32,
+    ...                   None, Variant(softcap=30.0))
+    >>> out.loss.tolist(), out.grad.tolist()  # 30 tanh(1e4 / 30) = 30; 1 - 1**2 = 0
+    ([30.0], [[0.0, -1.0]])
+    """
+    z = to_carrier(x, t)
+    one = z.dtype.type(1.0)
+    # overflow of the scaled logits, of exp in the naive form and of the z-loss square are
+    # findings this tool counts, not noise
+    with np.errstate(all="ignore"):
+        s = z.dtype.type(variant.logit_scale)
+        scaled_inf = np.zeros(z.shape[0], bool)
+        if variant.logit_scale != 1.0:
+            z = round_in(z * s, t)
+            # s z can overflow T where z did not (a scale > 1); a cap would then map inf to c
+            scaled_inf = _overflow_rows((z, t))
+        th = None
+        if variant.softcap is not None:
+            c = z.dtype.type(variant.softcap)
+            th = round_in(np.tanh(round_in(z / c, t)), t)
+            z = round_in(c * th, t)
+        if targets is not None:
+            out = fn(z, y, t, a, targets, carrier=True)
+        else:
+            out = fn(z, y, t, a, carrier=True)
+        loss, grad, overflow = out.loss, out.grad, out.overflow
+        zl = None
+        if variant.z_loss != 0.0:
+            lam = z.dtype.type(variant.z_loss)
+            lse, p = _lse_and_prob(z, t, a, form)
+            zl = round_in(lam * round_in(lse * lse, t), t)
+            loss = round_in(loss + (zl if loss.ndim == 1 else zl[:, None]), t)
+            overflow = overflow | (_overflowed(zl, t) & ~_overflowed(lse, t))
+            if grad is not None:
+                coef = round_in(2 * lam * lse, t)  # 2 lambda exact: a power-of-two scaling
+                grad = round_in(grad + round_in(coef[:, None] * p, t), t)
+        if grad is not None and th is not None:
+            grad = round_in(grad * round_in(one - round_in(th * th, t), t), t)
+        if grad is not None and variant.logit_scale != 1.0:
+            grad = round_in(grad * s, t)
+    res = MethodOutput(loss, grad, overflow | scaled_inf, out.underflow, zl)
+    return _output(res, t, carrier)

@@ -43,6 +43,7 @@ from .precisions import (
     resolve_accum,
     to_carrier,
 )
+from .variants import Variant, check_variant
 
 __all__ = [
     "CASTS",
@@ -253,6 +254,9 @@ class Prepared:
     #: the accumulation precision named at the front door (the working dtype's default when
     #: none was: float32 for 16/8-bit types); None only for a Prepared built by hand
     accum: Precision | None = None
+    #: the loss variant (logit scale, softcap, z-loss, smoothing convention), its constants
+    #: rounded to the carrier (see :mod:`smcheck.variants`); None for the plain loss
+    variant: Variant | None = None
 
     @cached_property
     def x(self) -> np.ndarray:
@@ -289,14 +293,27 @@ def loss_coefficients(
     weight: np.ndarray | None,
     label_smoothing: float,
     soft: np.ndarray | None,
+    convention: str = "torch",
 ) -> np.ndarray:
     """Per-row, per-class coefficients c_ik with loss_i = sum_k c_ik (-log p_ik) (float64).
 
     Integer labels (PyTorch's CrossEntropyLoss): c = (1 - eps) w_y onehot(y) + (eps / C) w;
     soft targets t: c = w * ((1 - eps) t + eps / C); ignored rows: c = 0. The gradient is then
-    dL_i/dz_ij = p_ij sum_k c_ik - c_ij.
+    dL_i/dz_ij = p_ij sum_k c_ik - c_ij. ``convention="megatron"`` spreads eps over the other
+    C - 1 classes instead: c = w * ((1 - eps) onehot(y) + eps / (C - 1) (1 - onehot(y))), and
+    for soft targets c = w * ((1 - eps) t + eps (1 - t) / (C - 1)) - both sum to 1 unweighted.
     """
     w = np.ones(c) if weight is None else weight
+    if convention == "megatron":
+        other = label_smoothing / (c - 1)
+        if soft is not None:
+            return w[None, :] * ((1 - label_smoothing) * soft + other * (1 - soft))
+        assert labels is not None
+        coeff = np.broadcast_to(other * w, (n, c)).copy()
+        rows = np.arange(n)
+        coeff[rows, labels] = (1 - label_smoothing) * w[labels]
+        coeff[ignored] = 0
+        return coeff
     if soft is not None:
         return w[None, :] * ((1 - label_smoothing) * soft + label_smoothing / c)
     assert labels is not None
@@ -331,11 +348,17 @@ def prepare_input(
     weight: np.ndarray | None = None,
     label_smoothing: float = 0.0,
     row_offset: int = 0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
 ) -> Prepared:
     """Round logits to the working dtype and validate labels (``InputError`` naming the row).
 
     ``labels`` are class indices (N,), or soft targets (N, C) of non-negative probabilities;
     ``weight`` (C,) and ``label_smoothing`` in [0, 1] are PyTorch's ``CrossEntropyLoss`` options.
+    ``z_loss``, ``softcap``, ``logit_scale`` and ``smoothing_convention`` select a loss variant
+    (:mod:`smcheck.variants`; validated here, the constants rounded to the carrier).
     ``row_offset`` is added to row numbers in messages (a caller working on a block of rows):
 
     >>> prepare_input(np.zeros((3, 4)), np.array([0, 9, 1]), row_offset=1000)
@@ -350,6 +373,13 @@ def prepare_input(
     xr, report, xk = cast_carrier(np.asarray(ci.x), ci.working, cast, working_copy=False)
     n, c = xk.shape
     w = _check_loss_options(weight, label_smoothing, c)
+    var: Variant | None = check_variant(
+        z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention, classes=c,
+    )  # fmt: skip
+    assert var is not None
+    var = var.rounded(ci.working.carrier) if var.active else None
+    convention = "torch" if var is None else var.smoothing_convention
     lab, soft = ci.labels, ci.soft_targets
     if lab is None:
         ignored = np.zeros(n, dtype=bool)
@@ -360,10 +390,10 @@ def prepare_input(
     finite = np.isfinite(xk).all(axis=1)
     coeff = None
     if soft is not None or w is not None or label_smoothing > 0:
-        full = loss_coefficients(n, c, safe, ignored, w, label_smoothing, soft)
+        full = loss_coefficients(n, c, safe, ignored, w, label_smoothing, soft, convention)
         with np.errstate(over="ignore"):  # a weight beyond T's range is T's inf: a finding
             coeff = full.astype(ci.working.dtype)
     return Prepared(
         xr, lab, safe, ignored, finite, ci.working, report, coeff, w, label_smoothing, soft, xk,
-        ci.accum,
+        ci.accum, var,
     )  # fmt: skip

@@ -28,17 +28,25 @@ Precision used:
 
 Rows whose input holds NaN or +inf give NaN; -inf logits are masked classes (probability 0),
 a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
+
+Loss variants (:mod:`smcheck.variants`: logit scale s, softcap c, z-loss lambda) are computed
+in binary128 for every working dtype (:func:`_variant_core`): the capped logits c tanh(s z / c)
+are no longer values of the working dtype, so the exact-shift argument above does not hold
+for them; 113 bits keep every step's error near 2**-112 relative to |z''| <= 1e4, far under
+eps(float64) * 2**-20. The chain factor 1 - tanh(u)**2 is computed as
+4 e^{-2|u|} / (1 + e^{-2|u|})**2, which has no cancellation where tanh saturates (|u| > 40).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .precisions import Precision
+from .variants import Variant
 
 __all__ = ["ReferenceOutput", "quad_dtype", "reference_block", "reference_precision_name"]
 
@@ -65,11 +73,13 @@ class ReferenceOutput:
     prob: np.ndarray  # (N, C) softmax probabilities (float64, rounded once); see keep_prob
     prob_rest: np.ndarray  # (N,) s'/s = sum of p_j over j != argmax (float64)
     precision: str
+    #: (N,) the z-loss term lambda * lse**2 alone (already in ``loss``); None without z-loss
+    z_loss: np.ndarray | None = None
 
 
-def reference_precision_name(working: Precision) -> str:
-    """Which arithmetic the reference uses for this working dtype."""
-    if working.mantissa_bits > 24:
+def reference_precision_name(working: Precision, variant: Variant | None = None) -> str:
+    """Which arithmetic the reference uses for this working dtype (and loss variant)."""
+    if working.mantissa_bits > 24 or (variant is not None and variant.changes_values):
         return "binary128 (numpy-quaddtype)"
     return "float64 with exact shifts (TwoSum)"
 
@@ -213,6 +223,7 @@ def reference_block(
     keep_prob: bool = True,
     row_argmax: np.ndarray | None = None,
     carrier: bool = False,
+    variant: Variant | None = None,
 ) -> ReferenceOutput:
     """Reference loss and gradient of ``x`` (N, C), values already rounded to ``working``.
 
@@ -226,7 +237,15 @@ def reference_block(
     softmax's memory; ``row_argmax`` is each row's first argmax (``np.argmax`` of ``x``) if the
     caller has computed it already (float32 and narrower only). ``carrier=True`` says that
     ``x``, stored in a wider dtype (float32 for 16/8-bit types), holds values of ``working``.
+    ``variant`` (its constants already rounded, see :class:`smcheck.prepare.Prepared`) selects
+    a loss variant; the smoothing convention is already in ``coeff``.
     """
+    if variant is not None and variant.changes_values:
+        out = _variant_reference(x, y, working, coeff, variant)
+        if keep_prob or y is None or coeff is not None:
+            return out
+        # the caller asked for the labels' probabilities only
+        return replace(out, prob=out.prob[np.arange(out.prob.shape[0]), y])
     keep_prob = keep_prob or y is None or coeff is not None
     name = reference_precision_name(working)
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
@@ -270,4 +289,98 @@ def reference_block(
             prob_q.astype(np.float64),
             rest_q.astype(np.float64),
             name,
+        )
+
+
+def _sech2(u: np.ndarray) -> np.ndarray:
+    """1 - tanh(u)**2 = 4 e^{-2|u|} / (1 + e^{-2|u|})**2: no cancellation where tanh(u) rounds
+    to +-1 (|u| > 40 in binary128), and no overflow (e^{-2|u|} <= 1); 0 at +-inf."""
+    e = np.exp(-2 * np.abs(u))
+    return 4 * e / ((1 + e) * (1 + e))
+
+
+def _variant_core(
+    zq: np.ndarray,
+    y: np.ndarray | None,
+    cq: np.ndarray | None,
+    variant: Variant,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Loss, gradient (w.r.t. the original logits), prob, prob_rest and the z-loss term of the
+    variant, all in binary128 (``zq``, ``cq`` binary128; constants rounded by the caller).
+
+    s z is exact in binary128 (53 + 53 bits); u = s z / c and tanh(u) round once each (2**-113
+    relative), the rest as in :func:`_core`. The z-loss term lambda lse**2 uses
+    lse = m + log1p(s') (s' = sum over j != argmax of exp(z_j - m)), and adds
+    2 lambda lse p_j to the gradient.
+    """
+    q = zq.dtype
+    s = np.asarray(variant.logit_scale, dtype=np.float64).astype(q)
+    z = zq * s if variant.logit_scale != 1.0 else zq
+    chain: np.ndarray | None = None
+    if variant.softcap is not None:
+        c = np.asarray(variant.softcap, dtype=np.float64).astype(q)
+        u = z / c
+        z = c * np.tanh(u)
+        chain = _sech2(u)
+    loss, grad, prob, prob_rest = _core(z, y, coeff=cq, keep_prob=True)
+    zl = None
+    if variant.z_loss != 0.0:
+        lam = np.asarray(variant.z_loss, dtype=np.float64).astype(q)
+        n = z.shape[0]
+        rows = np.arange(n)
+        k = z.argmax(axis=1)
+        m = z[rows, k]
+        e = np.exp(z - m[:, None])
+        e[rows, k] = 0
+        lse = m + np.log1p(e.sum(axis=1))
+        zl = lam * lse * lse
+        loss = loss + (zl if loss.ndim == 1 else zl[:, None])
+        if grad is not None:
+            grad = grad + (2 * lam * lse)[:, None] * prob
+    if grad is not None:
+        if chain is not None:
+            grad = grad * chain
+        if variant.logit_scale != 1.0:
+            grad = grad * s
+    return loss, grad, prob, prob_rest, zl
+
+
+def _variant_reference(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    working: Precision,
+    coeff: np.ndarray | None,
+    variant: Variant,
+) -> ReferenceOutput:
+    """:func:`reference_block` for a variant that changes values: binary128 for every working
+    dtype (see the module docstring); the low parts are returned for float64 work only."""
+    quad = quad_dtype()
+    if quad is None:  # pragma: no cover
+        raise RuntimeError("numpy-quaddtype is required for a loss variant's reference")
+    name = reference_precision_name(working, variant)
+    # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        zq = np.asarray(x).astype(np.float64).astype(quad)
+        cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(quad)
+        loss_q, grad_q, prob_q, rest_q, zl_q = _variant_core(zq, y, cq, variant)
+        wide = working.mantissa_bits > 24
+        if wide:
+            loss, loss_lo = _split(loss_q)
+        else:
+            loss, loss_lo = loss_q.astype(np.float64), None
+        grad = grad_lo = None
+        if grad_q is not None:
+            if wide:
+                grad, grad_lo = _split(grad_q)
+            else:
+                grad = grad_q.astype(np.float64)
+        return ReferenceOutput(
+            loss,
+            loss_lo,
+            grad,
+            grad_lo,
+            prob_q.astype(np.float64),
+            rest_q.astype(np.float64),
+            name,
+            None if zl_q is None else zl_q.astype(np.float64),
         )

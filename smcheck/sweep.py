@@ -64,6 +64,7 @@ from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
 from .sweep_cells import Problem, ScaleStats, cell_verdict, is_broken, measure
 from .synthetic import PATTERN_CASES, case_pattern, check_size
+from .variants import Variant, check_variant
 
 __all__ = [
     "CASES",
@@ -182,6 +183,16 @@ class SweepConfig:
     max_bits: float = 4.0
     tol: float = 0.01
     gate: tuple[str, ...] = ()
+    #: the loss variant swept (see :mod:`smcheck.variants`); the defaults are the plain loss
+    z_loss: float = 0.0
+    softcap: float | None = None
+    logit_scale: float = 1.0
+
+    @property
+    def variant(self) -> Variant | None:
+        """The loss variant (constants as given; the front door rounds them), or None."""
+        v = check_variant(z_loss=self.z_loss, softcap=self.softcap, logit_scale=self.logit_scale)
+        return v if v.active else None
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -223,6 +234,7 @@ class SweepConfig:
             f"x scales) = {cells} cells, at most {MAX_CELLS}",
         )
         need(self.max_bits >= 0, f"--max-bits {self.max_bits}: must be >= 0")
+        _ = self.variant  # UsageError naming the option
         need(0 < self.tol < 1, f"--tol {self.tol}: must be in (0, 1)")
 
     def accum_for(self, dtype: str) -> Precision:
@@ -513,6 +525,11 @@ def _breaks(
         assert hi is not None
         st = cache[(m, hi)]
         cause, name, value, observed = _explain(st, theory, kind, m)
+        v = prob.variant
+        if name is not None and v is not None and v.softcap is not None:
+            # the threshold speaks of the logits the softmax sees: c tanh(s z / c) stays within
+            # (-c, c), so past the cap no scale reaches a threshold above c
+            name += f" (softcap {v.softcap:g}: softmax sees |z| < {v.softcap:g})"
         out.append(
             Break(
                 prob.dtype,
@@ -603,7 +620,7 @@ def _run_task(
     """Grid and break points of one (dtype, classes, case): a unit of parallel work."""
     accum = config.accum_for(dtype)
     base, labels = case_pattern(case, classes, config.rows_for(classes), config.seed)
-    prob = Problem(dtype, accum, classes, case, base, labels, config.max_bits)
+    prob = Problem(dtype, accum, classes, case, base, labels, config.max_bits, config.variant)
     grid = measure(prob, config.scales, config.methods, with_ref=True)
     cells = [
         Cell(
@@ -689,5 +706,5 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     cells.sort(key=lambda x: (*key(x), x.scale))
     breaks.sort(key=lambda x: (*key(x), KINDS.index(x.kind)))
     theory = tuple(DtypeTheory.of(d, config.accum_for(d).name) for d in config.dtypes)
-    ref = {d: reference_precision_name(get_precision(d)) for d in config.dtypes}
+    ref = {d: reference_precision_name(get_precision(d), config.variant) for d in config.dtypes}
     return SweepReport(config, theory, tuple(cells), tuple(breaks), ref)

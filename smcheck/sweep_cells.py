@@ -19,6 +19,7 @@ from . import core, metrics
 from .precisions import Precision
 from .prepare import prepare_input
 from .reference import ReferenceOutput
+from .variants import Variant
 
 __all__ = ["CHUNK_ELEMENTS", "Problem", "ScaleStats", "cell_verdict", "is_broken", "measure"]
 
@@ -38,6 +39,7 @@ class Problem:
     base: np.ndarray
     labels: np.ndarray
     max_bits: float
+    variant: Variant | None = None  # the loss variant swept; None: the plain loss
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,11 @@ def measure(
         with np.errstate(over="ignore"):
             logits = (sc[:, None, None] * prob.base[None]).reshape(s * r, c)
         labels = np.tile(prob.labels, s)
-        prep = prepare_input(logits, labels, dtype=prob.dtype)
+        v = prob.variant or Variant()
+        prep = prepare_input(
+            logits, labels, dtype=prob.dtype, z_loss=v.z_loss, softcap=v.softcap,
+            logit_scale=v.logit_scale,
+        )  # fmt: skip
         finite = prep.finite_input.reshape(s, r)
         n_fin = finite.sum(axis=1)
         geo = _geometry(prep.x, labels, s, r)

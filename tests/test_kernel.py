@@ -46,6 +46,16 @@ OPTION_PROBES = {
     "reduction_mean",
     "label_smoothing",
 }
+#: The loss variants' probes (smcheck.variants): skipped for a kernel that takes no variant
+#: options (tests/test_variants.py runs them on tests/kernels/variant_kernels.py).
+VARIANT_PROBES = {
+    "softcap",
+    "scale_then_cap",
+    "z_loss",
+    "z_loss_off",
+    "smoothing_torch",
+    "smoothing_megatron",
+}
 
 
 def _failures(r: KernelReport) -> list[str]:
@@ -60,7 +70,7 @@ def test_good_torch_kernel_passes_every_probe() -> None:
     assert r.framework == "torch"
     assert r.ok, _failures(r)
     assert len(r.probes) == len(PROBES) * len(QUICK_VOCAB) * 2  # float32 and bfloat16
-    assert not r.skipped
+    assert {p.name for p in r.skipped} == VARIANT_PROBES
     assert {p.dtype for p in r.probes} == {"float32", "bfloat16"}
 
 
@@ -145,7 +155,7 @@ def test_regression_padding_counted_at_a_block_multiple_passes() -> None:
 def test_kernel_without_options_skips_the_option_probes() -> None:
     r = kernel(tk.plain, dtypes="float32", vocab=(10,))
     assert r.ok, _failures(r)
-    assert {p.name for p in r.skipped} == OPTION_PROBES
+    assert {p.name for p in r.skipped} == OPTION_PROBES | VARIANT_PROBES
     assert all("does not accept" in p.detail for p in r.skipped)
     assert all(p.passed is None for p in r.skipped)
 
@@ -400,4 +410,9 @@ def test_every_probe_is_documented_and_has_a_broken_kernel_or_a_closed_form() ->
     # probes without a broken kernel of their own are pinned by the tests above
     pinned_elsewhere = {"confident", "wrong", "uniform", "first_last", "padding", "all_ignored",
                         "reduction_sum", "reduction_mean", "label_smoothing"}  # fmt: skip
-    assert set(PROBES) == set(tk.BROKEN.values()) | pinned_elsewhere
+    # the variants' probes: their broken kernels are in tests/kernels/variant_kernels.py
+    from tests.kernels import variant_kernels as vk
+
+    variant = {p for probes in vk.BROKEN.values() for p in probes}
+    assert variant == VARIANT_PROBES
+    assert set(PROBES) == set(tk.BROKEN.values()) | pinned_elsewhere | variant

@@ -26,6 +26,7 @@ from .options import (
     format_option,
     output_option,
     parse_csv_choices,
+    variant_options,
 )
 from .tail import Tail, finish
 
@@ -89,6 +90,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
     show_default=True,
     help="The mean over no counted rows: PyTorch's NaN (0/0) or optax's 0 (jax).",
 )
+@variant_options()
 @dtype_options()
 @click.option(
     "--max-loss-ulp",
@@ -136,6 +138,10 @@ def compare_cmd(
     weight: str | None,
     label_smoothing: float,
     convention: str,
+    logit_scale: float,
+    softcap: float | None,
+    z_loss: float,
+    smoothing_convention: str,
     dtype: str | None,
     accum: str | None,
     cast_mode: str,
@@ -192,6 +198,10 @@ def compare_cmd(
         weight=weight,
         label_smoothing=label_smoothing,
         convention=convention,
+        z_loss=z_loss,
+        softcap=softcap,
+        logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention,
         max_loss_ulp=max_loss_ulp,
         max_grad_err=max_grad_err,
         fail_on=_fail_on(fail_on),

@@ -30,6 +30,7 @@ from .options import (
     parse_gate,
     parse_methods,
     progress_reporter,
+    variant_options,
     workers_option,
 )
 from .tail import Tail, finish
@@ -50,6 +51,7 @@ from .tail import Tail, finish
 )
 @dtype_options()
 @methods_option()
+@variant_options()
 @click.option(
     "--ignore-index",
     type=int,
@@ -110,6 +112,10 @@ def eval_cmd(
     accum: str | None,
     cast_mode: str,
     methods: str,
+    logit_scale: float,
+    softcap: float | None,
+    z_loss: float,
+    smoothing_convention: str,
     ignore_index: int,
     fmt: str,
     output: str | None,
@@ -176,7 +182,8 @@ def eval_cmd(
             per_row=sink if per_row else None, logits_name=loaded.logits_name,
             labels_name=loaded.labels_name, notes=loaded.notes,
             original_shape=loaded.original_shape,
-            engine=engine, scheduler=scheduler,
+            engine=engine, scheduler=scheduler, z_loss=z_loss, softcap=softcap,
+            logit_scale=logit_scale, smoothing_convention=smoothing_convention,
         )  # fmt: skip
     finish(
         tail, report, render, to_dict(report), ok=report.ok,

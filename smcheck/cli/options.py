@@ -245,6 +245,42 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+def variant_options(smoothing: bool = True) -> Callable[[F], F]:
+    """``--z-loss``, ``--softcap``, ``--logit-scale``, ``--smoothing-convention``: the loss
+    variant checked (:mod:`smcheck.variants`; the library validates the values). Commands
+    without label smoothing (sweep) take ``smoothing=False``: no convention to choose."""
+    conv = click.option(
+        "--smoothing-convention",
+        type=click.Choice(["torch", "megatron"]),
+        default="torch",
+        show_default=True,
+        help="Label smoothing over all C classes (torch) or the other C-1 (megatron).",
+    )
+    return _compose(
+        *((conv,) if smoothing else ()),
+        click.option(
+            "--logit-scale",
+            type=FiniteFloatRange(),
+            default=1.0,
+            show_default=True,
+            help="Multiply the logits by this first (a temperature's inverse, 1/sqrt(d)...).",
+        ),
+        click.option(
+            "--softcap",
+            type=FiniteFloatRange(),
+            default=None,
+            help="Then cap them as c*tanh(z/c) (Gemma's logit soft-capping; c > 0).",
+        ),
+        click.option(
+            "--z-loss",
+            type=FiniteFloatRange(min=0.0),
+            default=0.0,
+            show_default=True,
+            help="Add this times (log-sum-exp)^2 to each row's loss (PaLM's z-loss).",
+        ),
+    )
+
+
 def gate_option(
     default: str = "fused",
     help: str = "Comma-separated methods whose failure fails the run (exit 1); 'none' gates "

@@ -32,6 +32,7 @@ from .options import (
     parse_csv_choices,
     parse_gate,
     parse_methods,
+    variant_options,
 )
 from .tail import Tail, finish
 
@@ -53,6 +54,7 @@ def _config(
     max_bits: float,
     tol: float,
     gate: str,
+    variant: dict[str, float | None] | None = None,
 ) -> SweepConfig:
     """The grid the options describe (the defaults for what is not given)."""
     try:
@@ -72,6 +74,7 @@ def _config(
         max_bits=max_bits,
         tol=tol,
         gate=parse_gate(gate, run),
+        **(variant or {}),  # type: ignore[arg-type]
     )
 
 
@@ -173,6 +176,7 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     help="Comma-separated methods that must not break anywhere in the grid (else exit 1); "
     "'none' gates nothing, 'all' every swept method.",
 )
+@variant_options(smoothing=False)
 @click.option("--plot", metavar="FILE", help="Also draw error-vs-scale curves to FILE.png|.svg.")
 @format_option(tuple(RENDERERS))
 @output_option()
@@ -197,6 +201,9 @@ def sweep_cmd(
     max_bits: float,
     tol: float,
     gate: str,
+    logit_scale: float,
+    softcap: float | None,
+    z_loss: float,
     plot: str | None,
     fmt: str,
     output: str | None,
@@ -220,8 +227,9 @@ def sweep_cmd(
     Example:
       smcheck sweep --dtype float16 --classes 10 --gate log1p --plot sweep.png
     """
+    variant = {"z_loss": z_loss, "softcap": softcap, "logit_scale": logit_scale}
     config = _config(dtypes, accum, classes, scales, cases, methods, rows, seed, max_bits, tol,
-                     gate)  # fmt: skip
+                     gate, variant)  # fmt: skip
     tail = Tail("sweep", fmt, color, output, baseline=baseline, write_baseline=write_baseline,
                 regression_factor=regression_factor)  # fmt: skip
     plot_fmt = _check_plot(plot, output)  # fail before the sweep, not after it

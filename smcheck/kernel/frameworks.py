@@ -52,6 +52,11 @@ class _Framework:
     def stock_name(self) -> str:
         raise NotImplementedError
 
+    def variant_stock(self) -> KernelFn | None:
+        """The stock kernel of the loss variants (:mod:`smcheck.variants`), built from the
+        framework's own pieces as its users write it; None: no stock comparison."""
+        return None
+
     def device(self) -> str:
         return "cpu"
 
@@ -161,8 +166,47 @@ class _Torch(_Framework):
     def stock(self) -> KernelFn:
         return self.torch.nn.functional.cross_entropy  # type: ignore[no-any-return]
 
+    def variant_stock(self) -> KernelFn | None:
+        return torch_variant_stock
+
     def stock_name(self) -> str:
         return "torch.nn.functional.cross_entropy"
+
+
+def torch_variant_stock(
+    logits: Any,
+    labels: Any,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    z_loss: float = 0.0,
+    smoothing_convention: str = "torch",
+) -> Any:
+    """The variants with PyTorch's stock pieces: ``F.cross_entropy`` on ``c * tanh(s z / c)``
+    (Megatron's smoothing as a target distribution), plus ``z_loss * logsumexp(z)**2``."""
+    torch = _need("torch")
+    f = torch.nn.functional
+    z = logits * logit_scale if logit_scale != 1.0 else logits
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    keep = labels != ignore_index
+    safe = torch.where(keep, labels, torch.zeros_like(labels))
+    if smoothing_convention == "megatron" and label_smoothing:
+        t = torch.full_like(z, label_smoothing / (z.shape[1] - 1))
+        t.scatter_(1, safe[:, None], 1 - label_smoothing)
+        loss = f.cross_entropy(z, t, reduction="none")
+    else:
+        loss = f.cross_entropy(z, safe, reduction="none", label_smoothing=label_smoothing)
+    if z_loss:
+        loss = loss + z_loss * torch.logsumexp(z, dim=1).square()
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / keep.sum()
 
 
 def jax_stock(

@@ -144,6 +144,61 @@ def _case_nonfinite(rng: np.random.Generator, n: int, v: int, t: Precision) -> _
     return _Case(x, y)
 
 
+# --- the loss variants' probes (see smcheck.variants) ---------------------------------------------
+
+#: The softcap and logit scale of the variant probes (Gemma 2 caps its final logits at 30).
+SOFTCAP, LOGIT_SCALE = 30.0, 2.0
+#: The z-loss coefficient of the z-loss probes (PaLM's 1e-4).
+Z_LOSS = 1e-4
+#: The keyword options of the loss variants: the stock kernels take none of them.
+VARIANT_OPTIONS = frozenset({"softcap", "logit_scale", "z_loss", "smoothing_convention"})
+
+
+def _case_softcap(rng: np.random.Generator, n: int, v: int, t: Precision) -> _Case:
+    # ordinary logits plus saturating ones (+-1e4, or +-max/2 in float8): c tanh(z / c) is
+    # within (-30, 30) where z tanh(z / c) is the logit itself, and 1 - tanh**2 underflows
+    x, y = _random(rng, n, v)
+    big = min(1e4, t.max / 2)
+    x[::2, 0] = big
+    x[1::2, -1] = -big
+    x[::3, v // 2] = big / 2
+    return _Case(x, y, {"softcap": SOFTCAP})
+
+
+def _case_scale_cap(rng: np.random.Generator, n: int, v: int, t: Precision) -> _Case:
+    # |z| ~ 20-40: c tanh(s z / c) and s c tanh(z / c) differ by tens
+    x = rng.standard_normal((n, v)) * 20
+    return _Case(x, rng.integers(0, v, n), {"softcap": SOFTCAP, "logit_scale": LOGIT_SCALE})
+
+
+def _lse_offset(t: Precision) -> float:
+    """A common logit offset where exp overflows float32 (and float64 for float64 work)."""
+    return 100.0 if t.mantissa_bits <= 24 else 800.0
+
+
+def _case_z_loss(rng: np.random.Generator, n: int, v: int, t: Precision) -> _Case:
+    # log-sum-exp ~ 100 (float64: 800): lambda lse**2 ~ 1 (64), and the unshifted sum
+    # exp(z) overflows where the shifted one does not
+    x = _lse_offset(t) + rng.standard_normal((n, v)) * 2
+    return _Case(x, rng.integers(0, v, n), {"z_loss": Z_LOSS})
+
+
+def _case_z_loss_off(rng: np.random.Generator, n: int, v: int, t: Precision) -> _Case:
+    x = _lse_offset(t) + rng.standard_normal((n, v)) * 2
+    return _Case(x, rng.integers(0, v, n), {"z_loss": 0.0})
+
+
+def _case_smoothing(convention: str) -> Callable[..., _Case]:
+    def build(rng: np.random.Generator, n: int, v: int, t: Precision) -> _Case:
+        # the label's coefficient (1 - eps vs 1 - eps + eps / C) and the others' (eps / (C - 1)
+        # vs eps / C) differ by eps / C: the losses by eps / C times the mean margin
+        x, y = _random(rng, n, v)
+        opts = {"label_smoothing": SMOOTHING, "smoothing_convention": convention}
+        return _Case(x, y, opts)
+
+    return build
+
+
 # --- the probe registry -------------------------------------------------------------------------
 
 
@@ -200,5 +255,19 @@ PROBES: dict[str, Probe] = {
         Probe("batch_split", "a row's loss depends on which other rows share the batch",
               _case_random, kind="batch_split"),
         Probe("nonfinite_rows", "a NaN/inf row poisons the other rows", _case_nonfinite),
+        Probe("softcap", "softcap 30 at saturating logits (z tanh(z/c) for c tanh(z/c), "
+              "1 - tanh**2 that cancels)", _case_softcap, ("softcap",)),
+        Probe("scale_then_cap", "logit_scale 2 then softcap 30 (the cap applied before the "
+              "scale)", _case_scale_cap, ("softcap", "logit_scale")),
+        Probe("z_loss", "z-loss 1e-4 at log-sum-exp ~100 (the z-loss from the unshifted sum "
+              "of exp(z), or its gradient 2 lambda lse p missing)", _case_z_loss, ("z_loss",)),
+        Probe("z_loss_off", "z_loss=0 at log-sum-exp ~100 (a z-loss added when disabled)",
+              _case_z_loss_off, ("z_loss",)),
+        Probe("smoothing_torch", "label smoothing 0.1, torch convention (eps/C on every "
+              "class: Megatron's formula used)", _case_smoothing("torch"),
+              ("label_smoothing", "smoothing_convention")),
+        Probe("smoothing_megatron", "label smoothing 0.1, Megatron convention (eps/(C-1) on "
+              "each other class: PyTorch's formula used)", _case_smoothing("megatron"),
+              ("label_smoothing", "smoothing_convention")),
     )
 }  # fmt: skip

@@ -35,7 +35,7 @@ from ._base import (
 )
 from .frameworks import _Framework, _framework, _Outcome, detect_framework
 from .measure import _Measure, _measure, _truth, _ulps
-from .probes import PROBES, Probe
+from .probes import PROBES, VARIANT_OPTIONS, Probe
 from .report import KernelReport, ProbeResult
 
 # --- running one probe --------------------------------------------------------------------------
@@ -101,8 +101,11 @@ class _Runner:
             y = np.where(y == IGNORE_INDEX, rng.integers(0, vocab, len(y)), y)
         opts = self.options(case.opts)
         smoothing = float(opts.get("label_smoothing", 0.0))
+        # the loss variant the probe asks for (passed to the kernel: it accepts them, its
+        # probe's ``needs``), in the reference too
+        variant = {k: v for k, v in opts.items() if k in VARIANT_OPTIONS}
         prep = prepare_input(case.x, y, dtype=working, ignore_index=IGNORE_INDEX,
-                             label_smoothing=smoothing)  # fmt: skip
+                             label_smoothing=smoothing, **variant)  # fmt: skip
         if probe.kind == "inputs":
             result = self._inputs(base, prep, opts)
         elif probe.kind == "determinism":
@@ -151,8 +154,10 @@ class _Runner:
             wrong = f"reduction={reduction!r} gave a loss of shape {out.loss.shape}"
             m = replace(m, problems=(*m.problems, wrong))
         s = None
-        if self.stock:
-            sout = self._call(self.fw.stock(), prep, opts, cot)
+        # a variant's probe compares with the framework's variant stock (torch), if any
+        stock = self.fw.variant_stock() if VARIANT_OPTIONS.intersection(opts) else self.fw.stock()
+        if self.stock and stock is not None:
+            sout = self._call(stock, prep, opts, cot)
             if self._hard(sout) is None:
                 s = _measure(sout, truth, reduction, cot if self.fw.cotangent else None, pad)
         ref_ok = m.loss_ulp <= lim_l and (m.grad_err is None or m.grad_err <= lim_g)

@@ -61,6 +61,8 @@ def to_dict(report: CompareReport) -> dict[str, Any]:
             "weight": report.weight,
             "label_smoothing": report.label_smoothing,
             "convention": report.convention,
+            # only when a loss variant is checked: the plain loss's document is unchanged
+            **({"variant": report.variant.as_json()} if report.variant is not None else {}),
             "counted_rows": report.counted_rows,
             "ignored_rows": report.ignored_rows,
             "nonfinite_input_rows": report.nonfinite_input_rows,
@@ -144,6 +146,8 @@ def _head(r: CompareReport) -> Table:
             f"weight {safe_text(r.weight or '-')}, label_smoothing {r.label_smoothing:g}, "
             f"convention {r.convention}",
         )
+    if r.variant is not None:
+        head.add_row("loss variant", safe_text(r.variant.describe()))
     return head
 
 

@@ -151,6 +151,8 @@ def to_dict(report: EvalReport) -> dict[str, Any]:
             "cast_flushed_to_zero": i.cast_flushed_to_zero,
             "grad_policy": i.grad_policy,
             "notes": list(i.notes),
+            # only when a loss variant is checked: the plain loss's document is unchanged
+            **({"variant": i.variant.as_json()} if i.variant is not None else {}),
         },
         "reference": {"precision": report.reference},
         "gate": {

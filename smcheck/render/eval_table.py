@@ -68,6 +68,8 @@ def _input_panel(report: EvalReport) -> Panel:
         cast += f", {i.cast_flushed_to_zero} flushed to 0"
     grid.add_row("input rounding", cast)
     grid.add_row("reference", safe_text(report.reference))
+    if i.variant is not None:
+        grid.add_row("loss variant", safe_text(i.variant.describe()))
     if i.label_free:
         grid.add_row("label-free", f"counts over (row, class) pairs; {safe_text(i.grad_policy)}")
     for note in i.notes:

@@ -114,6 +114,8 @@ def to_dict(report: SweepReport) -> dict[str, Any]:
             "seed": c.seed,
             "max_bits": c.max_bits,
             "tol": c.tol,
+            # only when a loss variant is swept: the plain loss's document is unchanged
+            **({"variant": c.variant.as_json()} if c.variant is not None else {}),
         },
         "theory": {t.dtype: _theory_dict(t) for t in report.theory},
         "reference": dict(report.reference),
@@ -325,6 +327,9 @@ def _table_renderables(
             "  (each bisected to --tol); off = how far past the theory threshold it was seen",
         )
     ]
+    if c.variant is not None:
+        # scale = the largest logit *before* the variant: a cap moves every threshold
+        out.append(Text(f"loss variant: {c.variant.describe()} (scale = the logits before it)"))
     for t in report.theory:
         out.append(Text(""))
         out.append(Text(_theory_line(t), style="bold" if color else ""))
