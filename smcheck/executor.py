@@ -83,7 +83,7 @@ def can_fork(methods: Iterable[str] = ()) -> bool:
     libraries are not fork-safe), no other Python thread alive in this process (a fork copies
     locks that thread may hold), not inside a daemonic process (a pool worker may not have
     children), and none of ``methods`` a framework method (PyTorch and JAX run thread pools of
-    their own that do not survive a fork)."""
+    their own that do not survive a fork; JAX's already do once it is imported)."""
     if not sys.platform.startswith("linux"):
         return False
     if "fork" not in multiprocessing.get_all_start_methods():
@@ -91,6 +91,11 @@ def can_fork(methods: Iterable[str] = ()) -> bool:
     if threading.active_count() > 1:
         return False
     if multiprocessing.current_process().daemon:
+        return False
+    if "jax" in sys.modules:
+        # JAX starts C++ thread pools (invisible to threading.active_count) when imported and
+        # warns at every fork that the child may deadlock: a process that has imported it - a
+        # notebook, a test session that ran a jax method - runs the tasks on threads instead
         return False
     return all(m in METHODS for m in methods)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from fractions import Fraction
 
@@ -177,6 +179,9 @@ def _same(a: MethodStats, b: MethodStats) -> bool:
     return True
 
 
+# the fork cases are forced here (the engine itself never forks once JAX is imported: see
+# test_an_imported_jax_rules_fork_out); JAX, imported by an earlier test, warns at each fork
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 @pytest.mark.parametrize("label_free", [False, True])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_run_is_identical_for_any_chunking_and_worker_count(label_free: bool, dtype: str) -> None:
@@ -212,8 +217,9 @@ def test_chunks_run_in_forked_processes_only_where_that_is_safe() -> None:
 
     from smcheck.executor import can_fork
 
-    # alone in the process (threads left by other tests, e.g. dask's, rule fork out too)
-    alone = threading.active_count() == 1
+    # alone in the process (threads left by other tests, e.g. dask's, or an imported JAX, rule
+    # fork out too)
+    alone = threading.active_count() == 1 and "jax" not in sys.modules
     assert can_fork(("naive", "fused")) == alone
     # torch and jax keep thread pools of their own: threads, not fork
     assert not can_fork(("fused", "torch"))
@@ -419,6 +425,17 @@ def test_overflow_causes_read_off_the_shared_softmax_equal_the_recomputed_ones(d
         assert np.array_equal(got, want), (name, got, want)
 
 
+def test_an_imported_jax_rules_fork_out() -> None:
+    # JAX's thread pools exist from its import on and it warns at every fork (a RuntimeWarning
+    # that the child may deadlock): a process that imported it must run chunks on threads
+    pytest.importorskip("jax")
+    code = (
+        "import sys, smcheck.executor as e; before = e.can_fork(('fused',)); import jax; "
+        "jax.numpy.zeros(1); sys.exit(0 if before and not e.can_fork(('fused',)) else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
 def _can_fork_in_child(queue: object) -> None:
     from smcheck.executor import can_fork
 
@@ -435,6 +452,7 @@ def test_no_fork_inside_a_daemonic_process() -> None:
     queue = ctx.Queue()
     with warnings.catch_warnings():  # Python >= 3.12 warns about forking beside threads
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # and JAX, if an earlier test imported it
         child = ctx.Process(target=_can_fork_in_child, args=(queue,), daemon=True)
         child.start()
     assert queue.get(timeout=60) is False
