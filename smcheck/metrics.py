@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .precisions import Precision, get_precision, resolve_accum
+from .reference import ScaledLow, quad_dtype
 
 __all__ = [
     "bits_of_error",
@@ -43,8 +44,18 @@ def loss_abs_err(loss: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = 
     return np.where(both, d, np.nan)
 
 
-def loss_rel_err(loss: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = None) -> np.ndarray:
+def loss_rel_err(
+    loss: np.ndarray,
+    ref: np.ndarray,
+    ref_lo: np.ndarray | None = None,
+    ref_scaled: ScaledLow | None = None,
+) -> np.ndarray:
     """|L - L*| / |L*|, with 0/0 = 0 (C = 1: both exactly 0) and x/0 = inf; NaN if non-finite.
+
+    ``ref_scaled`` (the float64 reference's :attr:`~smcheck.reference.ReferenceOutput.loss_scaled`)
+    carries the low parts of losses below 2**-968 with an exponent; without it such a loss's
+    reference is only its subnormal high part, and at the smallest subnormal a correctly rounded
+    method would show 0 where its relative error is ~0.3:
 
     >>> float(loss_rel_err(np.array([1.5]), np.array([1.0]))[0])
     0.5
@@ -53,7 +64,33 @@ def loss_rel_err(loss: np.ndarray, ref: np.ndarray, ref_lo: np.ndarray | None = 
     den = np.abs(ref)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(den > 0, err / np.where(den > 0, den, 1.0), np.where(err == 0, 0.0, np.inf))
-    return np.where(np.isnan(err), np.nan, rel)
+    rel = np.where(np.isnan(err), np.nan, rel)
+    if ref_scaled is not None:
+        tiny = (ref_scaled.exp != 0) & ~np.isnan(err)
+        if tiny.any():
+            rel[tiny] = _tiny_rel_err(
+                np.asarray(loss, dtype=np.float64)[tiny],
+                ref[tiny],
+                ref_scaled.lo[tiny],
+                ref_scaled.exp[tiny],
+            )
+    return rel
+
+
+def _tiny_rel_err(v: np.ndarray, hi: np.ndarray, lo: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    """|v - L*| / |L*| with L* = hi + lo * 2**-exp, in binary128: L* and v - L* are exact there
+    (its exponent reaches 2**-16382), so only the final quotient rounds. The rows are rare
+    (losses below 2**-968)."""
+    quad = quad_dtype()
+    if quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
+        raise RuntimeError("numpy-quaddtype is required for a float64 reference")
+    # 2**-exp as two float64 factors: 2**-1100 is below float64's range
+    half = exp.astype(np.int64) // 2
+    one = np.ones(exp.shape)
+    scale = np.ldexp(one, -half).astype(quad) * np.ldexp(one, half - exp).astype(quad)
+    truth = hi.astype(quad) + lo.astype(quad) * scale
+    with np.errstate(over="ignore"):  # a method far off a tiny loss: inf relative error
+        return (np.abs(v.astype(quad) - truth) / np.abs(truth)).astype(np.float64)
 
 
 def loss_ulp_err(
