@@ -90,14 +90,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Commands(dict[str, click.Command]):
-    """The group's command table: a command of :data:`COMMANDS` is imported when first looked
-    up. Its module registers it (``@cli.command``); a module that is missing or registers
-    nothing is an error, never a command silently absent."""
+    """A group's command table: a command of ``table`` (name -> (module, short help), as
+    :data:`COMMANDS`) is imported when first looked up. Its module registers it
+    (``@cli.command``); a module that is missing or registers nothing is an error, never a
+    command silently absent."""
+
+    def __init__(
+        self, table: Mapping[str, tuple[str, str]], registered: Mapping[str, click.Command]
+    ) -> None:
+        super().__init__(registered)
+        self.table = table
 
     def _load(self, name: str) -> click.Command | None:
-        if dict.__contains__(self, name) or name not in COMMANDS:
+        if dict.__contains__(self, name) or name not in self.table:
             return dict.get(self, name)
-        module = f"{__name__}.{COMMANDS[name][0]}"
+        module = f"{__name__}.{self.table[name][0]}"
         importlib.import_module(module)
         if not dict.__contains__(self, name):
             raise RuntimeError(f"{module} did not register the command {name!r}")
@@ -110,7 +117,7 @@ class _Commands(dict[str, click.Command]):
         return cmd
 
     def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, name) or name in COMMANDS
+        return dict.__contains__(self, name) or name in self.table
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         cmd = self._load(name)
@@ -122,7 +129,7 @@ class _Commands(dict[str, click.Command]):
 
     def names(self) -> list[str]:
         """Every command, registered or not yet imported: the table's order, then others."""
-        return [*COMMANDS, *(n for n in dict.keys(self) if n not in COMMANDS)]
+        return [*self.table, *(n for n in dict.keys(self) if n not in self.table)]
 
 
 class SmcheckGroup(click.Group):
@@ -134,7 +141,7 @@ class SmcheckGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.commands = _Commands(self.commands)
+        self.commands = _Commands(COMMANDS, self.commands)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_names(self))
@@ -146,17 +153,18 @@ class SmcheckGroup(click.Group):
         """click's command list, with the short help of a command not yet imported taken
         from :data:`COMMANDS` (the same text click makes from its docstring)."""
         commands = self.commands
+        table = commands.table if isinstance(commands, _Commands) else {}
         rows: list[tuple[str, click.Command | None]] = []  # None: not imported yet
         for name in self.list_commands(ctx):
             cmd = commands.loaded(name) if isinstance(commands, _Commands) else commands.get(name)
-            if cmd is None and name in COMMANDS or cmd is not None and not cmd.hidden:
+            if cmd is None and name in table or cmd is not None and not cmd.hidden:
                 rows.append((name, cmd))
         if not rows:
             return
         limit = formatter.width - 6 - max(len(name) for name, _ in rows)
         # a stand-in command with the table's text shortens it exactly as click would
         shown = [
-            (name, (cmd or click.Command(name, help=COMMANDS[name][1])).get_short_help_str(limit))
+            (name, (cmd or click.Command(name, help=table[name][1])).get_short_help_str(limit))
             for name, cmd in rows
         ]
         with formatter.section("Commands"):
