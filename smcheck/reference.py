@@ -258,10 +258,17 @@ def _scaled_low(q: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> ScaledLow | No
         return None
     qt = q[tiny]
     scale = _pow2(LOSS_EXP, qt)
+    lo_t = ((qt - hi[tiny].astype(q.dtype)) * scale).astype(np.float64)
+    # below 2**-2174 even the scaled value underflows (hi = lo' = 0): beyond float64 on any
+    # scale, such a loss keeps the ordinary pair (0, 0), as before
+    keep = (hi[tiny] != 0) | (lo_t != 0)
+    rows = np.flatnonzero(tiny)[keep]
+    if not rows.size:
+        return None
     lo_s = lo.copy()
-    lo_s[tiny] = ((qt - hi[tiny].astype(q.dtype)) * scale).astype(np.float64)
     exp = np.zeros(hi.shape, dtype=np.int16)
-    exp[tiny] = LOSS_EXP
+    lo_s.flat[rows] = lo_t[keep]
+    exp.flat[rows] = LOSS_EXP
     return ScaledLow(lo_s, exp)
 
 

@@ -71,3 +71,21 @@ def test_ordinary_float64_losses_keep_no_exponent():
     x = np.array([[0.0, -600.0], [0.0, -1.0]])  # 2.6e-261: the ordinary pair still holds
     ref = reference_of(prepare_input(x, np.array([0, 0])))
     assert ref.loss[0] > TINY_LOSS and ref.loss_scaled is None
+
+
+def test_loss_below_the_subnormals_measures_a_zero_as_all_wrong():
+    # L* = 1e-330 rounds to 0 in float64: a method returning 0 is off by all of L*
+    x = np.array([[0.0, -759.8], [0.0, -1.0]])
+    ref = reference_of(prepare_input(x, np.array([0, 0])))
+    assert ref.loss[0] == 0 and ref.loss_scaled is not None
+    got = loss_rel_err(np.array([0.0, 0.3]), ref.loss, ref.loss_lo, ref.loss_scaled)[0]
+    assert got == _truth_rel_err(0.0, x[0]) == 1.0
+
+
+def test_loss_beyond_any_float64_scale_keeps_the_ordinary_pair():
+    # e**-10000 ~ 1e-4343: below 2**-2174 even the scaled low part underflows; the pair is
+    # (0, 0) and a method's 0 counts as exact, as without an exponent
+    x = np.array([[0.0, -1e4], [0.0, -1.0]])
+    ref = reference_of(prepare_input(x, np.array([0, 0])))
+    assert ref.loss[0] == 0 and ref.loss_scaled is None
+    assert loss_rel_err(np.array([0.0, 0.3]), ref.loss, ref.loss_lo)[0] == 0.0
