@@ -62,6 +62,10 @@ def test_tiny_float64_loss_reported_by_evaluate_and_compare(where):
     assert m.loss_max_rel_err_row == 0
     assert m.loss_max_rel_err is not None
     assert math.isclose(m.loss_max_rel_err, want, rel_tol=1e-12)
+    # label-free: the pair (row 0, class 0) is the same loss, one of an (N, C) matrix
+    free = evaluate(x, None, methods=("log1p",), gate=("log1p",)).methods["log1p"]
+    assert free.loss_max_rel_err is not None
+    assert math.isclose(free.loss_max_rel_err, want, rel_tol=1e-12)
     c = compare(x, y, res.loss, res.grad)
     assert c.loss.max_rel_err is not None
     assert math.isclose(c.loss.max_rel_err, want, rel_tol=1e-12)
