@@ -58,9 +58,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gradcheck": (
         "gradcheck_cmd",
         "Check each method's gradient dL/dz, computed in the working dtype, against the truth: "
-        "complex-step derivatives in complex128, confirmed by central differences (Richardson) "
-        "in the reference's high precision and by the reference's own gradient - all on the "
-        "same rounded logits.",
+        "complex-step derivatives in complex128 (binary128 for float64), confirmed by central "
+        "differences (Richardson) in the reference's high precision and by the reference's own "
+        "gradient - all on the same rounded logits.",
     ),
     "sweep": (
         "sweep_cmd",
