@@ -396,7 +396,7 @@ class _LabelledRows:
             )  # fmt: skip
             for m in self.names
         }
-        return _Numerics(facts, self.ref_loss, self.ref_lo, self.ref_p, per_method, self.ref_scaled)
+        return _Numerics(facts, self.ref_loss, self.ref_lo, self.ref_p, per_method, ref_scaled=self.ref_scaled)
 
 
 def _labelled_numerics(
@@ -505,7 +505,7 @@ def _label_free_numerics(prep: Prepared, cfg: EngineConfig, row0: int) -> _Numer
     ref = reference_of(prep)
     e = facts.finite_input & ~facts.ignored
     methods = _label_free_methods(prep, cfg, e, ref, row0)
-    return _Numerics(facts, ref.loss, ref.loss_lo, ref.prob, methods, ref.loss_scaled)
+    return _Numerics(facts, ref.loss, ref.loss_lo, ref.prob, methods, ref_scaled=ref.loss_scaled)
 
 
 def _input_stats(

@@ -339,5 +339,5 @@ def reference_block(
             prob_q.astype(np.float64),
             rest_q.astype(np.float64),
             name,
-            loss_scaled,
+            loss_scaled=loss_scaled,
         )
