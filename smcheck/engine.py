@@ -396,7 +396,9 @@ class _LabelledRows:
             )  # fmt: skip
             for m in self.names
         }
-        return _Numerics(facts, self.ref_loss, self.ref_lo, self.ref_p, per_method, ref_scaled=self.ref_scaled)
+        return _Numerics(
+            facts, self.ref_loss, self.ref_lo, self.ref_p, per_method, ref_scaled=self.ref_scaled
+        )
 
 
 def _labelled_numerics(
