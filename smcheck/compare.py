@@ -62,7 +62,7 @@ from .prepare import (
     loss_coefficients,
     prepare_input,
 )
-from .reference import reference_precision_name
+from .reference import ScaledLow, reference_precision_name
 from .variants import Variant, variant_fields
 
 __all__ = [
@@ -449,6 +449,9 @@ class _Blocks:
 
     ref_hi: list[np.ndarray] = field(default_factory=list)
     ref_lo: list[np.ndarray] = field(default_factory=list)
+    # the low parts with an exponent (losses below 2**-968; exponent 0 elsewhere)
+    ref_lo_scaled: list[np.ndarray] = field(default_factory=list)
+    ref_exp: list[np.ndarray] = field(default_factory=list)
     finite_input: list[np.ndarray] = field(default_factory=list)
     max_logit: list[np.ndarray] = field(default_factory=list)
     min_logit: list[np.ndarray] = field(default_factory=list)
@@ -490,6 +493,9 @@ def _block(prep: Prepared, grad: np.ndarray | None, grad_scale: float, out: _Blo
     out.cast_overflowed += prep.cast_report.overflowed
     out.ref_hi.append(ref.loss)
     out.ref_lo.append(np.zeros(n) if ref.loss_lo is None else ref.loss_lo)
+    scaled = ref.loss_scaled or ScaledLow(out.ref_lo[-1], np.zeros(n, np.int16))
+    out.ref_lo_scaled.append(scaled.lo)
+    out.ref_exp.append(scaled.exp)
     out.finite_input.append(prep.finite_input)
     out.max_logit.append(np.max(np.where(np.isnan(z), -np.inf, z), axis=1))
     out.min_logit.append(np.min(np.where(np.isnan(z), np.inf, z), axis=1))
@@ -535,7 +541,12 @@ class _LossRows:
 
 
 def _loss_rows(
-    theirs: np.ndarray, hi: np.ndarray, lo: np.ndarray, ignored: np.ndarray, working: Precision
+    theirs: np.ndarray,
+    hi: np.ndarray,
+    lo: np.ndarray,
+    ignored: np.ndarray,
+    working: Precision,
+    ref_scaled: ScaledLow | None = None,
 ) -> _LossRows:
     """Per-row measures, reduction none (ignored rows are left out but must be 0)."""
     counted = ~ignored
@@ -548,7 +559,7 @@ def _loss_rows(
         theirs=theirs,
         measured=counted & t_fin & r_fin,
         abs_err=abs_err,
-        rel_err=loss_rel_err(theirs, hi, lo),
+        rel_err=loss_rel_err(theirs, hi, lo, ref_scaled),
         ulp_err=abs_err / working.ulp(hi),
         gate_err=gate_ulps(abs_err, hi, working),
         scaled_err=scaled,
@@ -964,7 +975,8 @@ def _loss_measures(st: _Setup, blocks: _Blocks, opts: CompareOptions) -> _LossRo
     """Their loss against the reference: per row, or their one reduced number."""
     hi, lo = blocks.cat("ref_hi"), blocks.cat("ref_lo")
     if opts.reduction == "none":
-        return _loss_rows(st.theirs, hi, lo, st.ignored, st.ci.working)
+        scaled = ScaledLow(blocks.cat("ref_lo_scaled"), blocks.cat("ref_exp"))
+        return _loss_rows(st.theirs, hi, lo, st.ignored, st.ci.working, scaled)
     return _reduced_loss_rows(
         st.theirs, hi, lo, st.ignored, opts.reduction, st.ci.working, st.denominator,
         opts.convention,

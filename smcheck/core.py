@@ -25,7 +25,7 @@ from .methods import (
 )
 from .precisions import CastReport, Precision, accumulate, get_precision
 from .prepare import Prepared, check_labels, loss_coefficients, prepare_input
-from .reference import ReferenceOutput, reference_block
+from .reference import ReferenceOutput, ScaledLow, reference_block
 
 __all__ = [
     "CrossEntropyResult",
@@ -326,7 +326,21 @@ def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS)
         prob_rest=np.concatenate([p.prob_rest for p in parts]),
         precision=parts[0].precision,
         z_loss=cat("z_loss"),
+        loss_scaled=_cat_scaled(parts),
     )
+
+
+def _cat_scaled(parts: list[ReferenceOutput]) -> ScaledLow | None:
+    """The blocks' :class:`ScaledLow` joined; a block without one has exponent 0 throughout."""
+    if all(p.loss_scaled is None for p in parts):
+        return None
+    los, exps = [], []
+    for p in parts:
+        assert p.loss_lo is not None  # only a double-double reference has scaled low parts
+        s = p.loss_scaled or ScaledLow(p.loss_lo, np.zeros(p.loss_lo.shape, np.int16))
+        los.append(s.lo)
+        exps.append(s.exp)
+    return ScaledLow(np.concatenate(los), np.concatenate(exps))
 
 
 def reference(

@@ -34,7 +34,7 @@ from .methods import SHARED_SOFTMAX_METHODS, ShiftedSoftmax, shifted_softmax
 from .metrics import loss_gate_err, loss_rel_err, loss_ulp_err
 from .precisions import CastReport, Precision
 from .prepare import Prepared, prepare_input
-from .reference import ReferenceOutput, reference_block
+from .reference import ReferenceOutput, ScaledLow, reference_block
 from .rows import PerRowBlock, RowFacts, per_row_block, worst_rows
 from .stats import (
     ChunkStats,
@@ -159,13 +159,14 @@ def _loss_stats(
     ref_lo: np.ndarray | None,
     measured: np.ndarray,
     row0: int,
+    ref_scaled: ScaledLow | None = None,
 ) -> tuple[MethodStats, dict[str, np.ndarray]]:
     """Loss statistics of one method's result over the ``measured`` rows (pairs) of a block;
     its ``causes`` (per row, :func:`overflow_causes`) split the overflow count by cause."""
     loss = res.loss
     loss64 = np.asarray(loss, dtype=np.float64)
     causes = res.causes
-    rel = loss_rel_err(loss, ref_loss, ref_lo)
+    rel = loss_rel_err(loss, ref_loss, ref_lo, ref_scaled)
     ulp = loss_ulp_err(loss, ref_loss, cfg.working, ref_lo)
     gate = loss_gate_err(loss, ref_loss, cfg.working, ref_lo)
     over = res.overflow if loss.ndim == 1 else np.broadcast_to(res.overflow[:, None], loss.shape)
@@ -284,6 +285,7 @@ class _Numerics:
     ref_lo: np.ndarray | None
     ref_p: np.ndarray  # reference probability of the label (label-free: (n, C))
     methods: dict[str, _MethodRows]
+    ref_scaled: ScaledLow | None = None  # low parts with an exponent (float64, losses < 2**-968)
 
 
 def _extremes(xf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -310,6 +312,7 @@ class _LabelledRows:
         self.cast: CastReport | None = None
         self.ref_loss = np.zeros(n)
         self.ref_lo: np.ndarray | None = None
+        self.ref_scaled: ScaledLow | None = None
         self.ref_p = np.zeros(n)
         self.loss = {m: np.zeros(n) for m in names}
         self.over = {m: np.zeros(n, bool) for m in names}
@@ -343,6 +346,15 @@ class _LabelledRows:
             if self.ref_lo is None:
                 self.ref_lo = np.zeros(self.ref_loss.size)
             self.ref_lo[i:j] = ref.loss_lo
+        if ref.loss_scaled is not None:
+            if self.ref_scaled is None:  # rows of other sub-blocks: their ordinary low parts
+                assert self.ref_lo is not None
+                zero = np.zeros(self.ref_lo.size, np.int16)
+                self.ref_scaled = ScaledLow(self.ref_lo.copy(), zero)
+            self.ref_scaled.lo[i:j] = ref.loss_scaled.lo
+            self.ref_scaled.exp[i:j] = ref.loss_scaled.exp
+        elif self.ref_scaled is not None and ref.loss_lo is not None:
+            self.ref_scaled.lo[i:j] = ref.loss_lo
         self.ref_p[i:j] = ref.prob
         return ref
 
@@ -397,7 +409,9 @@ class _LabelledRows:
             )  # fmt: skip
             for m in self.names
         }
-        return _Numerics(facts, self.ref_loss, self.ref_lo, self.ref_p, per_method)
+        return _Numerics(
+            facts, self.ref_loss, self.ref_lo, self.ref_p, per_method, ref_scaled=self.ref_scaled
+        )
 
 
 def _labelled_numerics(
@@ -503,7 +517,7 @@ def _label_free_numerics(prep: Prepared, cfg: EngineConfig, row0: int) -> _Numer
     ref = reference_of(prep)
     e = facts.finite_input & ~facts.ignored
     methods = _label_free_methods(prep, cfg, e, ref, row0)
-    return _Numerics(facts, ref.loss, ref.loss_lo, ref.prob, methods)
+    return _Numerics(facts, ref.loss, ref.loss_lo, ref.prob, methods, ref_scaled=ref.loss_scaled)
 
 
 def _input_stats(
@@ -539,7 +553,9 @@ def _method_stats(
     per_method: dict[str, dict[str, np.ndarray]] = {}
     for name in cfg.methods:
         mr = nums.methods[name]
-        st, arrays = _loss_stats(mr, cfg, nums.ref_loss, nums.ref_lo, measured, row0)
+        st, arrays = _loss_stats(
+            mr, cfg, nums.ref_loss, nums.ref_lo, measured, row0, nums.ref_scaled
+        )
         gst, gabs, grel = _grad_stats(mr.grad_errors, mr.grad_measured, mr.grad_rows, mr.grad_cols)
         if label_free:
             gabs, grel = (

@@ -25,6 +25,11 @@ Truth, two ways plus a witness:
 * **the reference gradient** of :mod:`smcheck.reference` (an analytic formula in high
   precision): a third witness, reported beside the two.
 
+For float64 work a complex128 truth is itself only float64-accurate (~1e-16 relative), as
+large as the error it is meant to measure. There the truth is the complex step **in
+binary128** (:func:`complex_step_binary128`), kept as a double-double ``truth + truth_lo``, so
+the error reported is the method's alone.
+
 Probes (what is checked):
 
 * the coordinates that matter in each row: the label, the argmax, the argmin, the next largest
@@ -56,7 +61,7 @@ from .methods import DEFAULT_METHODS, METHODS, MethodFn
 from .options import merge_options
 from .precisions import Precision, get_precision
 from .prepare import Prepared, prepare_input
-from .reference import _two_diff_residual, quad_dtype, reference_precision_name
+from .reference import _split, _two_diff_residual, quad_dtype, reference_precision_name
 from .synthetic import CASE_CHOICES, ROW_CASES, Synthetic, synthetic
 
 __all__ = [
@@ -75,6 +80,7 @@ __all__ = [
     "central_difference",
     "complex_loss",
     "complex_step",
+    "complex_step_binary128",
     "default_tolerance",
     "gradcheck",
     "synthetic",
@@ -85,6 +91,9 @@ CASES: tuple[str, ...] = tuple(ROW_CASES)
 
 #: Step of the complex-step derivative (see the module docstring for why not 1e-200).
 COMPLEX_STEP = 2.0**-40
+#: Step of the binary128 complex step (float64 work): |h u_j| <= 2**-59, so cos(h u_j) rounds
+#: to 1 and sin(h u_j) to h u_j in binary128 (their next terms are below 2**-118 relative).
+COMPLEX_STEP_BINARY128 = 2.0**-60
 
 #: Default (atol, rtol) per working dtype. A correct fused gradient errs by about
 #: (2 + log2(C) * eps(accum) / eps) * eps per entry (shift, exp, division, p_y - 1, the sum's
@@ -169,6 +178,51 @@ def complex_step(
     # exp underflows to 0 for classes far below the max; that is the float64 truth, not noise
     with np.errstate(under="ignore"):
         return complex_loss(zc, y, rest).imag / COMPLEX_STEP
+
+
+def complex_step_binary128(
+    x: np.ndarray, y: np.ndarray, u: np.ndarray, rest: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`complex_step` in binary128: Im L(x + i h u) / h as a double-double (hi, lo).
+
+    The same loss as :func:`complex_loss` (c = max Re z, or z_y where the label holds the max;
+    ``rest`` (M,) in binary128 adds the unperturbed classes left out of ``x``), with complex
+    numbers as pairs of binary128 arrays and h = :data:`COMPLEX_STEP_BINARY128`. Every phase
+    theta_j = h (u_j - Im c / h) is at most 2**-59, so exp(a + i theta) = e**a (1 + i theta)
+    and arg(s) = Im s / Re s to binary128's rounding (the next terms are theta**2 / 2, theta**2
+    / 6 and (Im s / Re s)**2 / 3 relative, below 2**-118): the derivative comes out as
+    sum_j e**(d_j) (u_j - u_c) / s + u_c - u_y, u_c = u_y at the pivot, else 0 - no difference
+    of loss values, so every entry keeps ~2**-110 relative accuracy down to float64's
+    subnormals (the complex128 step loses entries whose e**(d_j) h is subnormal).
+
+    >>> hi, lo = complex_step_binary128(np.array([[0.0, -40.0]]), np.array([0]), np.eye(2)[:1])
+    >>> float(hi[0]), float(lo[0])  # -e**-40 / (1 + e**-40) with its low part
+    (-4.248354255291589e-18, -1.063261941480036e-34)
+    """
+    quad = quad_dtype()
+    if quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
+        raise RuntimeError("numpy-quaddtype is required to check float64 gradients")
+    xf = np.asarray(x, dtype=np.float64)
+    uf = np.asarray(u, dtype=np.float64)
+    rows = np.arange(xf.shape[0])
+    m = xf.max(axis=1)
+    uy = uf[rows, y]
+    pivot = xf[rows, y] == m
+    u_c = np.where(pivot, uy, 0.0)  # Im c / h: the pivot moves with its own step
+    # far-off classes underflow (binary128 reaches e**-11355); numpy-quaddtype's exp and sum
+    # raise spurious underflow/invalid flags on terms below ~1e-308 (the results are right)
+    with np.errstate(under="ignore", invalid="ignore"):
+        e = np.exp(xf.astype(quad) - m.astype(quad)[:, None])  # Re z_j - Re c, c real part m
+        h = np.asarray(COMPLEX_STEP_BINARY128).astype(quad)
+        theta = h * (uf - u_c[:, None]).astype(quad)  # exact: float64 difference, power of 2
+        re_s = e.sum(axis=1)
+        im_s = (e * theta).sum(axis=1)
+        if rest is not None:  # rest * exp(-i Im c): the left-out classes, unperturbed
+            r = np.asarray(rest).astype(quad)
+            re_s = re_s + r
+            im_s = im_s - r * (h * u_c.astype(quad))
+        d = (im_s / re_s) / h + (u_c - uy).astype(quad)
+    return _split(d)
 
 
 def _arith(working: Precision) -> tuple[np.dtype, float]:
@@ -434,17 +488,26 @@ def _rest_sum(x: np.ndarray, sel: np.ndarray, dt: np.dtype) -> np.ndarray:
     return out
 
 
+def _wide_truth(working: Precision) -> bool:
+    """Whether the truth is the binary128 complex step (float64 work): complex128's ~1e-16
+    relative error would be as large as the float64 error it measures."""
+    return working.mantissa_bits > 24
+
+
 def _truth_entries(
     x: np.ndarray, y: np.ndarray, sel: np.ndarray, working: Precision
-) -> tuple[np.ndarray, np.ndarray]:
-    """Complex step and central difference of every (row, selected class): (N, K) each."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Complex step (the truth, and its low part: zeros unless float64) and central difference
+    of every (row, selected class): (N, K) each."""
     n, k = sel.shape
     dt, _ = _arith(working)
+    wide = _wide_truth(working)
     xs = np.take_along_axis(np.asarray(x, dtype=np.float64), sel, 1)
     y_pos = np.argmax(sel == y[:, None], axis=1)
-    rest64 = _rest_sum(x, sel, np.dtype(np.float64))
-    rest_p = rest64 if dt == np.float64 else _rest_sum(x, sel, dt)
+    rest64 = None if wide else _rest_sum(x, sel, np.dtype(np.float64))
+    rest_p = _rest_sum(x, sel, dt) if rest64 is None else rest64
     cs = np.empty((n, k))
+    cs_lo = np.zeros((n, k))
     cd = np.empty((n, k))
     eye = np.eye(k)
     for sl in _row_chunks(n, k * k):
@@ -452,26 +515,35 @@ def _truth_entries(
         xb = np.repeat(xs[rows], k, axis=0)  # (rows * K, K): row r, probe j
         ub = np.tile(eye, (len(rows), 1))
         yb = np.repeat(y_pos[rows], k)
-        cs[rows] = complex_step(xb, yb, ub, np.repeat(rest64[rows], k)).reshape(-1, k)
-        cd[rows] = central_difference(xb, yb, ub, working, np.repeat(rest_p[rows], k)).reshape(
-            -1, k
-        )
-    return cs, cd
+        rb = np.repeat(rest_p[rows], k)
+        if rest64 is None:
+            hi, lo = complex_step_binary128(xb, yb, ub, rb)
+            cs[rows], cs_lo[rows] = hi.reshape(-1, k), lo.reshape(-1, k)
+        else:
+            cs[rows] = complex_step(xb, yb, ub, rb).reshape(-1, k)
+        cd[rows] = central_difference(xb, yb, ub, working, rb).reshape(-1, k)
+    return cs, cs_lo, cd
 
 
 def _truth_directions(
     x: np.ndarray, y: np.ndarray, dirs: np.ndarray, working: Precision
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Complex step (with its low part, as :func:`_truth_entries`) and central difference
+    along every direction: (D, N) each."""
     n, c = x.shape
     cs = np.empty(dirs.shape[:2])
+    cs_lo = np.zeros(dirs.shape[:2])
     cd = np.empty(dirs.shape[:2])
     xf = np.asarray(x, dtype=np.float64)
     for sl in _row_chunks(n, c):
         for i in range(dirs.shape[0]):
-            cs[i, sl] = complex_step(xf[sl], y[sl], dirs[i, sl])
+            if _wide_truth(working):
+                cs[i, sl], cs_lo[i, sl] = complex_step_binary128(xf[sl], y[sl], dirs[i, sl])
+            else:
+                cs[i, sl] = complex_step(xf[sl], y[sl], dirs[i, sl])
         if dirs.shape[0]:
             cd[:, sl] = central_difference(xf[sl], y[sl], dirs[:, sl], working)
-    return cs, cd
+    return cs, cs_lo, cd
 
 
 # --------------------------------------------------------------------------- consistency
@@ -652,6 +724,8 @@ class _Probes:
     dirs: np.ndarray  # (D, N, C) unit directions
     cs_e: np.ndarray  # (N, K) complex step: the truth
     cs_d: np.ndarray  # (D, N)
+    lo_e: np.ndarray  # the truth's low parts (float64 work: truth = cs + lo), else zeros
+    lo_d: np.ndarray
     cd_e: np.ndarray  # central differences
     cd_d: np.ndarray
     ref_e: np.ndarray  # the reference gradient
@@ -681,6 +755,7 @@ class _Probes:
             probe, at = f"direction {d}", (1, d, i)
         side, a, b = at
         t = (self.cs_e, self.cs_d)[side][a, b]
+        t_lo = (self.lo_e, self.lo_d)[side][a, b]
         v, tl = values[side][a, b], tols[side][a, b]
         rid = int(self.row_ids[i])
         return WorstEntry(
@@ -691,7 +766,7 @@ class _Probes:
             probe=probe,
             truth=float(t),
             value=float(v),
-            abs_err=float(abs(v - t)) if np.isfinite(v) else None,
+            abs_err=float(abs((v - t) - t_lo)) if np.isfinite(v) else None,
             tol=float(tl),
             ratio=ratio,
         )
@@ -712,8 +787,8 @@ def _probe(
     n, c = x.shape
     sel = np.tile(np.arange(c), (n, 1)) if full else _select(x.astype(np.float64), y, sample, rng)
     dirs = _directions(n, c, directions, rng)
-    cs_e, cd_e = _truth_entries(x, y, sel, working)
-    cs_d, cd_d = _truth_directions(x, y, dirs, working)
+    cs_e, lo_e, cd_e = _truth_entries(x, y, sel, working)
+    cs_d, lo_d, cd_d = _truth_directions(x, y, dirs, working)
     ref = reference_of(prepare_input(x, y, dtype=working))
     assert ref.grad is not None
     g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
@@ -725,6 +800,8 @@ def _probe(
         dirs=dirs,
         cs_e=cs_e,
         cs_d=cs_d,
+        lo_e=lo_e,
+        lo_d=lo_d,
         cd_e=cd_e,
         cd_d=cd_d,
         ref_e=np.take_along_axis(g_ref, sel, 1),
@@ -752,8 +829,12 @@ def _judge_truth(p: _Probes, working: Precision, atol: float, rtol: float) -> Tr
     agreement, fraction = worst(np.abs(p.cs_e - p.cd_e), np.abs(p.cs_d - p.cd_d))
     ref_agreement, ref_fraction = worst(np.abs(p.ref_e - p.cs_e), np.abs(p.ref_d - p.cs_d))
     cd_arith = "float64 with exact shifts" if working.mantissa_bits <= 24 else "binary128"
+    cs = f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}"
+    if _wide_truth(working):
+        h128 = int(math.log2(COMPLEX_STEP_BINARY128))
+        cs = f"complex step in binary128, h = 2**{h128}, kept as a double-double"
     return Truth(
-        complex_step=f"complex step in complex128, h = 2**{int(math.log2(COMPLEX_STEP))}",
+        complex_step=cs,
         central_difference=f"central differences in {cd_arith}, Richardson on h and h/2, "
         "h = (u (1 + ln C))**(1/5)",
         reference=reference_precision_name(working),
@@ -786,12 +867,17 @@ def _check_method(
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf rows: counted below
         vals_d = (p.dirs * g64).sum(axis=2)
         fin_e, fin_d = np.isfinite(vals_e), np.isfinite(vals_d)
-        err_e = np.where(fin_e, np.abs(vals_e - p.cs_e), np.inf)
-        err_d = np.where(fin_d, np.abs(vals_d - p.cs_d), np.inf)
+        # (v - t) - t_lo: the first difference is exact where v is near t (Sterbenz), so a
+        # float64 error is measured below float64's ulp; t_lo = 0 for narrower dtypes
+        err_e = np.where(fin_e, np.abs((vals_e - p.cs_e) - p.lo_e), np.inf)
+        err_d = np.where(fin_d, np.abs((vals_d - p.cs_d) - p.lo_d), np.inf)
     r_e, r_d = _ratio(err_e, tol_e), _ratio(err_d, tol_d)
     # relative and ulp errors need a truth with full relative accuracy: a normal number of the
-    # working dtype, and (float64) one whose complex-step part exp(d) h was not subnormal
-    floor = max(working.smallest_normal, float(np.finfo(np.float64).smallest_normal) / COMPLEX_STEP)
+    # working dtype, and one whose complex128 step exp(d) h was not subnormal (the binary128
+    # step of float64 work keeps its accuracy far below)
+    floor = working.smallest_normal
+    if not _wide_truth(working):
+        floor = max(floor, float(np.finfo(np.float64).smallest_normal) / COMPLEX_STEP)
     normal = fin_e & (np.abs(p.cs_e) >= floor)
     ulps = err_e[normal] / working.ulp(p.cs_e[normal])
     failed_e = int(np.count_nonzero(r_e > 1))

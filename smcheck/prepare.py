@@ -370,7 +370,11 @@ def prepare_input(
         logits, labels, dtype=dtype, accum=accum, cast=cast, ignore_index=ignore_index,
         row_offset=row_offset,
     )  # fmt: skip
-    xr, report, xk = cast_carrier(np.asarray(ci.x), ci.working, cast, working_copy=False)
+    # C order before anything is summed: numpy's sum over the last axis is pairwise only along
+    # contiguous rows; a Fortran-ordered or strided view is summed sequentially (C - 1 roundings
+    # in a row instead of ~log2 C), so one float32 audit of the same numbers would differ (fused
+    # at C = 1000: 5.9 ulp instead of 0.9). A no-op (no copy) for a C-ordered array or memmap.
+    xr, report, xk = cast_carrier(np.ascontiguousarray(ci.x), ci.working, cast, working_copy=False)
     n, c = xk.shape
     w = _check_loss_options(weight, label_smoothing, c)
     var: Variant | None = check_variant(

@@ -24,7 +24,10 @@ Precision used:
 * working dtype float64: IEEE binary128 through numpy-quaddtype (113-bit significand, SLEEF's
   exp/log1p). The result is returned as a double-double: ``loss + loss_lo`` (and
   ``grad + grad_lo``), both float64 arrays, so errors of a float64 method can be measured
-  below its own ulp.
+  below its own ulp. Below |L*| = 2**-968 (~2e-292) the low part would underflow (it is
+  ~2**-53 |L*| and needs to be normal for its 53 bits; at a subnormal loss the high part alone is
+  off by up to half its value): such losses also carry an exponent, :class:`ScaledLow`, so their
+  relative error is measured right down to the smallest subnormal.
 
 Rows whose input holds NaN or +inf give NaN; -inf logits are masked classes (probability 0),
 a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
@@ -48,7 +51,22 @@ import numpy as np
 from .precisions import Precision
 from .variants import Variant
 
-__all__ = ["ReferenceOutput", "quad_dtype", "reference_block", "reference_precision_name"]
+__all__ = [
+    "LOSS_EXP",
+    "TINY_LOSS",
+    "ReferenceOutput",
+    "ScaledLow",
+    "quad_dtype",
+    "reference_block",
+    "reference_precision_name",
+]
+
+#: Below this |L*| a float64 double-double's low part underflows: it is ~2**-53 |L*| and keeps
+#: its 53 bits only while it is at least 2**-1022, the smallest normal float64.
+TINY_LOSS = 2.0**-968
+#: The exponent such a loss is scaled by: 2**-1074 * 2**LOSS_EXP = 2**26 and
+#: 2**-968 * 2**LOSS_EXP = 2**132, so the scaled low part is normal and nothing overflows.
+LOSS_EXP = 1100
 
 
 @functools.cache
@@ -60,6 +78,23 @@ def quad_dtype() -> np.dtype | None:
     except ImportError:  # pragma: no cover - numpy-quaddtype is a hard dependency
         return None
     return np.dtype(nq.QuadPrecDType(backend="sleef"))
+
+
+@dataclass(frozen=True)
+class ScaledLow:
+    """Low parts of a double-double reference ``hi`` that hold down to the smallest subnormal:
+    L* = hi + lo * 2**-exp, entry by entry.
+
+    ``exp`` is 0 where the ordinary low part is normal (``lo`` is then that low part) and
+    :data:`LOSS_EXP` where |L*| < :data:`TINY_LOSS`. Why: for L* = 1e-310 the ordinary pair is
+    hi = fl(L*), a subnormal of 45 bits, and lo = fl(L* - hi) = 0 (underflow), so a method
+    returning hi looks exact although it is off by up to 2**-45 relative; at the smallest
+    subnormal hi is off by up to half of L*. Scaled by 2**1100 the same low part is an ordinary
+    float64 again.
+    """
+
+    lo: np.ndarray
+    exp: np.ndarray  # int16, the shape of lo
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,8 @@ class ReferenceOutput:
     precision: str
     #: (N,) the z-loss term lambda * lse**2 alone (already in ``loss``); None without z-loss
     z_loss: np.ndarray | None = None
+    # the loss's low parts with an exponent, where some loss is below TINY_LOSS (else None)
+    loss_scaled: ScaledLow | None = None
 
 
 def reference_precision_name(working: Precision, variant: Variant | None = None) -> str:
@@ -207,11 +244,42 @@ def _core(
 
 
 def _split(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """binary128 -> (hi, lo) float64 with hi + lo = q to ~2**-106 relative."""
+    """binary128 -> (hi, lo) float64 with hi + lo = q to ~2**-106 relative (|q| >= 2**-968;
+    below, lo underflows: see :func:`_scaled_low`)."""
     hi = q.astype(np.float64)
     finite = np.isfinite(hi)
     lo = np.where(finite, (q - np.where(finite, hi, 0).astype(q.dtype)).astype(np.float64), 0.0)
     return hi, lo
+
+
+def _pow2(e: int, like: np.ndarray) -> np.ndarray:
+    """2**e in ``like``'s dtype (binary128), as two float64 factors: 2**1100 has no float64."""
+    half = e // 2
+    one = np.ones((), dtype=np.float64)
+    return np.ldexp(one, half).astype(like.dtype) * np.ldexp(one, e - half).astype(like.dtype)
+
+
+def _scaled_low(q: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> ScaledLow | None:
+    """The low parts of ``q`` (binary128) with an exponent where |q| < :data:`TINY_LOSS`:
+    lo' = fl((q - hi) * 2**LOSS_EXP), exact scalings by a power of two in binary128 (its
+    exponent reaches 2**-16382). None when no entry needs one."""
+    tiny = np.isfinite(hi) & (np.abs(hi) < TINY_LOSS) & (q != 0)
+    if not tiny.any():
+        return None
+    qt = q[tiny]
+    scale = _pow2(LOSS_EXP, qt)
+    lo_t = ((qt - hi[tiny].astype(q.dtype)) * scale).astype(np.float64)
+    # below 2**-2174 even the scaled value underflows (hi = lo' = 0): beyond float64 on any
+    # scale, such a loss keeps the ordinary pair (0, 0), as before
+    keep = (hi[tiny] != 0) | (lo_t != 0)
+    rows = np.flatnonzero(tiny)[keep]
+    if not rows.size:
+        return None
+    lo_s = lo.copy()
+    exp = np.zeros(hi.shape, dtype=np.int16)
+    lo_s.flat[rows] = lo_t[keep]
+    exp.flat[rows] = LOSS_EXP
+    return ScaledLow(lo_s, exp)
 
 
 def reference_block(
@@ -277,6 +345,7 @@ def reference_block(
         cq = None if coeff is None else np.asarray(coeff).astype(np.float64).astype(quad)
         loss_q, grad_q, prob_q, rest_q = _core(zq, y, coeff=cq, keep_prob=keep_prob)
         loss, loss_lo = _split(loss_q)
+        loss_scaled = _scaled_low(loss_q, loss, loss_lo)
         if grad_q is None:
             grad = grad_lo = None
         else:
@@ -289,6 +358,7 @@ def reference_block(
             prob_q.astype(np.float64),
             rest_q.astype(np.float64),
             name,
+            loss_scaled=loss_scaled,
         )
 
 
@@ -382,5 +452,6 @@ def _variant_reference(
             prob_q.astype(np.float64),
             rest_q.astype(np.float64),
             name,
-            None if zl_q is None else zl_q.astype(np.float64),
+            z_loss=None if zl_q is None else zl_q.astype(np.float64),
+            loss_scaled=None if loss_lo is None else _scaled_low(loss_q, loss, loss_lo),
         )

@@ -203,7 +203,7 @@ def _errors(
 ) -> dict[str, list]:
     """Loss errors (bits, relative), mean-loss error and gradient error per scale."""
     ref_loss, ref_lo = ref.loss, ref.loss_lo
-    rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo).reshape(s, r)
+    rel = metrics.loss_rel_err(res.loss, ref_loss, ref_lo, ref.loss_scaled).reshape(s, r)
     bits = metrics.bits_of_error(metrics.loss_ulp_err(res.loss, ref_loss, working, ref_lo)).reshape(
         s, r
     )

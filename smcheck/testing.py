@@ -24,10 +24,11 @@ Three checks, in this order, per method (or for your kernel):
   probabilities and ``p - 1``, all in [-1, 1], so an absolute bound is the natural one).
 
 Default thresholds: :func:`smcheck.metrics.default_thresholds`, the same as ``smcheck eval``
-(``max_loss_ulp = 4 + ceil(log2 C) * eps(accum) / eps(dtype)``, ``max_grad_err = max_loss_ulp *
-eps(dtype)``; the reasoning is there). float16 with float32 sums, C = 50 000: 4.0 ulps; float32
-throughout: 20 ulps. A real defect (overflow, a lost ``-onehot``, a missing shift, a ``log(p)``
-of an underflowed ``p``) is off by orders of magnitude more than this slack.
+(``max_loss_ulp = 4 + R(C) * eps(accum) / eps(dtype)``, R(C) the roundings of the class sum,
+``max_grad_err = max_loss_ulp * eps(dtype)``; the reasoning is there). float16 with float32
+sums, C = 50 000: 4.0 ulps; float32 throughout: 28 ulps. A real defect (overflow, a lost
+``-onehot``, a missing shift, a ``log(p)`` of an underflowed ``p``) is off by orders of
+magnitude more than this slack.
 
 Memory stays bounded: rows are processed in chunks of about ``chunk_bytes`` bytes of working
 arrays (default 64 MiB), so a (10**6, 32 000) memmap can be checked. The names are the CLI's

@@ -41,12 +41,14 @@ def _table_rows(message: str) -> list[list[str]]:
 
 
 def test_default_thresholds_follow_the_rounding_count() -> None:
-    # 4 ulps for the ~4 roundings in T, + ceil(log2 C) roundings of the sum in A (in ulps of T)
+    # 4 ulps for the ~4 roundings in T, + the roundings of the sum in A (in ulps of T): 21 on
+    # the longest chain of numpy's pairwise float32 sum of 1000 terms, ceil(log2 C) = 10 in the
+    # explicit float16 tree
     loss16, grad16 = default_thresholds("float16", None, 1000)
-    assert loss16 == 4.0  # 10 * 2**-13 ulps for the float32 sum, rounded away
+    assert loss16 == 4.0  # 21 * 2**-13 ulps for the float32 sum, rounded away
     assert grad16 == 4 * 2.0**-10
-    assert default_thresholds("float32", None, 1000) == (14.0, 14 * 2.0**-23)
-    assert default_thresholds("float32", None, 1025)[0] == 15.0
+    assert default_thresholds("float32", None, 1000) == (25.0, 25 * 2.0**-23)
+    assert default_thresholds("float32", None, 1025)[0] == 25.0
     assert default_thresholds("float16", "float16", 1000)[0] == 14.0
     assert default_thresholds("bfloat16", None, 1)[0] == 4.0
 

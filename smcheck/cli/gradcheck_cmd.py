@@ -221,9 +221,9 @@ def gradcheck_cmd(
     regression_factor: float,
 ) -> None:
     """Check each method's gradient dL/dz, computed in the working dtype, against the truth:
-    complex-step derivatives in complex128, confirmed by central differences (Richardson) in
-    the reference's high precision and by the reference's own gradient - all on the same
-    rounded logits.
+    complex-step derivatives in complex128 (binary128 for float64), confirmed by central
+    differences (Richardson) in the reference's high precision and by the reference's own
+    gradient - all on the same rounded logits.
 
     Checks the coordinates that matter in every row (label, argmax, argmin, the largest
     logits, a random sample; --full: all) and random directional derivatives. Without LOGITS

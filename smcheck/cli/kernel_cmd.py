@@ -106,7 +106,8 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     type=FiniteFloatRange(min=0),
     default=None,
     help="Loss error limit in ulps of max(|loss|, 1). Default: as smcheck eval, "
-    "4 + ceil(log2 V) * eps(accum) / eps(dtype), plus ceil(log2 N) for a reduced loss.",
+    "4 + R(V) * eps(accum) / eps(dtype) (R: the roundings of the class sum), plus ceil(log2 N) "
+    "for a reduced loss.",
 )
 @click.option(
     "--max-grad-err",

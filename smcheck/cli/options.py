@@ -338,7 +338,8 @@ def gate_options(
             type=FiniteFloatRange(min=0),
             default=None,
             help="Largest loss error a gated method may have, in ulps of max(|loss|, 1) of the "
-            "working dtype. Default: 4 + ceil(log2(classes)) * eps(accum) / eps(dtype).",
+            "working dtype. Default: 4 + R * eps(accum) / eps(dtype), R the roundings of the "
+            "class sum (docs/eval.md).",
         ),
         click.option(
             "--max-grad-err",
