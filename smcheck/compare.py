@@ -49,6 +49,7 @@ from .metrics import (
     gate_ulps,
     grad_abs_err,
     grad_rel_err,
+    kernel_thresholds,
     loss_abs_err,
     loss_rel_err,
 )
@@ -300,25 +301,16 @@ def _as_grad(got: LoadedValues, n: int, c: int, original: tuple[int, ...]) -> np
 def default_tolerances(
     working: Precision, accum: Precision, classes: int, reduction: str = "none", counted: int = 1
 ) -> tuple[float, float]:
-    """Default ``(max_loss_ulp, max_grad_err)``, the budget ``eval`` uses.
-
-    Loss: 4 ulps of max(|L*|, 1) for the few roundings of a fused kernel, plus log2(C) roundings
-    of a pairwise sum in ``accum`` (each worth eps(accum) / eps(dtype) ulps); a reduction adds
-    log2(counted) more for the sum over rows and 1 for its final rounding. Gradient: the
-    per-row loss budget times eps(dtype) - entries lie in [-1, 1], so that is the same number
-    of ulps of 1.
+    """Default ``(max_loss_ulp, max_grad_err)`` for their kernel:
+    :func:`smcheck.metrics.kernel_thresholds` (eval's formula, with their sum over classes taken
+    as a pairwise tree, and a reduction's sum over rows added).
 
     >>> from smcheck.precisions import get_precision
     >>> f32 = get_precision("float32")
     >>> default_tolerances(f32, f32, 1024)
     (14.0, 1.6689300537109375e-06)
     """
-    ratio = accum.eps / working.eps
-    per_row = 4.0 + math.log2(max(classes, 1)) * ratio
-    loss = per_row
-    if reduction != "none":
-        loss += math.log2(max(counted, 1)) * ratio + 1.0
-    return loss, per_row * working.eps
+    return kernel_thresholds(working, accum, classes, reduction, counted)
 
 
 # --------------------------------------------------------------------------- analysis

@@ -22,6 +22,7 @@ __all__ = [
     "loss_gate_err",
     "grad_abs_err",
     "grad_rel_err",
+    "kernel_thresholds",
     "loss_abs_err",
     "loss_rel_err",
     "loss_ulp_err",
@@ -210,6 +211,38 @@ def default_thresholds(
     acc = resolve_accum(working, accum)
     k = round(4 + sum_roundings(classes, acc) * acc.eps / working.eps, 2)
     return k, k * working.eps
+
+
+def kernel_thresholds(
+    dtype: str | np.dtype | Precision,
+    accum: str | np.dtype | Precision | None,
+    classes: int,
+    reduction: str = "none",
+    counted: int = 1,
+) -> tuple[float, float]:
+    """Default ``(max_loss_ulp, max_grad_err)`` for a kernel that is *not* smcheck's own
+    (``smcheck compare``, ``smcheck kernel``): the formula of :func:`default_thresholds`, but
+    with the sum over C classes taken as a pairwise tree - what a GPU block reduction does - so
+    R(C) = ceil(log2 C) roundings, since how their sum runs is not known. A reduction over rows
+    adds ceil(log2 counted) roundings of its sum in A and one final rounding in T.
+
+    >>> kernel_thresholds("float32", "float32", 1024)
+    (14.0, 1.6689300537109375e-06)
+    >>> kernel_thresholds("float32", "float32", 1024, "mean", 1000)
+    (25.0, 1.6689300537109375e-06)
+    """
+    working = get_precision(dtype)
+    acc = resolve_accum(working, accum)
+    ratio = acc.eps / working.eps
+    per_row = round(4 + _tree_depth(classes) * ratio, 2)
+    loss = per_row
+    if reduction != "none":
+        loss = round(per_row + _tree_depth(counted) * ratio + 1.0, 2)
+    return loss, per_row * working.eps
+
+
+def _tree_depth(n: int) -> int:
+    return math.ceil(math.log2(n)) if n > 1 else 0
 
 
 def bits_of_error(ulps: np.ndarray) -> np.ndarray:
