@@ -53,6 +53,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -60,6 +61,7 @@ from .errors import UsageError
 from .executor import available_cpus, can_fork, ordered_map
 from .frameworks import FRAMEWORK_METHODS
 from .methods import METHODS
+from .options import renamed_keywords
 from .precisions import Precision, get_precision, resolve_accum
 from .reference import reference_precision_name
 from .sweep_cells import Problem, ScaleStats, cell_verdict, is_broken, measure
@@ -80,6 +82,7 @@ __all__ = [
     "SweepReport",
     "auto_rows",
     "default_jobs",
+    "default_workers",
     "parse_scales",
     "sweep",
 ]
@@ -667,17 +670,21 @@ def _cost(config: SweepConfig, task: tuple[str, int, str]) -> float:
     return weight * classes * config.rows_for(classes)
 
 
-def default_jobs() -> int:
+def default_workers() -> int:
     """Worker processes: the CPUs this process may use, at most 8."""
     return min(8, available_cpus())
 
 
-def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
+default_jobs = default_workers  # the old name, for one release
+
+
+def sweep(config: SweepConfig | None = None, *, workers: int = 1, **deprecated: Any) -> SweepReport:
     """Sweep the grid of ``config`` and find every method's break points.
 
-    ``jobs > 1`` spreads the (dtype, classes, case) tasks over that many workers (at most the
+    ``workers > 1`` spreads the (dtype, classes, case) tasks over that many workers (at most the
     CPUs) through :func:`smcheck.executor.ordered_map` - forked processes where that is safe,
-    else threads; the report is identical for any ``jobs``.
+    else threads; the report is identical for any ``workers``. (``jobs=`` is the deprecated name
+    of ``workers=``, as in the other analyses.)
 
     >>> rep = sweep(SweepConfig(dtypes=("float16",), classes=(10,), cases=("margin",),
     ...                         methods=("naive",), scales=(1.0, 20.0)))
@@ -685,12 +692,18 @@ def sweep(config: SweepConfig | None = None, *, jobs: int = 1) -> SweepReport:
     >>> b.cause, b.theory, b.scale_lo < 11.09 < b.scale <= 1.01 * b.scale_lo  # ln(65504)
     ('exp overflow', 'ln(max)', True)
     """
+    named = {"workers": workers} if workers != 1 else {}
+    given = renamed_keywords({**deprecated, **named}, {"jobs": "workers"}, "sweep")
+    unknown = sorted(set(given) - {"workers"})
+    if unknown:
+        raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
+    workers = int(given.get("workers", 1))
     config = config or SweepConfig()
     tasks = [(d, c, k) for d in config.dtypes for c in config.classes for k in config.cases]
     # costliest first, so that no long task starts last while the other workers idle
     order = sorted(range(len(tasks)), key=lambda i: -_cost(config, tasks[i]))
     run = partial(_run_indexed, config, tasks)  # a forked worker inherits it, unpickled
-    done = ordered_map(run, order, workers=jobs, processes=can_fork(config.methods))
+    done = ordered_map(run, order, workers=workers, processes=can_fork(config.methods))
     by_index = dict(zip(order, done, strict=True))
     results = [by_index[i] for i in range(len(tasks))]
     cells = [cell for cs, _ in results for cell in cs]

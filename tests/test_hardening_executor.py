@@ -166,9 +166,9 @@ def test_cli_workers_beyond_the_cpus_is_a_one_line_note(tmp_path: Path) -> None:
     assert res.stdout == plain.stdout
     assert res.stderr.splitlines()[1:] == plain.stderr.splitlines()
     sweep = ["sweep", "--dtype", "float16", "--classes", "10", "--scales", "1,100", "--rows", "2"]
-    res = CliRunner().invoke(cli, [*sweep, "--jobs", str(cpus + 1)])
+    res = CliRunner().invoke(cli, [*sweep, "--workers", str(cpus + 1)])
     assert res.exit_code in (0, 1), res.output
-    assert f"smcheck: note: --jobs {cpus + 1}: using {cpus}" in res.stderr
+    assert f"smcheck: note: --workers {cpus + 1}: using {cpus}" in res.stderr
 
 
 # --------------------------------------------------------------------------- die with the parent

@@ -320,7 +320,7 @@ def test_grid_is_complete_and_jobs_do_not_change_it() -> None:
         assert c.rows == 4 and c.verdict in HEAT_CHAR
         for f in (c.nonfinite_loss_frac, c.nonfinite_grad_frac, c.overflow_frac):
             assert f is not None and 0 <= f <= 1
-    two = sweep(config, jobs=2)
+    two = sweep(config, workers=2)
     assert two == one
 
 

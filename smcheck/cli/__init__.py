@@ -235,7 +235,10 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
             if not isinstance(p, click.Option) or p.hidden or p.name is None:
                 continue
             key = _key_of(p)
-            opts[key] = OptionSpec(key, p.name, bool(p.multiple), _builtin_default(p, cmd))
+            spec = OptionSpec(key, p.name, bool(p.multiple), _builtin_default(p, cmd))
+            # an option's other long flags are keys too (sweep's old `jobs` beside `workers`)
+            for alias in (normalize_key(o[2:]) for o in p.opts if o.startswith("--")):
+                opts.setdefault(alias, spec)
         specs[name] = opts
     return specs
 

@@ -17,7 +17,7 @@ from ..sweep import (
     DEFAULT_SCALES_SPEC,
     SweepConfig,
     SweepReport,
-    default_jobs,
+    default_workers,
     parse_scales,
     sweep,
 )
@@ -182,11 +182,14 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
 @output_option()
 @color_option()
 @click.option(
-    "--jobs",
+    "--workers",
+    "--jobs",  # the old name, for one release (config key `jobs` keeps working too)
+    "workers",
     type=click.IntRange(min=1),
     default=None,
     callback=capped_workers,
-    help="Worker processes. Default: the CPU cores available (at most 8).",
+    help="Tasks run in parallel: forked worker processes on Linux, threads elsewhere (and with "
+    "--methods torch/jax). Default: the CPU cores available (at most 8).",
 )
 @baseline_options()
 def sweep_cmd(
@@ -208,7 +211,7 @@ def sweep_cmd(
     fmt: str,
     output: str | None,
     color: str,
-    jobs: int | None,
+    workers: int | None,
     baseline: str | None,
     write_baseline: str | None,
     regression_factor: float,
@@ -234,7 +237,7 @@ def sweep_cmd(
                 regression_factor=regression_factor)  # fmt: skip
     plot_fmt = _check_plot(plot, output)  # fail before the sweep, not after it
     tail.start({"--plot": plot})
-    report = sweep(config, jobs=jobs or default_jobs())
+    report = sweep(config, workers=workers or default_workers())
     if plot is not None and plot_fmt is not None:  # beside the report, before it is emitted
         _write_plot(plot, plot_fmt, report)
     doc = to_dict(report)
