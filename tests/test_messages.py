@@ -6,6 +6,10 @@ the one line on stderr and the exit status.
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +77,100 @@ def test_csv_other_header_names_and_labels_files_are_unchanged(tmp_path: Path) -
     np.save(tmp_path / "x.npy", np.zeros((1, 3), np.float32))
     got = load_input(tmp_path / "x.npy", tmp_path / "y.csv")
     assert got.labels is not None and got.labels.tolist() == [1]
+
+
+# ---------------------------------------------------------------- wording of loading messages
+
+
+def test_stdin_terminal_message_is_whole_bug() -> None:
+    master, slave = os.openpty()
+    try:
+        with open(slave, "rb", closefd=False) as tty, pytest.raises(InputError) as info:
+            load_input("-", stdin=tty)
+    finally:
+        os.close(master)
+        os.close(slave)
+    message = str(info.value)
+    assert message.startswith("stdin ('-') is a terminal")
+    # the example is a whole command line, not one cut off at the pipe
+    assert "(e.g. cat x.csv | smcheck eval -) or name a file" in message
+    assert not message.rstrip().endswith("|")
+
+
+def test_npz_without_logits_names_the_flag_not_the_python_name_bug(tmp_path: Path) -> None:
+    np.savez(tmp_path / "two.npz", a=np.zeros((2, 3)), b=np.zeros((2, 3)))
+    code, _, err = run("eval", str(tmp_path / "two.npz"))
+    line = one_error_line(err)
+    assert code == 2 and line.endswith("it holds: 'a', 'b' (name one with --logits-key)")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    code, _, err = run("eval", str(tmp_path / "x.npy"), "--logits-key", "a")
+    assert code == 2 and "--logits-key 'a' given but this is a .npy array" in one_error_line(err)
+    code, _, err = run("eval", str(tmp_path / "x.npy"), "--label-column", "2")
+    line = one_error_line(err)
+    assert code == 2 and "--label-column applies to text input only" in line
+    assert "label_column" not in line
+
+
+def _zip_like_torch_save(path: Path) -> None:
+    """The layout torch.save (zip serialization) writes: <name>/data.pkl and raw storages."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("ckpt/data.pkl", pickle.dumps({"logits": "a tensor"}, protocol=2))
+        z.writestr("ckpt/data/0", b"\0" * 48)
+        z.writestr("ckpt/version", b"3\n")
+
+
+def test_torch_checkpoint_is_named_not_called_an_npz_bug(tmp_path: Path) -> None:
+    p = tmp_path / "ckpt.pt"
+    _zip_like_torch_save(p)
+    code, _, err = run("eval", str(p))
+    line = one_error_line(err)
+    assert code == 2
+    assert "a PyTorch checkpoint (torch.save), not an .npz; save the tensor with numpy.save" in line
+    assert "data.pkl" not in line
+
+
+def test_real_torch_save_is_named(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "t.pt"
+    torch.save(torch.zeros(2, 3), p)
+    code, _, err = run("eval", str(p))
+    assert code == 2 and "a PyTorch checkpoint" in one_error_line(err)
+
+
+def test_pickle_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    p = tmp_path / "x.pkl"
+    p.write_bytes(pickle.dumps([[1.0, 2.0]], protocol=4))
+    code, _, err = run("eval", str(p))
+    line = one_error_line(err)
+    assert code == 2 and "a Python pickle" in line and "never loads" in line
+    code, _, err = run("eval", "-", input=pickle.dumps([[1.0, 2.0]], protocol=2))
+    assert code == 2 and "stdin: a Python pickle" in one_error_line(err)
+
+
+def test_messages_show_numbers_and_shapes_not_python_reprs_bug(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), np.float32))
+    np.save(tmp_path / "half.npy", np.array([0.0, 0.5, 1.0, 2.0]))
+    code, _, err = run("eval", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "half.npy"))
+    line = one_error_line(err)
+    assert code == 2 and "row 1: label 0.5 is not a whole number" in line
+    assert "np.float64" not in line
+    np.save(tmp_path / "sq.npy", np.zeros((2, 2), np.int64))
+    code, _, err = run("eval", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "sq.npy"))
+    line = one_error_line(err)
+    assert code == 2 and "labels of shape 2 x 2 do not fit logits of shape 4 x 3" in line
+    assert "(2, 2)" not in line and "(4, 3)" not in line
+    np.save(tmp_path / "e.npy", np.zeros((0,), np.float32))
+    code, _, err = run("eval", str(tmp_path / "e.npy"))
+    assert code == 2 and "shape 0 has 0 classes" in one_error_line(err)
+    assert "(0,)" not in err
+
+
+def test_integer_logits_note_agrees_with_the_dtype_shown_bug(tmp_path: Path) -> None:
+    np.save(tmp_path / "i.npy", np.arange(6, dtype=np.int16).reshape(2, 3))
+    code, out, err = run("eval", str(tmp_path / "i.npy"), "-f", "json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["input"]["dtype"] == "float32"
+    (note,) = d["input"]["notes"]
+    assert "int16 logits read as floating point (exactly)" in note
+    assert "checked in float32 unless --dtype" in note and "converted to float64" not in note

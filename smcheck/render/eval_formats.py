@@ -247,9 +247,7 @@ def render_markdown(report: EvalReport, *, color: bool = False, width: int | Non
         label = "class" if i.label_free else "label"
         names = [name for name, *_ in report.worst[0].methods]
         # the first rows by score, and the rows of each method's largest relative error
-        shown = [
-            w for n, w in enumerate(report.worst) if n < MARKDOWN_WORST or w.max_rel_err_of
-        ]
+        shown = [w for n, w in enumerate(report.worst) if n < MARKDOWN_WORST or w.max_rel_err_of]
         lines += [
             "",
             f"Worst rows ({WORST_RANKING.format(dtype=i.dtype)}; at most {MARKDOWN_WORST} by score, and each method's "
