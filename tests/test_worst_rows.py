@@ -2,8 +2,8 @@
 
 The list is ranked by a score in the gate's unit (loss error in ulps of max(|loss|, 1)); the
 methods table's ``loss rel max`` is a relative error. A loss of 2.5e-6 computed as 0 is 100 %
-off but 3.2e-4 bfloat16 ulps of 1: the score ranks it last, and before the fix ``--top 1`` left out the
-row whose relative error the methods table shows.
+off but 3.2e-4 bfloat16 ulps of 1: the score ranks it last, and before the fix ``--top 1`` left
+out the row whose relative error the methods table shows.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_label_free_worst_rows_hold_each_methods_largest_relative_error() -> Non
             continue
         holders = [w for w in r.worst if m.name in w.max_rel_err_of]
         assert len(holders) == 1 and holders[0].row == m.loss_max_rel_err_row
-        rel = dict((name, rel) for name, _, rel, _ in holders[0].methods)[m.name]
+        rel = {name: rel for name, _, rel, _ in holders[0].methods}[m.name]
         assert rel == m.loss_max_rel_err
     for chunk in (1, 2):
         again = evaluate(

@@ -250,8 +250,9 @@ def render_markdown(report: EvalReport, *, color: bool = False, width: int | Non
         shown = [w for n, w in enumerate(report.worst) if n < MARKDOWN_WORST or w.max_rel_err_of]
         lines += [
             "",
-            f"Worst rows ({WORST_RANKING.format(dtype=i.dtype)}; at most {MARKDOWN_WORST} by score, and each method's "
-            "largest loss relative error, marked ^; cells: loss relative error):",
+            f"Worst rows ({WORST_RANKING.format(dtype=i.dtype)}; at most {MARKDOWN_WORST} by "
+            "score, and each method's largest loss relative error, marked ^; cells: loss "
+            "relative error):",
             "",
             f"| row | {label} | max logit | margin | ref p_y | score | " + " | ".join(names) + " |",
             "|--:|--:|--:|--:|--:|--:|" + "--:|" * len(names),
