@@ -174,3 +174,34 @@ def test_integer_logits_note_agrees_with_the_dtype_shown_bug(tmp_path: Path) -> 
     (note,) = d["input"]["notes"]
     assert "int16 logits read as floating point (exactly)" in note
     assert "checked in float32 unless --dtype" in note and "converted to float64" not in note
+
+
+# ---------------------------------------------------------------- help texts
+
+
+def _help(*command: str) -> str:
+    r = CliRunner().invoke(cli, [*command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    return " ".join(r.output.split())
+
+
+def test_consistency_step_help_does_not_advise_what_the_docs_say_fails_bug() -> None:
+    text = _help("gradcheck")
+    assert "Try 1e-3" not in text
+    assert "such as 1e-3 in float16 leaves every probe inconclusive" in text
+
+
+def test_sweep_baseline_help_describes_sweeps_rules_bug() -> None:
+    text = _help("sweep")
+    assert "a break point where the baseline had none" in text
+    assert "more overflow/non-finite rows" not in text  # eval's rules
+    assert "Not used: sweep compares break points" in text  # --regression-factor
+    assert "a gated method newly failing" in _help("eval")
+
+
+def test_eval_help_names_every_input_format_and_says_processes_bug() -> None:
+    text = _help("eval")
+    assert "Where chunks run: threads here" not in text
+    assert "forked processes on Linux" in text
+    assert "a zarr array store" in text and ".npz (array 'logits' or --logits-key)" in text
+    assert "Labels, one per row: .npy, .npz, zarr store, or text" in text

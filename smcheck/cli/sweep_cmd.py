@@ -184,7 +184,7 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     callback=capped_workers,
     help="Worker processes. Default: the CPU cores available (at most 8).",
 )
-@baseline_options()
+@baseline_options("sweep")
 def sweep_cmd(
     dtypes: tuple[str, ...],
     accum: str | None,
