@@ -16,8 +16,9 @@ Markers, an HTML comment on the line before a fence:
   transcript from a GitHub runner).
 * ``<!-- doc-outputs: run -->`` before a ```python block: the script is run once, in the
   page's directory, before the console blocks after it (it makes the files they use).
-* ``<!-- doc-outputs: write NAME -->`` before any block: its text is written to NAME in the
-  directory of the next console block only (a config file the example reads).
+* ``<!-- doc-outputs: file NAME -->`` before any block: its text is kept as the file NAME, and
+  ``<!-- doc-outputs: with NAME -->`` before a console block writes it into that block's
+  directory (a config file shown in the page that the example reads).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NOT_RUN = "<!-- not-run -->"
 RUN = "<!-- doc-outputs: run -->"
-WRITE = re.compile(r"<!-- doc-outputs: write (\S+) -->")
+FILE = re.compile(r"<!-- doc-outputs: file (\S+) -->")
+WITH = re.compile(r"<!-- doc-outputs: with (\S+) -->")
 MARK = "@@smcheck-doc-outputs@@"
 #: Seconds one block may run.
 TIMEOUT = 300
@@ -143,29 +145,29 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
     page.mkdir()
     for what in ("samples", "scripts"):
         shutil.copytree(ROOT / what, page / what, ignore=shutil.ignore_patterns("__pycache__"))
-    pending: dict[str, str] = {}
+    files: dict[str, str] = {}
     new = list(lines)
     changed: list[str] = []
     # replace from the end so earlier line numbers stay valid
     edits: list[tuple[int, int, list[str]]] = []
     for n, b in enumerate(blocks(lines)):
-        w = WRITE.fullmatch(b.marker)
-        if w:
-            pending[w.group(1)] = "\n".join(b.body) + "\n"
+        f = FILE.fullmatch(b.marker)
+        if f:
+            files[f.group(1)] = "\n".join(b.body) + "\n"
         if b.lang == "python" and b.marker == RUN:
             subprocess.run(
                 [sys.executable, "-c", "\n".join(b.body)], cwd=page, env=env, check=True
             )
-        if b.lang != "console" or b.marker == NOT_RUN:
+        if b.lang != "console" or b.marker == NOT_RUN or f:
             continue
         commands = b.commands()
         if not commands:
             continue
         cwd = base / f"{path.stem}-{n}"
         shutil.copytree(page, cwd, symlinks=True)
-        for name, text in pending.items():
-            (cwd / name).write_text(text, encoding="utf-8")
-        pending = {}
+        w = WITH.fullmatch(b.marker)
+        if w:
+            (cwd / w.group(1)).write_text(files[w.group(1)], encoding="utf-8")
         body: list[str] = []
         for cmd, out in zip(commands, run_block(commands, cwd, env), strict=True):
             body += [f"$ {line}" if i == 0 else line for i, line in enumerate(cmd.split("\n"))]
