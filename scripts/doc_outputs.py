@@ -141,7 +141,8 @@ def run_block(commands: list[str], cwd: Path, env: dict[str, str]) -> list[list[
 def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[str]]:
     """The page with every console block's output redone, and the blocks that changed."""
     lines = path.read_text(encoding="utf-8").split("\n")
-    page = base / path.stem
+    tag = str(path.relative_to(ROOT)).replace("/", "_").replace(".", "_")
+    page = base / tag
     page.mkdir()
     for what in ("samples", "scripts"):
         shutil.copytree(ROOT / what, page / what, ignore=shutil.ignore_patterns("__pycache__"))
@@ -163,7 +164,7 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
         commands = b.commands()
         if not commands:
             continue
-        cwd = base / f"{path.stem}-{n}"
+        cwd = base / f"{tag}-{n}"
         shutil.copytree(page, cwd, symlinks=True)
         w = WITH.fullmatch(b.marker)
         if w:
