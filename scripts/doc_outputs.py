@@ -156,9 +156,7 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
         if f:
             files[f.group(1)] = "\n".join(b.body) + "\n"
         if b.lang == "python" and b.marker == RUN:
-            subprocess.run(
-                [sys.executable, "-c", "\n".join(b.body)], cwd=page, env=env, check=True
-            )
+            subprocess.run([sys.executable, "-c", "\n".join(b.body)], cwd=page, env=env, check=True)
         if b.lang != "console" or b.marker == NOT_RUN or f:
             continue
         commands = b.commands()
