@@ -141,7 +141,8 @@ def run_block(commands: list[str], cwd: Path, env: dict[str, str]) -> list[list[
 def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[str]]:
     """The page with every console block's output redone, and the blocks that changed."""
     lines = path.read_text(encoding="utf-8").split("\n")
-    tag = str(path.relative_to(ROOT)).replace("/", "_").replace(".", "_")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    tag = re.sub(r"\W", "_", str(shown))
     page = base / tag
     page.mkdir()
     for what in ("samples", "scripts"):
@@ -174,7 +175,7 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
         shutil.rmtree(cwd, ignore_errors=True)
         if body != b.body:
             first = commands[0].split("\n")[0]
-            changed.append(f"{path.relative_to(ROOT)}:{b.start + 1}: $ {first}")
+            changed.append(f"{shown}:{b.start + 1}: $ {first}")
             edits.append((b.start + 1, b.end, body))
     for start, end, body in reversed(edits):
         new[start:end] = body
