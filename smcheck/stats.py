@@ -300,7 +300,17 @@ def merge_cast(a: CastReport | None, b: CastReport | None) -> CastReport | None:
 
 
 #: Per-row columns every worst row carries (besides one ``<method>:<field>`` per method).
-WORST_FIELDS = ("row", "label", "max_logit", "margin", "ref_p", "ref_loss", "n_bad", "score")
+WORST_FIELDS = (
+    "row",
+    "label",
+    "ranked",  # False: kept only as a method's largest relative error (label-free, other class)
+    "max_logit",
+    "margin",
+    "ref_p",
+    "ref_loss",
+    "n_bad",
+    "score",
+)
 #: Per-method fields of a worst row.
 WORST_METHOD_FIELDS = ("loss", "rel_err", "ulp_err", "grad_abs_err", "nonfinite")
 
