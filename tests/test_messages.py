@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from smcheck import load_input
+from smcheck.loading import load_values
 from smcheck.cli import cli
 from smcheck.errors import InputError
 
@@ -205,3 +206,9 @@ def test_eval_help_names_every_input_format_and_says_processes_bug() -> None:
     assert "forked processes on Linux" in text
     assert "a zarr array store" in text and ".npz (array 'logits' or --logits-key)" in text
     assert "Labels, one per row: .npy, .npz, zarr store, or text" in text
+
+
+def test_value_files_of_compare_may_name_a_column_y(tmp_path: Path) -> None:
+    p = tmp_path / "loss.csv"
+    p.write_text("y\n0.5\n0.25\n")  # their loss, one per line, under a header 'y'
+    assert load_values(p, key=None, default_key="loss").values.reshape(-1).tolist() == [0.5, 0.25]

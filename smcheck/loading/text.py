@@ -331,8 +331,10 @@ class _Parser:
         label_column: str | int | None,
         one_column: bool,
         strip: bool | None,
+        label_names: bool = True,
     ) -> None:
         self.name = name
+        self.label_names = label_names  # refuse a column named like labels (logits files)
         self.rows_at_most = rows_at_most
         self.label_column = label_column
         self.one_column = one_column
@@ -376,7 +378,7 @@ class _Parser:
                 ),
             )
         columns = list(range(head.width))
-        if self.label_column is None and not self.one_column and head.header is not None:
+        if self.label_names and self.label_column is None and not self.one_column and head.header:
             named = _label_named_column(head)
             if named is not None:
                 self.errors.setdefault("columns", named)
@@ -481,13 +483,14 @@ def _parse_text(
     label_column: str | int | None,
     one_column: bool,
     block_bytes: int = _BLOCK_BYTES,
+    label_names: bool = True,
 ) -> tuple[_TextLogits, list[str]]:
     """Parse text in blocks; once more without dropping a trailing delimiter if a line lacks it."""
     strip: bool | None = None
     # each data row is a line, ended by LF, CRLF or a lone CR (an upper bound for UTF-16)
     rows_at_most = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") + 1
     while True:
-        parser = _Parser(name, rows_at_most, label_column, one_column, strip)
+        parser = _Parser(name, rows_at_most, label_column, one_column, strip, label_names)
         try:
             for lines, numbers in _blocks(data, name, block_bytes):
                 parser.feed(lines, numbers)
@@ -505,9 +508,12 @@ def _text_logits(
     label_column: str | int | None,
     notes: list[str],
     block_bytes: int = _BLOCK_BYTES,
+    label_names: bool = True,
 ) -> _TextLogits:
-    """Logits (and a label column) from text; notes: the header, cells that overflowed."""
-    got, head_notes = _parse_text(data, name, label_column, False, block_bytes)
+    """Logits (and a label column) from text; notes: the header, cells that overflowed.
+    ``label_names``: refuse a header column named like labels (not for compare's value files,
+    whose columns are no logits)."""
+    got, head_notes = _parse_text(data, name, label_column, False, block_bytes, label_names)
     notes.extend(head_notes)
     if got.overflowed:
         notes.append(
