@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from smcheck import load_input
-from smcheck.loading import load_values
 from smcheck.cli import cli
 from smcheck.errors import InputError
+from smcheck.loading import load_values
 
 
 def run(*args: str, input: bytes | None = None) -> tuple[int, str, str]:
