@@ -83,6 +83,7 @@ def worst_rows(
         every = _candidates(k, k.astype(np.int64), True, eps, rows_g, facts, ref_loss, ref_lo,
                             ref_prob, xf, per_method)  # fmt: skip
         parts = [_take(every, e)]
+        seen: set[tuple[int, int]] = set()
         for m in names:
             # the pair of this chunk with the method's largest finite relative error (lowest
             # (row, class) on ties, as the methods table's maximum), unless ranked already
@@ -92,8 +93,9 @@ def worst_rows(
                 continue
             best = rel[finite].max()
             i, c = (int(v[0]) for v in np.nonzero(finite & (rel == best)))
-            if c == k[i]:
-                continue
+            if c == k[i] or (i, c) in seen:
+                continue  # ranked already, or another method's largest too
+            seen.add((i, c))
             one = np.zeros(n, bool)
             one[i] = True
             kc = np.full(n, c)

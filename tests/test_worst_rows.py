@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mpmath
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from smcheck import evaluate
@@ -92,3 +93,24 @@ def test_table_says_what_the_worst_rows_are_ranked_by(tmp_path) -> None:
     assert [w["row"] for w in d["worst_rows"]] == [2, 0]
     assert d["worst_rows"][1]["max_rel_err_of"] == ["naive"]
     assert d["worst_rows"][1]["score"] < d["worst_rows"][0]["score"]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_every_methods_largest_relative_error_is_listed_whatever_the_chunks(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((24, 7)) * rng.choice([1.0, 8.0, 30.0], (24, 1))).astype(np.float32)
+    y = rng.integers(0, 7, 24)
+    y[rng.integers(0, 24)] = -100
+    dtype = ("float16", "bfloat16")[seed]
+    methods = ("naive", "shifted", "fused", "log1p")
+    for labels in (y, None):
+        whole = evaluate(x, labels, dtype=dtype, methods=methods, top=2)
+        for chunk in (5,):
+            got = evaluate(x, labels, dtype=dtype, methods=methods, top=2, chunk_rows=chunk)
+            assert got.worst == whole.worst
+        for m in whole.methods:
+            if m.loss_max_rel_err is None:
+                continue
+            (holder,) = [w for w in whole.worst if m.name in w.max_rel_err_of]
+            assert holder.row == m.loss_max_rel_err_row
+            assert {n: r for n, _, r, _ in holder.methods}[m.name] == m.loss_max_rel_err
