@@ -8,6 +8,8 @@ out the row whose relative error the methods table shows.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mpmath
 import numpy as np
 import pytest
@@ -79,7 +81,7 @@ def test_label_free_worst_rows_hold_each_methods_largest_relative_error() -> Non
         assert again.worst == r.worst
 
 
-def test_table_says_what_the_worst_rows_are_ranked_by(tmp_path) -> None:
+def test_table_says_what_the_worst_rows_are_ranked_by(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", X)
     np.save(tmp_path / "y.npy", Y)
     args = ["eval", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
@@ -114,3 +116,15 @@ def test_every_methods_largest_relative_error_is_listed_whatever_the_chunks(seed
             (holder,) = [w for w in whole.worst if m.name in w.max_rel_err_of]
             assert holder.row == m.loss_max_rel_err_row
             assert {n: r for n, _, r, _ in holder.methods}[m.name] == m.loss_max_rel_err
+
+
+def test_a_bad_gradient_row_still_shows_it_holds_the_largest_relative_error() -> None:
+    # lm sample in float16: naive's largest relative error (0.0362) is on row 108, where its
+    # chained backward overflows: the cell says "bad grad" and still carries the ^ mark
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    args = ["eval", str(samples / "lm_logits_f16.npy"), "--labels", str(samples / "lm_labels.npy")]
+    out = CliRunner().invoke(cli, [*args, "--top", "2"], env={"COLUMNS": "100"}).output
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("108 "))
+    assert row.count("bad grad ^") == 2  # naive and shifted
+    md = CliRunner().invoke(cli, [*args, "--top", "2", "-f", "markdown"]).output
+    assert "| 108 | 291 |" in md and md.count("bad grad ^") == 2

@@ -198,7 +198,11 @@ WORST_RANKING = (
 def rel_cell(w: WorstRow, name: str, rel: float | None) -> str:
     """A method's relative error on a worst row, marked ``^`` where it is the method's largest
     (the methods table's ``loss rel max``)."""
-    return fmt_num(rel) + (" ^" if name in w.max_rel_err_of else "")
+    return fmt_num(rel) + _mark(w, name)
+
+
+def _mark(w: WorstRow, name: str) -> str:
+    return " ^" if name in w.max_rel_err_of else ""
 
 
 _ICON = {"ok": "✅ ok", "lossy": "⚠️ lossy", "broken": "❌ broken"}
@@ -259,7 +263,9 @@ def render_markdown(report: EvalReport, *, color: bool = False, width: int | Non
         ]
         for w in shown:
             errs = [
-                ("non-finite" if loss is None else "bad grad") if bad else rel_cell(w, name, rel)
+                (("non-finite" if loss is None else "bad grad") + _mark(w, name))
+                if bad
+                else rel_cell(w, name, rel)
                 for name, loss, rel, bad in w.methods
             ]
             cells = [str(w.row), str(w.label), fmt_num(w.max_logit), fmt_num(w.margin)]

@@ -133,7 +133,10 @@ def _worst_table(report: EvalReport, compact: bool = False) -> Table | None:
         cells.append(fmt_num(w.score))
         for name, loss, rel, bad in w.methods:
             if bad:
-                cells.append(Text(nonfinite if loss is None else "bad grad", style="red"))
+                # a finite loss with a bad gradient may still be the method's largest
+                # relative error (its number is the methods table's loss rel max)
+                mark = " ^" if name in w.max_rel_err_of else ""
+                cells.append(Text((nonfinite if loss is None else "bad grad") + mark, style="red"))
             else:
                 cells.append(rel_cell(w, name, rel))
         t.add_row(*cells)
