@@ -157,7 +157,9 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
         if f:
             files[f.group(1)] = "\n".join(b.body) + "\n"
         if b.lang == "python" and b.marker == RUN:
-            subprocess.run([sys.executable, "-c", "\n".join(b.body)], cwd=page, env=env, check=True)
+            done = subprocess.run([sys.executable, "-c", "\n".join(b.body)], cwd=page, env=env)
+            if done.returncode:  # e.g. torch missing: the examples after it cannot be redone
+                raise SystemExit(f"{shown}:{b.start + 1}: the setup script failed (see above)")
         if b.lang != "console" or b.marker == NOT_RUN or f:
             continue
         commands = b.commands()
