@@ -44,6 +44,7 @@ import numpy as np
 from .core import reference_of
 from .errors import InputError, UsageError
 from .loading import LoadedValues, load_input, load_values
+from .loading.common import dims
 from .metrics import (
     bits_of_error,
     gate_ulps,
@@ -273,14 +274,14 @@ def _as_loss(got: LoadedValues, n: int, lead: tuple[int, ...], reduction: str) -
     if reduction != "none":
         if a.size != 1:
             raise InputError(
-                f"{got.name}: holds {a.size} values (shape {shape}), expected one number (the "
-                f"{reduction} of the loss) for --reduction {reduction}; use --reduction none for "
-                "one loss per row"
+                f"{got.name}: holds {a.size} values (shape {dims(shape)}), expected one number "
+                f"(the {reduction} of the loss) for --reduction {reduction}; use --reduction none "
+                "for one loss per row"
             )
         return a.reshape(1).astype(np.float64)
     if shape not in ((n,), (n, 1), lead) and not (n == 1 and a.size == 1):
         raise InputError(
-            f"{got.name}: shape {shape}, expected ({n},): one loss per row of the logits "
+            f"{got.name}: shape {dims(shape)}, expected {n}: one loss per row of the logits "
             f"(reduction none)"
         )
     return a.reshape(n).astype(np.float64)
@@ -291,7 +292,7 @@ def _as_grad(got: LoadedValues, n: int, c: int, original: tuple[int, ...]) -> np
     a = got.values
     shape = tuple(int(d) for d in a.shape)
     if shape not in ((n, c), original):
-        raise InputError(f"{got.name}: shape {shape}, expected ({n}, {c}) like the logits")
+        raise InputError(f"{got.name}: shape {dims(shape)}, expected {n} x {c} like the logits")
     return a.reshape(n, c)
 
 
@@ -422,7 +423,7 @@ def _check_weight(weight: np.ndarray | None, classes: int, name: str) -> np.ndar
         w = w.reshape(-1)
     if w.shape != (classes,):
         raise InputError(
-            f"{name}: {w.size} class weight(s) (shape {tuple(w.shape)}), expected {classes}: one "
+            f"{name}: {w.size} class weight(s) (shape {dims(w.shape)}), expected {classes}: one "
             "per class of the logits"
         )
     bad = ~np.isfinite(w) | (w < 0)
@@ -910,7 +911,7 @@ def _setup(
     if theirs.shape != (want,):
         raise InputError(f"{names[2]}: {theirs.size} loss values, expected {want}")
     if grad is not None and tuple(np.shape(grad)) != (n, c):
-        raise InputError(f"{names[3]}: gradient shape {np.shape(grad)}, expected ({n}, {c})")
+        raise InputError(f"{names[3]}: gradient shape {dims(np.shape(grad))}, expected {n} x {c}")
     w = _check_weight(opts.weight, c, opts.weight_name)
     ignored = ci.labels == opts.ignore_index
     counted = int(n - np.count_nonzero(ignored))

@@ -145,6 +145,11 @@ class WorstRow:
     ref_p: float
     ref_loss: float
     methods: tuple[tuple[str, float | None, float | None, bool], ...]  # name, loss, rel, bad
+    # what the rows are ranked by: the largest over methods of the loss error in ulps of
+    # max(|loss|, 1) and the gradient error in eps of the working dtype (None: none finite)
+    score: float | None = None
+    # methods whose largest loss relative error (the methods table's) is on this row
+    max_rel_err_of: tuple[str, ...] = ()
 
 
 class MethodReports(tuple[MethodReport, ...]):
@@ -417,6 +422,18 @@ def _verdict(inp: InputSummary, gate: GateConfig, reports: Sequence[MethodReport
 
 def _worst_rows(stats: ChunkStats, names: Sequence[str]) -> tuple[WorstRow, ...]:
     cols = stats.worst.cols
+    # each method's largest relative error among the listed rows is its largest overall (the
+    # selection keeps it); lowest (row, label) on ties, as the methods table's maximum
+    max_of: dict[int, list[str]] = {}
+    for m in names:
+        best: tuple[float, int, int, int] | None = None
+        for i in range(len(stats.worst)):
+            rel = float(cols[f"{m}:rel_err"][i])
+            if math.isfinite(rel):
+                key = (-rel, int(cols["row"][i]), int(cols["label"][i]), i)
+                best = key if best is None or key < best else best
+        if best is not None:
+            max_of.setdefault(best[3], []).append(m)
     out = []
     for i in range(len(stats.worst)):
         per = tuple(
@@ -428,6 +445,7 @@ def _worst_rows(stats: ChunkStats, names: Sequence[str]) -> tuple[WorstRow, ...]
             )
             for m in names
         )
+        score = float(cols["score"][i])
         out.append(
             WorstRow(
                 row=int(cols["row"][i]),
@@ -437,6 +455,8 @@ def _worst_rows(stats: ChunkStats, names: Sequence[str]) -> tuple[WorstRow, ...]
                 ref_p=float(cols["ref_p"][i]),
                 ref_loss=float(cols["ref_loss"][i]),
                 methods=per,
+                score=None if score < 0 else _opt(score),
+                max_rel_err_of=tuple(max_of.get(i, ())),
             )
         )
     return tuple(out)

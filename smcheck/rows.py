@@ -61,14 +61,17 @@ def worst_rows(
 ) -> WorstRows:
     """Candidates for the worst-rows list: every eligible row (label-free: its worst class).
 
-    A row's score is, over methods, the largest of its loss error in ulps of max(|L*|, 1) and its
-    gradient error in eps of the working dtype - both in the unit the gate counts in."""
+    A row's ``score`` is, over methods, the largest of its loss error in ulps of max(|L*|, 1) and
+    its gradient error in eps of the working dtype - both in the unit the gate counts in. The
+    rows are ranked by that score; the methods table's largest loss *relative* error can sit on
+    a row the score ranks low (a loss of 1e-6 off by 1e-8 is 1e-2 relative but 1e-8 ulps of 1),
+    so the candidates also carry each method's largest relative error, kept by
+    :meth:`WorstRows.select` beside the top ``top_k`` (label-free: at its own class, a pair the
+    score did not rank, ``ranked`` False)."""
     if top_k <= 0 or not e.any():
         return WorstRows(top_k, {})
     n = rows_g.size
-    idx = np.arange(n)
     names = list(per_method)
-    zmax, margin = facts.zmax, facts.margin
     if facts.labels is None:
         assert xf is not None
         # per pair: methods with a non-finite loss, then the largest gate error; keep each row's
@@ -77,14 +80,63 @@ def worst_rows(
         score = np.max([_finite_or(per_method[m]["gate_err"], -1.0) for m in names], axis=0)
         bad_row = bad.max(axis=1)
         k = np.argmax(np.where(bad == bad_row[:, None], score, -np.inf), axis=1)
-        label = k.astype(np.int64)
-        # inf - inf on non-eligible rows, dropped below; a margin beyond max float64 is inf
-        with np.errstate(invalid="ignore", over="ignore"):
-            margin = zmax - xf[idx, k].astype(np.float64)
+        every = _candidates(k, k.astype(np.int64), True, eps, rows_g, facts, ref_loss, ref_lo,
+                            ref_prob, xf, per_method)  # fmt: skip
+        parts = [_take(every, e)]
+        seen: set[tuple[int, int]] = set()
+        for m in names:
+            # the pair of this chunk with the method's largest finite relative error (lowest
+            # (row, class) on ties, as the methods table's maximum), unless ranked already
+            rel = np.where(e[:, None], per_method[m]["rel_err"], np.nan)
+            finite = np.isfinite(rel)
+            if not finite.any():
+                continue
+            best = rel[finite].max()
+            i, c = (int(v[0]) for v in np.nonzero(finite & (rel == best)))
+            if c == k[i] or (i, c) in seen:
+                continue  # ranked already, or another method's largest too
+            seen.add((i, c))
+            one = np.zeros(n, bool)
+            one[i] = True
+            kc = np.full(n, c)
+            got = _candidates(kc, kc.astype(np.int64), False, eps, rows_g, facts, ref_loss,
+                              ref_lo, ref_prob, xf, per_method)  # fmt: skip
+            parts.append(_take(got, one))
+        cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     else:
         assert facts.safe_labels is not None
-        label = facts.labels.astype(np.int64)
-        k = facts.safe_labels
+        got = _candidates(facts.safe_labels, facts.labels.astype(np.int64), True, eps, rows_g,
+                          facts, ref_loss, ref_lo, ref_prob, None, per_method)  # fmt: skip
+        cols = _take(got, e)
+    return WorstRows.select(top_k, cols)
+
+
+def _take(cols: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: v[keep] for name, v in cols.items()}
+
+
+def _candidates(
+    k: np.ndarray,
+    label: np.ndarray,
+    ranked: bool,
+    eps: float,
+    rows_g: np.ndarray,
+    facts: RowFacts,
+    ref_loss: np.ndarray,
+    ref_lo: np.ndarray | None,
+    ref_prob: np.ndarray,
+    xf: np.ndarray | None,
+    per_method: dict[str, dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """The worst-row columns of every row of the chunk at class ``k`` (per row)."""
+    n = rows_g.size
+    idx = np.arange(n)
+    margin = facts.margin
+    if xf is not None:
+        # label-free: the margin of the shown class; inf - inf on non-eligible rows, dropped by
+        # the caller; a margin beyond max float64 is inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            margin = facts.zmax - xf[idx, k].astype(np.float64)
 
     def pick(a: np.ndarray) -> np.ndarray:
         return a[idx, k] if a.ndim == 2 else a
@@ -92,15 +144,15 @@ def worst_rows(
     cols: dict[str, np.ndarray] = {
         "row": rows_g,
         "label": label,
-        "max_logit": zmax,
+        "ranked": np.full(n, ranked),
+        "max_logit": facts.zmax,
         "margin": margin,
-        "ref_p": ref_prob[idx, k] if ref_prob.ndim == 2 else ref_prob,
+        "ref_p": pick(ref_prob),
         "ref_loss": pick(ref_loss) + (0.0 if ref_lo is None else pick(ref_lo)),
     }
     n_bad = np.zeros(n, np.int64)
     total = np.full(n, -1.0)
-    for m in names:
-        pm = per_method[m]
+    for m, pm in per_method.items():
         loss = pick(pm["loss"])
         gabs = pm["grad_abs_err"]
         nonfinite = ~np.isfinite(loss) | np.isinf(gabs)
@@ -114,7 +166,7 @@ def worst_rows(
         cols[f"{m}:nonfinite"] = nonfinite
     cols["n_bad"] = n_bad
     cols["score"] = total
-    return WorstRows.select(top_k, {name: v[e] for name, v in cols.items()})
+    return cols
 
 
 def per_row_block(

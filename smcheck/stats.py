@@ -300,7 +300,17 @@ def merge_cast(a: CastReport | None, b: CastReport | None) -> CastReport | None:
 
 
 #: Per-row columns every worst row carries (besides one ``<method>:<field>`` per method).
-WORST_FIELDS = ("row", "label", "max_logit", "margin", "ref_p", "ref_loss", "n_bad", "score")
+WORST_FIELDS = (
+    "row",
+    "label",
+    "ranked",  # False: kept only as a method's largest relative error (label-free, other class)
+    "max_logit",
+    "margin",
+    "ref_p",
+    "ref_loss",
+    "n_bad",
+    "score",
+)
 #: Per-method fields of a worst row.
 WORST_METHOD_FIELDS = ("loss", "rel_err", "ulp_err", "grad_abs_err", "nonfinite")
 
@@ -308,7 +318,13 @@ WORST_METHOD_FIELDS = ("loss", "rel_err", "ulp_err", "grad_abs_err", "nonfinite"
 @dataclass(frozen=True)
 class WorstRows:
     """The K worst rows, as columns. Order: most methods non-finite, then largest gate error
-    over methods, then lowest row - a total order, so merging is exact."""
+    over methods (``score``), then lowest row - a total order, so merging is exact.
+
+    Beside those K (of the ``ranked`` candidates) it keeps, per method, the candidate with the
+    largest finite loss relative error (``<method>:rel_err``; lowest (row, label) on ties, as
+    :class:`Extreme`), so the row behind the methods table's largest relative error is listed
+    even where the gate error ranks it low. Both choices are a maximum over candidates, so
+    merging stays exact."""
 
     k: int
     cols: dict[str, np.ndarray]
@@ -318,10 +334,23 @@ class WorstRows:
 
     @staticmethod
     def select(k: int, cols: dict[str, np.ndarray]) -> WorstRows:
-        """Keep the ``k`` worst of the candidate rows in ``cols``."""
+        """Keep the ``k`` worst of the candidate rows in ``cols``, and each method's largest
+        relative error."""
         if not cols or cols["row"].size == 0 or k <= 0:
             return WorstRows(k, {})
-        order = np.lexsort((cols["label"], cols["row"], -cols["score"], -cols["n_bad"]))[:k]
+        order = np.lexsort((cols["label"], cols["row"], -cols["score"], -cols["n_bad"]))
+        ranked = cols["ranked"][order]
+        keep = np.zeros(order.size, bool)
+        keep[np.flatnonzero(ranked)[:k]] = True
+        by_place = np.lexsort((cols["label"], cols["row"]))  # lowest (row, label) first
+        for name in cols:
+            if name.endswith(":rel_err"):
+                rel = cols[name][by_place]
+                finite = np.isfinite(rel)
+                if finite.any():
+                    best = by_place[np.flatnonzero(finite & (rel == rel[finite].max()))[0]]
+                    keep[np.flatnonzero(order == best)[0]] = True
+        order = order[keep]
         return WorstRows(k, {name: v[order] for name, v in cols.items()})
 
     def __add__(self, o: WorstRows) -> WorstRows:

@@ -137,7 +137,7 @@ def test_bad_input_exit_2_one_line(dump: Path) -> None:
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "short.npy: shape (11,), expected (12,)" in lines[0]
+    assert "short.npy: shape 11, expected 12" in lines[0]
     res = _run(dump, loss="missing.npy")
     assert res.exit_code == 2 and "missing.npy: no such file" in res.stderr
     res = _run(dump, "--fail-on", "nan")
@@ -439,7 +439,7 @@ def test_all_ignored_mean_follows_the_convention(
 
 def test_bad_weight_file_exit_2_one_line(dump: Path) -> None:
     cases = {
-        "short.npy": (np.ones(C - 1), f"short.npy: {C - 1} class weight(s) (shape ({C - 1},))"),
+        "short.npy": (np.ones(C - 1), f"short.npy: {C - 1} class weight(s) (shape {C - 1})"),
         "neg.txt": ([1, 1, -2, 1, 1], "neg.txt: the weight of class 2 is -2.0"),
         "nan.npy": (np.array([1, np.nan, 1, 1, 1]), "nan.npy: the weight of class 1 is nan"),
     }

@@ -435,7 +435,7 @@ def test_bad_loss_options() -> None:
     z, y, truth, _ = _case("float32", 4, 3)
     loss = _round(truth, "float32")
     for bad, msg in [
-        (np.ones(2), "weight: 2 class weight(s) (shape (2,)), expected 3"),
+        (np.ones(2), "weight: 2 class weight(s) (shape 2), expected 3"),
         (np.array([1.0, -1.0, 1.0]), "weight: the weight of class 1 is -1.0"),
         (np.array([1.0, 1.0, np.inf]), "weight: the weight of class 2 is inf"),
     ]:
@@ -565,13 +565,13 @@ def test_compare_files_reduced_zero_d_npy(tmp_path: Path) -> None:
 def test_shapes_are_checked_with_file_and_expected_shape(tmp_path: Path) -> None:
     logits, labels, loss, grad = _dump(tmp_path)
     np.save(tmp_path / "short.npy", loss[:5])
-    with pytest.raises(InputError, match=r"short\.npy: shape \(5,\), expected \(6,\)"):
+    with pytest.raises(InputError, match=r"short\.npy: shape 5, expected 6"):
         compare_files(logits, labels, loss=tmp_path / "short.npy")
     np.save(tmp_path / "loss.npy", loss)
     with pytest.raises(InputError, match=r"loss\.npy: holds 6 values .* expected one number"):
         compare_files(logits, labels, loss=tmp_path / "loss.npy", reduction="sum")
     np.save(tmp_path / "g.npy", grad.T)
-    with pytest.raises(InputError, match=r"g\.npy: shape \(4, 6\), expected \(6, 4\)"):
+    with pytest.raises(InputError, match=r"g\.npy: shape 4 x 6, expected 6 x 4"):
         compare_files(logits, labels, loss=tmp_path / "loss.npy", grad=tmp_path / "g.npy")
     np.savez(tmp_path / "two.npz", a=loss, b=loss)
     with pytest.raises(InputError, match="no 'loss' array and more than one candidate"):
@@ -733,7 +733,7 @@ def test_language_model_shaped_dump(tmp_path: Path) -> None:
     )
     assert r.rows == 6 and r.ok and r.grad is not None and r.grad.measured == 6
     np.save(tmp_path / "bad.npy", np.zeros((3, 2), dtype=np.float32))
-    with pytest.raises(InputError, match=r"bad\.npy: shape \(3, 2\), expected \(6,\)"):
+    with pytest.raises(InputError, match=r"bad\.npy: shape 3 x 2, expected 6"):
         compare_files(tmp_path / "z.npy", tmp_path / "y.npy", loss=tmp_path / "bad.npy")
 
 

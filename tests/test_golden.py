@@ -36,6 +36,11 @@ def _inputs(tmp: Path) -> None:
         "overconfident_labels.npy",
     ):
         shutil.copy(SAMPLES / name, tmp / name)
+    # the classifier's logits without its label column (a column named 'label' is refused)
+    lines = (SAMPLES / "classifier.csv").read_text().splitlines()
+    (tmp / "classifier_logits.csv").write_text(
+        "".join(line.rsplit(",", 1)[0] + "\n" for line in lines)
+    )
     rng = np.random.default_rng(20261203)
     x = (rng.standard_normal((40, 37)) * 9).astype(np.float32)
     x[3, 5] = 300.0  # a confident row: naive's exp overflows in float16
@@ -78,7 +83,7 @@ CASES: dict[str, list[str]] = {
     ],
     "eval_npz_bf16": ["eval", "healthy.npz", "--dtype", "bfloat16"],
     "eval_csv": ["eval", "classifier.csv", "--label-column", "label"],
-    "eval_csv_nolabels_f8": ["eval", "classifier.csv", "--dtype", "float8_e4m3fn"],
+    "eval_csv_nolabels_f8": ["eval", "classifier_logits.csv", "--dtype", "float8_e4m3fn"],
     "eval_lm_f16": ["eval", "lm_logits_f16.npy", "--labels", "lm_labels.npy"],
     "eval_lm_accum16": [
         "eval",

@@ -112,7 +112,8 @@ def make_report(**kw: object) -> EvalReport:
     )
     worst = (
         WorstRow(3, 7, 22.9, 30.25, 7.3e-14, 30.25, (("naive", None, None, True),
-                                                     ("fused", 30.25, 1.0e-4, False))),
+                                                     ("fused", 30.25, 1.0e-4, False)),
+                 score=2.5, max_rel_err_of=("fused",)),
     )  # fmt: skip
     gate = GateConfig(("fused",), 4.0, 0.00390625, ("overflow", "nonfinite"), True)
     base = {
@@ -250,8 +251,8 @@ def test_markdown_summary() -> None:
     assert rows[1].startswith("| naive |") and "❌ broken" in rows[1]
     assert rows[2].startswith("| fused | yes |") and "✅ ok" in rows[2]
     assert f"- {NAIVE_PROBLEM}" in md
-    assert "| row | label | max logit | margin | ref p_y | naive | fused |" in md
-    assert "| 3 | 7 | 22.9 | 30.2 | 7.30e-14 | non-finite | 1.00e-04 |" in md
+    assert "| row | label | max logit | margin | ref p_y | score | naive | fused |" in md
+    assert "| 3 | 7 | 22.9 | 30.2 | 7.30e-14 | 2.5 | non-finite | 1.00e-04 ^ |" in md
 
 
 # ---------------------------------------------------------------- github

@@ -122,7 +122,7 @@ def test_integer_and_big_endian_stores_convert_like_npy(tmp_path: Path) -> None:
     got = load_input(_store(tmp_path / "i.zarr", ints))
     assert got.file_dtype == "int32" and got.logits.dtype == np.float64
     assert np.array_equal(got.logits[0:4], ints)
-    assert "i.zarr: int32 logits converted to float64" in got.notes[0]
+    assert "i.zarr: int32 logits read as floating point (exactly)" in got.notes[0]
     big = _store(tmp_path / "b.zarr", np.ones((3, 2), ">f8"), zarr_format=2)
     got = load_input(big)
     assert got.logits[0:3].dtype == np.dtype("=f8") and "big-endian" in got.notes[0]
@@ -146,8 +146,11 @@ def _hostile(d: Path) -> dict[str, tuple[Path, str]]:
             "c.zarr: complex dtype complex64 is not supported",
         ),
         "0-d": (_store(d / "z.zarr", np.float32(1.0)), "z.zarr: is a single number (0-d array)"),
-        "0 rows": (_store(d / "r.zarr", np.ones((0, 3), np.float32)), "(0, 3) has 0 rows"),
-        "0 classes": (_store(d / "k.zarr", np.ones((3, 0), np.float32)), "(3, 0) has 0 classes"),
+        "0 rows": (_store(d / "r.zarr", np.ones((0, 3), np.float32)), "shape 0 x 3 has 0 rows"),
+        "0 classes": (
+            _store(d / "k.zarr", np.ones((3, 0), np.float32)),
+            "shape 3 x 0 has 0 classes",
+        ),
     }
 
 

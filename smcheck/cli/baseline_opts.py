@@ -38,8 +38,30 @@ __all__ = ["baseline_options", "finish_baseline", "start_baseline"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def baseline_options() -> Callable[[F], F]:
-    """``--baseline FILE``, ``--write-baseline FILE``, ``--regression-factor X``."""
+#: What each command's ``--baseline`` counts as a regression (``smcheck.baseline.RULES``), in
+#: its help: the rules differ by command, and sweep compares break points, not errors.
+_REGRESSIONS = {
+    "eval": "more overflow/NaN/inf/underflow rows, an error grown beyond --regression-factor, "
+    "a gated method newly failing",
+    "gradcheck": "more NaN/inf gradient rows or entries, more entries or directions beyond the "
+    "tolerance, an error grown beyond --regression-factor, a gated method newly failing",
+    "compare": "more NaN/inf loss or gradient rows, the loss or gradient error grown beyond "
+    "--regression-factor, a gated check newly failing",
+    "sweep": "a break point where the baseline had none, or one moved to a smaller scale by "
+    "more than --tol",
+}
+#: What ``--write-baseline`` records besides the report.
+_IDENTITY = {
+    "eval": "the input's shape, dtype and SHA-256",
+    "gradcheck": "the input's (or the synthetic rows') shape, dtype and SHA-256",
+    "compare": "the logits' and labels' shape, dtype and SHA-256",
+    "sweep": "the grid (dtypes, classes, scales, cases, methods, rows, seed)",
+}
+
+
+def baseline_options(command: str = "eval") -> Callable[[F], F]:
+    """``--baseline FILE``, ``--write-baseline FILE``, ``--regression-factor X``, with the
+    help of ``command``'s regression rules."""
 
     def apply(f: F) -> F:
         f = click.option(
@@ -47,20 +69,24 @@ def baseline_options() -> Callable[[F], F]:
             type=FiniteFloatRange(min=1),
             default=DEFAULT_FACTOR,
             show_default=True,
-            help="With --baseline: an error metric regresses when it grows by more than this.",
+            help=(
+                "Not used: sweep compares break points, not errors (kept for a shared config)."
+                if command == "sweep"
+                else "With --baseline: an error metric regresses when it grows by more than this."
+            ),
         )(f)
         f = click.option(
             "--write-baseline",
             metavar="FILE",
             default=None,
-            help="Save this run's report and input identity as a baseline (JSON).",
+            help=f"Save this run's JSON report and {_IDENTITY[command]} as a baseline.",
         )(f)
         f = click.option(
             "--baseline",
             metavar="FILE",
             default=None,
             help="Compare with a baseline from --write-baseline: exit 1 only on regressions "
-            "(more overflow/non-finite rows, errors grown beyond --regression-factor).",
+            f"({_REGRESSIONS[command]}).",
         )(f)
         return f
 

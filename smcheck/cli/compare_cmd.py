@@ -122,7 +122,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
 @format_option(choices=tuple(RENDERERS))
 @output_option()
 @color_option()
-@baseline_options()
+@baseline_options("compare")
 def compare_cmd(
     logits: str,
     labels: str | None,

@@ -38,7 +38,11 @@ from .tail import Tail, finish
 
 @cli.command("eval")
 @click.argument("logits", metavar="LOGITS")
-@click.option("--labels", metavar="FILE", help="Labels (.npy, .csv or .txt, one per row).")
+@click.option(
+    "--labels",
+    metavar="FILE",
+    help="Labels, one per row: .npy, .npz, zarr store, or text (.csv/.txt, one per line).",
+)
 @click.option("--logits-key", metavar="KEY", help="Array name of the logits in an .npz.")
 @click.option("--labels-key", metavar="KEY", help="Array name of the labels in an .npz.")
 @click.option("--label-column", metavar="NAME|INDEX", help="Labels from this column of a CSV.")
@@ -47,7 +51,8 @@ from .tail import Tail, finish
     type=click.IntRange(min=1),
     default=8 * 2**30,
     show_default=True,
-    help="Most bytes read into memory from text, stdin or one .npz member (.npy is mapped).",
+    help="Most bytes read into memory from text, stdin, one .npz member or zarr chunk "
+    "(.npy is mapped).",
 )
 @dtype_options()
 @methods_option()
@@ -73,18 +78,20 @@ from .tail import Tail, finish
     type=click.IntRange(min=0),
     default=10,
     show_default=True,
-    help="How many worst rows to list.",
+    help="How many worst rows to list, by score (plus the row of each method's largest loss "
+    "relative error when the score ranks it lower).",
 )
 @color_option()
 @gate_options()
-@baseline_options()
+@baseline_options("eval")
 @workers_option()
 @click.option(
     "--engine",
     type=click.Choice(["local", "dask"]),
     default="local",
     show_default=True,
-    help="Where chunks run: threads here, or a Dask cluster (a .npy input; extra [dask]).",
+    help="Where chunks run: on this machine (see --workers: forked processes on Linux), or "
+    "a Dask cluster (a .npy or zarr input; extra [dask]).",
 )
 @click.option(
     "--scheduler",
@@ -139,8 +146,9 @@ def eval_cmd(
     """Audit the softmax cross-entropy of LOGITS: each method's loss and gradient in the working
     dtype against a high-precision reference on the same rounded logits.
 
-    LOGITS is .npy (memory-mapped), .npz, .csv/.tsv or - (CSV on stdin); more than 2 axes are
-    flattened to rows (B, T, V -> B*T rows). Without labels every class is a possible label
+    LOGITS is .npy (memory-mapped), .npz (array 'logits' or --logits-key), a zarr array store
+    (a directory; extra [zarr]), .csv/.tsv or - (CSV on stdin); more than 2 axes are flattened
+    to rows (B, T, V -> B*T rows). Without labels every class is a possible label
     (label-free mode). Exit status: 0 every gated method passes, 1 one fails (or no row is
     eligible), 2 bad input or usage, 3 internal error.
 

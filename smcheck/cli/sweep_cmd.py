@@ -191,7 +191,7 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
     help="Tasks run in parallel: forked worker processes on Linux, threads elsewhere (and with "
     "--methods torch/jax). Default: the CPU cores available (at most 8).",
 )
-@baseline_options()
+@baseline_options("sweep")
 def sweep_cmd(
     dtypes: tuple[str, ...],
     accum: str | None,

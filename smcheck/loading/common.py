@@ -45,6 +45,16 @@ _CELLS_PER_CHUNK = 1 << 24
 _FLOAT64_EXACT_INT = 2**53
 
 
+def dims(shape: tuple[int, ...]) -> str:
+    """A shape as messages write it, like the report's ``4 x 32 x 512`` (no Python tuple:
+    ``(5,)`` reads as code, not as a size).
+
+    >>> dims((4, 32, 512)), dims((5,)), dims(())
+    ('4 x 32 x 512', '5', '0-d')
+    """
+    return " x ".join(str(int(d)) for d in shape) if len(shape) else "0-d"
+
+
 def _reason(exc: BaseException) -> str:
     """The human part of an OSError ("Permission denied"), else the exception text."""
     if isinstance(exc, OSError) and exc.strerror:

@@ -166,9 +166,9 @@ def _check_options(
 ) -> None:
     """Refuse option combinations before any file is opened."""
     if max_bytes <= 0:
-        raise UsageError(f"max_bytes must be positive, got {max_bytes}")
+        raise UsageError(f"--max-bytes must be positive, got {max_bytes}")
     if labels is not None and label_column is not None:
-        raise UsageError("give either a labels file or label_column, not both")
+        raise UsageError("give either --labels or --label-column, not both")
     if labels is not None and os.fspath(labels) == "-" and os.fspath(logits) == "-":
         raise UsageError("logits and labels cannot both be read from stdin ('-')")
 
@@ -184,16 +184,17 @@ def _check_keys_fit(
     name, kind = src.name, src.kind
     if logits_key is not None and kind != "npz":
         raise InputError(
-            f"{name}: logits_key {logits_key!r} given but this is {_KIND_WORDS[kind]}, not an .npz"
+            f"{name}: --logits-key {logits_key!r} given but this is {_KIND_WORDS[kind]}, "
+            "not an .npz"
         )
     if labels is None and labels_key is not None and kind != "npz":
         raise InputError(
-            f"{name}: labels_key {labels_key!r} given but this is {_KIND_WORDS[kind]}, "
+            f"{name}: --labels-key {labels_key!r} given but this is {_KIND_WORDS[kind]}, "
             "not an .npz (and no labels file was given)"
         )
     if label_column is not None and kind != "text":
         raise InputError(
-            f"{name}: label_column applies to text input only; this is {_KIND_WORDS[kind]}"
+            f"{name}: --label-column applies to text input only; this is {_KIND_WORDS[kind]}"
         )
 
 
@@ -298,5 +299,5 @@ def _pick_logits_key(
         notes.append(f"{npz.name}: its only array {others[0]!r} taken as the logits")
         return others[0]
     raise InputError(
-        f"{npz.name}: no 'logits' array; it holds: {npz.keys_text()} (name one with logits_key)"
+        f"{npz.name}: no 'logits' array; it holds: {npz.keys_text()} (name one with --logits-key)"
     )

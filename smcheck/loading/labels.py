@@ -10,7 +10,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import InputError
-from .common import _check_dtype
+from .common import _check_dtype, dims
 from .npy import _array_from_source
 from .npz import _Npz
 from .sources import _KIND_WORDS, _file_bytes, _open_source
@@ -51,8 +51,9 @@ class LabelFit:
         fits = shape in (logits_shape[:-1], (n, c), logits_shape)
         if len(shape) >= 2 and not fits and not (len(shape) == 2 and shape[1] == 1):
             raise InputError(
-                f"{where}: labels of shape {shape} do not fit logits of shape {logits_shape}; "
-                f"expected {n} class indices, or one-hot rows of shape ({n}, {c})"
+                f"{where}: labels of shape {dims(shape)} do not fit logits of shape "
+                f"{dims(logits_shape)}; expected {n} class indices, or one-hot rows of shape "
+                f"{n} x {c}"
             )
         if not fits and shape[0] != n:
             raise InputError(
@@ -90,17 +91,18 @@ def _validate_labels(
     elif lab.ndim >= 2 and lab.shape == lead:
         lab = lab.reshape(-1)
         shape = lead
-        at = lambda i: f"index {tuple(int(k) for k in np.unravel_index(i, shape))}"  # noqa: E731
-        notes.append(f"{where}: labels of shape {shape} flattened like the logits")
+        at = lambda i: f"index [{', '.join(str(int(k)) for k in np.unravel_index(i, shape))}]"  # noqa: E731
+        notes.append(f"{where}: labels of shape {dims(shape)} flattened like the logits")
     elif lab.ndim >= 2 and (lab.shape == (n, c) or lab.shape == logits_shape):
         lab = _from_one_hot(lab.reshape(n, c), where, at, notes)
     elif lab.ndim == 2 and lab.shape[1] == 1:
         lab = lab[:, 0]
-        notes.append(f"{where}: labels of shape {lab.shape[0], 1} read as one column")
+        notes.append(f"{where}: labels of shape {lab.shape[0]} x 1 read as one column")
     elif lab.ndim >= 2:
         raise InputError(
-            f"{where}: labels of shape {lab.shape} do not fit logits of shape {logits_shape}; "
-            f"expected {n} class indices, or one-hot rows of shape ({n}, {c})"
+            f"{where}: labels of shape {dims(lab.shape)} do not fit logits of shape "
+            f"{dims(logits_shape)}; expected {n} class indices, or one-hot rows of shape "
+            f"{n} x {c}"
         )
     if lab.shape[0] != n:
         raise InputError(
@@ -115,11 +117,11 @@ def _validate_labels(
         bad = np.flatnonzero(~np.isfinite(wide))
         if bad.size:
             i = int(bad[0])
-            raise InputError(f"{where} {at(i)}: label {wide[i]} is not a class index")
+            raise InputError(f"{where} {at(i)}: label {float(wide[i])} is not a class index")
         frac = np.flatnonzero(wide != np.round(wide))
         if frac.size:
             i = int(frac[0])
-            raise InputError(f"{where} {at(i)}: label {wide[i]!r} is not a whole number")
+            raise InputError(f"{where} {at(i)}: label {float(wide[i])!r} is not a whole number")
         values: np.ndarray = wide
     else:
         values = lab
@@ -132,8 +134,8 @@ def _validate_labels(
         v = str(int(values[i])) if values.dtype.kind in "iu" else _label_text(values[i])
         if values[i] < 0:
             raise InputError(
-                f"{where} {at(i)}: label {v} is negative and is not ignore_index "
-                f"({ignore_index}); expected a class index in [0, {c})"
+                f"{where} {at(i)}: label {v} is negative and is not the --ignore-index "
+                f"value ({ignore_index}); expected a class index in [0, {c})"
             )
         raise InputError(
             f"{where} {at(i)}: label {v} is outside [0, {c}) ({logits_name} has {c} classes)"
@@ -160,7 +162,7 @@ def _from_one_hot(
                 f"{where} {at(i)}: one-hot row has {int(ones[i])} ones; each row needs exactly "
                 "one 1 (the class)"
             )
-        notes.append(f"{where}: one-hot labels {m.shape} converted to class indices")
+        notes.append(f"{where}: one-hot labels ({dims(m.shape)}) converted to class indices")
         return np.argmax(w, axis=1).astype(np.int64)
     if np.all(np.isfinite(w)) and np.all((w >= 0) & (w <= 1)):
         if np.allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-3):
@@ -168,7 +170,7 @@ def _from_one_hot(
                 f"{where}: soft targets (probability rows) are not supported; pass class indices"
             )
     raise InputError(
-        f"{where}: labels of shape {m.shape} are neither class indices nor one-hot rows "
+        f"{where}: labels of shape {dims(m.shape)} are neither class indices nor one-hot rows "
         "(each row a single 1, the rest 0)"
     )
 
@@ -189,7 +191,7 @@ def _load_labels_file(
     name = src.name
     if labels_key is not None and src.kind != "npz":
         raise InputError(
-            f"{name}: labels_key {labels_key!r} given but this is {_KIND_WORDS[src.kind]}, "
+            f"{name}: --labels-key {labels_key!r} given but this is {_KIND_WORDS[src.kind]}, "
             "not an .npz"
         )
     if src.kind == "text":
@@ -213,7 +215,7 @@ def _load_labels_file(
         else:
             raise InputError(
                 f"{name}: no 'labels' array and more than one candidate; it holds: "
-                f"{npz.keys_text()} (name one with labels_key)"
+                f"{npz.keys_text()} (name one with --labels-key)"
             )
         if key not in npz.members:
             raise InputError(f"{name}: no array {key!r}; it holds: {npz.keys_text()}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..memmaps import release_pages
-from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT
+from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, dims
 from .npy import _Array
 
 
@@ -22,9 +22,13 @@ def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple
             f"{where}: is a single number (0-d array); expected logits of shape (N, C)"
         )
     if shape[-1] == 0:
-        raise InputError(f"{where}: shape {shape} has 0 classes; expected logits of shape (N, C)")
+        raise InputError(
+            f"{where}: shape {dims(shape)} has 0 classes; expected logits of shape (N, C)"
+        )
     if math.prod(shape) == 0:
-        raise InputError(f"{where}: shape {shape} has 0 rows; expected logits of shape (N, C)")
+        raise InputError(
+            f"{where}: shape {dims(shape)} has 0 rows; expected logits of shape (N, C)"
+        )
     if not a.dtype.isnative:
         # the arithmetic downstream wants native floats; this reads the array into memory
         a = a.astype(a.dtype.newbyteorder("="))
@@ -32,10 +36,7 @@ def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple
     if a.dtype.kind in "iub":
         big = a.dtype.kind != "b" and a.dtype.itemsize >= 8 and _max_abs_int(a) > _FLOAT64_EXACT_INT
         a = a.astype(np.float64)
-        notes.append(
-            f"{where}: {arr.stored.name} logits converted to float64"
-            + (" (values above 2**53 were rounded)" if big else "")
-        )
+        notes.append(int_logits_note(where, arr.stored.name, big))
     if a.ndim == 1:
         a = a.reshape(1, -1)
         notes.append(
@@ -44,10 +45,20 @@ def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple
     elif a.ndim > 2:
         a = a.reshape(-1, shape[-1])
         notes.append(
-            f"{where}: {shape} flattened to {a.shape[0]} rows of {shape[-1]} classes "
+            f"{where}: {dims(shape)} flattened to {a.shape[0]} rows of {shape[-1]} classes "
             "(classes on the last axis)"
         )
     return a, shape
+
+
+def int_logits_note(where: str, stored: str, big: bool) -> str:
+    """What happened to integer logits: read as float64 here, checked in the working dtype
+    (float32 unless --dtype says otherwise) - not "converted to float64" beside "dtype float32"."""
+    exact = "values above 2**53 rounded" if big else "exactly"
+    return (
+        f"{where}: {stored} logits read as floating point ({exact}); integer logits are "
+        "checked in float32 unless --dtype says otherwise"
+    )
 
 
 def _max_abs_int(a: np.ndarray) -> int:

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import InputError
-from .common import _CORRUPT, _check_dtype, _reason, _short
+from .common import _CORRUPT, _check_dtype, _reason, _short, dims
 from .sources import _Source
 
 #: Called with (where, declared shape) before an array's data is read; raises InputError.
@@ -49,7 +49,7 @@ def _read_npy_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, n
         raise InputError(f"{where}: bad or truncated .npy header ({_short(exc)})") from None
     dtype = np.dtype(dtype)
     if any(int(d) < 0 for d in shape):  # numpy checks the type of each dimension, not its sign
-        raise InputError(f"{where}: bad .npy header: negative dimension in shape {shape}")
+        raise InputError(f"{where}: bad .npy header: negative dimension in shape {dims(shape)}")
     _check_dtype(dtype, where)
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
@@ -60,7 +60,7 @@ def _data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 def _truncated(where: str, shape: tuple[int, ...], dtype: np.dtype, have: int) -> InputError:
     return InputError(
-        f"{where}: truncated: the header declares {dtype.name} shape {shape} "
+        f"{where}: truncated: the header declares {dtype.name} shape {dims(shape)} "
         f"({_data_bytes(shape, dtype)} bytes of data) but only {max(have, 0)} bytes follow it"
     )
 

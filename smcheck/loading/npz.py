@@ -33,6 +33,15 @@ class _Npz:
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             self.members[key] = info
+        if not any(n.endswith(".npy") for n in self.zip.namelist()) and any(
+            n == "data.pkl" or n.endswith("/data.pkl") for n in self.zip.namelist()
+        ):
+            # torch.save writes a zip of <name>/data.pkl (a pickle) and raw storages
+            self.zip.close()
+            raise InputError(
+                f"{self.name}: a PyTorch checkpoint (torch.save), not an .npz; save the tensor "
+                "with numpy.save, e.g. np.save('logits.npy', t.float().numpy())"
+            )
         if not self.members:
             self.zip.close()
             raise InputError(f"{self.name}: the .npz archive holds no arrays")

@@ -73,6 +73,7 @@ def _open_source(
         raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
     if data is None and not head:
         raise InputError(f"{name}: is empty, expected a .npy, .npz or text file")
+    _refuse_pickle(name, head)
     kind = _sniff(head)
     ext = os.path.splitext(name)[1].lower()
     claimed = _KIND_BY_EXTENSION.get(ext)
@@ -91,9 +92,15 @@ def _stdin(stdin: BinaryIO | None) -> BinaryIO:
     except (OSError, ValueError) as exc:  # a descriptor that is not open or not a stream
         raise InputError(f"stdin ('-'): cannot read: {_reason(exc)}") from None
     if closed or stream is None:
-        raise InputError("stdin ('-') is closed; pipe the logits in, e.g. cat x.csv |")
+        raise InputError(
+            "stdin ('-') is closed; pipe the data in (e.g. cat x.csv | smcheck eval -) or name "
+            "a file"
+        )
     if tty:
-        raise InputError("stdin ('-') is a terminal; pipe the logits in, e.g. cat x.csv |")
+        raise InputError(
+            "stdin ('-') is a terminal, and reading it would wait for typing; pipe the data in "
+            "(e.g. cat x.csv | smcheck eval -) or name a file"
+        )
     return stream
 
 
@@ -108,17 +115,32 @@ def _read_stream(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
             raise InputError(f"{name}: cannot read: {_reason(exc)}") from None
         if not chunk:
             break
+        if not chunks:
+            _refuse_pickle(name, chunk)
         if not chunks and b"\x00" in chunk and not _is_container(chunk) and not _is_utf16(chunk):
             # stop at once: /dev/zero or a binary blob would otherwise be read up to max_bytes
             raise InputError(f"{name}: looks binary (NUL bytes), expected .npy, .npz or text")
         chunks.append(chunk)
         total += len(chunk)
         if total > max_bytes:
-            raise InputError(f"{name}: more than max_bytes={max_bytes} bytes; refusing to read on")
+            raise InputError(
+                f"{name}: more than --max-bytes {max_bytes} bytes; refusing to read on"
+            )
     data = b"".join(chunks)
     if not data:
         raise InputError(f"{name}: is empty, expected a .npy, .npz or text file")
     return data
+
+
+def _refuse_pickle(name: str, head: bytes) -> None:
+    """A pickle (protocol 2 to 5 starts with 0x80 and the protocol number): torch.save's legacy
+    format or pickle.dump. Unpickling runs code, so it is never loaded; say what to do instead."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        raise InputError(
+            f"{name}: a Python pickle (torch.save's legacy format or pickle.dump), which smcheck "
+            "never loads (unpickling runs code); save the array with numpy.save, e.g. "
+            "np.save('logits.npy', t.float().numpy())"
+        )
 
 
 def _is_utf16(head: bytes) -> bool:
@@ -147,7 +169,7 @@ def _file_bytes(src: _Source, max_bytes: int) -> bytes:
         size = os.path.getsize(src.path)
         if size > max_bytes:
             raise InputError(
-                f"{src.name}: {size} bytes is over the max_bytes limit of {max_bytes} for "
+                f"{src.name}: {size} bytes is over the --max-bytes limit of {max_bytes} for "
                 "text input; save large inputs as .npy (memory-mapped, no limit)"
             )
         with open(src.path, "rb") as f:

@@ -61,7 +61,9 @@ def load_values(
         )
     if src.kind == "text":
         return LoadedValues(
-            _text_logits(_file_bytes(src, max_bytes), name, None, []).logits, name, "text"
+            _text_logits(_file_bytes(src, max_bytes), name, None, [], label_names=False).logits,
+            name,
+            "text",
         )
     if src.kind == "npy":
         got = _array_from_source(src, max_bytes, mmap=True)

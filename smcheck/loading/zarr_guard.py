@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .common import _check_dtype, _reason
+from .common import _check_dtype, _reason, dims
 
 # v3 codecs: "bytes" (the array's bytes, with an endianness), "transpose" (a reordering of
 # axes), "crc32c" (a 4-byte checksum) and one compressor; none of them can run code
@@ -252,24 +252,25 @@ def _dims(value: Any, what: str, where: str, least: int) -> tuple[int, ...]:
 def _check_grid(facts: StoreFacts, where: str, max_bytes: int) -> None:
     if len(facts.chunks) != len(facts.shape):
         raise InputError(
-            f"{where}: chunk shape {facts.chunks} does not match shape {facts.shape} in length"
+            f"{where}: chunk shape {dims(facts.chunks)} does not match shape {dims(facts.shape)} "
+            "in length"
         )
     for s, c in zip(facts.shape, facts.chunks, strict=True):
         if c == 0 and s > 0:  # zarr writes chunk 0 for an empty axis only; else it divides by 0
             raise InputError(
-                f"{where}: chunk shape {facts.chunks} has a zero on an axis of length {s}; "
+                f"{where}: chunk shape {dims(facts.chunks)} has a zero on an axis of length {s}; "
                 "chunk sizes must be positive"
             )
     if facts.chunk_bytes > max_bytes:
         raise InputError(
-            f"{where}: one chunk {facts.chunks} holds {facts.chunk_bytes} bytes, over the "
+            f"{where}: one chunk ({dims(facts.chunks)}) holds {facts.chunk_bytes} bytes, over the "
             f"max_bytes limit of {max_bytes}; raise it with --max-bytes, or rechunk the store"
         )
     count = math.prod(-(-s // max(c, 1)) for s, c in zip(facts.shape, facts.chunks, strict=True))
     if count > MAX_CHUNKS:
         raise InputError(
-            f"{where}: shape {facts.shape} in chunks of {facts.chunks} is {count} chunks, over "
-            f"the limit of {MAX_CHUNKS}; store it in larger chunks"
+            f"{where}: shape {dims(facts.shape)} in chunks of {dims(facts.chunks)} is {count} "
+            f"chunks, over the limit of {MAX_CHUNKS}; store it in larger chunks"
         )
 
 

@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, DEFAULT_MAX_BYTES, _check_dtype, _short
+from .common import (
+    _CELLS_PER_CHUNK,
+    _FLOAT64_EXACT_INT,
+    DEFAULT_MAX_BYTES,
+    _check_dtype,
+    _short,
+    dims,
+)
+from .logits import int_logits_note
 from .npy import ShapeCheck
 from .sources import _Source
 from .zarr_guard import GuardedStore, check_store
@@ -266,9 +274,13 @@ def _zarr_logits(
             f"{where}: is a single number (0-d array); expected logits of shape (N, C)"
         )
     if shape[-1] == 0:
-        raise InputError(f"{where}: shape {shape} has 0 classes; expected logits of shape (N, C)")
+        raise InputError(
+            f"{where}: shape {dims(shape)} has 0 classes; expected logits of shape (N, C)"
+        )
     if math.prod(shape) == 0:
-        raise InputError(f"{where}: shape {shape} has 0 rows; expected logits of shape (N, C)")
+        raise InputError(
+            f"{where}: shape {dims(shape)} has 0 rows; expected logits of shape (N, C)"
+        )
     if not x.stored.isnative:
         notes.append(f"{where}: big-endian {x.stored.name} converted to native byte order")
     if x.stored.kind in "iub":
@@ -277,17 +289,14 @@ def _zarr_logits(
             and x.stored.itemsize >= 8
             and _zarr_max_abs_int(x) > (_FLOAT64_EXACT_INT)
         )
-        notes.append(
-            f"{where}: {x.stored.name} logits converted to float64"
-            + (" (values above 2**53 were rounded)" if big else "")
-        )
+        notes.append(int_logits_note(where, x.stored.name, big))
     if len(shape) == 1:
         notes.append(
             f"{where}: 1-d array of {shape[0]} values read as one row of {shape[0]} classes"
         )
     elif len(shape) > 2:
         notes.append(
-            f"{where}: {shape} flattened to {x.shape[0]} rows of {shape[-1]} classes "
+            f"{where}: {dims(shape)} flattened to {x.shape[0]} rows of {shape[-1]} classes "
             "(classes on the last axis)"
         )
     return x, shape

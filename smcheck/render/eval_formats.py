@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluate import EvalReport, MethodReport
+from ..evaluate import EvalReport, MethodReport, WorstRow
 from .common import fmt_num, gh_escape_data, gh_escape_property, md_cell, plural, safe_text
 from .common import json_float as _f
 
@@ -170,6 +170,8 @@ def to_dict(report: EvalReport) -> dict[str, Any]:
                 "margin": _f(w.margin),
                 "ref_p": _f(w.ref_p),
                 "ref_loss": _f(w.ref_loss),
+                "score": _f(w.score),
+                "max_rel_err_of": list(w.max_rel_err_of),
                 "methods": {
                     name: {"loss": _f(loss), "rel_err": _f(rel), "nonfinite": bad}
                     for name, loss, rel, bad in w.methods
@@ -186,6 +188,23 @@ def render_json(report: EvalReport, *, color: bool = False, width: int | None = 
     """``--format json``: the schema ``smcheck.eval/1`` (strict JSON: no NaN/inf; data text
     as it is, every control character a ``\\u`` escape of json.dumps)."""
     return json.dumps(to_dict(report), indent=2, allow_nan=False) + "\n"
+
+
+#: How the worst rows are ranked, in the words the table and the markdown title use.
+WORST_RANKING = (
+    "by score: over methods, the largest loss error in ulps of max(|loss|, 1) and gradient "
+    "error in eps of {dtype}; non-finite results first"
+)
+
+
+def rel_cell(w: WorstRow, name: str, rel: float | None) -> str:
+    """A method's relative error on a worst row, marked ``^`` where it is the method's largest
+    (the methods table's ``loss rel max``)."""
+    return fmt_num(rel) + _mark(w, name)
+
+
+def _mark(w: WorstRow, name: str) -> str:
+    return " ^" if name in w.max_rel_err_of else ""
 
 
 _ICON = {"ok": "✅ ok", "lossy": "⚠️ lossy", "broken": "❌ broken"}
@@ -233,20 +252,26 @@ def render_markdown(report: EvalReport, *, color: bool = False, width: int | Non
     if report.worst:
         label = "class" if i.label_free else "label"
         names = [name for name, *_ in report.worst[0].methods]
+        # the first rows by score, and the rows of each method's largest relative error
+        shown = [w for n, w in enumerate(report.worst) if n < MARKDOWN_WORST or w.max_rel_err_of]
         lines += [
             "",
-            f"Worst rows (loss relative error; at most {MARKDOWN_WORST}):",
+            f"Worst rows ({WORST_RANKING.format(dtype=i.dtype)}; at most {MARKDOWN_WORST} by "
+            "score, and each method's largest loss relative error, marked ^; cells: loss "
+            "relative error):",
             "",
-            f"| row | {label} | max logit | margin | ref p_y | " + " | ".join(names) + " |",
-            "|--:|--:|--:|--:|--:|" + "--:|" * len(names),
+            f"| row | {label} | max logit | margin | ref p_y | score | " + " | ".join(names) + " |",
+            "|--:|--:|--:|--:|--:|--:|" + "--:|" * len(names),
         ]
-        for w in report.worst[:MARKDOWN_WORST]:
+        for w in shown:
             errs = [
-                ("non-finite" if loss is None else "bad grad") if bad else fmt_num(rel)
-                for _, loss, rel, bad in w.methods
+                (("non-finite" if loss is None else "bad grad") + _mark(w, name))
+                if bad
+                else rel_cell(w, name, rel)
+                for name, loss, rel, bad in w.methods
             ]
             cells = [str(w.row), str(w.label), fmt_num(w.max_logit), fmt_num(w.margin)]
-            cells += [fmt_num(w.ref_p), *errs]
+            cells += [fmt_num(w.ref_p), fmt_num(w.score), *errs]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..evaluate import EvalReport
 from .common import DEFAULT_WIDTH, STYLE_OF, fmt_num, plural, render_to_text, safe_text
-from .eval_formats import METHOD_COLUMNS
+from .eval_formats import METHOD_COLUMNS, WORST_RANKING, rel_cell
 
 __all__ = ["eval_renderables", "render_table"]
 
@@ -111,16 +111,17 @@ def _worst_table(report: EvalReport, compact: bool = False) -> Table | None:
         return None
     label = "class" if report.input.label_free else "label"
     t = Table(
-        title="Worst rows (loss relative error per method)",
+        title=f"Worst rows ({WORST_RANKING.format(dtype=report.input.dtype)}); cells: loss "
+        "relative error, ^ the method's largest",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
-    # compact: the row's logit statistics left out, one column per method kept
-    heads = (
-        ("row", label, "ref p_y") if compact else ("row", label, "max logit", "margin", "ref p_y")
-    )
+    # the row's max logit is in the JSON and the markdown (the input panel has the range);
+    # compact: margin and p_y left out too; the score (the ranking) and one column per method
+    # are always shown
+    heads = ("row", label, "score") if compact else ("row", label, "margin", "ref p_y", "score")
     for name in heads:
         t.add_column(name, justify="right", no_wrap=True)
     names = [m.name for m in report.methods]
@@ -130,13 +131,16 @@ def _worst_table(report: EvalReport, compact: bool = False) -> Table | None:
     for w in report.worst:
         cells: list[RenderableType] = [str(w.row), str(w.label)]
         if not compact:
-            cells += [fmt_num(w.max_logit), fmt_num(w.margin)]
-        cells.append(fmt_num(w.ref_p))
-        for _, loss, rel, bad in w.methods:
+            cells += [fmt_num(w.margin), fmt_num(w.ref_p)]
+        cells.append(fmt_num(w.score))
+        for name, loss, rel, bad in w.methods:
             if bad:
-                cells.append(Text(nonfinite if loss is None else "bad grad", style="red"))
+                # a finite loss with a bad gradient may still be the method's largest
+                # relative error (its number is the methods table's loss rel max)
+                mark = " ^" if name in w.max_rel_err_of else ""
+                cells.append(Text((nonfinite if loss is None else "bad grad") + mark, style="red"))
             else:
-                cells.append(fmt_num(rel))
+                cells.append(rel_cell(w, name, rel))
         t.add_row(*cells)
     return t
 
