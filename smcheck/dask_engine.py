@@ -78,8 +78,7 @@ def _client(
             # bytes as a frame length and fails with MemoryError or a protocol error, which
             # would otherwise become exit 3 "out of memory"
             raise InputError(
-                f"--scheduler {clip(scheduler, 80)} is not a Dask scheduler "
-                f"({type(exc).__name__})"
+                f"--scheduler {clip(scheduler, 80)} is not a Dask scheduler ({type(exc).__name__})"
             ) from None
         with client:
             yield client

@@ -107,9 +107,7 @@ def test_regression_http_server_as_scheduler_is_not_out_of_memory(logits: Path) 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
     try:
-        r = _run(
-            "eval", str(logits), "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"
-        )
+        r = _run("eval", str(logits), "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
     finally:
         stop.set()
         server.close()
