@@ -114,6 +114,44 @@ def test_output_from_a_discovered_file_is_announced(project: Path) -> None:
     assert (project / "sub" / "report.txt").exists()
 
 
+def test_regression_plot_from_a_discovered_file_is_announced(project: Path) -> None:
+    """`sweep --plot` set by a discovered smcheck.toml drew a file with no note."""
+    pytest.importorskip("matplotlib")
+    (project / "smcheck.toml").write_text(
+        '[sweep]\nplot = "curves.png"\nclasses = "2"\nscales = "1"\ncase = "random"\n'
+        'dtype = "float32"\nmethods = "shifted"\n'
+    )
+    r = _run("sweep")
+    assert r.exit_code in (0, 1), r.output
+    assert "smcheck: note: plot = 'curves.png' from ../smcheck.toml [sweep]" in r.stderr
+    assert (project / "sub" / "curves.png").exists()
+
+
+def test_every_option_that_writes_a_path_is_announced() -> None:
+    """Each FILE option of every command is either an input (read) or announced (written): a
+    new FILE option must be classified here, so a config file cannot redirect it silently."""
+    import click
+
+    from smcheck.cli import announced, cli, writes_path
+
+    inputs = {"labels", "loss_file", "grad_file", "weight", "baseline"}
+    writers = {"output", "per_row", "write_baseline", "plot"}
+    ctx = click.Context(cli)
+    seen = set()
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        names = announced(command.params)
+        for p in command.params:
+            if p.metavar != "FILE":
+                continue
+            assert p.name in inputs | writers, f"{name} --{p.name}: input or output?"
+            assert writes_path(p) == (p.name in writers), (name, p.name)
+            assert (p.name in names) == (p.name in writers), (name, p.name)
+            seen.add(p.name)
+    assert writers <= seen
+
+
 def test_scheduler_from_a_discovered_file_is_refused(project: Path) -> None:
     np.save(project / "x.npy", np.array([[1.0, 2.0]], dtype=np.float32))
     config = project / "smcheck.toml"

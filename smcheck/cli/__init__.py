@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -368,9 +368,26 @@ class _LazySpecs(Mapping[str, dict[str, OptionSpec]]):
         return len(self._get())
 
 
-#: Settings that decide where output goes or where data is sent: a discovered file that sets
-#: them is announced on stderr, so no file silently redirects a report.
-ANNOUNCED = ("output", "per_row", "write_baseline", "engine", "scheduler")
+#: Settings that decide where data is sent; with every option that names an output path
+#: (:func:`writes_path`) they are announced on stderr when a discovered file sets them, so no
+#: file silently redirects a report, a table or a plot.
+ANNOUNCED = ("engine", "scheduler")
+
+#: How the help of an option that names a file it writes begins ("Write the report to FILE",
+#: "Also draw ... to FILE", "Save this run's report ...").
+_WRITE_VERBS = ("write ", "also write ", "save ", "also draw ", "draw ")
+
+
+def writes_path(param: click.Parameter) -> bool:
+    """Whether ``param`` names a file the command writes (--output, --per-row, --plot,
+    --write-baseline, and any later one whose help says it writes FILE)."""
+    help_text = (getattr(param, "help", None) or "").lower()
+    return param.metavar == "FILE" and help_text.startswith(_WRITE_VERBS)
+
+
+def announced(params: Iterable[click.Parameter]) -> list[str]:
+    """The names of ``params`` a discovered config file may set only with a note on stderr."""
+    return [p.name for p in params if p.name and (p.name in ANNOUNCED or writes_path(p))]
 
 
 def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> None:
@@ -381,7 +398,7 @@ def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> Non
         return
     values = settings.default_map.get(name, {})
     params = {p.name: p for p in group.commands[name].params} if name in group.commands else {}
-    present = [p for p in ANNOUNCED if p in values and p in params]
+    present = [p for p in announced(params.values()) if p in values]
     where = {p: f"{display_path(settings.path)} {settings.origin[name][p]}" for p in present}
     if "scheduler" in present and not settings.explicit:
         raise UsageError(
