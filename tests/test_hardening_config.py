@@ -67,6 +67,24 @@ def test_another_users_discovered_config_is_ignored_with_one_warning(project: Pa
     assert Path(str(_config_file(r))).resolve() == config and r.stderr == ""
 
 
+@ROOT_ONLY
+def test_regression_own_config_in_another_users_directory_is_ignored(project: Path) -> None:
+    """The file was ours but its directory another user's: they can rename another file over
+    it, and it was still trusted."""
+    config = project / "smcheck.toml"
+    config.write_text('[eval]\noutput = "/etc/passwd"\n')
+    os.chown(project, 12345, 12345)
+    r = _run("config", "-f", "json")
+    assert _config_file(r) is None
+    assert r.stderr.splitlines() == [
+        "smcheck: warning: ignoring config file ../smcheck.toml: its directory .. is owned by "
+        "another user (uid 12345); name it with --config to use it"
+    ]
+    os.chown(project, 0, 0)  # root's directory: trusted as every system directory is
+    r = _run("config", "-f", "json")
+    assert Path(str(_config_file(r))).resolve() == config and r.stderr == ""
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o1777])  # like /tmp, sticky or not
 def test_discovered_config_in_a_world_writable_directory_is_ignored(
     project: Path, mode: int
