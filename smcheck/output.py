@@ -271,6 +271,14 @@ def _target(dest: str) -> tuple[str, os.stat_result | None]:
         if not stat.S_ISREG(st.st_mode):
             return dest, st
     real = os.path.realpath(dest)  # follows every link; a dangling one gives its target
+    for kernel in ("/proc", "/sys"):
+        if real == kernel or real.startswith(kernel + "/"):
+            # no temporary file can be made there ("no such file or directory" said nothing
+            # useful) and writing one of its files changes the kernel, not a report
+            raise InputError(
+                f"refusing to write {_name(dest)}: it is a kernel interface file in {kernel}, "
+                "not a file for a report"
+            )
     if st is not None:
         return real, st
     directory = os.path.dirname(real) or "."

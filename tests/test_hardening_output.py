@@ -356,6 +356,14 @@ def test_per_row_through_a_descriptor_streams_csv(logits: Path, tmp_path: Path) 
     assert lines[0] == "PREV" and lines[1].startswith("row,") and len(lines) == 5
 
 
+def test_regression_output_to_proc_says_what_it_is(logits: Path) -> None:
+    """-o /proc/version said "no such file or directory" (of the temporary file)."""
+    _one_line_error(
+        _run("eval", str(logits), "-o", "/proc/version"),
+        "refusing to write /proc/version: it is a kernel interface file in /proc",
+    )
+
+
 def test_non_utf8_output_path_is_written_and_named_escaped(logits: Path, tmp_path: Path) -> None:
     name = os.fsdecode(bytes(tmp_path) + b"/r\xff.json")
     r = _run("eval", str(logits), "-f", "json", "-o", name)

@@ -113,3 +113,8 @@ def test_regression_http_server_as_scheduler_is_not_out_of_memory(logits: Path) 
         server.close()
         thread.join(5)
     _usage_error(r, f"tcp://127.0.0.1:{port}", "is not a Dask scheduler")
+
+
+def test_regression_sweep_max_bits_inf_is_a_usage_error() -> None:
+    """--max-bits inf was accepted and the JSON report then failed as exit 3."""
+    _usage_error(_run("sweep", "--max-bits", "inf"), "--max-bits", "not a finite number")
