@@ -583,7 +583,7 @@ def compare(
                 regressions.append(Regression(method, key, b, a))
     old_gates, new_gates = rules.gates(old), rules.gates(report)
     known = old_methods.keys() | old_gates.keys()
-    known |= {c.get("name") for c in old.get("checks") or [] if isinstance(c, dict)}
+    known |= {str(c.get("name")) for c in old.get("checks") or [] if isinstance(c, dict)}
     missing = sorted(g for g in new_gates if g not in known)
     if missing:
         # nothing to compare a gated method with would read as "no regression": a baseline
