@@ -90,6 +90,7 @@ class OptionSpec:
     param: str
     multiple: bool = False
     default: Any = None  # the built-in default, shown by ``smcheck config``
+    path: bool = False  # names a file: only a string will do (a list or a number is refused)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,12 @@ def _value(spec: OptionSpec, value: Any, path: Path, where: str) -> Any:
     if isinstance(value, dict):
         raise UsageError(
             f"{display_path(path)}: {spec.key} in {where} must be a value, not a table"
+        )
+    if spec.path and not isinstance(value, str):
+        # ["a", "b"] would be joined into a file named "a,b", 5 read as the file "5"
+        raise UsageError(
+            f"{display_path(path)}: {spec.key} = {show_value(value)} in {where}: expected a "
+            "file name (a string)"
         )
     if spec.multiple:  # a repeatable option: one value is a list of one
         return value if isinstance(value, list) else [value]

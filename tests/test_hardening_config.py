@@ -170,6 +170,20 @@ def test_every_option_that_writes_a_path_is_announced() -> None:
     assert writers <= seen
 
 
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [('output = ["a", "b"]', 'output = ["a", "b"]'), ("labels = 5", "labels = 5")],
+)
+def test_regression_path_keys_must_be_strings(project: Path, setting: str, shown: str) -> None:
+    """output = ["a", "b"] wrote a file named "a,b"; labels = 5 read the file "5"."""
+    np.save(project / "x.npy", np.array([[1.0, 2.0]], dtype=np.float32))
+    (project / "smcheck.toml").write_text(f"[eval]\n{setting}\n")
+    before = sorted(p.name for p in project.rglob("*"))
+    r = _run("eval", "../x.npy")
+    _one_line_error(r, "../smcheck.toml", shown, "[eval]: expected a file name (a string)")
+    assert sorted(p.name for p in project.rglob("*")) == before
+
+
 def test_scheduler_from_a_discovered_file_is_refused(project: Path) -> None:
     np.save(project / "x.npy", np.array([[1.0, 2.0]], dtype=np.float32))
     config = project / "smcheck.toml"

@@ -235,7 +235,8 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
             if not isinstance(p, click.Option) or p.hidden or p.name is None:
                 continue
             key = _key_of(p)
-            opts[key] = OptionSpec(key, p.name, bool(p.multiple), _builtin_default(p, cmd))
+            default = _builtin_default(p, cmd)
+            opts[key] = OptionSpec(key, p.name, bool(p.multiple), default, p.metavar == "FILE")
         specs[name] = opts
     return specs
 
