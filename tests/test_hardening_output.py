@@ -364,6 +364,34 @@ def test_regression_output_to_proc_says_what_it_is(logits: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "stdout", "said"),
+    [
+        (["--help"], "full", "no space left on device writing to standard output"),
+        (["--version"], "full", "no space left on device writing to standard output"),
+        (["eval", "--help"], "full", "no space left on device writing to standard output"),
+        (["eval", "--help"], "closed", "standard output is closed"),
+    ],
+)
+def test_regression_help_and_version_on_a_full_or_closed_stdout(
+    args: list[str], stdout: str, said: str
+) -> None:
+    """--help/--version on /dev/full gave a traceback; with stdout closed, exit 0 and nothing."""
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "smcheck", *args]
+    if stdout == "full":
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, env=env, text=True)
+    else:
+        done = subprocess.run(
+            ["bash", "-c", '"$@" >&-', "_", *cmd], stderr=subprocess.PIPE, env=env, text=True
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"smcheck: error: {said}"]
+
+
 def test_non_utf8_output_path_is_written_and_named_escaped(logits: Path, tmp_path: Path) -> None:
     name = os.fsdecode(bytes(tmp_path) + b"/r\xff.json")
     r = _run("eval", str(logits), "-f", "json", "-o", name)

@@ -15,8 +15,11 @@ replaces an option's built-in default, and the command line still wins over both
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -170,6 +173,29 @@ class SmcheckGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(shown)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, with help and version text that cannot be written being an error.
+
+        ``--help``/``--version`` print while the options are parsed, outside :meth:`invoke`:
+        with stdout on /dev/full click let the OSError out as a traceback, and with stdout
+        closed (``sys.stdout`` is None) it printed nothing and exited 0.
+        """
+        closed = sys.stdout is None
+        if closed:
+            sys.stdout = _ClosedStdout()
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:  # EPIPE is click's own (exit 1, quietly); ENOSPC, EIO, EBADF
+            why = exc.strerror or type(exc).__name__
+            if "standard output" not in why:
+                why += " writing to standard output"
+            click.echo(f"smcheck: error: {why[:1].lower()}{why[1:]}", err=True)
+            _silence_stdout()
+            sys.exit(EXIT_USAGE)
+        finally:
+            if closed:
+                sys.stdout = None  # type: ignore[assignment]
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -188,8 +214,8 @@ class SmcheckGroup(click.Group):
             click.echo("smcheck: error: out of memory", err=True)
             ctx.exit(EXIT_INTERNAL)
         except Exception as exc:  # a bug: say so in one line, keep the traceback opt-in
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
+            if ctx.obj and ctx.obj.get("debug") or _stdout_failed(exc):
+                raise  # a subcommand's --help on a full or closed stdout: main says it
             name = type(exc).__name__
             click.echo(
                 f"smcheck: internal error: {name}: {safe_text(exc)} (rerun with --debug for a "
@@ -197,6 +223,41 @@ class SmcheckGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+class _ClosedStdout:
+    """``sys.stdout`` while smcheck runs with fd 1 closed: any write is an error (click.echo
+    would drop text for a None stdout), and the report's writer still sees it as closed."""
+
+    smcheck_closed = True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _stdout_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is click failing to print help text (no file named: not an input's or
+    an output file's error, which smcheck reports itself)."""
+    return (
+        isinstance(exc, OSError)
+        and exc.filename is None
+        and exc.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT)
+    )
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's last flush of stdout does not fail again."""
+    stream = sys.stdout
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
 
 
 #: Commands whose options a config file cannot set (``config`` only reports the others).
