@@ -582,6 +582,16 @@ def compare(
             if a > factor * b and a > _floor(kind, dtype) and math.isfinite(a):
                 regressions.append(Regression(method, key, b, a))
     old_gates, new_gates = rules.gates(old), rules.gates(report)
+    known = old_methods.keys() | old_gates.keys()
+    known |= {str(c.get("name")) for c in old.get("checks") or [] if isinstance(c, dict)}
+    missing = sorted(g for g in new_gates if g not in known)
+    if missing:
+        # nothing to compare a gated method with would read as "no regression": a baseline
+        # with "methods": {} would pass any run
+        raise InputError(
+            f"{name}: has no result for {_plain(missing[0])}, which this run gates; write a "
+            "new baseline with --write-baseline"
+        )
     for gated, ok in new_gates.items():
         if old_gates.get(gated) and not ok:
             regressions.append(Regression(gated, "gate", None, None))

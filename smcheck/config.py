@@ -29,8 +29,9 @@ An unknown key, a table for an unknown command, or a key that no command has is 
 :class:`~smcheck.errors.UsageError` naming the key and the file (exit 2).
 
 Trust: a file named with ``--config`` is the user's choice and is read as is. A *discovered*
-file is someone else's if another user owns it or it sits in a directory every user may write
-(``/tmp``, sticky or not): like git's ``safe.directory``, smcheck then ignores it with a
+file is someone else's if another user owns it, or its directory (root excepted: it owns
+every system directory), or it sits in a directory every user may write (``/tmp``, sticky or
+not): like git's ``safe.directory``, smcheck then ignores it with a
 one-line warning (and looks no further up) - a stranger must not choose where your reports go
 or which scheduler receives your data. Files are read in bounded memory
 (:data:`MAX_CONFIG_BYTES`).
@@ -89,6 +90,7 @@ class OptionSpec:
     param: str
     multiple: bool = False
     default: Any = None  # the built-in default, shown by ``smcheck config``
+    path: bool = False  # names a file: only a string will do (a list or a number is refused)
 
 
 @dataclass(frozen=True)
@@ -209,8 +211,9 @@ def read_table(path: Path, *, required: bool = True) -> dict[str, Any] | None:
 def untrusted(path: Path) -> str | None:
     """Why a discovered config file is not to be trusted, or None when it is.
 
-    Another user's file, or a file in a directory every user may write (anyone could have put
-    it there), is not: it could send reports over your files or your data to their scheduler.
+    Another user's file, a file in another user's directory (they can replace it), or a file
+    in a directory every user may write (anyone could have put it there), is not: it could
+    send reports over your files or your data to their scheduler.
     """
     try:
         st, parent = path.stat(), path.parent.stat()
@@ -219,6 +222,10 @@ def untrusted(path: Path) -> str | None:
     geteuid = getattr(os, "geteuid", None)  # Windows: no owners to compare
     if geteuid is not None and st.st_uid != geteuid():
         return f"it is owned by another user (uid {st.st_uid})"
+    if geteuid is not None and parent.st_uid not in (geteuid(), 0):
+        # the directory's owner can rename any file in it: our own file there is theirs to swap
+        where = display_path(path.parent)
+        return f"its directory {where} is owned by another user (uid {parent.st_uid})"
     if parent.st_mode & stat.S_IWOTH:
         return f"its directory {path.parent} is writable by every user"
     if st.st_mode & stat.S_IWOTH:
@@ -270,6 +277,12 @@ def _value(spec: OptionSpec, value: Any, path: Path, where: str) -> Any:
     if isinstance(value, dict):
         raise UsageError(
             f"{display_path(path)}: {spec.key} in {where} must be a value, not a table"
+        )
+    if spec.path and not isinstance(value, str):
+        # ["a", "b"] would be joined into a file named "a,b", 5 read as the file "5"
+        raise UsageError(
+            f"{display_path(path)}: {spec.key} = {show_value(value)} in {where}: expected a "
+            "file name (a string)"
         )
     if spec.multiple:  # a repeatable option: one value is a list of one
         return value if isinstance(value, list) else [value]

@@ -73,6 +73,13 @@ def _client(
                 f"--scheduler {clip(scheduler, 80)}: cannot connect within {timeout:g} s "
                 f"({type(exc).__name__})"
             ) from None
+        except Exception as exc:  # noqa: BLE001 - anything else is the peer's fault
+            # a peer that answers but is not Dask (an HTTP server): distributed reads its
+            # bytes as a frame length and fails with MemoryError or a protocol error, which
+            # would otherwise become exit 3 "out of memory"
+            raise InputError(
+                f"--scheduler {clip(scheduler, 80)} is not a Dask scheduler ({type(exc).__name__})"
+            ) from None
         with client:
             yield client
         return

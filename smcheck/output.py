@@ -13,6 +13,9 @@ Where a report, a per-row table or a baseline goes decides how it is written:
   regular file for every other program on the machine. A FIFO is opened non-blocking, so a FIFO
   nobody reads is an error ("no process is reading it"), not a hang; once open it blocks as
   usual while the reader is slow;
+* a **file descriptor link** (``/dev/stdout``, ``/dev/fd/N``, ``/proc/PID/fd/N``, or the very
+  file stdout or stderr is redirected to) is written through the descriptor, never replaced:
+  ``-o /dev/stdout >> log.txt`` appends to the log instead of renaming a new file over it;
 * a directory or a block device is refused.
 
 Writing onto an input - the same file (same device and inode: another spelling, a symlink, a
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import socket
 import stat
@@ -182,6 +186,69 @@ def _check_link(dest: str) -> None:
         )
 
 
+_FD_LINK = re.compile(
+    r"^/(?:dev/(?:stdin|stdout|stderr|fd/\d+)|proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/\d+)$"
+)
+
+
+def _fd_number(path: str) -> int | None:
+    """``/dev/stdout`` -> 1, ``/dev/fd/3`` or ``/proc/self/fd/3`` -> 3: a descriptor of *this*
+    process; None for anything else (another process's descriptor included)."""
+    names = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if path in names:
+        return names[path]
+    m = re.match(r"^/(?:dev|proc/(?:self|thread-self|(\d+))(?:/task/\d+)?)/fd/(\d+)$", path)
+    if m is None or (m.group(1) is not None and int(m.group(1)) != os.getpid()):
+        return None
+    return int(m.group(2))
+
+
+def _descriptor(dest: str) -> tuple[int | None, str] | None:
+    """If ``dest`` is, or resolves through, a file descriptor link (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/PID/fd/N``) or is the very file of stdout/stderr: (our descriptor
+    number or None, the link to open); else None.
+
+    Such a path must be written through the descriptor, never replaced: ``-o /dev/stdout >>
+    log.txt`` resolves to ``log.txt``, and an atomic replace would put a new file in its place
+    and lose everything the log held before.
+    """
+    hop = os.path.abspath(dest)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if _FD_LINK.match(hop):
+            return _fd_number(hop), hop
+        try:
+            target = os.readlink(hop)
+        except (OSError, ValueError):
+            break
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), target))
+    ident = _identity(dest)
+    if ident is not None:
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == ident:
+                return fd, dest
+    return None
+
+
+def _open_descriptor(fd: int | None, link: str, dest: str) -> IO[bytes]:
+    """Our descriptor ``fd`` duplicated (same offset, same append mode as the shell set), or
+    another process's descriptor opened through its ``/proc`` link: appending to a regular
+    file (a fresh open starts at offset 0 and would overwrite what it holds)."""
+    try:
+        if fd is not None:
+            return os.fdopen(os.dup(fd), "wb")
+        st = os.stat(link)
+        if not stat.S_ISREG(st.st_mode):
+            return _open_direct(link, st, dest)
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        return os.fdopen(os.open(link, flags), "wb")
+    except OSError as exc:
+        raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
+
+
 def _target(dest: str) -> tuple[str, os.stat_result | None]:
     """Where the bytes go: the symlink's final target (or the path), and its stat if it exists.
 
@@ -204,6 +271,14 @@ def _target(dest: str) -> tuple[str, os.stat_result | None]:
         if not stat.S_ISREG(st.st_mode):
             return dest, st
     real = os.path.realpath(dest)  # follows every link; a dangling one gives its target
+    for kernel in ("/proc", "/sys"):
+        if real == kernel or real.startswith(kernel + "/"):
+            # no temporary file can be made there ("no such file or directory" said nothing
+            # useful) and writing one of its files changes the kernel, not a report
+            raise InputError(
+                f"refusing to write {_name(dest)}: it is a kernel interface file in {kernel}, "
+                "not a file for a report"
+            )
     if st is not None:
         return real, st
     directory = os.path.dirname(real) or "."
@@ -264,9 +339,14 @@ def open_output(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
     """
     dest = os.fspath(path)
     check_not_input(dest, inputs)
-    real, st = _target(dest)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        fh = _open_direct(real, st, dest)
+    via = _descriptor(dest)
+    real, st = _target(dest) if via is None else (dest, None)
+    if via is not None or (st is not None and not stat.S_ISREG(st.st_mode)):
+        if via is not None:
+            fh = _open_descriptor(*via, dest)
+        else:
+            assert st is not None
+            fh = _open_direct(real, st, dest)
         try:
             yield fh
             fh.flush()
@@ -352,11 +432,12 @@ def atomic_path(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
     """
     dest = os.fspath(path)
     check_not_input(dest, inputs)
-    real, st = _target(dest)
-    if st is None or stat.S_ISREG(st.st_mode):
+    via = _descriptor(dest)
+    real, st = _target(dest) if via is None else (dest, None)
+    if via is None and (st is None or stat.S_ISREG(st.st_mode)):
         directory = os.path.dirname(real) or "."
     else:
-        directory = None  # a device: stage in the temporary directory instead
+        directory = None  # a device or a descriptor: stage in the temporary directory instead
     suffix = os.path.splitext(real)[1]
     fd, tmp = _make_temp(dest, ".smcheck.", f".tmp{suffix}", directory)
     os.close(fd)
@@ -397,6 +478,8 @@ def write_atomic(
 
 def _is_stream(path: str) -> bool:
     """A character device, FIFO or socket (written directly, its name has no suffix)."""
+    if _descriptor(path) is not None:
+        return True
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):

@@ -89,6 +89,53 @@ def file_dtype(stored: str, dtype: str | None) -> tuple[str | None, bool]:
     return "float32", True
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def class_indices(values: np.ndarray, c: int, ignore_index: int) -> tuple[np.ndarray, int | None]:
+    """Labels as int64 and the first row that is neither a class in [0, c) nor ``ignore_index``
+    (None when all are), range-checked in the stored dtype before any cast.
+
+    The one checker behind :func:`check_labels` (the API) and the file loader. ``values`` is
+    1-D: integers, booleans (classes 0 and 1), or whole finite floats (anything else raises
+    :class:`InputError`). A cast first would wrap around: uint64 ``2**64 - 1`` becomes -1 (an
+    ignored row when ``ignore_index=-1``), float ``1e30`` becomes -2**63 (with a RuntimeWarning).
+    Values outside int64 are therefore bad before the cast, and ``ignore_index`` is compared
+    with exact integers after it.
+
+    >>> class_indices(np.array([2**64 - 1, 0], np.uint64), 3, -1)[1]
+    0
+    >>> class_indices(np.array([-1e30, 0.0]), 3, -2**63)[1]
+    0
+    """
+    lab = np.asarray(values)
+    if lab.dtype.kind == "b":
+        lab = lab.astype(np.int64)
+    if lab.dtype.kind == "u":
+        fits = lab <= np.uint64(_INT64_MAX)
+    elif lab.dtype.kind == "i":
+        fits = np.ones(lab.shape, dtype=bool)
+    elif lab.dtype.kind == "f":
+        if not np.all(np.isfinite(lab)) or not np.all(lab == np.round(lab)):
+            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
+        wide = lab.astype(np.float64)
+        fits = (wide >= -(2.0**63)) & (wide < 2.0**63)  # both bounds exact in float64
+    else:
+        raise InputError(f"labels must be integers, got dtype {lab.dtype}")
+    out = np.where(fits, lab, 0).astype(np.int64)
+    ok = fits & ((out == ignore_index) | ((out >= 0) & (out < c)))
+    bad = np.flatnonzero(~ok)
+    return out, (int(bad[0]) if bad.size else None)
+
+
+def label_text(value: Any) -> str:
+    """A stored label as a message shows it: ``18446744073709551615``, ``1e+30``, ``3``."""
+    if isinstance(value, (np.integer, np.bool_, int)):
+        return str(int(value))
+    f = float(value)
+    return str(int(f)) if f.is_integer() and abs(f) < 2.0**63 else repr(f)
+
+
 def check_labels(
     labels: Any, n: int, c: int, ignore_index: int = -100, row_offset: int = 0
 ) -> np.ndarray:
@@ -104,20 +151,13 @@ def check_labels(
     lab = np.asarray(labels)
     if lab.ndim != 1 or lab.shape[0] != n:
         raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
-    if lab.dtype.kind not in "iu":
-        if lab.dtype.kind == "f" and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab)):
-            lab = lab.astype(np.int64)
-        else:
-            raise InputError(f"labels must be integers, got dtype {lab.dtype}")
-    lab = lab.astype(np.int64)
-    bad = (lab != ignore_index) & ((lab < 0) | (lab >= c))
-    if bad.any():
-        row = int(np.argmax(bad))
+    out, row = class_indices(lab, c, ignore_index)
+    if row is not None:
         raise InputError(
-            f"row {row + row_offset}: label {int(lab[row])} is outside [0, {c})"
+            f"row {row + row_offset}: label {label_text(lab[row])} is outside [0, {c})"
             f" (and is not ignore_index {ignore_index})"
         )
-    return lab
+    return out
 
 
 def _check_soft(labels: Any, n: int, c: int, row_offset: int) -> np.ndarray:

@@ -66,6 +66,21 @@ HOSTILE: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda d: {**d, "command": ["eval"]},
         "a baseline of 'smcheck [\"eval\"]'",
     ),
+    # regression: a baseline with no (or without the gated) method read as "no regression"
+    "methods empty": (
+        lambda d: {**d, "report": {**d["report"], "methods": {}}},
+        "has no result for",
+    ),
+    "gated method missing": (
+        lambda d: {
+            **d,
+            "report": {
+                **d["report"],
+                "methods": {k: v for k, v in d["report"]["methods"].items() if not v["gated"]},
+            },
+        },
+        "which this run gates; write a new baseline",
+    ),
     "not an object": (lambda d: [d], "not a smcheck baseline"),
     "input not a table": (lambda d: {**d, "input": "x"}, "'input' is not a table"),
 }

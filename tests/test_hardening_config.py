@@ -67,6 +67,24 @@ def test_another_users_discovered_config_is_ignored_with_one_warning(project: Pa
     assert Path(str(_config_file(r))).resolve() == config and r.stderr == ""
 
 
+@ROOT_ONLY
+def test_regression_own_config_in_another_users_directory_is_ignored(project: Path) -> None:
+    """The file was ours but its directory another user's: they can rename another file over
+    it, and it was still trusted."""
+    config = project / "smcheck.toml"
+    config.write_text('[eval]\noutput = "/etc/passwd"\n')
+    os.chown(project, 12345, 12345)
+    r = _run("config", "-f", "json")
+    assert _config_file(r) is None
+    assert r.stderr.splitlines() == [
+        "smcheck: warning: ignoring config file ../smcheck.toml: its directory .. is owned by "
+        "another user (uid 12345); name it with --config to use it"
+    ]
+    os.chown(project, 0, 0)  # root's directory: trusted as every system directory is
+    r = _run("config", "-f", "json")
+    assert Path(str(_config_file(r))).resolve() == config and r.stderr == ""
+
+
 @pytest.mark.parametrize("mode", [0o777, 0o1777])  # like /tmp, sticky or not
 def test_discovered_config_in_a_world_writable_directory_is_ignored(
     project: Path, mode: int
@@ -112,6 +130,58 @@ def test_output_from_a_discovered_file_is_announced(project: Path) -> None:
         "smcheck: note: per-row = 'rows.csv' from ../smcheck.toml [eval]",
     ]
     assert (project / "sub" / "report.txt").exists()
+
+
+def test_regression_plot_from_a_discovered_file_is_announced(project: Path) -> None:
+    """`sweep --plot` set by a discovered smcheck.toml drew a file with no note."""
+    pytest.importorskip("matplotlib")
+    (project / "smcheck.toml").write_text(
+        '[sweep]\nplot = "curves.png"\nclasses = "2"\nscales = "1"\ncase = "random"\n'
+        'dtype = "float32"\nmethods = "shifted"\n'
+    )
+    r = _run("sweep")
+    assert r.exit_code in (0, 1), r.output
+    assert "smcheck: note: plot = 'curves.png' from ../smcheck.toml [sweep]" in r.stderr
+    assert (project / "sub" / "curves.png").exists()
+
+
+def test_every_option_that_writes_a_path_is_announced() -> None:
+    """Each FILE option of every command is either an input (read) or announced (written): a
+    new FILE option must be classified here, so a config file cannot redirect it silently."""
+    import click
+
+    from smcheck.cli import announced, cli, writes_path
+
+    inputs = {"labels", "loss_file", "grad_file", "weight", "baseline"}
+    writers = {"output", "per_row", "write_baseline", "plot"}
+    ctx = click.Context(cli)
+    seen = set()
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        names = announced(command.params)
+        for p in command.params:
+            if p.metavar != "FILE":
+                continue
+            assert p.name in inputs | writers, f"{name} --{p.name}: input or output?"
+            assert writes_path(p) == (p.name in writers), (name, p.name)
+            assert (p.name in names) == (p.name in writers), (name, p.name)
+            seen.add(p.name)
+    assert writers <= seen
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [('output = ["a", "b"]', 'output = ["a", "b"]'), ("labels = 5", "labels = 5")],
+)
+def test_regression_path_keys_must_be_strings(project: Path, setting: str, shown: str) -> None:
+    """output = ["a", "b"] wrote a file named "a,b"; labels = 5 read the file "5"."""
+    np.save(project / "x.npy", np.array([[1.0, 2.0]], dtype=np.float32))
+    (project / "smcheck.toml").write_text(f"[eval]\n{setting}\n")
+    before = sorted(p.name for p in project.rglob("*"))
+    r = _run("eval", "../x.npy")
+    _one_line_error(r, "../smcheck.toml", shown, "[eval]: expected a file name (a string)")
+    assert sorted(p.name for p in project.rglob("*")) == before
 
 
 def test_scheduler_from_a_discovered_file_is_refused(project: Path) -> None:

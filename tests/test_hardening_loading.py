@@ -400,3 +400,67 @@ def test_closed_stdin_is_one_line(tmp_path: Path) -> None:
         "stdin ('-') is closed",
         cwd=tmp_path,
     )
+
+
+# --- one label checker for the API and the file loader ------------------------------------------
+
+_X4 = np.array([[0.0, 1.0, 2.0]] * 4, dtype=np.float32)
+
+
+def _both(tmp_path: Path, labels: np.ndarray, ignore_index: int) -> list[str]:
+    """The error each path (API, file) gives for ``labels``, or "" where it accepts them."""
+    import smcheck
+
+    said = []
+    try:
+        smcheck.cross_entropy(_X4, labels, ignore_index=ignore_index)
+        said.append("")
+    except InputError as exc:
+        said.append(str(exc))
+    np.save(tmp_path / "x.npy", _X4)
+    np.save(tmp_path / "y.npy", labels)
+    try:
+        load_input(tmp_path / "x.npy", tmp_path / "y.npy", ignore_index=ignore_index)
+        said.append("")
+    except InputError as exc:
+        said.append(str(exc))
+    return said
+
+
+def test_regression_uint64_max_label_is_not_ignore_index_minus_one(tmp_path: Path) -> None:
+    """2**64-1 was cast to int64 (-1) by the API and the row silently ignored."""
+    labels = np.array([2**64 - 1, 0, 1, 2], dtype=np.uint64)
+    api, files = _both(tmp_path, labels, -1)
+    assert "row 0: label 18446744073709551615 is outside [0, 3)" in api
+    assert "row 0: label 18446744073709551615 is outside [0, 3)" in files
+
+
+def test_regression_huge_float_label_is_refused_without_wraparound(tmp_path: Path) -> None:
+    """1e30 was cast to int64 with a RuntimeWarning (an error under filterwarnings) and
+    reported as label -9223372036854775808."""
+    api, files = _both(tmp_path, np.array([1e30, 0.0, 1.0, 2.0]), -100)
+    assert "row 0: label 1e+30 is outside [0, 3)" in api
+    assert "row 0: label 1e+30 is outside [0, 3)" in files
+    assert "9223372036854775808" not in api + files
+
+
+def test_regression_huge_negative_float_label_is_not_ignore_index_int64_min(
+    tmp_path: Path,
+) -> None:
+    """-1e30 wrapped to -2**63 and matched ignore_index=-2**63: accepted as an ignored row."""
+    api, files = _both(tmp_path, np.array([-1e30, 0.0, 1.0, 2.0]), -(2**63))
+    assert "row 0: label -1e+30 is outside [0, 3)" in api
+    assert "row 0: label -1e+30 is negative and is not ignore_index" in files
+
+
+def test_regression_boolean_labels_are_classes_0_and_1_for_the_api_too(tmp_path: Path) -> None:
+    """Files accepted boolean labels, the API refused them: now both read classes 0 and 1."""
+    import smcheck
+
+    labels = np.array([True, False, True, False])
+    assert _both(tmp_path, labels, -100) == ["", ""]
+    import math
+
+    loss = smcheck.cross_entropy(_X4, labels).loss
+    lse = math.log(1 + math.e + math.e**2)  # logits 0, 1, 2: loss of class k is lse - k
+    assert np.allclose(loss, [lse - 1, lse, lse - 1, lse], rtol=1e-6)

@@ -307,6 +307,91 @@ def test_stdout_full_or_closed_is_not_a_silent_success(logits: Path, tmp_path: P
     assert "standard output is closed" in closed.stderr and len(closed.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("spelling", ["/dev/fd/{fd}", "/proc/self/fd/{fd}", "/proc/{pid}/fd/{fd}"])
+def test_regression_output_through_an_appended_descriptor_keeps_the_log(
+    logits: Path, tmp_path: Path, spelling: str
+) -> None:
+    """``-o /dev/stdout >> log.txt``: /proc/self/fd/1 resolved to log.txt, which was replaced by
+    a new file - everything the log held before was gone, exit 0."""
+    log = tmp_path / "log.txt"
+    log.write_text("PREV\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        path = spelling.format(fd=fd, pid=os.getpid())
+        r = _run("eval", str(logits), "-f", "json", "-o", path)
+        assert r.exit_code == 0, r.output
+    finally:
+        os.close(fd)
+    text = log.read_text()
+    assert text.startswith("PREV\n{") and '"schema": "smcheck.eval/1"' in text
+    assert _temp_files(tmp_path) == []
+
+
+def test_output_onto_the_file_stdout_goes_to_is_written_through_stdout(tmp_path: Path) -> None:
+    """``-o log.txt >> log.txt``: the file is fd 1's, so it is appended to, not replaced."""
+    import sys
+
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((2, 3), np.float32))
+    log = tmp_path / "log.txt"
+    log.write_text("PREV\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "smcheck", "--no-config", "eval", str(x), "-f", "json"]
+    with open(log, "ab") as out:
+        done = subprocess.run([*cmd, "-o", str(log)], stdout=out, stderr=subprocess.PIPE, env=env)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().startswith("PREV\n{")
+
+
+def test_per_row_through_a_descriptor_streams_csv(logits: Path, tmp_path: Path) -> None:
+    log = tmp_path / "rows.log"
+    log.write_text("PREV\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        r = _run("eval", str(logits), "--per-row", f"/dev/fd/{fd}", "-o", "/dev/null")
+        assert r.exit_code == 0, r.output
+    finally:
+        os.close(fd)
+    lines = log.read_text().splitlines()
+    assert lines[0] == "PREV" and lines[1].startswith("row,") and len(lines) == 5
+
+
+def test_regression_output_to_proc_says_what_it_is(logits: Path) -> None:
+    """-o /proc/version said "no such file or directory" (of the temporary file)."""
+    _one_line_error(
+        _run("eval", str(logits), "-o", "/proc/version"),
+        "refusing to write /proc/version: it is a kernel interface file in /proc",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdout", "said"),
+    [
+        (["--help"], "full", "no space left on device writing to standard output"),
+        (["--version"], "full", "no space left on device writing to standard output"),
+        (["eval", "--help"], "full", "no space left on device writing to standard output"),
+        (["eval", "--help"], "closed", "standard output is closed"),
+    ],
+)
+def test_regression_help_and_version_on_a_full_or_closed_stdout(
+    args: list[str], stdout: str, said: str
+) -> None:
+    """--help/--version on /dev/full gave a traceback; with stdout closed, exit 0 and nothing."""
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "smcheck", *args]
+    if stdout == "full":
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, env=env, text=True)
+    else:
+        done = subprocess.run(
+            ["bash", "-c", '"$@" >&-', "_", *cmd], stderr=subprocess.PIPE, env=env, text=True
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"smcheck: error: {said}"]
+
+
 def test_non_utf8_output_path_is_written_and_named_escaped(logits: Path, tmp_path: Path) -> None:
     name = os.fsdecode(bytes(tmp_path) + b"/r\xff.json")
     r = _run("eval", str(logits), "-f", "json", "-o", name)

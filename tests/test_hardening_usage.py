@@ -76,3 +76,45 @@ def test_unreachable_scheduler_is_said_within_ten_seconds() -> None:
         with _client("tcp://127.0.0.1:9", 1, timeout=1):
             pass
     assert time.monotonic() - start < 5
+
+
+def test_regression_http_server_as_scheduler_is_not_out_of_memory(logits: Path) -> None:
+    """An address that answers but is not Dask: distributed read "HTTP/1.1 400" as a huge
+    frame length and raised MemoryError, reported as exit 3 "out of memory"."""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(10)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 64)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        r = _run("eval", str(logits), "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)
+    _usage_error(r, f"tcp://127.0.0.1:{port}", "is not a Dask scheduler")
+
+
+def test_regression_sweep_max_bits_inf_is_a_usage_error() -> None:
+    """--max-bits inf was accepted and the JSON report then failed as exit 3."""
+    _usage_error(_run("sweep", "--max-bits", "inf"), "--max-bits", "not a finite number")

@@ -15,10 +15,13 @@ replaces an option's built-in default, and the command line still wins over both
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import math
+import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +173,29 @@ class SmcheckGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(shown)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's main, with help and version text that cannot be written being an error.
+
+        ``--help``/``--version`` print while the options are parsed, outside :meth:`invoke`:
+        with stdout on /dev/full click let the OSError out as a traceback, and with stdout
+        closed (``sys.stdout`` is None) it printed nothing and exited 0.
+        """
+        closed = sys.stdout is None
+        if closed:
+            sys.stdout = _ClosedStdout()
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as exc:  # EPIPE is click's own (exit 1, quietly); ENOSPC, EIO, EBADF
+            why = exc.strerror or type(exc).__name__
+            if "standard output" not in why:
+                why += " writing to standard output"
+            click.echo(f"smcheck: error: {why[:1].lower()}{why[1:]}", err=True)
+            _silence_stdout()
+            sys.exit(EXIT_USAGE)
+        finally:
+            if closed:
+                sys.stdout = None  # type: ignore[assignment]
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -188,8 +214,8 @@ class SmcheckGroup(click.Group):
             click.echo("smcheck: error: out of memory", err=True)
             ctx.exit(EXIT_INTERNAL)
         except Exception as exc:  # a bug: say so in one line, keep the traceback opt-in
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
+            if ctx.obj and ctx.obj.get("debug") or _stdout_failed(exc):
+                raise  # a subcommand's --help on a full or closed stdout: main says it
             name = type(exc).__name__
             click.echo(
                 f"smcheck: internal error: {name}: {safe_text(exc)} (rerun with --debug for a "
@@ -197,6 +223,41 @@ class SmcheckGroup(click.Group):
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
+
+
+class _ClosedStdout:
+    """``sys.stdout`` while smcheck runs with fd 1 closed: any write is an error (click.echo
+    would drop text for a None stdout), and the report's writer still sees it as closed."""
+
+    smcheck_closed = True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _stdout_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is click failing to print help text (no file named: not an input's or
+    an output file's error, which smcheck reports itself)."""
+    return (
+        isinstance(exc, OSError)
+        and exc.filename is None
+        and exc.errno in (errno.ENOSPC, errno.EBADF, errno.EIO, errno.EDQUOT)
+    )
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's last flush of stdout does not fail again."""
+    stream = sys.stdout
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
 
 
 #: Commands whose options a config file cannot set (``config`` only reports the others).
@@ -235,7 +296,8 @@ def option_specs(group: click.Group) -> dict[str, dict[str, OptionSpec]]:
             if not isinstance(p, click.Option) or p.hidden or p.name is None:
                 continue
             key = _key_of(p)
-            spec = OptionSpec(key, p.name, bool(p.multiple), _builtin_default(p, cmd))
+            default = _builtin_default(p, cmd)
+            spec = OptionSpec(key, p.name, bool(p.multiple), default, p.metavar == "FILE")
             # an option's other long flags are keys too (sweep's old `jobs` beside `workers`)
             for alias in (normalize_key(o[2:]) for o in p.opts if o.startswith("--")):
                 opts.setdefault(alias, spec)
@@ -371,9 +433,26 @@ class _LazySpecs(Mapping[str, dict[str, OptionSpec]]):
         return len(self._get())
 
 
-#: Settings that decide where output goes or where data is sent: a discovered file that sets
-#: them is announced on stderr, so no file silently redirects a report.
-ANNOUNCED = ("output", "per_row", "write_baseline", "engine", "scheduler")
+#: Settings that decide where data is sent; with every option that names an output path
+#: (:func:`writes_path`) they are announced on stderr when a discovered file sets them, so no
+#: file silently redirects a report, a table or a plot.
+ANNOUNCED = ("engine", "scheduler")
+
+#: How the help of an option that names a file it writes begins ("Write the report to FILE",
+#: "Also draw ... to FILE", "Save this run's report ...").
+_WRITE_VERBS = ("write ", "also write ", "save ", "also draw ", "draw ")
+
+
+def writes_path(param: click.Parameter) -> bool:
+    """Whether ``param`` names a file the command writes (--output, --per-row, --plot,
+    --write-baseline, and any later one whose help says it writes FILE)."""
+    help_text = (getattr(param, "help", None) or "").lower()
+    return param.metavar == "FILE" and help_text.startswith(_WRITE_VERBS)
+
+
+def announced(params: Iterable[click.Parameter]) -> list[str]:
+    """The names of ``params`` a discovered config file may set only with a note on stderr."""
+    return [p.name for p in params if p.name and (p.name in ANNOUNCED or writes_path(p))]
 
 
 def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> None:
@@ -384,7 +463,7 @@ def _announce(ctx: click.Context, group: click.Group, settings: Settings) -> Non
         return
     values = settings.default_map.get(name, {})
     params = {p.name: p for p in group.commands[name].params} if name in group.commands else {}
-    present = [p for p in ANNOUNCED if p in values and p in params]
+    present = [p for p in announced(params.values()) if p in values]
     where = {p: f"{display_path(settings.path)} {settings.origin[name][p]}" for p in present}
     if "scheduler" in present and not settings.explicit:
         raise UsageError(

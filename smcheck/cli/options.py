@@ -415,7 +415,9 @@ def check_output(output: str | None, inputs: Iterable[str | None] = ()) -> None:
 def _to_stdout(text: str) -> None:
     """The report on stdout; a closed or full stdout is an error, never a silent exit 0."""
     stream = sys.stdout
-    if stream is None:  # started with stdout closed: click.echo would drop the report quietly
+    if stream is None or getattr(
+        stream, "smcheck_closed", False
+    ):  # started with stdout closed: click.echo would drop the report quietly
         raise UsageError("cannot write the report: standard output is closed")
     try:
         # color=True: never strip ANSI codes; the renderer already applied the --color decision

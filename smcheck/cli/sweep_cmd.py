@@ -24,6 +24,7 @@ from ..sweep import (
 from . import cli
 from .baseline_opts import baseline_options
 from .options import (
+    FiniteFloatRange,
     capped_workers,
     color_option,
     format_option,
@@ -159,7 +160,7 @@ def _write_plot(plot: str, plot_fmt: str, report: SweepReport) -> None:
 )
 @click.option(
     "--max-bits",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),  # inf: no break ever, and a JSON report that cannot be written
     default=4.0,
     show_default=True,
     help="A loss error of more bits than this beyond its condition number is a precision break.",

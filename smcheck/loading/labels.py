@@ -10,6 +10,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import InputError
+from ..prepare import class_indices, label_text
 from .common import _check_dtype, dims
 from .npy import _array_from_source
 from .npz import _Npz
@@ -110,7 +111,6 @@ def _validate_labels(
             "label per row"
         )
     if lab.dtype.kind == "b":
-        lab = lab.astype(np.int64)
         notes.append(f"{where}: boolean labels read as classes 0 and 1")
     if lab.dtype.kind == "f":
         wide = lab.astype(np.float64)
@@ -122,17 +122,13 @@ def _validate_labels(
         if frac.size:
             i = int(frac[0])
             raise InputError(f"{where} {at(i)}: label {float(wide[i])!r} is not a whole number")
-        values: np.ndarray = wide
-    else:
-        values = lab
-    # range check in the stored type (float or integer): casting an out-of-range float or a
-    # uint64 above 2**63 to int64 first would wrap around
-    ok = (values == ignore_index) | ((values >= 0) & (values < c))
-    bad = np.flatnonzero(~ok)
-    if bad.size:
-        i = int(bad[0])
-        v = str(int(values[i])) if values.dtype.kind in "iu" else _label_text(values[i])
-        if values[i] < 0:
+        lab = wide
+    # the checker the API uses too: range-checked in the stored type, no wraparound
+    out, first = class_indices(lab, c, ignore_index)
+    if first is not None:
+        i = first
+        v = label_text(lab[i])
+        if lab[i] < 0:
             raise InputError(
                 f"{where} {at(i)}: label {v} is negative and is not the --ignore-index "
                 f"value ({ignore_index}); expected a class index in [0, {c})"
@@ -140,12 +136,7 @@ def _validate_labels(
         raise InputError(
             f"{where} {at(i)}: label {v} is outside [0, {c}) ({logits_name} has {c} classes)"
         )
-    return values.astype(np.int64)
-
-
-def _label_text(v: object) -> str:
-    f = float(v)  # type: ignore[arg-type]
-    return str(int(f)) if f.is_integer() else repr(f)
+    return out
 
 
 def _from_one_hot(
