@@ -450,7 +450,7 @@ def test_regression_huge_negative_float_label_is_not_ignore_index_int64_min(
     """-1e30 wrapped to -2**63 and matched ignore_index=-2**63: accepted as an ignored row."""
     api, files = _both(tmp_path, np.array([-1e30, 0.0, 1.0, 2.0]), -(2**63))
     assert "row 0: label -1e+30 is outside [0, 3)" in api
-    assert "row 0: label -1e+30 is negative and is not ignore_index" in files
+    assert "row 0: label -1e+30 is negative and is not the --ignore-index value" in files
 
 
 def test_regression_boolean_labels_are_classes_0_and_1_for_the_api_too(tmp_path: Path) -> None:
