@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 SCHEMA = "smcheck.kernel/1"
+#: Below this width the table leaves out its two limit columns (each failure's line below the
+#: table still gives its limits) rather than let rich cut a number into "1.7e-…".
+FULL_WIDTH = 100
 #: GitHub annotations shown per run (the rest are counted in the last one).
 GITHUB_MAX = 10
 
@@ -144,6 +147,8 @@ def _err_cell(k: float | None, stock: float | None) -> str:
 
 def render_table(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     """A rich table: one row per probe run (failures and skips with their detail below)."""
+    width = width or DEFAULT_WIDTH
+    compact = width < FULL_WIDTH
     title = (
         f"smcheck kernel {rich_escape(_clean(r.target))}: {r.framework} on {r.device}; "
         f"judge {r.judge}" + (f" (stock: {rich_escape(r.stock)})" if r.stock else "")
@@ -161,19 +166,17 @@ def render_table(r: KernelReport, *, color: bool = False, width: int | None = No
     table.add_column("dtype", no_wrap=True)
     table.add_column("vocab", justify="right", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    for head in ("loss ulps", "stock", "limit", "grad err", "stock", "limit"):
-        table.add_column(head, justify="right", no_wrap=True)
+    heads = ("loss ulps", "stock", "limit", "grad err", "stock", "limit")
+    keep = [i for i, h in enumerate(heads) if not (compact and h == "limit")]
+    for i in keep:
+        table.add_column(heads[i], justify="right", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
     def cell(x: float | None) -> str:
         return "-" if x is None or math.isnan(x) else fmt_num(x, 2)
 
     for p in r.probes:
-        table.add_row(
-            p.name,
-            p.dtype,
-            str(p.vocab),
-            Text(p.status, style=style[p.status]),
+        numbers = (
             cell(p.loss_max_ulp_err),
             cell(p.stock_loss_max_ulp_err),
             cell(p.max_loss_ulp),
@@ -181,13 +184,20 @@ def render_table(r: KernelReport, *, color: bool = False, width: int | None = No
             cell(p.stock_grad_max_err),
             cell(p.max_grad_err),
         )
+        table.add_row(
+            p.name,
+            p.dtype,
+            str(p.vocab),
+            Text(p.status, style=style[p.status]),
+            *(numbers[i] for i in keep),
+        )
     parts: list[Any] = [table]
     for p in (*r.failed, *r.skipped):
         line = Text(f"{p.status.upper()} {p.test_id}: ", style=style[p.status])
         line.append(_clean(p.detail))
         parts.append(line)
     parts.append(Text(summary(r), style="green" if r.ok else "bold red"))
-    return render_to_text(parts, color=color, width=width or DEFAULT_WIDTH)
+    return render_to_text(parts, color=color, width=width)
 
 
 def _md(text: str) -> str:
