@@ -51,7 +51,7 @@ FRAMEWORKS: tuple[str, ...] = ("torch", "jax", "numpy")
 JUDGES: tuple[str, ...] = ("either", "reference", "stock", "both")
 #: The old name of :data:`JUDGES` (``gate=`` means a list of methods everywhere else).
 GATES = JUDGES
-#: The stock gate's slack: ulps of max(|L*|, 1) on the loss, times eps(T) on the gradient.
+#: The stock judge's slack: ulps of max(|L*|, 1) on the loss, times eps(T) on the gradient.
 STOCK_SLACK_ULP = 4.0
 #: Logits per probe: rows = ROW_BUDGET // V, kept within [MIN_ROWS, MAX_ROWS]. At V = 151936
 #: that is 6 rows: the reference (float64, ~10 temporaries) stays below 100 MB.

@@ -20,7 +20,7 @@ from .report import WorstRow
 class _Measure:
     loss_ulp: float  # inf: non-finite where the reference is finite (or a wrong shape)
     grad_err: float | None  # None: no gradient to measure
-    problems: tuple[str, ...]  # hard failures whatever the gate
+    problems: tuple[str, ...]  # hard failures whatever the judge
     worst: tuple[WorstRow, ...]
 
 

@@ -277,7 +277,7 @@ class _Runner:
         detail = (
             f"{probe.catches}: rows 0-{k - 1} and {k}-{n - 1} called apart: " + "; ".join(problems)
             if problems
-            else f"rows called in two halves: {'identical bits' if same else 'within the gate'}"
+            else f"rows called in two halves: {'identical bits' if same else 'within the limits'}"
         )
         return replace(
             base,
