@@ -30,11 +30,12 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     return out
 
 
-def _judge(judge: str | None, gate: str | None) -> str:
+def _judge(judge: str, gate: str | None) -> str:
     """``--judge``, or the deprecated ``--gate`` it replaces (a note on stderr)."""
     if gate is None:
-        return judge or "either"
-    if judge is not None and judge != gate:
+        return judge
+    given = click.get_current_context().get_parameter_source("judge")
+    if given is not click.core.ParameterSource.DEFAULT and judge != gate:
         raise UsageError("--gate is the deprecated name of --judge: give only --judge")
     click.echo(
         "smcheck: --gate is deprecated and will be removed in the next release; use --judge "
@@ -96,9 +97,10 @@ def _judge(judge: str | None, gate: str | None) -> str:
 @click.option(
     "--judge",
     type=click.Choice(list(JUDGES)),
-    default=None,
+    default="either",
+    show_default=True,
     help="How a probe passes: within the reference thresholds, no worse than the framework's "
-    "stock cross-entropy (+4 ulps), either, or both. Default: either.",
+    "stock cross-entropy (+4 ulps), either, or both.",
 )
 @click.option("--gate", type=click.Choice(list(JUDGES)), default=None, hidden=True)
 @click.option(
@@ -131,7 +133,7 @@ def kernel_cmd(
     seed: int,
     device: str | None,
     probes: str,
-    judge: str | None,
+    judge: str,
     gate: str | None,
     max_loss_ulp: float | None,
     max_grad_err: float | None,
