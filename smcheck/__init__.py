@@ -7,11 +7,11 @@
 ([nan], True)
 
 The analyses behind the commands are importable too: :func:`evaluate` (``smcheck eval``),
-:func:`gradcheck`, :func:`sweep` and :func:`compare`, each taking an options dataclass
-(:class:`EvalOptions`, :class:`GradcheckOptions`, :class:`CompareOptions`, :class:`SweepConfig`)
-or its fields as keywords, and returning a frozen report dataclass. Every entry point reads
-arrays through one front door, :func:`prepare_input`; :func:`load_input` reads and validates
-files as the commands do.
+:func:`gradcheck`, :func:`sweep`, :func:`compare` and :func:`kernel`, each taking an options
+dataclass (:class:`EvalOptions`, :class:`GradcheckOptions`, :class:`CompareOptions`,
+:class:`SweepConfig`, :class:`KernelOptions`) or its fields as keywords, and returning a frozen
+report dataclass. Every entry point reads arrays through one front door, :func:`prepare_input`;
+:func:`load_input` reads and validates files as the commands do.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from .core import CrossEntropyResult, ReferenceResult, cross_entropy, reference
     from .evaluate import EvalOptions, EvalReport, evaluate
     from .gradcheck import GradcheckOptions, GradcheckReport, gradcheck
-    from .kernel import KernelReport, kernel
+    from .kernel import KernelOptions, KernelReport, kernel
     from .loading import LoadedInput, load_input
     from .methods import DEFAULT_METHODS, METHODS
     from .precisions import PRECISIONS, Precision, get_precision
@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "GradcheckOptions": ".gradcheck",
     "GradcheckReport": ".gradcheck",
     "gradcheck": ".gradcheck",
+    "KernelOptions": ".kernel",
     "KernelReport": ".kernel",
     "kernel": ".kernel",
     "LoadedInput": ".loading",
@@ -116,6 +117,7 @@ __all__ = [
     "EvalReport",
     "GradcheckOptions",
     "GradcheckReport",
+    "KernelOptions",
     "KernelReport",
     "InputError",
     "LoadedInput",

@@ -62,9 +62,12 @@ def _bytes(n: float) -> str:
     return f"{n / 1024:.3g} KiB"
 
 
-def check_size(rows: int, classes: int, bytes_per_value: int, what: str) -> None:
+def check_size(
+    rows: int, classes: int, bytes_per_value: int, what: str, classes_flag: str = "--classes"
+) -> None:
     """Refuse ``rows`` x ``classes`` synthetic logits whose working arrays - about
     ``bytes_per_value`` bytes per logit - exceed this machine's memory, before allocating.
+    ``classes_flag`` names the command's option for the classes (kernel: ``--vocab``).
 
     >>> check_size(10**9, 10**6, 64, "gradcheck")
     Traceback (most recent call last):
@@ -75,8 +78,8 @@ def check_size(rows: int, classes: int, bytes_per_value: int, what: str) -> None
     limit = memory_limit()
     if need > limit:
         raise UsageError(
-            f"{what}: --rows {rows} x --classes {classes} = {rows * classes:.3g} logits need "
-            f"about {_bytes(need)}, more than this machine's {_bytes(limit)} of memory"
+            f"{what}: --rows {rows} x {classes_flag} {classes} = {rows * classes:.3g} logits "
+            f"need about {_bytes(need)}, more than this machine's {_bytes(limit)} of memory"
         )
 
 

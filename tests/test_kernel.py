@@ -226,7 +226,7 @@ def test_uniform_probe_measures_ulps_against_log_v(ulps: int) -> None:
     assert p.status == "pass"  # 8 < the limit, 4 + 10 = 14
 
 
-def test_gates_reference_stock_either_both() -> None:
+def test_judges_reference_stock_either_both() -> None:
     v = 1000
     off = 10 * 2.0**-21  # 10 ulps: inside the reference limit (14), 10 more than the stock
 
@@ -234,10 +234,10 @@ def test_gates_reference_stock_either_both() -> None:
         return np.full(len(y), _log_v(v) + off)
 
     status = {
-        gate: kernel(slightly_off, framework="numpy", vocab=(v,), probes="uniform", gate=gate)
+        judge: kernel(slightly_off, framework="numpy", vocab=(v,), probes="uniform", judge=judge)
         .probes[0]
         .status
-        for gate in ("reference", "stock", "either", "both")
+        for judge in ("reference", "stock", "either", "both")
     }
     assert status == {"reference": "pass", "stock": "fail", "either": "pass", "both": "fail"}
 
@@ -246,7 +246,7 @@ def test_max_loss_ulp_overrides_the_default_limit() -> None:
     def off(z: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.full(len(y), _log_v(1000) + 3 * 2.0**-21)
 
-    (p,) = kernel(off, framework="numpy", vocab=(1000,), probes="uniform", gate="reference",
+    (p,) = kernel(off, framework="numpy", vocab=(1000,), probes="uniform", judge="reference",
                   max_loss_ulp=2).probes  # fmt: skip
     assert p.status == "fail" and p.max_loss_ulp == 2
 
@@ -275,7 +275,8 @@ def test_rows_per_probe_shrink_with_the_vocabulary() -> None:
     ("kwargs", "message"),
     [
         ({"probes": "random,nope"}, "unknown probe 'nope'"),
-        ({"gate": "strict"}, "unknown gate"),
+        ({"judge": "strict"}, "unknown judge"),
+        ({"seed": -1}, "seed must be non-negative"),
         ({"vocab": (1,)}, "at least 2"),
         ({"framework": "tensorflow"}, "unknown framework"),
         ({"dtypes": "float99"}, "float99"),

@@ -26,11 +26,13 @@ from smcheck.evaluate import WorstRow
 from smcheck.render import compare as r_compare
 from smcheck.render import eval as r_eval
 from smcheck.render import gradcheck as r_gradcheck
+from smcheck.render import kernel as r_kernel
 from smcheck.render import sweep as r_sweep
 from smcheck.render.common import plural
 
 from .test_cli_gradcheck import _report as gradcheck_report
 from .test_compare import _hand_report as compare_report
+from .test_kernel_hardening import _hand_report as kernel_report
 from .test_render_eval import _method
 from .test_render_eval import make_report as eval_report
 from .test_sweep import _hand_report as sweep_report
@@ -57,6 +59,7 @@ CASES: dict[str, tuple[ModuleType, Callable[[], Any]]] = {
     "gradcheck": (r_gradcheck, lambda: gradcheck_report(methods=list(METHODS), gate=["fused"])),
     "sweep": (r_sweep, lambda: sweep_report(gate=("naive",))),
     "compare": (r_compare, compare_report),
+    "kernel": (r_kernel, kernel_report),
 }
 
 
@@ -179,7 +182,9 @@ def test_cli_tables_fit_columns(tmp_path: Path, columns: str) -> None:
 # --------------------------------------------------------------------------- thin commands
 
 
-@pytest.mark.parametrize("module", ["eval_cmd", "gradcheck_cmd", "sweep_cmd", "compare_cmd"])
+@pytest.mark.parametrize(
+    "module", ["eval_cmd", "gradcheck_cmd", "sweep_cmd", "compare_cmd", "kernel_cmd"]
+)
 def test_command_stays_thin(module: str) -> None:
     """parse -> one analysis call -> render and end through the shared tail: no format table,
     no output, baseline or exit code handling of its own."""

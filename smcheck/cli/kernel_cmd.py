@@ -3,39 +3,19 @@ import the target, run :func:`smcheck.kernel.kernel`, render, exit code)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+import sys
 
 import click
 
 from ..errors import UsageError
-from ..kernel import FRAMEWORKS, GATES, PROBES, KernelReport, kernel, load_target
-from ..render.kernel import (
-    render_github,
-    render_json,
-    render_junit,
-    render_markdown,
-    render_table,
-)
+from ..kernel import FRAMEWORKS, JUDGES, PROBES, kernel, load_target, target_files
+from ..render.common import safe_text
+from ..render.kernel import RENDERERS, render, to_dict
 from . import cli
-from .options import (
-    FiniteFloatRange,
-    check_output,
-    color_option,
-    emit,
-    exit_code,
-    format_option,
-    output_option,
-    wants_color,
-)
-
-#: --format -> pure renderer (report, colour) -> text.
-RENDERERS: dict[str, Callable[[KernelReport, bool], str]] = {
-    "table": lambda r, color: render_table(r, color=color),
-    "json": lambda r, color: render_json(r),
-    "markdown": lambda r, color: render_markdown(r),
-    "github": lambda r, color: render_github(r),
-    "junit": lambda r, color: render_junit(r),
-}
+from .options import FiniteFloatRange, color_option, format_option, output_option
+from .tail import Tail, finish
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -48,6 +28,21 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     if not out:
         raise UsageError(f"{what}: no value given")
     return out
+
+
+def _judge(judge: str, gate: str | None) -> str:
+    """``--judge``, or the deprecated ``--gate`` it replaces (a note on stderr)."""
+    if gate is None:
+        return judge
+    given = click.get_current_context().get_parameter_source("judge")
+    if given is not click.core.ParameterSource.DEFAULT and judge != gate:
+        raise UsageError("--gate is the deprecated name of --judge: give only --judge")
+    click.echo(
+        "smcheck: --gate is deprecated and will be removed in the next release; use --judge "
+        f"{safe_text(gate)} (--gate means a list of methods in the other commands)",
+        err=True,
+    )
+    return gate
 
 
 @cli.command("kernel")
@@ -79,7 +74,13 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     default=None,
     help="Rows per probe (fewer than 6 are raised to 6). Default: 2**19 / V within [6, 64].",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probes' rows.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=0,
+    show_default=True,
+    help="Seed of the probes' rows.",
+)
 @click.option(
     "--device",
     default=None,
@@ -94,13 +95,14 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     help=f"Comma-separated probes to run ({', '.join(PROBES)}), or all.",
 )
 @click.option(
-    "--gate",
-    type=click.Choice(list(GATES)),
+    "--judge",
+    type=click.Choice(list(JUDGES)),
     default="either",
     show_default=True,
     help="How a probe passes: within the reference thresholds, no worse than the framework's "
     "stock cross-entropy (+4 ulps), either, or both.",
 )
+@click.option("--gate", type=click.Choice(list(JUDGES)), default=None, hidden=True)
 @click.option(
     "--max-loss-ulp",
     type=FiniteFloatRange(min=0),
@@ -131,7 +133,8 @@ def kernel_cmd(
     seed: int,
     device: str | None,
     probes: str,
-    gate: str,
+    judge: str,
+    gate: str | None,
     max_loss_ulp: float | None,
     max_grad_err: float | None,
     fmt: str,
@@ -152,12 +155,19 @@ def kernel_cmd(
 
     Example: smcheck kernel mykernels.py:fused_ce --quick --format markdown
     """
-    check_output(output, [target.rpartition(":")[0]])
-    fn = load_target(target)
-    report = kernel(
-        fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
-        probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
-        max_grad_err=max_grad_err, gate=gate, quick=quick, target=target,
-    )  # fmt: skip
-    emit(RENDERERS[fmt](report, wants_color(color, output=output)), output, [])
-    click.get_current_context().exit(exit_code(report.ok, exit_zero))
+    tail = Tail("kernel", fmt, color, output, [target.rpartition(":")[0]], exit_zero=exit_zero)
+    tail.start()
+    judged = _judge(judge, gate)
+    # the target is the user's code: what it prints while imported or called goes to stderr,
+    # never into the report on stdout (-f json)
+    with contextlib.redirect_stdout(sys.stderr):
+        fn = load_target(target)
+        # ``-o mykernels.py`` must not replace the kernel's own source, however it was named
+        tail = dataclasses.replace(tail, inputs=(*tail.inputs, *target_files(fn)))
+        tail.start()
+        report = kernel(
+            fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
+            probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
+            max_grad_err=max_grad_err, judge=judged, quick=quick, target=target,
+        )  # fmt: skip
+    finish(tail, report, render, to_dict(report), ok=report.ok, identity={})

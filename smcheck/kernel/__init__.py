@@ -14,12 +14,13 @@ to the working dtype, hands the kernel fresh copies and compares its loss and gr
 gradient of a mean is multiplied back by its denominator). The framework's stock cross-entropy
 runs on the same rows and is reported side by side.
 
-Gate (``gate=``): ``"reference"`` - within the default thresholds of ``smcheck eval``
-(:func:`default_thresholds`); ``"stock"`` - no worse than the stock cross-entropy plus
-:data:`STOCK_SLACK_ULP` ulps (and that many eps on the gradient); ``"either"`` (default) - one
-of the two, so a kernel as good as PyTorch's own passes where PyTorch itself is outside the
-thresholds; ``"both"``. Non-finite output where the reference is finite, a modified input, an
-exception or nondeterminism fail a probe whatever the gate.
+Judge (``judge=``, ``--judge``; ``gate=`` before): ``"reference"`` - within the default
+thresholds of ``smcheck eval`` (:func:`default_thresholds`); ``"stock"`` - no worse than the
+stock cross-entropy plus :data:`STOCK_SLACK_ULP` ulps (and that many eps on the gradient);
+``"either"`` (default) - one of the two, so a kernel as good as PyTorch's own passes where
+PyTorch itself is outside the thresholds; ``"both"``. Non-finite output where the reference is
+finite, a modified input, an exception or nondeterminism fail a probe whatever the judge. The
+options are a :class:`KernelOptions` (or its fields as keywords).
 
 The kernel is called, not trusted: each call gets fresh tensors, the inputs are compared bit
 for bit afterwards, and an exception it raises is a finding (its one-line text in the probe's
@@ -42,20 +43,24 @@ from ._base import (
     DEFAULT_VOCAB,
     FRAMEWORKS,
     GATES,
+    JUDGES,
     QUICK_VOCAB,
     STOCK_SLACK_ULP,
 )
 from .frameworks import detect_framework, jax_stock, numpy_stock
+from .options import KernelOptions
 from .probes import PROBES, Probe
 from .report import KernelReport, ProbeResult, WorstRow
 from .runner import assert_kernel, failure_message, kernel, parse_probes, rows_for
-from .target import load_target
+from .target import load_target, target_files
 
 __all__ = [
     "DEFAULT_DTYPES",
     "DEFAULT_VOCAB",
     "FRAMEWORKS",
     "GATES",
+    "JUDGES",
+    "KernelOptions",
     "KernelReport",
     "PROBES",
     "Probe",
@@ -72,4 +77,5 @@ __all__ = [
     "numpy_stock",
     "parse_probes",
     "rows_for",
+    "target_files",
 ]

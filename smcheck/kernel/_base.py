@@ -14,16 +14,21 @@ import numpy as np
 # The only imports from the rest of smcheck (re-point them here if the modules move).
 from ..core import reference_of
 from ..errors import UsageError
-from ..metrics import default_thresholds
+from ..metrics import default_thresholds, loss_gate_err
+from ..options import merge_options
 from ..precisions import Precision, get_precision, resolve_accum
 from ..prepare import Prepared, prepare_input
+from ..synthetic import check_size
 
 __all__ = [
     "Prepared",
     "Precision",
     "UsageError",
+    "check_size",
     "default_thresholds",
     "get_precision",
+    "loss_gate_err",
+    "merge_options",
     "prepare_input",
     "reference_of",
     "resolve_accum",
@@ -41,13 +46,21 @@ DEFAULT_DTYPES: dict[str, tuple[str, ...]] = {
     "numpy": ("float32",),
 }
 FRAMEWORKS: tuple[str, ...] = ("torch", "jax", "numpy")
-GATES: tuple[str, ...] = ("either", "reference", "stock", "both")
-#: The stock gate's slack: ulps of max(|L*|, 1) on the loss, times eps(T) on the gradient.
+#: How a probe is judged (``judge=``, ``--judge``): against the reference's thresholds, the
+#: stock cross-entropy, either or both.
+JUDGES: tuple[str, ...] = ("either", "reference", "stock", "both")
+#: The old name of :data:`JUDGES` (``gate=`` means a list of methods everywhere else).
+GATES = JUDGES
+#: The stock judge's slack: ulps of max(|L*|, 1) on the loss, times eps(T) on the gradient.
 STOCK_SLACK_ULP = 4.0
 #: Logits per probe: rows = ROW_BUDGET // V, kept within [MIN_ROWS, MAX_ROWS]. At V = 151936
 #: that is 6 rows: the reference (float64, ~10 temporaries) stays below 100 MB.
 ROW_BUDGET = 1 << 19
 MIN_ROWS, MAX_ROWS = 6, 64
+#: Bytes per logit a probe holds at once (the rounded logits and their carrier, the float64
+#: reference's loss/gradient with low parts, the kernel's and the stock's outputs): what
+#: :func:`~smcheck.synthetic.check_size` weighs ``--rows`` x ``--vocab`` by before allocating.
+KERNEL_BYTES_PER_VALUE = 64
 #: Label value of ignored rows in the probes (PyTorch's default).
 IGNORE_INDEX = -100
 #: Label smoothing of the ``label_smoothing`` probe.

@@ -385,6 +385,7 @@ def detect_framework(fn: KernelFn, device: str | None = None) -> str:
     z = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     y = np.array([0, 1, 254, 255])
     errors = []
+    unavailable = None  # torch could not place tensors on --device
     # classified by what comes back, not by what went in: a jax kernel given numpy arrays
     # returns a jax array (numpy before jax: numpy functions accept jax arrays and vice versa)
     for name in ("torch", "numpy", "jax"):
@@ -401,6 +402,7 @@ def detect_framework(fn: KernelFn, device: str | None = None) -> str:
                 )
             except (RuntimeError, AssertionError) as exc:
                 errors.append(f"torch: {_one_line(exc)}")
+                unavailable = _one_line(exc) if device is not None else None
                 continue
         elif name == "jax":
             args = (mod.numpy.asarray(z), mod.numpy.asarray(y.astype(np.int32)))
@@ -419,6 +421,10 @@ def detect_framework(fn: KernelFn, device: str | None = None) -> str:
         if kind in ("jax", "jaxlib"):
             return "jax"
         errors.append(f"{name}: returned {type(first).__name__}")
+    if unavailable is not None:
+        # e.g. --device cuda on a CPU-only torch: the kernel never ran where it was asked to, so
+        # what the other frameworks made of it says nothing about its framework
+        raise UsageError(f"--device {device}: the device is unavailable ({unavailable})")
     raise UsageError(
         "cannot tell the kernel's framework (" + "; ".join(errors) + "): name it (--framework)"
     )

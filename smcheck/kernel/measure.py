@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._base import WORST_ROWS, Precision, Prepared, reference_of
+from ._base import WORST_ROWS, Precision, Prepared, loss_gate_err, reference_of
 from .frameworks import _Outcome
 from .report import WorstRow
 
@@ -20,7 +20,7 @@ from .report import WorstRow
 class _Measure:
     loss_ulp: float  # inf: non-finite where the reference is finite (or a wrong shape)
     grad_err: float | None  # None: no gradient to measure
-    problems: tuple[str, ...]  # hard failures whatever the gate
+    problems: tuple[str, ...]  # hard failures whatever the judge
     worst: tuple[WorstRow, ...]
 
 
@@ -49,10 +49,22 @@ def _truth(prep: Prepared) -> _Truth:
 
 
 def _ulps(value: np.ndarray, exact: np.ndarray, t: Precision) -> np.ndarray:
-    """|L - L*| in ulps of max(|L*|, 1) of T (absolute below 1: a loss of 1e-20 rounded to 0
-    costs training nothing); inf where they disagree in finiteness."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(value - exact) / t.ulp(np.maximum(np.abs(exact), 1.0))
+    """The gate metric of every command (:func:`~smcheck.metrics.loss_gate_err`: |L - L*| in
+    ulps of max(|L*|, 1) of T), then :func:`_judge_nonfinite`: a probe has no row to leave
+    uncounted."""
+    return _judge_nonfinite(loss_gate_err(value, exact, t), value, exact)
+
+
+def _judge_nonfinite(err: np.ndarray, value: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """The kernel's step after the gate metric, which is NaN where either loss is non-finite
+    (eval counts those rows apart): the reference's own infinity returned exactly costs 0
+    ulps; any other disagreement in finiteness - ``inf`` or NaN for a finite L*, a finite value
+    for an infinite L* - is infinitely wrong (``inf``), so that no limit passes it.
+
+    >>> _judge_nonfinite(np.array([np.nan, np.nan, 2.0]), np.array([np.inf, np.nan, 1.0]),
+    ...                  np.array([np.inf, 3.0, 1.0]))
+    array([ 0., inf,  2.])
+    """
     same_inf = np.isinf(exact) & (value == exact)
     return np.where(same_inf, 0.0, np.where(np.isnan(err), np.inf, err))
 

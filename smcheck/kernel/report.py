@@ -58,7 +58,7 @@ class KernelReport:
     framework: str
     device: str
     stock: str
-    gate: str
+    judge: str
     seed: int
     dtypes: tuple[str, ...]
     vocab: tuple[int, ...]

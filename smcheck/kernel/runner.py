@@ -15,8 +15,8 @@ import numpy as np
 from ._base import (
     DEFAULT_DTYPES,
     DEFAULT_VOCAB,
-    GATES,
     IGNORE_INDEX,
+    KERNEL_BYTES_PER_VALUE,
     MAX_ROWS,
     MIN_ROWS,
     QUICK_VOCAB,
@@ -28,13 +28,16 @@ from ._base import (
     UsageError,
     _printable,
     _quiet,
+    check_size,
     default_thresholds,
     get_precision,
+    merge_options,
     prepare_input,
     resolve_accum,
 )
 from .frameworks import _Framework, _framework, _Outcome, detect_framework
 from .measure import _Measure, _measure, _truth, _ulps
+from .options import RENAMED, KernelOptions
 from .probes import PROBES, VARIANT_OPTIONS, Probe
 from .report import KernelReport, ProbeResult
 
@@ -57,7 +60,7 @@ class _Runner:
     fn: KernelFn
     fw: _Framework
     accepted: frozenset[str] | None
-    gate: str
+    judge: str
     seed: int
     max_loss_ulp: float | None
     max_grad_err: float | None
@@ -173,7 +176,7 @@ class _Runner:
             "stock": stock_ok if s is not None else ref_ok,
             "either": ref_ok or stock_ok,
             "both": ref_ok and (stock_ok if s is not None else True),
-        }[self.gate]
+        }[self.judge]
         ok = ok and not m.problems
         numbers = _numbers(m, s, lim_l, lim_g)
         if ok:
@@ -274,7 +277,7 @@ class _Runner:
         detail = (
             f"{probe.catches}: rows 0-{k - 1} and {k}-{n - 1} called apart: " + "; ".join(problems)
             if problems
-            else f"rows called in two halves: {'identical bits' if same else 'within the gate'}"
+            else f"rows called in two halves: {'identical bits' if same else 'within the limits'}"
         )
         return replace(
             base,
@@ -370,47 +373,39 @@ def _iter_runs(
 
 def kernel(
     fn: KernelFn,
+    options: KernelOptions | None = None,
     *,
-    framework: str | None = None,
-    dtypes: str | Sequence[str] | None = None,
-    vocab: Sequence[int] | None = None,
-    rows: int | None = None,
-    probes: str | Sequence[str] = "all",
-    seed: int = 0,
-    device: str | None = None,
-    max_loss_ulp: float | None = None,
-    max_grad_err: float | None = None,
-    gate: str = "either",
-    quick: bool = False,
-    stock: bool = True,
-    target: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **fields: Any,
 ) -> KernelReport:
     """Run the probe suite (:data:`PROBES`) on the cross-entropy kernel ``fn``.
 
-    ``framework`` (torch, jax, numpy) is detected from what ``fn`` returns when None.
-    ``dtypes`` default to float32 and bfloat16 (numpy: float32); ``vocab`` to
-    :data:`DEFAULT_VOCAB` (:data:`QUICK_VOCAB` with ``quick``); ``rows`` per probe to about
-    2**19 logits' worth. ``gate`` is one of :data:`GATES` (see the module docstring).
+    ``options`` is a :class:`KernelOptions`, or give its fields as keywords (both: the keywords
+    replace those fields). ``framework`` (torch, jax, numpy) is detected from what ``fn``
+    returns when None. ``dtypes`` default to float32 and bfloat16 (numpy: float32); ``vocab``
+    to :data:`DEFAULT_VOCAB` (:data:`QUICK_VOCAB` with ``quick``); ``rows`` per probe to about
+    2**19 logits' worth. ``judge`` is one of :data:`JUDGES` (see the module docstring); the old
+    keyword ``gate`` still works, with a DeprecationWarning. ``progress(done, total)`` is called
+    after each probe.
     """
-    if gate not in GATES:
-        raise UsageError(f"unknown gate {gate!r}; expected one of: {', '.join(GATES)}")
+    opts = merge_options(KernelOptions, options, fields, RENAMED, "kernel")
     if not callable(fn):
         raise UsageError(f"the kernel {fn!r} is not callable")
-    fw_name = framework or detect_framework(fn, device)
-    fw = _framework(fw_name, device)
+    vocab, rows = opts.vocab, opts.rows
+    sizes = tuple(vocab) if vocab is not None else QUICK_VOCAB if opts.quick else DEFAULT_VOCAB
+    for v in sizes:  # before any allocation: --vocab 10**11 is a usage error, not out of memory
+        check_size(rows_for(v, rows), v, KERNEL_BYTES_PER_VALUE, "kernel", "--vocab")
+    fw_name = opts.framework or detect_framework(fn, opts.device)
+    fw = _framework(fw_name, opts.device)
+    dtypes = opts.dtypes
     if dtypes is None:
         dtypes = DEFAULT_DTYPES[fw.name]
     if isinstance(dtypes, str):
         dtypes = [d for d in dtypes.split(",") if d.strip()]
     precisions = [get_precision(d.strip()) for d in dtypes]
-    sizes = tuple(vocab) if vocab is not None else QUICK_VOCAB if quick else DEFAULT_VOCAB
-    if not sizes or any(v < 2 for v in sizes):
-        raise UsageError(f"vocabulary sizes must be at least 2, got {sizes}")
-    if rows is not None and rows < 1:
-        raise UsageError(f"rows must be positive, got {rows}")
-    names = parse_probes(probes)
-    runner = _Runner(fn, fw, _accepted(fn), gate, seed, max_loss_ulp, max_grad_err, stock)
+    names = parse_probes(opts.probes)
+    runner = _Runner(fn, fw, _accepted(fn), opts.judge, opts.seed, opts.max_loss_ulp,
+                     opts.max_grad_err, opts.stock)  # fmt: skip
     start = time.perf_counter()
     results = []
     runs = list(_iter_runs(precisions, sizes, names))
@@ -421,14 +416,14 @@ def kernel(
             results.append(runner.run(probe, t, v, rows_for(v, rows)))
             if progress is not None:
                 progress(i + 1, len(runs))
-    name = target or _printable(getattr(fn, "__qualname__", None) or repr(fn))
+    name = opts.target or _printable(getattr(fn, "__qualname__", None) or repr(fn))
     return KernelReport(
         target=name,
         framework=fw.name,
         device=fw.device(),
-        stock=fw.stock_name() if stock else "",
-        gate=gate,
-        seed=seed,
+        stock=fw.stock_name() if opts.stock else "",
+        judge=opts.judge,
+        seed=opts.seed,
         dtypes=tuple(t.name for t in precisions),
         vocab=sizes,
         probes=tuple(results),
@@ -443,7 +438,7 @@ def failure_message(report: KernelReport) -> str:
     """The AssertionError text: a header, then per failed probe its detail and worst rows."""
     lines = [
         f"smcheck: {len(report.failed)} of {len(report.probes)} kernel probes failed "
-        f"({report.target}: {report.framework} on {report.device}, gate {report.gate})"
+        f"({report.target}: {report.framework} on {report.device}, judge {report.judge})"
     ]
     for p in report.failed:
         lines.append(f"{p.test_id}: {p.detail}")
@@ -465,7 +460,7 @@ def assert_kernel(fn: KernelFn, **options: Any) -> KernelReport:
     """Assert that the cross-entropy kernel ``fn`` passes every probe of :func:`kernel`.
 
     ``options`` are :func:`kernel`'s (``framework``, ``dtypes``, ``vocab``, ``quick``,
-    ``probes``, ``gate``...). Raises :class:`AssertionError` listing each failed probe with its
+    ``probes``, ``judge``...). Raises :class:`AssertionError` listing each failed probe with its
     detail and worst rows; returns the report when every probe passes (skips do not fail).
 
     >>> import numpy as np
@@ -475,7 +470,7 @@ def assert_kernel(fn: KernelFn, **options: Any) -> KernelReport:
     >>> assert_kernel(wrong_mean, vocab=(10,), probes="uniform", rows=6)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    AssertionError: smcheck: 1 of 1 kernel probes failed (wrong_mean: numpy on cpu, gate either)
+    AssertionError: smcheck: 1 of 1 kernel probes failed (wrong_mean: numpy on cpu, judge either)
     uniform[float32-10]: all-equal rows (...): loss 1.38e+06 ulps (stock 1.13, limit 12); ...
     """
     __tracebackhide__ = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._base import KernelFn, UsageError, _one_line
 
-__all__ = ["load_target"]
+__all__ = ["load_target", "target_files"]
 
 
 def load_target(target: str) -> KernelFn:
@@ -54,3 +54,25 @@ def load_target(target: str) -> KernelFn:
     if not callable(fn):
         raise UsageError(f"kernel target {target!r}: {attr} is not callable")
     return fn  # type: ignore[no-any-return]
+
+
+def target_files(fn: KernelFn) -> tuple[str, ...]:
+    """The files the kernel ``fn`` came from - its function's source file and its module's
+    ``__file__`` - which ``--output`` must never replace (``smcheck kernel mykernels:ce -o
+    mykernels.py`` would overwrite the user's code with a report). Empty for what has no file
+    (a builtin, a C extension's function without a module file)."""
+    import inspect
+    import sys
+
+    files: list[str] = []
+    try:
+        source = inspect.getsourcefile(inspect.unwrap(fn))
+    except (TypeError, ValueError):  # a builtin, a callable object, a partial
+        source = None
+    if source:
+        files.append(source)
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    module_file = getattr(module, "__file__", None)
+    if isinstance(module_file, str) and module_file not in files:
+        files.append(module_file)
+    return tuple(files)

@@ -1,8 +1,10 @@
 """Renderers of a :class:`~smcheck.kernel.KernelReport`: table, json, markdown, github, junit.
 
-Pure functions ``report -> str``; no I/O, no numerics. Texts that came from the kernel (its
-exception messages, its name) were made printable by :mod:`smcheck.kernel`; each format
-escapes its own syntax (rich markup, pipes, XML, GitHub workflow commands) here.
+One contract, as every command's: ``render(report, fmt, *, color, width)`` chooses from
+:data:`RENDERERS`, each a pure function ``(report, *, color, width) -> str``; no I/O, no
+numerics. Texts that came from the kernel (its exception messages, its name) were made
+printable by :mod:`smcheck.kernel`; each format escapes its own syntax (rich markup, pipes,
+XML, GitHub workflow commands) here.
 """
 
 from __future__ import annotations
@@ -17,20 +19,32 @@ from rich.table import Table
 from rich.text import Text
 
 from ..kernel import KernelReport, ProbeResult
-from .common import fmt_num, gh_escape_data, gh_escape_property, render_to_text
+from .common import (
+    DEFAULT_WIDTH,
+    Renderer,
+    fmt_num,
+    gh_escape_data,
+    gh_escape_property,
+    render_to_text,
+)
 
 __all__ = [
+    "RENDERERS",
     "SCHEMA",
     "render_github",
     "render_json",
     "render_junit",
     "render_markdown",
     "render_table",
+    "render",
     "summary",
     "to_dict",
 ]
 
 SCHEMA = "smcheck.kernel/1"
+#: Below this width the table leaves out its two limit columns (each failure's line below the
+#: table still gives its limits) rather than let rich cut a number into "1.7e-…".
+FULL_WIDTH = 100
 #: GitHub annotations shown per run (the rest are counted in the last one).
 GITHUB_MAX = 10
 
@@ -91,7 +105,8 @@ def to_dict(r: KernelReport) -> dict[str, Any]:
         "framework": r.framework,
         "device": r.device,
         "stock": r.stock or None,
-        "gate": r.gate,
+        "judge": r.judge,
+        "gate": r.judge,  # the old name of "judge", kept for one release
         "seed": r.seed,
         "dtypes": list(r.dtypes),
         "vocab": list(r.vocab),
@@ -107,7 +122,7 @@ def to_dict(r: KernelReport) -> dict[str, Any]:
     }
 
 
-def render_json(r: KernelReport) -> str:
+def render_json(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     return json.dumps(to_dict(r), indent=2, allow_nan=False) + "\n"
 
 
@@ -130,11 +145,13 @@ def _err_cell(k: float | None, stock: float | None) -> str:
     return text
 
 
-def render_table(r: KernelReport, *, color: bool = False, width: int = 100) -> str:
+def render_table(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     """A rich table: one row per probe run (failures and skips with their detail below)."""
+    width = width or DEFAULT_WIDTH
+    compact = width < FULL_WIDTH
     title = (
         f"smcheck kernel {rich_escape(_clean(r.target))}: {r.framework} on {r.device}; "
-        f"gate {r.gate}" + (f" (stock: {rich_escape(r.stock)})" if r.stock else "")
+        f"judge {r.judge}" + (f" (stock: {rich_escape(r.stock)})" if r.stock else "")
     )
     # no vertical rules: ten columns of numbers fit 100 characters without truncation
     table = Table(
@@ -149,25 +166,30 @@ def render_table(r: KernelReport, *, color: bool = False, width: int = 100) -> s
     table.add_column("dtype", no_wrap=True)
     table.add_column("vocab", justify="right", no_wrap=True)
     table.add_column("result", no_wrap=True)
-    for head in ("loss ulps", "stock", "limit", "grad err", "stock", "limit"):
-        table.add_column(head, justify="right", no_wrap=True)
+    heads = ("loss ulps", "stock", "limit", "grad err", "stock", "limit")
+    keep = [i for i, h in enumerate(heads) if not (compact and h == "limit")]
+    for i in keep:
+        table.add_column(heads[i], justify="right", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
     def cell(x: float | None) -> str:
         return "-" if x is None or math.isnan(x) else fmt_num(x, 2)
 
     for p in r.probes:
-        table.add_row(
-            p.name,
-            p.dtype,
-            str(p.vocab),
-            Text(p.status, style=style[p.status]),
+        numbers = (
             cell(p.loss_max_ulp_err),
             cell(p.stock_loss_max_ulp_err),
             cell(p.max_loss_ulp),
             cell(p.grad_max_err),
             cell(p.stock_grad_max_err),
             cell(p.max_grad_err),
+        )
+        table.add_row(
+            p.name,
+            p.dtype,
+            str(p.vocab),
+            Text(p.status, style=style[p.status]),
+            *(numbers[i] for i in keep),
         )
     parts: list[Any] = [table]
     for p in (*r.failed, *r.skipped):
@@ -182,12 +204,12 @@ def _md(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(r: KernelReport) -> str:
+def render_markdown(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     """A GitHub-flavoured Markdown table (failures first), for a job summary or a PR comment."""
     lines = [
         f"### smcheck kernel `{_md(_clean(r.target))}`",
         "",
-        f"{_md(summary(r))}. Gate: {r.gate}"
+        f"{_md(summary(r))}. Judge: {r.judge}"
         + (f"; stock: `{_md(r.stock)}`" if r.stock else "")
         + ".",
         "",
@@ -206,7 +228,7 @@ def render_markdown(r: KernelReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_github(r: KernelReport) -> str:
+def render_github(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     """``::error`` per failed probe (at most :data:`GITHUB_MAX`), then a ``::notice``."""
     title = gh_escape_property(f"smcheck kernel {_clean(r.target)}")
     fails = [f"{p.test_id}: {_clean(p.detail)}" for p in r.failed]
@@ -217,7 +239,7 @@ def render_github(r: KernelReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_junit(r: KernelReport) -> str:
+def render_junit(r: KernelReport, *, color: bool = False, width: int | None = None) -> str:
     """JUnit XML: one test case per probe run (``classname`` the probe, ``name`` its id)."""
     # imported here: xml.sax pulls in urllib and http (~15 ms of every command's start-up)
     from xml.sax.saxutils import escape, quoteattr
@@ -230,7 +252,7 @@ def render_junit(r: KernelReport) -> str:
         f'failures="{failures}" errors="0" skipped="{skipped}" time="{r.seconds}">',
         f'    <properties><property name="framework" value={quoteattr(r.framework)}/>'
         f'<property name="device" value={quoteattr(r.device)}/>'
-        f'<property name="gate" value={quoteattr(r.gate)}/></properties>',
+        f'<property name="judge" value={quoteattr(r.judge)}/></properties>',
     ]
     for p in r.probes:
         head = (
@@ -249,3 +271,19 @@ def render_junit(r: KernelReport) -> str:
             ]
     lines += ["  </testsuite>", "</testsuites>"]
     return "\n".join(lines) + "\n"
+
+
+#: ``--format`` -> renderer ``(report, *, color, width) -> str``.
+RENDERERS: dict[str, Renderer[KernelReport]] = {
+    "table": render_table,
+    "json": render_json,
+    "markdown": render_markdown,
+    "github": render_github,
+    "junit": render_junit,
+}
+
+
+def render(report: KernelReport, fmt: str, *, color: bool = False, width: int | None = None) -> str:
+    """The report as text in format ``fmt`` (a key of :data:`RENDERERS`); ``width`` is the
+    table's (None: 100 columns)."""
+    return RENDERERS[fmt](report, color=color, width=width)
