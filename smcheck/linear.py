@@ -233,22 +233,32 @@ class LinearReference:
     blocks: int
 
 
+#: Rows rounded at a time: the float64 copy of a block, never of a whole (V, D) weight.
+_ROUND_ROWS = 8192
+
+
 def _rounded(x: Any, working: Precision, name: str, ndim: int) -> np.ndarray:
-    """``x`` rounded once to the working dtype, as float32 (16/8-bit, 32-bit) or float64."""
+    """``x`` rounded once to the working dtype, in that dtype (a block of rows at a time: the
+    weight of a 128k vocabulary is 0.5 GB in float32 and would be 1 GB as float64)."""
     arr = np.asarray(x)
     if arr.ndim != ndim:
         raise InputError(f"{name} must have {ndim} axes, got shape {arr.shape}")
     if arr.dtype.kind not in "fViu":
         raise InputError(f"{name} must be numbers, got dtype {arr.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        r = round_to(arr.astype(np.float64, copy=False), working)
-    k = np.float64 if working.bits > 32 else np.float32
-    out = np.asarray(r).astype(k)
-    if not np.all(np.isfinite(out)):
-        where = np.argwhere(~np.isfinite(out))[0].tolist()
-        raise InputError(
-            f"{name}{where}: not finite in {working.name} (the reference needs finite inputs)"
-        )
+    out = arr if arr.dtype == working.dtype else np.empty(arr.shape, dtype=working.dtype)
+    for r0 in range(0, max(arr.shape[0], 1), _ROUND_ROWS):
+        blk = arr[r0 : r0 + _ROUND_ROWS]
+        if out is not arr:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out[r0 : r0 + _ROUND_ROWS] = round_to(blk.astype(np.float64), working)
+        bad = ~np.isfinite(out[r0 : r0 + _ROUND_ROWS])
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            where[0] += r0
+            raise InputError(
+                f"{name}{where.tolist()}: not finite in {working.name}"
+                " (the reference needs finite inputs)"
+            )
     return out
 
 
@@ -294,7 +304,7 @@ def reference_linear(
     label_smoothing: float = 0.0,
     dtype: Any = None,
     block_rows: int = 1024,
-    block_vocab: int = 4096,
+    block_vocab: int = 1024,
 ) -> LinearReference:
     """Loss and dh, dW, db of cross_entropy(hidden @ weight.T + bias, labels), to about
     eps(working) * 2**-20 relative (normwise for the gradients); see the module docstring.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import mpmath
 import numpy as np
 import pytest
@@ -40,8 +42,12 @@ def _mp_linear(h, w, b, labels, ignore_index, reduction, eps):
             p[y] = -mpmath.fsum(q for j, q in enumerate(p) if j != y) + 1  # p_y, accurately
             G.append([c * (p[j] - (1 - eps) * (j == y) - eps / v) for j in range(v)])
         red = mpmath.fsum(losses) * (c if reduction == "mean" else 1)
-        dh = [[mpmath.fsum(G[i][j] * W[j][k] for j in range(v)) for k in range(d)] for i in range(n)]
-        dw = [[mpmath.fsum(G[i][j] * H[i][k] for i in range(n)) for k in range(d)] for j in range(v)]
+        dh = [
+            [mpmath.fsum(G[i][j] * W[j][k] for j in range(v)) for k in range(d)] for i in range(n)
+        ]
+        dw = [
+            [mpmath.fsum(G[i][j] * H[i][k] for i in range(n)) for k in range(d)] for j in range(v)
+        ]
         db = [mpmath.fsum(G[i][j] for i in range(n)) for j in range(v)]
     return losses, red, dh, dw, db
 
@@ -174,3 +180,25 @@ def test_matmul_dd_split_is_exact_where_float64_is_not() -> None:
                 t = mpmath.fsum(mpmath.mpf(x) * mpmath.mpf(y) for x, y in zip(a[i], b[j]))
                 err = abs(mpmath.mpf(hi[i, j]) + mpmath.mpf(lo[i, j]) - t)
                 assert err <= abs(t) * 2.0**-100, (i, j, float(err))
+
+
+def test_reference_linear_memory_is_blocks_plus_outputs_not_logits() -> None:
+    # (N, V) float64 logits would be 64 MB here; the reference holds the outputs (dW: 2 MB),
+    # the inputs' float64 copies and O(block_rows * block_vocab) temporaries (1 MB each)
+    import ml_dtypes
+
+    rng = np.random.default_rng(9)
+    n, v, d = 64, 1 << 17, 2
+    h = rng.standard_normal((n, d)).astype(ml_dtypes.bfloat16)
+    w = rng.standard_normal((v, d)).astype(ml_dtypes.bfloat16)
+    y = rng.integers(0, v, n)
+    tracemalloc.start()
+    try:
+        ref = reference_linear(h, w, y, block_rows=64, block_vocab=2048)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    logits = n * v * 8
+    outputs = ref.grad_weight.nbytes + ref.grad_hidden.nbytes + ref.loss.nbytes
+    assert peak < outputs + 24 * 64 * 2048 * 8, (peak, outputs)
+    assert peak < logits / 4, (peak, logits)
