@@ -78,7 +78,8 @@ def _check(h, w, b, labels, dtype, *, ignore_index=-100, reduction="mean", eps=0
     bound = target_rel_err(get_precision(dtype))
     errs = {
         "loss": max(
-            (_rel([x], [t]) if t != 0 else abs(float(x))) for x, t in zip(ref.loss, losses, strict=True)
+            (_rel([x], [t]) if t != 0 else abs(float(x)))
+            for x, t in zip(ref.loss, losses, strict=True)
         ),
         "reduced": _rel([ref.loss_reduced], [red]),
         "dh": _rel(ref.grad_hidden, dh),
@@ -177,7 +178,8 @@ def test_matmul_dd_split_is_exact_where_float64_is_not() -> None:
     with mpmath.workdps(TRUTH_DPS):
         for i in range(3):
             for j in range(4):
-                t = mpmath.fsum(mpmath.mpf(x) * mpmath.mpf(y) for x, y in zip(a[i], b[j], strict=True))
+                pairs = zip(a[i], b[j], strict=True)
+                t = mpmath.fsum(mpmath.mpf(x) * mpmath.mpf(y) for x, y in pairs)
                 err = abs(mpmath.mpf(hi[i, j]) + mpmath.mpf(lo[i, j]) - t)
                 assert err <= abs(t) * 2.0**-100, (i, j, float(err))
 
