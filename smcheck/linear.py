@@ -49,8 +49,12 @@ from .errors import InputError, UsageError
 from .precisions import Precision, get_precision, round_to
 
 __all__ = [
+    "GRAD_ACCUMS",
     "LinearReference",
+    "LinearResult",
     "REDUCTIONS",
+    "linear_cross_entropy",
+    "normwise_rel_err",
     "matmul_dd",
     "reference_linear",
     "target_rel_err",
@@ -446,3 +450,159 @@ def reference_linear(
         split_blocks=stats["split"],
         blocks=stats["blocks"],
     )
+
+
+# -- what kernels do: the chunked computation in the working dtype --------------------------
+
+
+#: Dtypes a kernel may accumulate dW, dh and db in across chunks.
+GRAD_ACCUMS: tuple[str, ...] = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass(frozen=True)
+class LinearResult:
+    """A chunked kernel's four outputs (values of the working dtype, held in float64)."""
+
+    loss: np.ndarray  # (N,)
+    loss_reduced: float
+    grad_hidden: np.ndarray  # (N, D)
+    grad_weight: np.ndarray  # (V, D)
+    grad_bias: np.ndarray | None  # (V,)
+    chunks_rows: int  # how many row chunks dW and db were accumulated over
+    chunks_vocab: int  # how many vocabulary chunks dh was accumulated over
+
+
+def linear_cross_entropy(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    dtype: Any = None,
+    chunk_rows: int = 1024,
+    chunk_vocab: int = 4096,
+    grad_accum: str = "float32",
+) -> LinearResult:
+    """Fused linear cross-entropy as a chunked GPU kernel computes it, emulated on the CPU.
+
+    Per (row chunk, vocabulary chunk): the logits h W^T + b with working-dtype operands and a
+    float32 accumulator (a tensor-core matmul: float32 sgemm of the exact working values), stored
+    in the working dtype; an online max / sum of exponentials in float32; then
+    G = c (softmax - target) computed in float32 and rounded to the working dtype (the kernel's
+    grad_logits tile), and the tile products G^T h, G W, 1^T G again in float32. Across chunks
+    the partial gradients are summed in ``grad_accum``: dW and db over the row chunks, dh over
+    the vocabulary chunks, each partial sum rounded to ``grad_accum`` - so bfloat16 accumulation
+    over many chunks loses the small contributions a float32 accumulator keeps. The outputs
+    are rounded to the working dtype.
+
+    With 16 row chunks a bfloat16 accumulator rounds dW 16 times; with 1024 it rounds 1024
+    times, and each rounding can lose 2**-9 of the running sum.
+    """
+    if reduction not in REDUCTIONS:
+        raise UsageError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if chunk_rows < 1 or chunk_vocab < 1:
+        raise UsageError("chunk_rows and chunk_vocab must be >= 1")
+    if grad_accum not in GRAD_ACCUMS:
+        raise UsageError(f"unknown grad_accum {grad_accum!r}; expected one of {GRAD_ACCUMS}")
+    from .precisions import round_in
+
+    hw, ww, bw, lab, working = check_linear(hidden, weight, labels, bias, dtype, ignore_index)
+    acc = get_precision(grad_accum)
+    k = np.float64 if working.bits > 32 else np.float32
+    h = hw.astype(k)
+    n, d = h.shape
+    v = ww.shape[0]
+    ignored = lab == ignore_index
+    safe = np.where(ignored, 0, lab)
+    counted = int(np.count_nonzero(~ignored))
+    c_row = np.where(ignored, 0.0, 1.0 / max(counted, 1) if reduction == "mean" else 1.0)
+    c_row = c_row.astype(k)
+    ls = k(label_smoothing)
+
+    def rw(x: np.ndarray) -> np.ndarray:
+        return round_in(np.asarray(x, dtype=k), working) if working.bits < 32 else x.astype(k)
+
+    def ra(x: np.ndarray) -> np.ndarray:
+        return np.asarray(round_in(x.astype(max(k, acc.carrier, key=np.dtype)), acc))
+
+    b = None if bw is None else bw.astype(k)
+
+    def logits(rows: slice, cols: slice) -> np.ndarray:
+        z = h[rows] @ ww[cols].astype(k).T  # float32 accumulation, as tensor cores
+        if b is not None:
+            z = z + b[cols]
+        return rw(z)
+
+    m = np.full(n, -np.inf, dtype=k)
+    s = np.zeros(n, dtype=k)
+    zy = np.zeros(n, dtype=k)
+    zsum = np.zeros(n, dtype=k)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for r0 in range(0, n, chunk_rows):
+            rows = slice(r0, min(n, r0 + chunk_rows))
+            y = safe[rows]
+            for c0 in range(0, v, chunk_vocab):
+                cols = slice(c0, min(v, c0 + chunk_vocab))
+                z = logits(rows, cols)
+                idx = np.nonzero((y >= c0) & (y < cols.stop))[0]
+                zy[r0 + idx] = z[idx, y[idx] - c0]
+                m_new = np.maximum(m[rows], z.max(axis=1))
+                scale = np.where(np.isfinite(m[rows]), np.exp(m[rows] - m_new), k(0))
+                s[rows] = s[rows] * scale + np.exp(z - m_new[:, None]).sum(axis=1)
+                m[rows] = m_new
+                zsum[rows] += z.sum(axis=1)
+        lse = m + np.log(s)
+        nll = lse - zy
+        loss = (1 - ls) * nll + ls * (lse - zsum / k(v)) if label_smoothing else nll
+        loss = np.where(ignored, k(0), loss)
+        total = np.sum(loss, dtype=k)
+        reduced = float(total / k(counted)) if reduction == "mean" else float(total)
+
+        gw = np.zeros((v, d), dtype=acc.carrier if acc.bits < 64 else np.float64)
+        gh = np.zeros((n, d), dtype=gw.dtype)
+        gb = np.zeros(v, dtype=gw.dtype) if b is not None else None
+        for r0 in range(0, n, chunk_rows):
+            rows = slice(r0, min(n, r0 + chunk_rows))
+            y = safe[rows]
+            for c0 in range(0, v, chunk_vocab):
+                cols = slice(c0, min(v, c0 + chunk_vocab))
+                z = logits(rows, cols)
+                g = np.exp(z - lse[rows, None]) - ls / k(v)
+                idx = np.nonzero((y >= c0) & (y < cols.stop))[0]
+                g[idx, y[idx] - c0] -= 1 - ls
+                g = rw(g * c_row[rows, None])  # the grad_logits tile, in the working dtype
+                wk = ww[cols].astype(k)
+                gw[cols] = ra(gw[cols] + rw(g.T @ h[rows]))
+                gh[rows] = ra(gh[rows] + rw(g @ wk))
+                if gb is not None:
+                    gb[cols] = ra(gb[cols] + g.sum(axis=0))
+
+    def out(x: np.ndarray) -> np.ndarray:
+        return rw(np.asarray(x, dtype=k)).astype(np.float64)
+
+    return LinearResult(
+        loss=out(loss),
+        loss_reduced=float(out(np.array([reduced]))[0]),
+        grad_hidden=out(gh),
+        grad_weight=out(gw),
+        grad_bias=None if gb is None else out(gb),
+        chunks_rows=-(-n // chunk_rows),
+        chunks_vocab=-(-v // chunk_vocab),
+    )
+
+
+def normwise_rel_err(value: np.ndarray, ref: np.ndarray) -> float:
+    """||value - ref|| / ||ref|| (Frobenius, float64); inf where value is not finite.
+
+    >>> normwise_rel_err(np.array([1.0, 2.0]), np.array([1.0, 1.0]))
+    0.7071067811865476
+    """
+    v = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        return math.inf
+    num = float(np.linalg.norm(v - ref))
+    den = float(np.linalg.norm(ref))
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)

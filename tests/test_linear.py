@@ -204,3 +204,46 @@ def test_reference_linear_memory_is_blocks_plus_outputs_not_logits() -> None:
     outputs = ref.grad_weight.nbytes + ref.grad_hidden.nbytes + ref.loss.nbytes
     assert peak < outputs + 24 * 64 * 2048 * 8, (peak, outputs)
     assert peak < logits / 4, (peak, logits)
+
+
+def test_linear_cross_entropy_float64_chunks_agree_with_the_reference() -> None:
+    from smcheck.linear import linear_cross_entropy, normwise_rel_err
+
+    rng = np.random.default_rng(10)
+    h, w, b = rng.standard_normal((9, 5)), rng.standard_normal((13, 5)), rng.standard_normal(13)
+    y = np.array([0, 12, -100, 4, 4, 7, 1, 2, 3])
+    ref = reference_linear(h, w, y, bias=b, dtype="float64", label_smoothing=0.2)
+    got = linear_cross_entropy(
+        h, w, y, bias=b, dtype="float64", label_smoothing=0.2, chunk_rows=4, chunk_vocab=5,
+        grad_accum="float64",
+    )  # fmt: skip
+    assert (got.chunks_rows, got.chunks_vocab) == (3, 3)
+    np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-13, atol=1e-15)
+    assert abs(got.loss_reduced - ref.loss_reduced) <= 1e-13 * abs(ref.loss_reduced)
+    for a, r in [(got.grad_hidden, ref.grad_hidden), (got.grad_weight, ref.grad_weight),
+                 (got.grad_bias, ref.grad_bias)]:  # fmt: skip
+        assert normwise_rel_err(a, r) < 1e-13
+
+
+def test_bf16_grad_accum_across_many_row_chunks_degrades_dW() -> None:
+    # the known failure: dW summed in bfloat16 over the row chunks loses more the more chunks
+    import ml_dtypes
+
+    from smcheck.linear import linear_cross_entropy, normwise_rel_err
+
+    rng = np.random.default_rng(11)
+    n, d, v = 256, 16, 64
+    h = rng.standard_normal((n, d)).astype(ml_dtypes.bfloat16)
+    w = (rng.standard_normal((v, d)) / 4).astype(ml_dtypes.bfloat16)
+    y = rng.integers(0, v, n)
+    ref = reference_linear(h, w, y)
+
+    def dw_err(chunk_rows: int, accum: str) -> float:
+        got = linear_cross_entropy(h, w, y, chunk_rows=chunk_rows, chunk_vocab=64,
+                                   grad_accum=accum)  # fmt: skip
+        return normwise_rel_err(got.grad_weight, ref.grad_weight)
+
+    f32, bf16_few, bf16_many = dw_err(16, "float32"), dw_err(16, "bfloat16"), dw_err(1, "bfloat16")
+    eps = get_precision("bfloat16").eps
+    assert f32 < eps, f32
+    assert bf16_few > f32 and bf16_many > 2 * bf16_few, (f32, bf16_few, bf16_many)
