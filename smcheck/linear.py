@@ -511,7 +511,7 @@ def linear_cross_entropy(
 
     hw, ww, bw, lab, working = check_linear(hidden, weight, labels, bias, dtype, ignore_index)
     acc = get_precision(grad_accum)
-    k = np.float64 if working.bits > 32 else np.float32
+    k: Any = np.float64 if working.bits > 32 else np.float32  # the kernel's float32 registers
     h = hw.astype(k)
     n, d = h.shape
     v = ww.shape[0]
@@ -598,7 +598,7 @@ def normwise_rel_err(value: np.ndarray, ref: np.ndarray) -> float:
     """||value - ref|| / ||ref|| (Frobenius, float64); inf where value is not finite.
 
     >>> normwise_rel_err(np.array([1.0, 2.0]), np.array([1.0, 1.0]))
-    0.7071067811865476
+    0.7071067811865475
     """
     v = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(v)):
