@@ -308,7 +308,7 @@ def reference_linear(
     label_smoothing: float = 0.0,
     dtype: Any = None,
     block_rows: int = 1024,
-    block_vocab: int = 1024,
+    block_vocab: int = 512,
 ) -> LinearReference:
     """Loss and dh, dW, db of cross_entropy(hidden @ weight.T + bias, labels), to about
     eps(working) * 2**-20 relative (normwise for the gradients); see the module docstring.
@@ -338,13 +338,13 @@ def reference_linear(
     safe = np.where(ignored, 0, lab)
     counted = int(np.count_nonzero(~ignored))
     target = target_rel_err(working)
-    h = h32.astype(np.float64)  # N * D * 8 bytes: small next to W
+    h = h32  # blocks are converted to float64 as used: no N * D * 8 bytes copy
     bias64 = None if b32 is None else b32.astype(np.float64)
     stats = {"split": 0, "blocks": 0}
 
     def logits(rows: slice, w_blk: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         # |dz| <= target / 16 keeps the loss and p (hence G) within target / 4 of their values
-        hi, lo, split = matmul_dd(h[rows], w_blk, working, abs_tol=target / 16)
+        hi, lo, split = matmul_dd(h[rows].astype(np.float64), w_blk, working, abs_tol=target / 16)
         stats["split"] += split
         stats["blocks"] += 1
         if bias64 is not None:
@@ -424,7 +424,7 @@ def reference_linear(
             g[idx, y[idx] - c0] = -s_excl[r0 + idx] / s_tot[r0 + idx] + eps_ls * (1 - 1 / v)
             g *= c_row[rows, None]
             gt = np.ascontiguousarray(g.T)
-            ht = np.ascontiguousarray(h[rows].T)
+            ht = np.ascontiguousarray(h[rows].T, dtype=np.float64)
             ph, pl, split = matmul_dd(gt, ht, working, rel_tol=target / 16)
             dw_hi, dw_lo = _dd_add(dw_hi, dw_lo, ph, pl)
             ph, pl, split2 = matmul_dd(g, w_blk_t, working, rel_tol=target / 16)
