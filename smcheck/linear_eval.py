@@ -1,0 +1,184 @@
+"""``smcheck eval --hidden --weight``: chunked fused linear cross-entropy against the reference.
+
+The analysis behind the command's linear mode: :func:`evaluate_linear` runs
+:func:`~smcheck.linear.reference_linear` once and :func:`~smcheck.linear.linear_cross_entropy`
+for each ``grad_accum`` asked for, with the chunking given, and measures the four outputs:
+
+* loss: per row |L - L*| in ulps of max(|L*|, 1) of the working dtype (the gate metric of
+  plain eval, :func:`~smcheck.metrics.loss_gate_err`), and the reduced loss's relative error;
+* dh, dW, db: normwise ||g - g*|| / ||g*|| over the whole array.
+
+A check passes when the loss is within ``max_loss_ulp`` and every gradient within
+``max_grad_err`` (default eps(working): rounding the output to the working dtype costs eps/2
+normwise and the rounded grad_logits tile as much again; bfloat16 accumulation over many chunks
+costs more).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .linear import (
+    GRAD_ACCUMS,
+    LinearReference,
+    LinearResult,
+    linear_cross_entropy,
+    normwise_rel_err,
+    reference_linear,
+)
+from .metrics import default_thresholds, loss_gate_err
+
+__all__ = ["LinearCheck", "LinearEvalReport", "evaluate_linear", "measure_linear"]
+
+
+@dataclass(frozen=True)
+class LinearCheck:
+    """One chunked configuration's errors against the reference (None: no bias)."""
+
+    grad_accum: str
+    chunk_rows: int
+    chunk_vocab: int
+    chunks_rows: int
+    chunks_vocab: int
+    loss_max_ulps: float
+    loss_reduced_rel_err: float
+    grad_hidden_err: float
+    grad_weight_err: float
+    grad_bias_err: float | None
+    ok: bool
+
+
+@dataclass(frozen=True)
+class LinearEvalReport:
+    """What ``smcheck eval --hidden H --weight W --labels Y`` reports."""
+
+    hidden_name: str
+    weight_name: str
+    bias_name: str | None
+    labels_name: str
+    rows: int
+    dim: int
+    vocab: int
+    counted_rows: int
+    working: str
+    reduction: str
+    label_smoothing: float
+    reference_loss: float
+    reference_split_blocks: int
+    reference_blocks: int
+    max_loss_ulp: float
+    max_grad_err: float
+    checks: tuple[LinearCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        bad = [c.grad_accum for c in self.checks if not c.ok]
+        if not bad:
+            return f"pass: every configuration within the gate ({len(self.checks)} checked)"
+        return f"fail: {', '.join(bad)} gradient accumulation exceeds the gate"
+
+
+def measure_linear(
+    got: LinearResult,
+    ref: LinearReference,
+    labels: np.ndarray,
+    ignore_index: int,
+    max_loss_ulp: float,
+    max_grad_err: float,
+    *,
+    grad_accum: str,
+    chunk_rows: int,
+    chunk_vocab: int,
+) -> LinearCheck:
+    """The errors of one kernel's outputs against the reference, and the gate's verdict."""
+    counted = labels != ignore_index
+    ulps = loss_gate_err(got.loss[counted], ref.loss[counted], ref.working)
+    loss_ulps = float(np.max(np.where(np.isnan(ulps), np.inf, ulps), initial=0.0))
+    rr = ref.loss_reduced
+    red = abs(got.loss_reduced - rr) / abs(rr) if rr else abs(got.loss_reduced - rr)
+    if not math.isfinite(got.loss_reduced):
+        red = math.inf
+    gh = normwise_rel_err(got.grad_hidden, ref.grad_hidden)
+    gw = normwise_rel_err(got.grad_weight, ref.grad_weight)
+    gb = (
+        None
+        if got.grad_bias is None or ref.grad_bias is None
+        else normwise_rel_err(got.grad_bias, ref.grad_bias)
+    )
+    grads = [gh, gw] + ([] if gb is None else [gb])
+    ok = loss_ulps <= max_loss_ulp and all(g <= max_grad_err for g in grads)
+    return LinearCheck(
+        grad_accum, chunk_rows, chunk_vocab, got.chunks_rows, got.chunks_vocab, loss_ulps, red,
+        gh, gw, gb, ok,
+    )  # fmt: skip
+
+
+def evaluate_linear(
+    hidden: Any,
+    weight: Any,
+    labels: Any,
+    *,
+    bias: Any = None,
+    dtype: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    chunk_rows: int = 1024,
+    chunk_vocab: int = 4096,
+    grad_accums: Sequence[str] = ("float32", "bfloat16"),
+    max_loss_ulp: float | None = None,
+    max_grad_err: float | None = None,
+    names: Sequence[str | None] = ("hidden", "weight", None, "labels"),
+) -> LinearEvalReport:
+    """Reference once, then the chunked kernel per ``grad_accums`` entry, measured."""
+    for a in grad_accums:
+        if a not in GRAD_ACCUMS:
+            raise UsageError(f"unknown grad_accum {a!r}; expected one of {', '.join(GRAD_ACCUMS)}")
+    ref = reference_linear(
+        hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing,
+    )  # fmt: skip
+    n, d = ref.grad_hidden.shape
+    v = ref.grad_weight.shape[0]
+    loss_k, _ = default_thresholds(ref.working, "float32", v)
+    mlu = loss_k if max_loss_ulp is None else max_loss_ulp
+    mge = ref.working.eps if max_grad_err is None else max_grad_err
+    lab = np.asarray(labels).astype(np.int64)
+    checks = []
+    for a in grad_accums:
+        got = linear_cross_entropy(
+            hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, chunk_rows=chunk_rows,
+            chunk_vocab=chunk_vocab, grad_accum=a,
+        )  # fmt: skip
+        checks.append(
+            measure_linear(
+                got,
+                ref,
+                lab,
+                ignore_index,
+                mlu,
+                mge,
+                grad_accum=a,
+                chunk_rows=chunk_rows,
+                chunk_vocab=chunk_vocab,
+            )  # fmt: skip
+        )
+    return LinearEvalReport(
+        hidden_name=str(names[0]), weight_name=str(names[1]),
+        bias_name=None if bias is None else str(names[2] or "bias"), labels_name=str(names[3]),
+        rows=n, dim=d, vocab=v, counted_rows=int(np.count_nonzero(lab != ignore_index)),
+        working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
+        reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
+        reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=tuple(checks),
+    )  # fmt: skip
