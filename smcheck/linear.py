@@ -53,6 +53,7 @@ __all__ = [
     "LinearReference",
     "LinearResult",
     "REDUCTIONS",
+    "check_linear",
     "linear_cross_entropy",
     "normwise_rel_err",
     "matmul_dd",
@@ -273,27 +274,33 @@ def check_linear(
     bias: Any,
     dtype: Any,
     ignore_index: int,
+    names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, Precision]:
-    """(h, W, b, labels) rounded to the working dtype and checked (shapes, labels' range)."""
+    """(h, W, b, labels) rounded to the working dtype and checked (shapes, labels' range);
+    ``names`` (file names, say) head the messages."""
     if dtype is None:
         dtype = np.asarray(hidden).dtype
         if np.dtype(dtype).kind not in "fV":
             raise UsageError(f"hidden states of dtype {dtype}: name a working dtype")
     working = get_precision(dtype)
-    h = _rounded(hidden, working, "hidden", 2)
-    w = _rounded(weight, working, "weight", 2)
+    hn, wn, bn, yn = names
+    h = _rounded(hidden, working, hn, 2)
+    w = _rounded(weight, working, wn, 2)
     if h.shape[1] != w.shape[1]:
         raise InputError(
-            f"hidden has D = {h.shape[1]} columns but weight has {w.shape[1]} (shape (V, D))"
+            f"{hn} has D = {h.shape[1]} columns but {wn} has {w.shape[1]} (shape (V, D))"
         )
     if w.shape[0] == 0:
-        raise InputError("weight has no rows: the vocabulary is empty")
-    b = None if bias is None else _rounded(bias, working, "bias", 1)
+        raise InputError(f"{wn} has no rows: the vocabulary is empty")
+    b = None if bias is None else _rounded(bias, working, bn, 1)
     if b is not None and b.shape[0] != w.shape[0]:
-        raise InputError(f"bias has {b.shape[0]} entries, expected V = {w.shape[0]}")
+        raise InputError(f"{bn} has {b.shape[0]} entries, expected V = {w.shape[0]}")
     from .prepare import check_labels
 
-    lab = check_labels(labels, h.shape[0], w.shape[0], ignore_index)
+    try:
+        lab = check_labels(labels, h.shape[0], w.shape[0], ignore_index)
+    except InputError as exc:
+        raise InputError(f"{yn}: {exc}") from None
     return h, w, b, lab, working
 
 
@@ -309,6 +316,7 @@ def reference_linear(
     dtype: Any = None,
     block_rows: int = 1024,
     block_vocab: int = 512,
+    names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearReference:
     """Loss and dh, dW, db of cross_entropy(hidden @ weight.T + bias, labels), to about
     eps(working) * 2**-20 relative (normwise for the gradients); see the module docstring.
@@ -330,7 +338,9 @@ def reference_linear(
         raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if block_rows < 1 or block_vocab < 1:
         raise UsageError("block_rows and block_vocab must be >= 1")
-    h32, w32, b32, lab, working = check_linear(hidden, weight, labels, bias, dtype, ignore_index)
+    h32, w32, b32, lab, working = check_linear(
+        hidden, weight, labels, bias, dtype, ignore_index, names
+    )
     n, d = h32.shape
     v = w32.shape[0]
     eps_ls = float(label_smoothing)
@@ -485,6 +495,7 @@ def linear_cross_entropy(
     chunk_rows: int = 1024,
     chunk_vocab: int = 4096,
     grad_accum: str = "float32",
+    names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearResult:
     """Fused linear cross-entropy as a chunked GPU kernel computes it, emulated on the CPU.
 
@@ -509,7 +520,9 @@ def linear_cross_entropy(
         raise UsageError(f"unknown grad_accum {grad_accum!r}; expected one of {GRAD_ACCUMS}")
     from .precisions import round_in
 
-    hw, ww, bw, lab, working = check_linear(hidden, weight, labels, bias, dtype, ignore_index)
+    hw, ww, bw, lab, working = check_linear(
+        hidden, weight, labels, bias, dtype, ignore_index, names
+    )
     acc = get_precision(grad_accum)
     k: Any = np.float64 if working.bits > 32 else np.float32  # the kernel's float32 registers
     h = hw.astype(k)

@@ -138,7 +138,7 @@ def evaluate_linear(
     grad_accums: Sequence[str] = ("float32", "bfloat16"),
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
-    names: Sequence[str | None] = ("hidden", "weight", None, "labels"),
+    names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearEvalReport:
     """Reference once, then the chunked kernel per ``grad_accums`` entry, measured."""
     for a in grad_accums:
@@ -146,7 +146,7 @@ def evaluate_linear(
             raise UsageError(f"unknown grad_accum {a!r}; expected one of {', '.join(GRAD_ACCUMS)}")
     ref = reference_linear(
         hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing,
+        reduction=reduction, label_smoothing=label_smoothing, names=names,
     )  # fmt: skip
     n, d = ref.grad_hidden.shape
     v = ref.grad_weight.shape[0]
@@ -159,7 +159,7 @@ def evaluate_linear(
         got = linear_cross_entropy(
             hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, chunk_rows=chunk_rows,
-            chunk_vocab=chunk_vocab, grad_accum=a,
+            chunk_vocab=chunk_vocab, grad_accum=a, names=names,
         )  # fmt: skip
         checks.append(
             measure_linear(
@@ -175,8 +175,8 @@ def evaluate_linear(
             )  # fmt: skip
         )
     return LinearEvalReport(
-        hidden_name=str(names[0]), weight_name=str(names[1]),
-        bias_name=None if bias is None else str(names[2] or "bias"), labels_name=str(names[3]),
+        hidden_name=names[0], weight_name=names[1],
+        bias_name=None if bias is None else names[2], labels_name=names[3],
         rows=n, dim=d, vocab=v, counted_rows=int(np.count_nonzero(lab != ignore_index)),
         working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
