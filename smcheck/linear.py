@@ -314,7 +314,7 @@ def reference_linear(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     dtype: Any = None,
-    block_rows: int = 1024,
+    block_rows: int = 512,
     block_vocab: int = 512,
     names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearReference:
