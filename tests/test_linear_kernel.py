@@ -58,3 +58,36 @@ def test_kernel_modifying_its_input_fails() -> None:
 def test_unknown_probe_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown linear probe 'nope'"):
         kernel_linear(F.linear_cross_entropy, probes=("nope",))
+
+
+def test_kernel_cli_linear_flags_the_bf16_kernel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from smcheck.cli import cli
+
+    path = Path(__file__).parent / "kernels" / "linear_kernels.py"
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{path}:chunked_bf16_accum", "--probes",
+                                 "many_rows", "--dtype", "bfloat16", "-f", "json"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    assert doc["schema"] == "smcheck.kernel/1" and doc["linear"] is True
+    (p,) = doc["probes"]
+    assert p["status"] == "fail"
+    assert {"grad_hidden_err", "grad_weight_err", "grad_bias_err"} <= set(p)
+    bad = CliRunner().invoke(cli, ["kernel", "--linear", f"{path}:chunked", "--probes", "nope"])
+    assert bad.exit_code == 2 and "unknown linear probe 'nope'" in bad.output
+
+
+@pytest.mark.parametrize("fmt", ["json", "table", "markdown", "github", "junit"])
+def test_linear_kernel_renderers_escape_the_detail(fmt: str) -> None:
+    from smcheck.linear_kernel import LinearKernelReport, LinearProbeResult
+    from smcheck.render.linear import render_kernel
+
+    p = LinearProbeResult("many_rows", "bfloat16", "fail", 0.4, 2e-3, 1.3e-2, None, 0.4, 2e-3,
+                          2e-3, None, "raised Error: \x1b[31mred")  # fmt: skip
+    text = render_kernel(LinearKernelReport("k.py:f", (p,)), fmt)
+    assert "\x1b" not in text
+    assert "many_rows" in text

@@ -120,6 +120,12 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
 @click.option(
     "--exit-zero", is_flag=True, help="Exit 0 even when a probe fails (a bad target exits 2)."
 )
+@click.option(
+    "--linear",
+    is_flag=True,
+    help="TARGET is a fused linear cross-entropy with F.linear_cross_entropy's signature "
+    "(torch): run the linear probes (docs/linear.md).",
+)
 def kernel_cmd(
     target: str,
     framework: str | None,
@@ -137,6 +143,7 @@ def kernel_cmd(
     output: str | None,
     color: str,
     exit_zero: bool,
+    linear: bool,
 ) -> None:
     """Audit a cross-entropy implementation by running it: TARGET is module:function or
     path/to/file.py:function, with torch.nn.functional.cross_entropy's interface
@@ -153,6 +160,18 @@ def kernel_cmd(
     """
     check_output(output, [target.rpartition(":")[0]])
     fn = load_target(target)
+    if linear:
+        from ..linear_kernel import kernel_linear
+        from ..render.linear import render_kernel
+
+        chosen = None if probes == "all" else [p.strip() for p in probes.split(",") if p.strip()]
+        lin = kernel_linear(
+            fn, target=target, probes=chosen,
+            dtypes=[d.strip() for d in (dtypes or "bfloat16,float32").split(",") if d.strip()],
+        )  # fmt: skip
+        text = render_kernel(lin, fmt, color=wants_color(color, output=output))
+        emit(text, output, [])
+        click.get_current_context().exit(exit_code(lin.ok, exit_zero))
     report = kernel(
         fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
         probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..linear_eval import LinearCheck, LinearEvalReport
+from ..linear_kernel import LinearKernelReport, LinearProbeResult
 from .common import (
     DEFAULT_WIDTH,
     Renderer,
@@ -19,7 +20,7 @@ from .common import (
     safe_text,
 )
 
-__all__ = ["RENDERERS", "render", "to_dict"]
+__all__ = ["RENDERERS", "kernel_to_dict", "render", "render_kernel", "to_dict"]
 
 _COLUMNS = ("grad_accum", "chunks (rows x vocab)", "loss ulps", "dh err", "dW err", "db err")
 
@@ -189,3 +190,99 @@ def render(
 ) -> str:
     """The report as text in format ``fmt`` (a key of :data:`RENDERERS`)."""
     return RENDERERS[fmt](report, color=color, width=width)
+
+
+# -- smcheck kernel --linear ---------------------------------------------------------------
+
+_PROBE_COLUMNS = ("probe", "dtype", "status", "loss ulps", "dh err", "dW err", "db err",
+                  "stock dW err", "detail")  # fmt: skip
+
+
+def kernel_to_dict(report: LinearKernelReport) -> dict[str, Any]:
+    """``smcheck.kernel/1`` of a linear kernel: probes with ``grad_hidden_err``,
+    ``grad_weight_err``, ``grad_bias_err`` (and the stock path's)."""
+    return json_clean(
+        {
+            "schema": "smcheck.kernel/1",
+            "target": report.target,
+            "linear": True,
+            "ok": report.ok,
+            "probes": [
+                {
+                    "name": p.name,
+                    "dtype": p.dtype,
+                    "status": p.status,
+                    "loss_ulps": json_float(p.loss_ulps),
+                    "grad_hidden_err": json_float(p.grad_hidden_err),
+                    "grad_weight_err": json_float(p.grad_weight_err),
+                    "grad_bias_err": json_float(p.grad_bias_err),
+                    "stock": {
+                        "loss_ulps": json_float(p.stock_loss_ulps),
+                        "grad_hidden_err": json_float(p.stock_grad_hidden_err),
+                        "grad_weight_err": json_float(p.stock_grad_weight_err),
+                        "grad_bias_err": json_float(p.stock_grad_bias_err),
+                    },
+                    "detail": p.detail,
+                }
+                for p in report.probes
+            ],
+        }
+    )
+
+
+def _probe_cells(p: LinearProbeResult) -> list[str]:
+    return [
+        p.name, p.dtype, p.status, fmt_num(p.loss_ulps), fmt_num(p.grad_hidden_err),
+        fmt_num(p.grad_weight_err), fmt_num(p.grad_bias_err), fmt_num(p.stock_grad_weight_err),
+        safe_text(p.detail),
+    ]  # fmt: skip
+
+
+def render_kernel(
+    report: LinearKernelReport, fmt: str, *, color: bool = False, width: int | None = None
+) -> str:
+    """``smcheck kernel --linear``'s report in ``fmt`` (json, table, markdown, github, junit)."""
+    if fmt == "json":
+        return json.dumps(kernel_to_dict(report), indent=2, allow_nan=False) + "\n"
+    verdict = "pass: every linear probe passes" if report.ok else "fail: a linear probe fails"
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title=f"linear kernel {safe_text(report.target)}", title_justify="left")
+        for col in _PROBE_COLUMNS:
+            table.add_column(col)
+        for p in report.probes:
+            table.add_row(*(c.replace("[", "\\[") for c in _probe_cells(p)))
+        return render_to_text([table, verdict], color=color, width=width or DEFAULT_WIDTH)
+    if fmt == "github":
+        out = [
+            f"::error title=smcheck kernel::{gh_escape_data(' '.join(_probe_cells(p)))}"
+            for p in report.probes
+            if p.status != "pass"
+        ]
+        return "\n".join([*out, verdict]) + "\n"
+    if fmt == "junit":
+        from xml.sax.saxutils import escape, quoteattr
+
+        fails = sum(p.status != "pass" for p in report.probes)
+        lines = [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<testsuites name="smcheck kernel" tests="{len(report.probes)}" failures="{fails}">',
+            f"  <testsuite name={quoteattr('linear ' + safe_text(report.target))} "
+            f'tests="{len(report.probes)}" failures="{fails}" errors="0">',
+        ]
+        for p in report.probes:
+            head = f"    <testcase classname={quoteattr(p.dtype)} name={quoteattr(p.name)}"
+            if p.status == "pass":
+                lines.append(head + "/>")
+            else:
+                msg = " ".join(_probe_cells(p))
+                lines += [head + ">", f"      <failure message={quoteattr(msg)}>{escape(msg)}"
+                          "</failure>", "    </testcase>"]  # fmt: skip
+        return "\n".join([*lines, "  </testsuite>", "</testsuites>"]) + "\n"
+    lines = [f"**linear kernel {md_cell(report.target)}**", ""]
+    lines.append("| " + " | ".join(_PROBE_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(_PROBE_COLUMNS))
+    lines.extend("| " + " | ".join(md_cell(c) for c in _probe_cells(p)) + " |"
+                 for p in report.probes)  # fmt: skip
+    return "\n".join([*lines, "", verdict]) + "\n"
