@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import UsageError
 from .linear import normwise_rel_err, reference_linear
+from .linear_eval import default_grad_err
 from .metrics import default_thresholds, loss_gate_err
 from .precisions import get_precision, round_to
 
@@ -233,7 +234,7 @@ def kernel_linear(
             ref = reference_linear(rc.h, rc.w, rc.y, bias=rc.b, dtype=dt)
             stock = _errors(_run(_stock, rc, dt), ref, working)
             loss_k, _ = default_thresholds(working, "float32", rc.w.shape[0])
-            limits = [loss_k] + [working.eps] * 3
+            limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3
             detail = ""
             try:
                 got = _errors(_run(fn, rc, dt), ref, working)

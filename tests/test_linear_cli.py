@@ -116,3 +116,32 @@ def test_linear_renderers_escape_file_names_and_show_the_verdict(fmt: str) -> No
             assert json.loads(text)["linear"]["checks"][0]["ok"] is ok
         elif fmt != "github" or not ok:
             assert "bfloat16" in text
+
+
+def test_compare_linear_dump_of_torch_passes_and_a_bf16_dw_fails(
+    files: dict[str, str], tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    h = torch.tensor(np.load(files["h"]), requires_grad=True)
+    w = torch.tensor(np.load(files["w"]), requires_grad=True)
+    b = torch.tensor(np.load(files["b"]), requires_grad=True)
+    y = torch.tensor(np.load(files["y"]))
+    loss = torch.nn.functional.cross_entropy(h @ w.T + b, y, reduction="mean")
+    loss.backward()
+    dump = {"loss": loss.detach().numpy().reshape(1), "dh": h.grad.numpy(),
+            "dw": w.grad.numpy(), "db": b.grad.numpy()}  # fmt: skip
+    for k, a in dump.items():
+        np.save(tmp_path / f"{k}.npy", a)
+    np.save(tmp_path / "dw_bf16.npy", dump["dw"].astype(ml_dtypes.bfloat16).astype(np.float32))
+    args = ["compare", "--hidden", files["h"], "--linear-weight", files["w"], "--linear-bias",
+            files["b"], "--labels", files["y"], "--loss", str(tmp_path / "loss.npy"),
+            "--reduction", "mean", "--grad-hidden", str(tmp_path / "dh.npy"), "--grad-bias",
+            str(tmp_path / "db.npy"), "--dtype", "float32", "-f", "json"]  # fmt: skip
+    ok = CliRunner().invoke(cli, [*args, "--grad-weight", str(tmp_path / "dw.npy")])
+    assert ok.exit_code == 0, ok.output
+    (check,) = json.loads(ok.output)["linear"]["checks"]
+    assert check["grad_weight_err"] < 1e-6 and check["loss_max_ulps"] < 4
+    bad = CliRunner().invoke(cli, [*args, "--grad-weight", str(tmp_path / "dw_bf16.npy")])
+    assert bad.exit_code == 1, bad.output
+    (check,) = json.loads(bad.output)["linear"]["checks"]
+    assert check["grad_weight_err"] > 1e-4 and not check["ok"]

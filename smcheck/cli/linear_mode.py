@@ -7,17 +7,17 @@ command tail.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import UsageError
 from ..linear import GRAD_ACCUMS
-from ..linear_eval import evaluate_linear
+from ..linear_eval import compare_linear, evaluate_linear
 from ..loading import load_values
 from ..render.linear import render, to_dict
 from .options import parse_csv_choices
 from .tail import Tail, finish
 
-__all__ = ["run_linear"]
+__all__ = ["run_compare_linear", "run_linear"]
 
 
 def run_linear(
@@ -60,6 +60,60 @@ def run_linear(
         ignore_index=ignore_index, chunk_rows=chunk_rows or 1024, chunk_vocab=chunk_vocab,
         grad_accums=accums, max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err,
         names=(h.name, w.name, "bias" if b is None else b.name, y.name),
+    )  # fmt: skip
+    finish(
+        tail, report, render, to_dict(report), ok=report.ok,
+        identity={"hidden": h.name, "weight": w.name, "labels": y.name},
+    )  # fmt: skip
+
+
+def run_compare_linear(
+    hidden: str,
+    weight: str,
+    bias: str | None,
+    labels: str,
+    loss: str,
+    grad_hidden: str | None,
+    grad_weight: str | None,
+    grad_bias: str | None,
+    *,
+    dtype: str | None,
+    ignore_index: int,
+    reduction: str,
+    max_loss_ulp: float | None,
+    max_grad_err: float | None,
+    fmt: str,
+    color: str,
+    output: str | None,
+    exit_zero: bool,
+) -> NoReturn:
+    """``smcheck compare --hidden --linear-weight --labels --loss [--grad-*]``: a linear
+    kernel's dumped outputs against the reference, and exit."""
+    files = (hidden, weight, bias, labels, loss, grad_hidden, grad_weight, grad_bias)
+    inputs = [p for p in files if p]
+    tail = Tail("compare", fmt, color, output, inputs, exit_zero=exit_zero)
+    tail.start()
+
+    def read(path: str | None, key: str) -> Any:
+        return None if path is None else load_values(path, key=None, default_key=key)
+
+    h, w, b, y = (
+        read(hidden, "hidden"),
+        read(weight, "weight"),
+        read(bias, "bias"),
+        read(labels, "labels"),
+    )
+    dl, dh, dw, db = (read(loss, "loss"), read(grad_hidden, "grad_hidden"),
+                      read(grad_weight, "grad_weight"), read(grad_bias, "grad_bias"))  # fmt: skip
+
+    def vals(x: Any) -> Any:
+        return None if x is None else x.values
+
+    report = compare_linear(
+        h.values, w.values, y.values, loss=dl.values, grad_hidden=vals(dh),
+        grad_weight=vals(dw), grad_bias=vals(db), bias=vals(b), dtype=dtype,
+        ignore_index=ignore_index, reduction=reduction, max_loss_ulp=max_loss_ulp,
+        max_grad_err=max_grad_err, names=(h.name, w.name, "bias" if b is None else b.name, y.name),
     )  # fmt: skip
     finish(
         tail, report, render, to_dict(report), ok=report.ok,
