@@ -15,9 +15,11 @@ from ..compare import (
     REDUCTIONS,
     compare_files,
 )
+from ..errors import UsageError
 from ..render.compare import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
+from .linear_mode import run_compare_linear
 from .options import (
     FiniteFloatRange,
     color_option,
@@ -38,7 +40,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
 
 
 @cli.command("compare")
-@click.argument("logits", metavar="LOGITS")
+@click.argument("logits", metavar="LOGITS", required=False)
 @click.option("--labels", metavar="FILE", help="Labels (.npy, .npz, text: one per line).")
 @click.option(
     "--label-column", metavar="NAME|INDEX", help="Labels from this column of text LOGITS."
@@ -119,12 +121,18 @@ def _fail_on(value: str) -> tuple[str, ...]:
 @click.option(
     "--top", type=click.IntRange(min=0), default=10, show_default=True, help="Worst rows shown."
 )
+@click.option("--hidden", metavar="FILE", help="Linear mode, instead of LOGITS: hidden (N, D).")
+@click.option("--linear-weight", metavar="FILE", help="Linear mode: the output weight (V, D).")
+@click.option("--linear-bias", metavar="FILE", help="Linear mode: the output bias (V,).")
+@click.option("--grad-hidden", metavar="FILE", help="Linear mode: their dL/dh (N, D).")
+@click.option("--grad-weight", metavar="FILE", help="Linear mode: their dL/dW (V, D).")
+@click.option("--grad-bias", metavar="FILE", help="Linear mode: their dL/db (V,).")
 @format_option(choices=tuple(RENDERERS))
 @output_option()
 @color_option()
 @baseline_options("compare")
 def compare_cmd(
-    logits: str,
+    logits: str | None,
     labels: str | None,
     label_column: str | None,
     logits_key: str | None,
@@ -156,6 +164,12 @@ def compare_cmd(
     baseline: str | None,
     write_baseline: str | None,
     regression_factor: float,
+    hidden: str | None = None,
+    linear_weight: str | None = None,
+    linear_bias: str | None = None,
+    grad_hidden: str | None = None,
+    grad_weight: str | None = None,
+    grad_bias: str | None = None,
 ) -> None:
     """Compare a kernel's dumped loss (and gradient) with the reference computed on the same
     logits rounded to the working dtype: loss error in ulps and bits (max, p99, median,
@@ -174,6 +188,17 @@ def compare_cmd(
       smcheck compare logits.npy --labels labels.npy --loss their_mean.npy \\
           --reduction mean --weight w.npy --label-smoothing 0.1
     """
+    if hidden is not None or linear_weight is not None:
+        if logits is not None or hidden is None or linear_weight is None or labels is None:
+            raise UsageError("give LOGITS, or --hidden with --linear-weight and --labels")
+        run_compare_linear(
+            hidden, linear_weight, linear_bias, labels, loss_file, grad_hidden, grad_weight,
+            grad_bias, dtype=dtype, ignore_index=ignore_index, reduction=reduction,
+            max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, fmt=fmt, color=color,
+            output=output, exit_zero=exit_zero,
+        )  # fmt: skip
+    if logits is None:
+        raise UsageError("missing argument LOGITS (or --hidden and --linear-weight)")
     inputs = (logits, labels, loss_file, grad_file, weight)
     tail = Tail(
         "compare", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,

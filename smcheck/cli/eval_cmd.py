@@ -10,10 +10,12 @@ import click
 
 from ..allocator import keep_freed_memory
 from ..baseline import input_identity
+from ..errors import UsageError
 from ..evaluate import DEFAULT_CHUNK_BYTES, PerRowWriter, evaluate
 from ..render.eval import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
+from .linear_mode import run_linear
 from .options import (
     FAIL_ON_CHOICES,
     FiniteFloatRange,
@@ -37,11 +39,32 @@ from .tail import Tail, finish
 
 
 @cli.command("eval")
-@click.argument("logits", metavar="LOGITS")
+@click.argument("logits", metavar="LOGITS", required=False)
 @click.option(
     "--labels",
     metavar="FILE",
     help="Labels, one per row: .npy, .npz, zarr store, or text (.csv/.txt, one per line).",
+)
+@click.option(
+    "--hidden",
+    metavar="FILE",
+    help="Linear mode, instead of LOGITS: hidden states (N, D) of a fused linear "
+    "cross-entropy (with --weight, --labels; see docs/linear.md).",
+)
+@click.option("--weight", metavar="FILE", help="Linear mode: the output weight (V, D).")
+@click.option("--bias", metavar="FILE", help="Linear mode: the output bias (V,).")
+@click.option(
+    "--chunk-vocab",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Linear mode: vocabulary chunk of the emulated kernel.",
+)
+@click.option(
+    "--grad-accum",
+    default="float32,bfloat16",
+    show_default=True,
+    help="Linear mode: dtypes the kernel sums dW, dh, db in across chunks (comma list).",
 )
 @click.option("--logits-key", metavar="KEY", help="Array name of the logits in an .npz.")
 @click.option("--labels-key", metavar="KEY", help="Array name of the labels in an .npz.")
@@ -109,8 +132,13 @@ from .tail import Tail, finish
 )
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None, hidden=True)
 def eval_cmd(
-    logits: str,
+    logits: str | None,
     labels: str | None,
+    hidden: str | None,
+    weight: str | None,
+    bias: str | None,
+    chunk_vocab: int,
+    grad_accum: str,
     logits_key: str | None,
     labels_key: str | None,
     label_column: str | None,
@@ -158,6 +186,18 @@ def eval_cmd(
         smcheck eval samples/overconfident_f32.npy \\
             --labels samples/overconfident_labels.npy --dtype float16
     """
+    if hidden is not None or weight is not None or bias is not None:
+        if logits is not None or hidden is None:
+            raise UsageError("give LOGITS, or --hidden with --weight (not both)")
+        run_linear(
+            hidden, weight, bias, labels, dtype=dtype, ignore_index=ignore_index,
+            chunk_rows=chunk_rows, chunk_vocab=chunk_vocab, grad_accum=grad_accum,
+            max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, max_bytes=max_bytes, fmt=fmt,
+            color=color, output=output, exit_zero=exit_zero, baseline=baseline,
+            write_baseline=write_baseline,
+        )  # fmt: skip
+    if logits is None:
+        raise UsageError("missing argument LOGITS (or --hidden and --weight: the linear mode)")
     chosen, gated = parse_methods(methods), parse_gate(gate)
     checks = parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on")
     loaded, dtype = load_logits(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -14,7 +15,15 @@ from ..kernel import FRAMEWORKS, JUDGES, PROBES, kernel, load_target, target_fil
 from ..render.common import safe_text
 from ..render.kernel import RENDERERS, render, to_dict
 from . import cli
-from .options import FiniteFloatRange, color_option, format_option, output_option
+from .options import (
+    FiniteFloatRange,
+    color_option,
+    emit,
+    exit_code,
+    format_option,
+    output_option,
+    wants_color,
+)
 from .tail import Tail, finish
 
 
@@ -123,6 +132,12 @@ def _judge(judge: str, gate: str | None) -> str:
 @click.option(
     "--exit-zero", is_flag=True, help="Exit 0 even when a probe fails (a bad target exits 2)."
 )
+@click.option(
+    "--linear",
+    is_flag=True,
+    help="TARGET is a fused linear cross-entropy with F.linear_cross_entropy's signature "
+    "(torch): run the linear probes (docs/linear.md).",
+)
 def kernel_cmd(
     target: str,
     framework: str | None,
@@ -141,6 +156,7 @@ def kernel_cmd(
     output: str | None,
     color: str,
     exit_zero: bool,
+    linear: bool,
 ) -> None:
     """Audit a cross-entropy implementation by running it: TARGET is module:function or
     path/to/file.py:function, with torch.nn.functional.cross_entropy's interface
@@ -165,9 +181,26 @@ def kernel_cmd(
         # ``-o mykernels.py`` must not replace the kernel's own source, however it was named
         tail = dataclasses.replace(tail, inputs=(*tail.inputs, *target_files(fn)))
         tail.start()
+        if linear:
+            _linear(tail, fn, target, probes, dtypes)
         report = kernel(
             fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
             probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
             max_grad_err=max_grad_err, judge=judged, quick=quick, target=target,
         )  # fmt: skip
     finish(tail, report, render, to_dict(report), ok=report.ok, identity={})
+
+
+def _linear(tail: Tail, fn: Any, target: str, probes: str, dtypes: str | None) -> NoReturn:
+    """``--linear``: the fused linear cross-entropy probes (:mod:`smcheck.linear_kernel`)."""
+    from ..linear_kernel import kernel_linear
+    from ..render.linear import render_kernel
+
+    chosen = None if probes == "all" else [p.strip() for p in probes.split(",") if p.strip()]
+    lin = kernel_linear(
+        fn, target=target, probes=chosen,
+        dtypes=[d.strip() for d in (dtypes or "bfloat16,float32").split(",") if d.strip()],
+    )  # fmt: skip
+    text = render_kernel(lin, tail.fmt, color=wants_color(tail.color, output=tail.output))
+    emit(text, tail.output, [i for i in tail.inputs if i])
+    click.get_current_context().exit(exit_code(lin.ok, tail.exit_zero))

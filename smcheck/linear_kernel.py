@@ -1,0 +1,271 @@
+"""Run a fused linear cross-entropy *implementation* through linear probes (torch).
+
+A linear kernel has the signature of ``torch.nn.functional.linear_cross_entropy``:
+``fn(input, linear_weight, target, *, linear_bias=None, reduction="mean", ignore_index=-100)``
+returning the loss; its gradients come from torch's autograd. Each probe builds a case that
+provokes one bug class of chunked kernels (:data:`LINEAR_PROBES`), rounds it to the working
+dtype, hands the kernel fresh tensors (and checks they come back unmodified), and measures its
+loss (ulps of max(|L*|, 1)) and dh, dW, db (normwise) against
+:func:`~smcheck.linear.reference_linear` of the same rounded values. The stock path -
+``F.cross_entropy(F.linear(h, W, b), y)`` in the working dtype, which is what PyTorch documents
+``linear_cross_entropy`` to equal - runs on the same inputs.
+
+Gate: an error passes when it is within the default threshold (the loss: eval's
+``max_loss_ulp``; a gradient: eps(working) normwise) or at most :data:`STOCK_FACTOR` times the
+stock path's own error (bfloat16 logits of large-norm hidden states cost the stock path
+itself a few eps). Non-finite output, a modified input or an exception fail the probe.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .linear import normwise_rel_err, reference_linear
+from .linear_eval import default_grad_err
+from .metrics import default_thresholds, loss_gate_err
+from .precisions import get_precision, round_to
+
+__all__ = [
+    "LINEAR_PROBES",
+    "STOCK_FACTOR",
+    "LinearKernelReport",
+    "LinearProbeResult",
+    "kernel_linear",
+]
+
+#: A kernel's error may be this many times the stock path's (where above the thresholds).
+STOCK_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class _Case:
+    h: np.ndarray
+    w: np.ndarray
+    b: np.ndarray | None
+    y: np.ndarray
+
+
+def _case(n: int, d: int, v: int, seed: int, *, bias: bool = True) -> _Case:
+    rng = np.random.default_rng(seed)
+    h = rng.standard_normal((n, d))
+    w = rng.standard_normal((v, d)) / math.sqrt(d)
+    b = rng.standard_normal(v) / 10 if bias else None
+    y = rng.integers(0, v, n)
+    y[n // 3] = -100  # one ignored row: its gradient contribution must be 0
+    return _Case(h, w, b, y)
+
+
+def _odd_vocab() -> _Case:
+    return _case(48, 64, 1003, 1)  # 1003 = 17 * 59: no power-of-two chunk divides it
+
+
+def _odd_dim() -> _Case:
+    return _case(48, 65, 512, 2)
+
+
+def _large_norm_hidden() -> _Case:
+    c = _case(48, 64, 1024, 3)
+    return _Case(c.h * 30, c.w, c.b, c.y)  # logits ~ 30: bfloat16 keeps 2**-8 of them
+
+
+def _large_weight_row() -> _Case:
+    c = _case(48, 64, 1024, 4)
+    w = c.w.copy()
+    w[7] *= 64  # one token's row dominates dW's norm and every row's max logit
+    return _Case(c.h, w, c.b, c.y)
+
+
+def _many_rows() -> _Case:
+    return _case(1024, 16, 256, 5)  # dW sums 1024 rows: accumulation across row chunks shows
+
+
+#: name -> (what it provokes, the case).
+LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
+    "odd_vocab": ("V = 1003, no multiple of a chunk: the last partial chunk", _odd_vocab),
+    "odd_dim": ("D = 65: the tail of the hidden dimension", _odd_dim),
+    "large_norm_hidden": ("hidden states x30: large logits", _large_norm_hidden),
+    "large_weight_row": ("one weight row x64", _large_weight_row),
+    "many_rows": ("N = 1024 rows: dW, db summed over many row chunks", _many_rows),
+}
+
+
+@dataclass(frozen=True)
+class LinearProbeResult:
+    """One probe in one dtype: the kernel's errors, the stock path's, the verdict."""
+
+    name: str
+    dtype: str
+    status: str  # "pass" | "fail"
+    loss_ulps: float
+    grad_hidden_err: float
+    grad_weight_err: float
+    grad_bias_err: float | None
+    stock_loss_ulps: float
+    stock_grad_hidden_err: float
+    stock_grad_weight_err: float
+    stock_grad_bias_err: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class LinearKernelReport:
+    """``kernel_linear``'s result: one :class:`LinearProbeResult` per (probe, dtype)."""
+
+    target: str
+    probes: tuple[LinearProbeResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.status == "pass" for p in self.probes)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+             "float64": torch.float64}  # fmt: skip
+    if name not in table:
+        raise UsageError(f"linear kernel dtype {name!r}: expected one of {', '.join(table)}")
+    return table[name]
+
+
+def _stock(h: Any, w: Any, y: Any, *, linear_bias: Any = None, **kw: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(F.linear(h, w, linear_bias), y, **kw)
+
+
+def _run(fn: Callable[..., Any], case: _Case, dtype: str) -> tuple[Any, ...]:
+    """(loss, dh, dW, db) of ``fn`` on fresh tensors, as float64 numpy; raises on misuse."""
+    import torch
+
+    td = _torch_dtype(dtype)
+    h = torch.tensor(case.h, dtype=torch.float64).to(td).requires_grad_(True)
+    w = torch.tensor(case.w, dtype=torch.float64).to(td).requires_grad_(True)
+    b = None if case.b is None else torch.tensor(case.b).to(td).requires_grad_(True)
+    y = torch.tensor(case.y, dtype=torch.int64)
+    copies = [t.detach().clone() for t in (h, w, y) + (() if b is None else (b,))]
+    kwargs: dict[str, Any] = {"reduction": "mean"}
+    params = inspect.signature(fn).parameters if _has_signature(fn) else {}
+    if not params or "ignore_index" in params or _takes_kwargs(params):
+        kwargs["ignore_index"] = -100
+    if b is not None:
+        kwargs["linear_bias"] = b
+    loss = fn(h, w, y, **kwargs)
+    loss.backward()
+    after = [t.detach() for t in (h, w, y) + (() if b is None else (b,))]
+    if any(not torch.equal(a, c) for a, c in zip(after, copies, strict=True)):
+        raise RuntimeError("the kernel modified its inputs")
+
+    def np64(t: Any) -> np.ndarray:
+        return np.zeros(1) if t is None else t.detach().to(torch.float64).numpy()
+
+    return (
+        float(loss.detach().to(torch.float64)),
+        np64(h.grad),
+        np64(w.grad),
+        None if b is None else np64(b.grad),
+    )
+
+
+def _rounded(x: np.ndarray, working: Any) -> np.ndarray:
+    return np.asarray(round_to(x, working)).astype(np.float64)
+
+
+def _has_signature(fn: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _takes_kwargs(params: Any) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _errors(out: tuple[Any, ...], ref: Any, working: Any) -> tuple[float, ...]:
+    loss, dh, dw, db = out
+    ulps = loss_gate_err(np.array([loss]), np.array([ref.loss_reduced]), working)[0]
+    ulps = math.inf if not math.isfinite(loss) else float(ulps)
+    errs = [
+        ulps,
+        normwise_rel_err(dh, ref.grad_hidden),
+        normwise_rel_err(dw, ref.grad_weight),
+    ]
+    errs.append(math.nan if db is None else normwise_rel_err(db, ref.grad_bias))
+    return tuple(errs)
+
+
+def kernel_linear(
+    fn: Callable[..., Any],
+    *,
+    target: str = "kernel",
+    dtypes: Sequence[str] = ("bfloat16", "float32"),
+    probes: Sequence[str] | None = None,
+) -> LinearKernelReport:
+    """Run ``fn`` (``F.linear_cross_entropy``'s signature) through the linear probes.
+
+    A kernel that sums dW in bfloat16 over its row chunks fails ``many_rows``; PyTorch's own
+    ``F.linear_cross_entropy`` passes every probe.
+    """
+    names = list(LINEAR_PROBES) if probes is None else list(probes)
+    for name in names:
+        if name not in LINEAR_PROBES:
+            raise UsageError(f"unknown linear probe {name!r}; expected one of "
+                             f"{', '.join(LINEAR_PROBES)}")  # fmt: skip
+    results = []
+    for name in names:
+        case = LINEAR_PROBES[name][1]()
+        for dt in dtypes:
+            working = get_precision(dt)
+
+            rc = _Case(
+                _rounded(case.h, working), _rounded(case.w, working),
+                None if case.b is None else _rounded(case.b, working), case.y,
+            )  # fmt: skip
+            ref = reference_linear(rc.h, rc.w, rc.y, bias=rc.b, dtype=dt)
+            stock = _errors(_run(_stock, rc, dt), ref, working)
+            loss_k, _ = default_thresholds(working, "float32", rc.w.shape[0])
+            limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3
+            detail = ""
+            try:
+                got = _errors(_run(fn, rc, dt), ref, working)
+            except Exception as exc:  # the kernel's exception is a finding, not a traceback
+                got = (math.inf,) * 4
+                detail = (
+                    f"raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                )
+            bad = [
+                label
+                for label, e, s, lim in zip(
+                    ("loss", "dh", "dW", "db"), got, stock, limits, strict=True
+                )  # fmt: skip
+                if not math.isnan(e) and not (e <= lim or e <= STOCK_FACTOR * s)
+            ]
+            if bad and not detail:
+                detail = "above the gate: " + ", ".join(bad)
+            results.append(
+                LinearProbeResult(
+                    name,
+                    dt,
+                    "fail" if bad else "pass",
+                    got[0],
+                    got[1],
+                    got[2],
+                    None if math.isnan(got[3]) else got[3],
+                    stock[0],
+                    stock[1],
+                    stock[2],
+                    None if math.isnan(stock[3]) else stock[3],
+                    detail,
+                )  # fmt: skip
+            )
+    return LinearKernelReport(target, tuple(results))

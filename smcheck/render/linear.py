@@ -1,0 +1,288 @@
+"""``smcheck eval --hidden --weight`` (fused linear cross-entropy): the renderers, one contract
+``render(report, fmt, *, color, width)`` as every command's. Pure: no I/O, no numerics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..linear_eval import LinearCheck, LinearEvalReport
+from ..linear_kernel import LinearKernelReport, LinearProbeResult
+from .common import (
+    DEFAULT_WIDTH,
+    Renderer,
+    fmt_num,
+    gh_escape_data,
+    json_clean,
+    json_float,
+    md_cell,
+    render_to_text,
+    safe_text,
+)
+
+__all__ = ["RENDERERS", "kernel_to_dict", "render", "render_kernel", "to_dict"]
+
+_COLUMNS = ("grad_accum", "chunks (rows x vocab)", "loss ulps", "dh err", "dW err", "db err")
+
+
+def _check_dict(c: LinearCheck) -> dict[str, Any]:
+    return {
+        "grad_accum": c.grad_accum,
+        "chunk_rows": c.chunk_rows,
+        "chunk_vocab": c.chunk_vocab,
+        "chunks_rows": c.chunks_rows,
+        "chunks_vocab": c.chunks_vocab,
+        "loss_max_ulps": json_float(c.loss_max_ulps),
+        "loss_reduced_rel_err": json_float(c.loss_reduced_rel_err),
+        "grad_hidden_err": json_float(c.grad_hidden_err),
+        "grad_weight_err": json_float(c.grad_weight_err),
+        "grad_bias_err": json_float(c.grad_bias_err),
+        "ok": c.ok,
+    }
+
+
+def to_dict(report: LinearEvalReport) -> dict[str, Any]:
+    """The ``smcheck.eval/1`` document of the linear mode: its ``linear`` section."""
+    r = report
+    return json_clean(
+        {
+            "schema": "smcheck.eval/1",
+            "ok": r.ok,
+            "verdict": r.verdict,
+            "linear": {
+                "hidden": r.hidden_name,
+                "weight": r.weight_name,
+                "bias": r.bias_name,
+                "labels": r.labels_name,
+                "rows": r.rows,
+                "dim": r.dim,
+                "vocab": r.vocab,
+                "counted_rows": r.counted_rows,
+                "dtype": r.working,
+                "reduction": r.reduction,
+                "label_smoothing": r.label_smoothing,
+                "reference": {
+                    "loss": json_float(r.reference_loss),
+                    "split_blocks": r.reference_split_blocks,
+                    "blocks": r.reference_blocks,
+                },
+                "thresholds": {"max_loss_ulp": r.max_loss_ulp, "max_grad_err": r.max_grad_err},
+                "checks": [_check_dict(c) for c in r.checks],
+            },
+        }
+    )
+
+
+def _cells(c: LinearCheck) -> list[str]:
+    return [
+        c.grad_accum,
+        f"{c.chunks_rows} x {c.chunks_vocab}",
+        fmt_num(c.loss_max_ulps),
+        fmt_num(c.grad_hidden_err),
+        fmt_num(c.grad_weight_err),
+        fmt_num(c.grad_bias_err),
+    ]
+
+
+def _head(r: LinearEvalReport) -> str:
+    bias = f" + {r.bias_name}" if r.bias_name else ""
+    return (
+        f"fused linear cross-entropy: {r.hidden_name} ({r.rows} x {r.dim}) . "
+        f"{r.weight_name}^T ({r.vocab} x {r.dim}){bias}, labels {r.labels_name}, "
+        f"{r.working}, reduction {r.reduction}"
+    )
+
+
+def render_table(report: LinearEvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format table``: the input line, one row per configuration, the verdict."""
+    from rich.table import Table
+
+    r = report
+    table = Table(title=safe_text(_head(r)), title_justify="left")
+    for col in (*_COLUMNS, "verdict"):
+        table.add_column(col)
+    for c in r.checks:
+        table.add_row(*_cells(c), "[green]ok[/]" if c.ok else "[red]fail[/]")
+    foot = (
+        f"reference loss {fmt_num(r.reference_loss, 10)} (exact split in "
+        f"{r.reference_split_blocks} of {r.reference_blocks} block products); gate: loss <= "
+        f"{fmt_num(r.max_loss_ulp)} ulps of max(|L*|, 1), gradients <= "
+        f"{fmt_num(r.max_grad_err)} normwise\n{safe_text(r.verdict)}"
+    )
+    return render_to_text([table, foot], color=color, width=width or DEFAULT_WIDTH)
+
+
+def render_json(report: LinearEvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format json``: ``smcheck.eval/1`` with the ``linear`` section (strict JSON)."""
+    return json.dumps(to_dict(report), indent=2, allow_nan=False) + "\n"
+
+
+def render_markdown(
+    report: LinearEvalReport, *, color: bool = False, width: int | None = None
+) -> str:
+    """``--format markdown``: a heading line, the table, the verdict."""
+    lines = [f"**{md_cell(_head(report))}**", ""]
+    lines.append("| " + " | ".join((*_COLUMNS, "verdict")) + " |")
+    lines.append("|" + "---|" * (len(_COLUMNS) + 1))
+    lines.extend(
+        "| " + " | ".join([*_cells(c), "ok" if c.ok else "fail"]) + " |" for c in report.checks
+    )
+    lines += ["", md_cell(report.verdict)]
+    return "\n".join(lines) + "\n"
+
+
+def render_github(
+    report: LinearEvalReport, *, color: bool = False, width: int | None = None
+) -> str:
+    """``--format github``: one ``::error`` workflow command per failing configuration."""
+    out = []
+    for c in report.checks:
+        if not c.ok:
+            msg = (
+                f"linear cross-entropy, grad_accum {c.grad_accum}: loss {fmt_num(c.loss_max_ulps)}"
+                f" ulps, dh {fmt_num(c.grad_hidden_err)}, dW {fmt_num(c.grad_weight_err)}, db "
+                f"{fmt_num(c.grad_bias_err)} (gate {fmt_num(report.max_grad_err)})"
+            )
+            out.append(f"::error title=smcheck eval::{gh_escape_data(safe_text(msg))}")
+    out.append(safe_text(report.verdict).replace("::", ": :"))
+    return "\n".join(out) + "\n"
+
+
+def render_junit(report: LinearEvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """``--format junit``: one test case per configuration."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    cases = report.checks
+    failures = sum(1 for c in cases if not c.ok)
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="smcheck eval" tests="{len(cases)}" failures="{failures}">',
+        f"  <testsuite name={quoteattr('smcheck.eval.linear ' + safe_text(report.hidden_name))}"
+        f' tests="{len(cases)}" failures="{failures}" errors="0">',
+    ]
+    for c in cases:
+        head = f'    <testcase classname="linear" name={quoteattr("grad_accum " + c.grad_accum)}'
+        if c.ok:
+            lines.append(head + "/>")
+        else:
+            msg = " ".join(f"{k} {v}" for k, v in zip(_COLUMNS, _cells(c), strict=True))
+            lines += [
+                head + ">",
+                f"      <failure message={quoteattr(msg)}>{escape(msg)}</failure>",
+                "    </testcase>",
+            ]
+    lines += ["  </testsuite>", "</testsuites>"]
+    return "\n".join(lines) + "\n"
+
+
+#: ``--format`` -> renderer.
+RENDERERS: dict[str, Renderer[LinearEvalReport]] = {
+    "table": render_table,
+    "json": render_json,
+    "markdown": render_markdown,
+    "github": render_github,
+    "junit": render_junit,
+}
+
+
+def render(
+    report: LinearEvalReport, fmt: str, *, color: bool = False, width: int | None = None
+) -> str:
+    """The report as text in format ``fmt`` (a key of :data:`RENDERERS`)."""
+    return RENDERERS[fmt](report, color=color, width=width)
+
+
+# -- smcheck kernel --linear ---------------------------------------------------------------
+
+_PROBE_COLUMNS = ("probe", "dtype", "status", "loss ulps", "dh err", "dW err", "db err",
+                  "stock dW err", "detail")  # fmt: skip
+
+
+def kernel_to_dict(report: LinearKernelReport) -> dict[str, Any]:
+    """``smcheck.kernel/1`` of a linear kernel: probes with ``grad_hidden_err``,
+    ``grad_weight_err``, ``grad_bias_err`` (and the stock path's)."""
+    return json_clean(
+        {
+            "schema": "smcheck.kernel/1",
+            "target": report.target,
+            "linear": True,
+            "ok": report.ok,
+            "probes": [
+                {
+                    "name": p.name,
+                    "dtype": p.dtype,
+                    "status": p.status,
+                    "loss_ulps": json_float(p.loss_ulps),
+                    "grad_hidden_err": json_float(p.grad_hidden_err),
+                    "grad_weight_err": json_float(p.grad_weight_err),
+                    "grad_bias_err": json_float(p.grad_bias_err),
+                    "stock": {
+                        "loss_ulps": json_float(p.stock_loss_ulps),
+                        "grad_hidden_err": json_float(p.stock_grad_hidden_err),
+                        "grad_weight_err": json_float(p.stock_grad_weight_err),
+                        "grad_bias_err": json_float(p.stock_grad_bias_err),
+                    },
+                    "detail": p.detail,
+                }
+                for p in report.probes
+            ],
+        }
+    )
+
+
+def _probe_cells(p: LinearProbeResult) -> list[str]:
+    return [
+        p.name, p.dtype, p.status, fmt_num(p.loss_ulps), fmt_num(p.grad_hidden_err),
+        fmt_num(p.grad_weight_err), fmt_num(p.grad_bias_err), fmt_num(p.stock_grad_weight_err),
+        safe_text(p.detail),
+    ]  # fmt: skip
+
+
+def render_kernel(
+    report: LinearKernelReport, fmt: str, *, color: bool = False, width: int | None = None
+) -> str:
+    """``smcheck kernel --linear``'s report in ``fmt`` (json, table, markdown, github, junit)."""
+    if fmt == "json":
+        return json.dumps(kernel_to_dict(report), indent=2, allow_nan=False) + "\n"
+    verdict = "pass: every linear probe passes" if report.ok else "fail: a linear probe fails"
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title=f"linear kernel {safe_text(report.target)}", title_justify="left")
+        for col in _PROBE_COLUMNS:
+            table.add_column(col)
+        for p in report.probes:
+            table.add_row(*(c.replace("[", "\\[") for c in _probe_cells(p)))
+        return render_to_text([table, verdict], color=color, width=width or DEFAULT_WIDTH)
+    if fmt == "github":
+        out = [
+            f"::error title=smcheck kernel::{gh_escape_data(' '.join(_probe_cells(p)))}"
+            for p in report.probes
+            if p.status != "pass"
+        ]
+        return "\n".join([*out, verdict]) + "\n"
+    if fmt == "junit":
+        from xml.sax.saxutils import escape, quoteattr
+
+        fails = sum(p.status != "pass" for p in report.probes)
+        lines = [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<testsuites name="smcheck kernel" tests="{len(report.probes)}" failures="{fails}">',
+            f"  <testsuite name={quoteattr('linear ' + safe_text(report.target))} "
+            f'tests="{len(report.probes)}" failures="{fails}" errors="0">',
+        ]
+        for p in report.probes:
+            head = f"    <testcase classname={quoteattr(p.dtype)} name={quoteattr(p.name)}"
+            if p.status == "pass":
+                lines.append(head + "/>")
+            else:
+                msg = " ".join(_probe_cells(p))
+                lines += [head + ">", f"      <failure message={quoteattr(msg)}>{escape(msg)}"
+                          "</failure>", "    </testcase>"]  # fmt: skip
+        return "\n".join([*lines, "  </testsuite>", "</testsuites>"]) + "\n"
+    lines = [f"**linear kernel {md_cell(report.target)}**", ""]
+    lines.append("| " + " | ".join(_PROBE_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(_PROBE_COLUMNS))
+    lines.extend("| " + " | ".join(md_cell(c) for c in _probe_cells(p)) + " |"
+                 for p in report.probes)  # fmt: skip
+    return "\n".join([*lines, "", verdict]) + "\n"
