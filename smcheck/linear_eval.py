@@ -32,7 +32,7 @@ from .linear import (
     normwise_rel_err,
     reference_linear,
 )
-from .metrics import default_thresholds, loss_gate_err
+from .metrics import default_thresholds, kernel_thresholds, loss_gate_err
 from .precisions import Precision, get_precision
 
 __all__ = [
@@ -99,12 +99,13 @@ class LinearEvalReport:
 def default_grad_err(working: Precision, vocab: int) -> float:
     """The default normwise gradient limit: eps(working) - the output's rounding (eps/2) and
     the rounded grad_logits tile's (eps/2) - plus the float32 logits' own error, eval's
-    k * eps(float32) with k = 4 + ceil(log2 V).
+    k * eps(float32) with k = 4 + ceil(log2 V) (:func:`smcheck.metrics.kernel_thresholds`: a
+    kernel's sum taken as a tree).
 
     >>> default_grad_err(get_precision("bfloat16"), 1000) == 2.0**-7 + 14 * 2.0**-23
     True
     """
-    k, _ = default_thresholds("float32", "float32", vocab)
+    k, _ = kernel_thresholds("float32", "float32", vocab)
     return working.eps + k * get_precision("float32").eps
 
 

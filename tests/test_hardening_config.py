@@ -152,7 +152,8 @@ def test_every_option_that_writes_a_path_is_announced() -> None:
 
     from smcheck.cli import announced, cli, writes_path
 
-    inputs = {"labels", "loss_file", "grad_file", "weight", "baseline"}
+    inputs = {"labels", "loss_file", "grad_file", "weight", "baseline", "hidden", "bias"}
+    inputs |= {"linear_weight", "linear_bias", "grad_hidden", "grad_weight", "grad_bias"}
     writers = {"output", "per_row", "write_baseline", "plot"}
     ctx = click.Context(cli)
     seen = set()
