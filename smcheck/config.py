@@ -390,7 +390,8 @@ def effective(
     for name, opts in commands.items():
         values = settings.default_map.get(name, {})
         origin = settings.origin.get(name, {})
-        for spec in opts.values():
+        # an option's old flag is a key of its own (sweep's `jobs` beside `workers`): once each
+        for spec in {spec.param: spec for spec in opts.values()}.values():
             if spec.param in values:
                 assert settings.path is not None
                 where = f"file:{display_path(settings.path)} {origin[spec.param]}"
