@@ -85,11 +85,12 @@ from .gradcheck_truth import (
     complex_step,
     complex_step_binary128,
 )
-from .methods import DEFAULT_METHODS, METHODS, MethodFn
+from .methods import DEFAULT_METHODS, LSE_FORM, METHODS, MethodFn, run_variant
 from .options import merge_options
 from .precisions import Precision
 from .prepare import Prepared, prepare_input
 from .synthetic import CASE_CHOICES, ROW_CASES, Synthetic, synthetic
+from .variants import Variant, variant_fields
 
 __all__ = [
     "CASES",
@@ -176,8 +177,14 @@ def _gradients_under_test(
     gate: Sequence[str],
     working: Precision,
     accum: Precision,
+    variant: Variant | None = None,
 ) -> dict[str, _Evaluator | None]:
-    """name -> evaluator (None: a precomputed gradient). Gated registered methods are added."""
+    """name -> evaluator (None: a precomputed gradient). Gated registered methods are added.
+
+    Under a ``variant``, smcheck's methods run through :func:`smcheck.methods.run_variant`
+    (scale, cap, z-loss and the chain rule in the working dtype, as a kernel does them) and
+    framework methods compute it their own way; a custom function and a precomputed gradient
+    are the user's kernel of the whole variant loss, taken as given."""
     names = list(DEFAULT_METHODS if methods is None else methods)
     known = (*METHODS, *FRAMEWORK_METHODS)  # framework methods (torch, jax) by name too
     for name in names:
@@ -186,7 +193,9 @@ def _gradients_under_test(
     extra = dict(custom or {})
     names += [g for g in gate if g in known and g not in names and g not in extra]
     fns: dict[str, _Evaluator | None] = {
-        name: _evaluator(get_method(name), working, accum) for name in names if name not in extra
+        name: _evaluator(_variant_method(name, variant), working, accum)
+        for name in names
+        if name not in extra
     }
     fns.update({name: _evaluator(fn, working, accum) for name, fn in extra.items()})
     fns.update(dict.fromkeys(given))
@@ -194,6 +203,26 @@ def _gradients_under_test(
     if unknown:
         raise UsageError(f"gate names {', '.join(unknown)}, which is not run")
     return fns
+
+
+def _variant_method(name: str, variant: Variant | None) -> MethodFn:
+    """Registered method ``name`` computing the loss ``variant`` (itself when there is none)."""
+    fn = get_method(name)
+    if variant is None:
+        return fn
+    if name not in METHODS:  # a framework writes the variant as its users do
+
+        def framework(x: np.ndarray, y: np.ndarray, t: Precision, a: Precision) -> Any:
+            return fn(x, y, t, a, variant=variant)
+
+        return framework
+    if not variant.changes_values:
+        return fn
+
+    def method(x: np.ndarray, y: np.ndarray, t: Precision, a: Precision) -> Any:
+        return run_variant(fn, x, y, t, a, None, variant, form=LSE_FORM.get(name, "shifted"))
+
+    return method
 
 
 @dataclass(frozen=True)
@@ -209,6 +238,9 @@ class GradcheckOptions:
     random unit directions and ``sample`` random coordinates per row are probed (``full``:
     every coordinate); ``rows`` checks a seeded sample of that many rows; ``top`` worst entries
     are listed. ``source`` and ``row_cases`` (a synthetic input's case per row) are reported.
+    ``z_loss``, ``softcap``, ``logit_scale`` (and ``smoothing_convention``, which changes
+    nothing here: gradcheck has no label smoothing) select a loss variant
+    (:mod:`smcheck.variants`); gradients are checked with respect to the original logits.
 
     >>> GradcheckOptions(atol=-1.0)
     Traceback (most recent call last):
@@ -235,8 +267,14 @@ class GradcheckOptions:
     top: int = 5
     source: str = "array"
     row_cases: Sequence[str] | None = None
+    #: the loss variant checked (see :mod:`smcheck.variants`); the defaults are the plain loss
+    z_loss: float = 0.0
+    softcap: float | None = None
+    logit_scale: float = 1.0
+    smoothing_convention: str = "torch"
 
     def __post_init__(self) -> None:
+        variant_fields(self)  # UsageError naming the option
         for name, val in (("atol", self.atol), ("rtol", self.rtol)):
             if val is not None and not (math.isfinite(val) and val >= 0):
                 raise UsageError(f"{name} must be a finite number >= 0, got {val}")
@@ -292,14 +330,15 @@ def gradcheck(
     atol = a_def if opts.atol is None else float(opts.atol)
     rtol = r_def if opts.rtol is None else float(opts.rtol)
     given = dict(opts.gradients or {})
+    variant = sel.first.variant
     fns = _gradients_under_test(
-        opts.methods, opts.custom, given, opts.gate, working, sel.first.accum
+        opts.methods, opts.custom, given, opts.gate, working, sel.first.accum, variant
     )
     p = _probe(
         sel.x, sel.y, sel.row_ids, opts.row_cases, working, opts.full, opts.sample,
-        opts.directions, rng,
+        opts.directions, rng, variant,
     )  # fmt: skip
-    truth = _judge_truth(p, working, atol, rtol)
+    truth = _judge_truth(p, working, atol, rtol, variant)
     notes = list(sel.notes)
     if truth.reference_fraction > TRUTH_FRACTION:
         notes.append(
@@ -318,7 +357,8 @@ def _rows_checked(
     """The input through the front door, and the rows to check (UsageError when too many)."""
     first = prepare_input(
         logits, labels, dtype=opts.dtype, accum=opts.accum, cast=opts.cast,
-        ignore_index=opts.ignore_index,
+        ignore_index=opts.ignore_index, z_loss=opts.z_loss, softcap=opts.softcap,
+        logit_scale=opts.logit_scale, smoothing_convention=opts.smoothing_convention,
     )  # fmt: skip
     if first.labels is None and opts.gradients:
         raise UsageError("precomputed gradients need labels")
@@ -369,8 +409,9 @@ def _check_methods(
         l0 = None if loss0 is None else np.asarray(loss0).astype(np.float64)
         g64 = np.asarray(grad).astype(np.float64)
         cons = _consistency(
-            fn, sel.x, sel.y, l0, g64, p.dirs, working, atol, rtol, opts.consistency_step
-        )
+            fn, sel.x, sel.y, l0, g64, p.dirs, working, atol, rtol, opts.consistency_step,
+            sel.first.variant,
+        )  # fmt: skip
         checks.append(dataclasses.replace(check, gated=name in opts.gate, consistency=cons))
         ranked.append(worst)
     worst_all = [w for rank in itertools.zip_longest(*ranked) for w in rank if w is not None]
@@ -420,4 +461,5 @@ def _report(
         worst=tuple(worst[: opts.top]),
         notes=tuple(notes),
         ok=n > 0 and truth.ok and all(m.passed for m in checks if m.gated),
+        variant=first.variant,
     )

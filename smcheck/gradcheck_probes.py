@@ -26,11 +26,15 @@ from .gradcheck_truth import (
     central_difference,
     complex_step,
     complex_step_binary128,
+    variant_central_difference,
+    variant_complex_step,
+    variant_complex_step_binary128,
 )
 from .methods import MethodFn
 from .precisions import Precision, get_precision
 from .prepare import prepare_input
 from .reference import reference_precision_name
+from .variants import Variant
 
 #: Default (atol, rtol) per working dtype. A correct fused gradient errs by about
 #: (2 + log2(C) * eps(accum) / eps) * eps per entry (shift, exp, division, p_y - 1, the sum's
@@ -185,6 +189,50 @@ def _truth_directions(
     return cs, cs_lo, cd
 
 
+def _variant_truth(
+    x: np.ndarray,
+    y: np.ndarray,
+    sel: np.ndarray,
+    dirs: np.ndarray,
+    working: Precision,
+    variant: Variant,
+) -> tuple[np.ndarray, ...]:
+    """:func:`_truth_entries` and :func:`_truth_directions` under a loss variant that changes
+    values: (cs_e, lo_e, cd_e, cs_d, lo_d, cd_d).
+
+    Every probe perturbs a full row (an entry is the direction e_j): the classes left out of a
+    probe are transformed too (s z, c tanh), so the plain truth's shortcut of summing them once
+    untransformed does not apply. Cost O(K C) per row, as the directions' O(D C).
+    """
+    n, c = x.shape
+    k = sel.shape[1]
+    xf = np.asarray(x, dtype=np.float64)
+    wide = _wide_truth(working)
+
+    def cs(xb: np.ndarray, yb: np.ndarray, ub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if wide:
+            return variant_complex_step_binary128(xb, yb, ub, variant)
+        return variant_complex_step(xb, yb, ub, variant), np.zeros(len(xb))
+
+    cs_e, lo_e, cd_e = np.empty((n, k)), np.zeros((n, k)), np.empty((n, k))
+    for sl in _row_chunks(n, k * c):
+        rows = np.arange(sl.start, sl.stop)
+        xb = np.repeat(xf[rows], k, axis=0)  # (rows * K, C): row r, probe j
+        yb = np.repeat(y[rows], k)
+        ub = np.zeros_like(xb)
+        ub[np.arange(len(xb)), sel[rows].ravel()] = 1.0
+        hi, lo = cs(xb, yb, ub)
+        cs_e[rows], lo_e[rows] = hi.reshape(-1, k), lo.reshape(-1, k)
+        cd_e[rows] = variant_central_difference(xb, yb, ub, variant).reshape(-1, k)
+    cs_d, lo_d, cd_d = np.empty(dirs.shape[:2]), np.zeros(dirs.shape[:2]), np.empty(dirs.shape[:2])
+    for sl in _row_chunks(n, c):
+        for i in range(dirs.shape[0]):
+            cs_d[i, sl], lo_d[i, sl] = cs(xf[sl], y[sl], dirs[i, sl])
+        if dirs.shape[0]:
+            cd_d[:, sl] = variant_central_difference(xf[sl], y[sl], dirs[:, sl], variant)
+    return cs_e, lo_e, cd_e, cs_d, lo_d, cd_d
+
+
 def _loss_noise(loss: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
     """Bound on the rounding error of a working-dtype loss: 2 eps (|L| + max|z| + log C + 1).
 
@@ -193,6 +241,37 @@ def _loss_noise(loss: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
     """
     big = np.abs(x).max(axis=1)
     return 2 * eps * (np.abs(loss) + big + math.log(x.shape[1]) + 1)
+
+
+def _variant_bounds(
+    x: np.ndarray, u: np.ndarray, spread: np.ndarray, variant: Variant
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Bounds on the third derivative L3 along u, the Hessian's norm over the plain loss's
+    1/2, and the logits' growth max(1, |s|) for the noise, under a loss variant. The plain
+    loss's bounds are for s = 1, no cap and no z-loss: with s = 2 its L3 is 8 times larger,
+    and the check would call a correct method inconsistent.
+
+    With a = |s|, b = |s|/c, r = max|u|: the first derivatives of z'' = c tanh(s z / c) move
+    the logits by v with |v_j| <= R = a r, the second and third by |w_j| <= 0.77 a b r**2 and
+    |q_j| <= 2 a b**2 r**3 (B = b r). By Faa di Bruno, L3 <= 0.0962 spread(v)**3
+    + 3 spread(v) (1.54 R B) / 4 + 4 R B**2 (a third central moment, a covariance, a gradient
+    of l1 norm <= 2). lse shares these bounds, with |lse'| <= R and |lse''| <= R**2 + 1.54 R B;
+    lambda lse**2 adds 2 lambda (3 |lse'| |lse''| + |lse| L3), |lse| <= max|z''| + ln C.
+    """
+    a = abs(variant.logit_scale)
+    b = 0.0 if variant.softcap is None else a / variant.softcap
+    r = np.abs(u).max(axis=1)
+    big_r, big_b = a * r, b * r
+    sp = a * spread if variant.softcap is None else 2 * big_r
+    ce3 = 0.0962 * sp**3 + 0.75 * sp * 1.54 * big_r * big_b + 4 * big_r * big_b**2
+    zmax = a * np.abs(x).max(axis=1)
+    if variant.softcap is not None:
+        zmax = np.minimum(zmax, variant.softcap)
+    lse = zmax + math.log(x.shape[1])
+    lam = variant.z_loss
+    m3 = ce3 + 2 * lam * (3 * big_r * (big_r**2 + 1.54 * big_r * big_b) + lse * ce3)
+    hess = (a * a + 3.08 * a * b) * (1 + 2 * lam * (lse + 1))
+    return m3, hess, max(a, 1.0)
 
 
 def _consistency_block(
@@ -206,6 +285,7 @@ def _consistency_block(
     atol: float,
     rtol: float,
     step: float | None,
+    variant: Variant | None = None,
 ) -> dict[str, int]:
     """Central difference of the method's own loss, in the working dtype, along u (n, C).
 
@@ -218,10 +298,13 @@ def _consistency_block(
     eps = working.eps
     spread = u.max(axis=1) - u.min(axis=1)
     m3 = 0.0962 * spread**3
+    hess, grow = np.ones(x.shape[0]), 1.0  # grow: the transformed logits' size over the input's
+    if variant is not None and variant.changes_values:
+        m3, hess, grow = _variant_bounds(x, u, spread, variant)
     if step is None:  # balance rounding noise/t against truncation t**2 m3 / 6
         # m3 = 0 only for C = 1 (L is constant): any step will do, take a coordinate's
         curv = np.where(m3 > 0, m3, 0.0962)
-        t = np.exp2(np.round(np.log2((3 * _loss_noise(loss0, x, eps) / curv) ** (1 / 3))))
+        t = np.exp2(np.round(np.log2((3 * _loss_noise(loss0, x * grow, eps) / curv) ** (1 / 3))))
     else:
         t = np.full(x.shape[0], float(step))
     # rounding the points to the working dtype may overflow: that is a finding (inf), not noise
@@ -238,9 +321,9 @@ def _consistency_block(
     with np.errstate(invalid="ignore", over="ignore"):
         fd = (lp64 - lm64) / (2 * t)
         pred = (g0 * delta).sum(axis=1) / (2 * t)
-        off = 0.5 * np.linalg.norm(0.5 * (xp64 + xm64) - x, axis=1)
+        off = 0.5 * hess * np.linalg.norm(0.5 * (xp64 + xm64) - x, axis=1)
         bound = (
-            (_loss_noise(lp64, xp64, eps) + _loss_noise(lm64, xm64, eps)) / (2 * t)
+            (_loss_noise(lp64, xp64 * grow, eps) + _loss_noise(lm64, xm64 * grow, eps)) / (2 * t)
             + t**2 / 6 * m3
             + off * np.linalg.norm(delta, axis=1) / (2 * t)
         )
@@ -271,6 +354,7 @@ def _consistency(
     atol: float,
     rtol: float,
     step: float | None,
+    variant: Variant | None = None,
 ) -> Consistency:
     """The working-dtype check along the label coordinate and direction 0.
 
@@ -293,7 +377,7 @@ def _consistency(
         probes = [label, dirs[0, take[sl]]] if dirs.shape[0] else [label]
         for u in probes:
             got = _consistency_block(
-                fn, xf[sl], yt[sl], l0[sl], gt[sl], u, working, atol, rtol, step
+                fn, xf[sl], yt[sl], l0[sl], gt[sl], u, working, atol, rtol, step, variant
             )
             for key, val in got.items():
                 total[key] += val
@@ -415,14 +499,25 @@ def _probe(
     sample: int,
     directions: int,
     rng: np.random.Generator,
+    variant: Variant | None = None,
 ) -> _Probes:
-    """Choose the probes and compute the truth and both witnesses there."""
+    """Choose the probes and compute the truth and both witnesses there (of the loss
+    ``variant``, constants already rounded to the carrier, when it changes values)."""
     n, c = x.shape
     sel = np.tile(np.arange(c), (n, 1)) if full else _select(x.astype(np.float64), y, sample, rng)
     dirs = _directions(n, c, directions, rng)
-    cs_e, lo_e, cd_e = _truth_entries(x, y, sel, working)
-    cs_d, lo_d, cd_d = _truth_directions(x, y, dirs, working)
-    ref = reference_of(prepare_input(x, y, dtype=working))
+    if variant is not None and variant.changes_values:
+        cs_e, lo_e, cd_e, cs_d, lo_d, cd_d = _variant_truth(x, y, sel, dirs, working, variant)
+    else:
+        cs_e, lo_e, cd_e = _truth_entries(x, y, sel, working)
+        cs_d, lo_d, cd_d = _truth_directions(x, y, dirs, working)
+    v = variant or Variant()
+    ref = reference_of(
+        prepare_input(
+            x, y, dtype=working, z_loss=v.z_loss, softcap=v.softcap,
+            logit_scale=v.logit_scale, smoothing_convention=v.smoothing_convention,
+        )
+    )  # fmt: skip
     assert ref.grad is not None
     g_ref = ref.grad if ref.grad_lo is None else ref.grad + ref.grad_lo
     return _Probes(
@@ -444,7 +539,9 @@ def _probe(
     )
 
 
-def _judge_truth(p: _Probes, working: Precision, atol: float, rtol: float) -> Truth:
+def _judge_truth(
+    p: _Probes, working: Precision, atol: float, rtol: float, variant: Variant | None = None
+) -> Truth:
     """How well complex step, central differences and the reference agree.
 
     The truth is judged against the dtype's default tolerance, or the given one where looser: a
@@ -466,11 +563,17 @@ def _judge_truth(p: _Probes, working: Precision, atol: float, rtol: float) -> Tr
     if _wide_truth(working):
         h128 = int(math.log2(COMPLEX_STEP_BINARY128))
         cs = f"complex step in binary128, h = 2**{h128}, kept as a double-double"
+    cd = f"central differences in {cd_arith}, Richardson on h and h/2, h = (u (1 + ln C))**(1/5)"
+    if variant is not None and variant.changes_values:
+        cs += f", of the variant ({variant.describe()}) in complex arithmetic"
+        cd = (
+            "central differences of the variant's binary128 reference loss, Richardson on h "
+            "and h/2, h = (u (1 + ln C))**(1/5) / max(1, |s|, |s|/c)"
+        )
     return Truth(
         complex_step=cs,
-        central_difference=f"central differences in {cd_arith}, Richardson on h and h/2, "
-        "h = (u (1 + ln C))**(1/5)",
-        reference=reference_precision_name(working),
+        central_difference=cd,
+        reference=reference_precision_name(working, variant),
         agreement=agreement,
         reference_agreement=ref_agreement,
         worst_fraction=fraction,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .variants import Variant
+
 
 @dataclass(frozen=True)
 class WorstEntry:
@@ -111,6 +113,8 @@ class GradcheckReport:
     worst: tuple[WorstEntry, ...]
     notes: tuple[str, ...]
     ok: bool
+    #: the loss variant checked (:mod:`smcheck.variants`, constants as rounded); None: plain
+    variant: Variant | None = None
 
     @property
     def truth_agreement(self) -> float:

@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from .precisions import Precision, get_precision
-from .reference import _split, _two_diff_residual, quad_dtype
+from .reference import _sech2, _split, _two_diff_residual, _variant_core, quad_dtype
+from .variants import Variant
 
 #: Step of the complex-step derivative (see the module docstring for why not 1e-200).
 COMPLEX_STEP = 2.0**-40
@@ -193,4 +194,121 @@ def central_difference(
             return out.astype(np.float64) - np.where(pivot, 0.0, uy)
 
         uf = np.asarray(u, dtype=np.float64)
+        return np.stack([one(v) for v in uf]) if uf.ndim == 3 else one(uf)
+
+
+def variant_complex_step(
+    x: np.ndarray, y: np.ndarray, u: np.ndarray, variant: Variant
+) -> np.ndarray:
+    """:func:`complex_step` of a loss variant (complex128): z' = c tanh(s z / c) computed in
+    complex arithmetic, then the loss of z' plus lambda lse(z')**2, all of full rows.
+
+    numpy's complex tanh keeps the first-order part i h s u (1 - tanh(a)**2) to float64's
+    relative accuracy (it is formed from sech**2, not from 1 - tanh**2), so a capped logit deep
+    in tanh's tail has a tiny but exact derivative rather than 0 from cancellation.
+
+    >>> g = variant_complex_step(np.array([[0.0, 1.0]]), np.array([0]), np.eye(2)[:1],
+    ...                          Variant(logit_scale=2.0))
+    >>> round(float(g[0]), 12)  # 2 (p_0 - 1) with p = softmax([0, 2])
+    -1.761594155956
+    """
+    zc = np.asarray(x, dtype=np.float64) + 1j * (COMPLEX_STEP * np.asarray(u, dtype=np.float64))
+    rows = np.arange(zc.shape[0])
+    # exp underflows for classes far below the max; tanh's tail underflows likewise: both are
+    # the float64 truth, not noise
+    with np.errstate(under="ignore"):
+        if variant.logit_scale != 1.0:
+            zc = zc * variant.logit_scale
+        if variant.softcap is not None:
+            zc = variant.softcap * np.tanh(zc / variant.softcap)
+        loss = complex_loss(zc, y)
+        if variant.z_loss != 0.0:
+            lse = loss + zc[rows, y]
+            loss = loss + variant.z_loss * lse * lse
+    return loss.imag / COMPLEX_STEP
+
+
+def variant_complex_step_binary128(
+    x: np.ndarray, y: np.ndarray, u: np.ndarray, variant: Variant
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`variant_complex_step` in binary128 (float64 work), as a double-double (hi, lo).
+
+    With h = :data:`COMPLEX_STEP_BINARY128` only the first-order imaginary part survives
+    binary128's rounding: s (x + i h u) = s x + i h s u; tanh(a + i e) = tanh(a) + i e (1 -
+    tanh(a)**2) when |e| <= 2**-59 (the next term is e**2 relative), with 1 - tanh**2 written
+    as 4 e^{-2|a|} / (1 + e^{-2|a|})**2 so it does not cancel where tanh(a) rounds to +-1. So
+    z' = x' + i h u' with u' = s u sech(a)**2, and Im L / h is
+    D = sum_j p_j (u'_j - u'_y) (no 1 - p_y cancellation) plus the z-loss's
+    2 lambda lse(x') (D + u'_y).
+
+    >>> hi, lo = variant_complex_step_binary128(np.array([[0.0, 1.0]]), np.array([0]),
+    ...                                         np.eye(2)[:1], Variant(logit_scale=2.0))
+    >>> float(hi[0])
+    -1.7615941559557649
+    """
+    quad = quad_dtype()
+    if quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
+        raise RuntimeError("numpy-quaddtype is required to check float64 gradients")
+    rows = np.arange(np.shape(x)[0])
+    # far-off classes underflow; numpy-quaddtype raises spurious flags below ~1e-308
+    with np.errstate(under="ignore", invalid="ignore", over="ignore"):
+        z = np.asarray(x, dtype=np.float64).astype(quad)
+        w = np.asarray(u, dtype=np.float64).astype(quad)
+        if variant.logit_scale != 1.0:
+            s = np.asarray(variant.logit_scale, dtype=np.float64).astype(quad)
+            z, w = z * s, w * s
+        if variant.softcap is not None:
+            c = np.asarray(variant.softcap, dtype=np.float64).astype(quad)
+            a = z / c
+            z, w = c * np.tanh(a), w * _sech2(a)
+        m = z.max(axis=1)
+        e = np.exp(z - m[:, None])
+        total = e.sum(axis=1)
+        wy = w[rows, y]
+        d = (e * (w - wy[:, None])).sum(axis=1) / total
+        if variant.z_loss != 0.0:
+            lam = np.asarray(variant.z_loss, dtype=np.float64).astype(quad)
+            lse = m + np.log(total)
+            d = d + 2 * lam * lse * (d + wy)
+    return _split(d)
+
+
+def variant_central_difference(
+    x: np.ndarray,
+    y: np.ndarray,
+    u: np.ndarray,
+    variant: Variant,
+    *,
+    step: float | None = None,
+) -> np.ndarray:
+    """Derivative of a variant's loss along ``u`` (M, K) or each of ``u`` (D, M, K) by central
+    differences of the binary128 reference loss (:func:`smcheck.reference._variant_core`, the
+    variant's own reference for every working dtype), Richardson on h and h/2.
+
+    The step is :func:`cd_step` for binary128 divided by the variant's largest slope
+    max(1, |s|, |s|/c) (a power of 2): the loss's fifth derivative grows like that slope**5.
+    Returns float64.
+    """
+    quad = quad_dtype()
+    if quad is None:  # pragma: no cover
+        raise RuntimeError("numpy-quaddtype is required for a loss variant's reference")
+    xq = np.asarray(x, dtype=np.float64).astype(quad)
+    slope = max(1.0, abs(variant.logit_scale))
+    if variant.softcap is not None:
+        slope = max(slope, abs(variant.logit_scale) / variant.softcap)
+    h0 = cd_step("float64", xq.shape[1]) if step is None else float(step)
+    h = h0 if step is not None else h0 / float(np.exp2(np.ceil(np.log2(slope))))
+
+    def loss(t: float, w: np.ndarray) -> np.ndarray:
+        zq = xq + np.asarray(t * w, dtype=np.float64).astype(quad)
+        return _variant_core(zq, y, None, variant)[0]
+
+    def one(w: np.ndarray) -> np.ndarray:
+        def diff(t: float) -> np.ndarray:
+            return (loss(t, w) - loss(-t, w)) / np.asarray(2 * t).astype(quad)
+
+        return ((4 * diff(h / 2) - diff(h)) / 3).astype(np.float64)
+
+    uf = np.asarray(u, dtype=np.float64)
+    with np.errstate(under="ignore", invalid="ignore", over="ignore", divide="ignore"):
         return np.stack([one(v) for v in uf]) if uf.ndim == 3 else one(uf)

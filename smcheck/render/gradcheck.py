@@ -162,6 +162,8 @@ def to_dict(r: GradcheckReport) -> dict[str, Any]:
             "skipped_nonfinite_rows": r.skipped_nonfinite,
             "ignored_rows": r.ignored,
             "cases": dict(r.cases),
+            # only when a loss variant is checked: the plain loss's document is unchanged
+            **({"variant": r.variant.as_json()} if r.variant is not None else {}),
         },
         "probes": {
             "full": r.full,
@@ -253,6 +255,8 @@ def _panel(r: GradcheckReport) -> Panel:
     grid.add_row("input", safe_text(r.source))
     grid.add_row("rows", rows)
     grid.add_row("dtype", f"{r.dtype} (accumulate in {r.accum}, cast {r.cast})")
+    if r.variant is not None:
+        grid.add_row("loss variant", safe_text(r.variant.describe()))
     grid.add_row("probes", _probes_text(r))
     grid.add_row(
         "tolerance",
@@ -381,6 +385,7 @@ def render_markdown(r: GradcheckReport, *, color: bool = False, width: int | Non
         f"{plural(r.classes, 'class')} in "
         f"**{r.dtype}** (accumulate in {r.accum}); {_probes_text(r)}. Tolerance "
         f"`|g - g*| <= {r.atol:g} + {r.rtol:g} |g*|` ({r.tolerance_source}).",
+        *([f"Loss variant: `{md_cell(r.variant.describe())}`."] if r.variant is not None else []),
         "",
         "Truth: " + "; ".join(_truth_lines(r)) + ".",
         "",
