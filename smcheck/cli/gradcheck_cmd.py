@@ -25,6 +25,7 @@ from .options import (
     output_option,
     parse_gate,
     parse_methods,
+    variant_options,
 )
 from .tail import Tail, finish
 
@@ -136,6 +137,7 @@ def _input(
 @dtype_options("the file's float dtype (float32 for text and synthetic input)")
 @methods_option()
 @gate_option()
+@variant_options(smoothing=False)
 @click.option(
     "--atol",
     type=click.FloatRange(min=0),
@@ -206,6 +208,9 @@ def gradcheck_cmd(
     cast_mode: str,
     methods: str,
     gate: str,
+    logit_scale: float,
+    softcap: float | None,
+    z_loss: float,
     atol: float | None,
     rtol: float | None,
     directions: int,
@@ -233,6 +238,9 @@ def gradcheck_cmd(
     fails (or the truth itself disagrees, or no row is checkable), 2 bad input or usage,
     3 internal error.
 
+    --logit-scale, --softcap and --z-loss check the gradient of a loss variant with respect to
+    the original logits (see docs/variants.md).
+
     Example: smcheck gradcheck --dtype float16 --methods all
     """
     x, y, name, cases, dtype = _input(
@@ -253,7 +261,7 @@ def gradcheck_cmd(
         x, y, dtype=dtype, accum=accum, cast=cast_mode, ignore_index=ignore_index,
         methods=run, gate=gated, atol=atol, rtol=rtol, directions=directions, sample=sample,
         full=full, consistency_step=consistency_step, rows=rows, seed=seed, top=top_k,
-        source=name, row_cases=cases,
+        source=name, row_cases=cases, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
     )  # fmt: skip
     finish(
         tail, report, render, to_dict(report), ok=report.ok, identity=lambda: input_identity(x, y),
