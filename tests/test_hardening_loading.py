@@ -7,11 +7,13 @@ disk, and a reader that believed them would allocate the gigabytes they claim.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import subprocess
 import sys
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -351,7 +353,21 @@ def test_npy_truncated_while_eval_reads_it_is_exit_2_not_a_bus_error(tmp_path: P
     cmd += ["--workers", "1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        with open(fifo, "w") as w:  # opens once the CLI has mapped the logits
+        # opens once the CLI has mapped the logits and opened the labels; polled (never a
+        # blocking open, which would wait for ever if the CLI stopped before reading the labels)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the CLI never opened the labels: {proc.communicate()}")
+            time.sleep(0.01)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "w") as w:
             os.truncate(logits, logits.stat().st_size // 2)
             w.write("\n".join(str(i % 64) for i in range(4000)) + "\n")
         out, err = proc.communicate(timeout=60)

@@ -68,18 +68,26 @@ def test_regression_output_to_dev_null_keeps_dev_null_a_device(logits: Path) -> 
 def test_output_to_a_fifo_with_a_reader_is_written_directly(logits: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)
-    got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
-    reader.start()
+    # the read end is open before smcheck runs (non-blocking, so opening does not wait for a
+    # writer): no race with a reader thread that has not reached its open() yet. The report
+    # (a few KiB) fits the pipe's buffer, so smcheck's write never waits for the reading.
+    rd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
         r = _run("eval", str(logits), "-o", str(fifo), "--format", "json")
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(rd, 1 << 16)
+            except BlockingIOError:  # a writer still has it open: smcheck did not close it
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
     finally:
-        if reader.is_alive():  # smcheck failed before opening: unblock the reader
-            with open(fifo, "wb"):
-                pass
-        reader.join(30)
+        os.close(rd)
+    got = b"".join(chunks)
     assert r.exit_code == 0, r.output
-    assert got and got[0].startswith(b"{") and b'"schema": "smcheck.eval/1"' in got[0]
+    assert got.startswith(b"{") and b'"schema": "smcheck.eval/1"' in got
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert _temp_files(tmp_path) == []
 
