@@ -86,6 +86,12 @@ def _many_rows() -> _Case:
     return _case(1024, 16, 256, 5)  # dW sums 1024 rows: accumulation across row chunks shows
 
 
+def _determinism() -> _Case:
+    # 256 rows summed into dW: atomics or a racing split-K reduction reorder float32 sums,
+    # and a different order rounds differently - the bits of dW, db differ between calls
+    return _case(256, 32, 1003, 6)
+
+
 #: name -> (what it provokes, the case).
 LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "odd_vocab": ("V = 1003, no multiple of a chunk: the last partial chunk", _odd_vocab),
@@ -93,7 +99,22 @@ LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "large_norm_hidden": ("hidden states x30: large logits", _large_norm_hidden),
     "large_weight_row": ("one weight row x64", _large_weight_row),
     "many_rows": ("N = 1024 rows: dW, db summed over many row chunks", _many_rows),
+    "determinism": ("two identical calls: identical bits of loss, dh, dW, db", _determinism),
 }
+
+#: Probes that call the kernel twice and compare the two calls' bits.
+_TWICE = frozenset({"determinism"})
+
+
+def _differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> list[str]:
+    """The outputs (loss, dh, dW, db) whose bits differ between two calls."""
+    out = []
+    for label, x, y in zip(("loss", "dh", "dW", "db"), a, b, strict=True):
+        if x is None and y is None:
+            continue
+        if np.asarray(x, np.float64).tobytes() != np.asarray(y, np.float64).tobytes():
+            out.append(label)
+    return out
 
 
 @dataclass(frozen=True)
@@ -236,8 +257,12 @@ def kernel_linear(
             loss_k, _ = default_thresholds(working, "float32", rc.w.shape[0])
             limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3
             detail = ""
+            differ: list[str] = []
             try:
-                got = _errors(_run(fn, rc, dt), ref, working)
+                first = _run(fn, rc, dt)
+                if name in _TWICE:
+                    differ = _differ(first, _run(fn, rc, dt))
+                got = _errors(first, ref, working)
             except Exception as exc:  # the kernel's exception is a finding, not a traceback
                 got = (math.inf,) * 4
                 detail = (
@@ -252,6 +277,9 @@ def kernel_linear(
             ]
             if bad and not detail:
                 detail = "above the gate: " + ", ".join(bad)
+            if differ and not detail:
+                detail = "two identical calls differ in: " + ", ".join(differ)
+            bad += differ
             results.append(
                 LinearProbeResult(
                     name,

@@ -10,7 +10,11 @@ from smcheck.linear_kernel import LINEAR_PROBES, kernel_linear
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from .kernels.linear_kernels import chunked, chunked_bf16_accum  # noqa: E402
+from .kernels.linear_kernels import (  # noqa: E402
+    chunked,
+    chunked_bf16_accum,
+    chunked_nondeterministic,
+)
 
 
 def test_stock_linear_cross_entropy_passes_every_probe() -> None:
@@ -91,3 +95,20 @@ def test_linear_kernel_renderers_escape_the_detail(fmt: str) -> None:
     text = render_kernel(LinearKernelReport("k.py:f", (p,)), fmt)
     assert "\x1b" not in text
     assert "many_rows" in text
+
+
+def test_nondeterministic_kernel_is_caught_by_the_determinism_probe() -> None:
+    r = kernel_linear(chunked_nondeterministic, dtypes=("float32",), probes=("determinism",))
+    (p,) = r.probes
+    assert p.status == "fail", p
+    assert p.detail.startswith("two identical calls differ in: ") and "dW" in p.detail, p.detail
+    # each call alone is accurate: only the bits between calls give it away
+    assert p.grad_weight_err <= 1e-6, p
+
+
+def test_deterministic_kernels_pass_the_determinism_probe() -> None:
+    r = kernel_linear(chunked, dtypes=("bfloat16", "float32"), probes=("determinism",))
+    assert r.ok, r.probes
+    if hasattr(F, "linear_cross_entropy"):
+        s = kernel_linear(F.linear_cross_entropy, dtypes=("float32",), probes=("determinism",))
+        assert s.ok, s.probes
