@@ -33,6 +33,8 @@ from .metrics import default_thresholds, loss_gate_err
 from .precisions import get_precision, round_to
 
 __all__ = [
+    "CHUNK_KEYWORDS",
+    "CHUNK_VALUES",
     "LINEAR_PROBES",
     "STOCK_FACTOR",
     "LinearKernelReport",
@@ -92,6 +94,10 @@ def _determinism() -> _Case:
     return _case(256, 32, 1003, 6)
 
 
+def _chunk_invariance() -> _Case:
+    return _case(256, 32, 1003, 7)  # 256 = 4 * 61 + 12 and 1003 = 16 * 61 + 27: partial tails
+
+
 #: name -> (what it provokes, the case).
 LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "odd_vocab": ("V = 1003, no multiple of a chunk: the last partial chunk", _odd_vocab),
@@ -100,7 +106,24 @@ LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "large_weight_row": ("one weight row x64", _large_weight_row),
     "many_rows": ("N = 1024 rows: dW, db summed over many row chunks", _many_rows),
     "determinism": ("two identical calls: identical bits of loss, dh, dW, db", _determinism),
+    "chunk_invariance": (
+        "the kernel's chunk keyword at 8 and 61: both within the limits",
+        _chunk_invariance,
+    ),  # fmt: skip
 }
+
+#: Keywords through which a kernel exposes its chunking; the first one in its signature is set.
+CHUNK_KEYWORDS = ("chunk_size", "num_chunks", "chunk_vocab", "chunk_rows", "chunk")
+#: The two values ``chunk_invariance`` sets it to: 61 divides neither N nor V of its case.
+CHUNK_VALUES = (8, 61)
+
+
+def _chunk_keyword(fn: Callable[..., Any]) -> str | None:
+    if not _has_signature(fn):
+        return None
+    params = inspect.signature(fn).parameters
+    return next((k for k in CHUNK_KEYWORDS if k in params), None)
+
 
 #: Probes that call the kernel twice and compare the two calls' bits.
 _TWICE = frozenset({"determinism"})
@@ -123,7 +146,7 @@ class LinearProbeResult:
 
     name: str
     dtype: str
-    status: str  # "pass" | "fail"
+    status: str  # "pass" | "fail" | "skip"
     loss_ulps: float
     grad_hidden_err: float
     grad_weight_err: float
@@ -144,7 +167,7 @@ class LinearKernelReport:
 
     @property
     def ok(self) -> bool:
-        return all(p.status == "pass" for p in self.probes)
+        return all(p.status != "fail" for p in self.probes)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -163,7 +186,7 @@ def _stock(h: Any, w: Any, y: Any, *, linear_bias: Any = None, **kw: Any) -> Any
     return F.cross_entropy(F.linear(h, w, linear_bias), y, **kw)
 
 
-def _run(fn: Callable[..., Any], case: _Case, dtype: str) -> tuple[Any, ...]:
+def _run(fn: Callable[..., Any], case: _Case, dtype: str, **extra: Any) -> tuple[Any, ...]:
     """(loss, dh, dW, db) of ``fn`` on fresh tensors, as float64 numpy; raises on misuse."""
     import torch
 
@@ -179,7 +202,7 @@ def _run(fn: Callable[..., Any], case: _Case, dtype: str) -> tuple[Any, ...]:
         kwargs["ignore_index"] = -100
     if b is not None:
         kwargs["linear_bias"] = b
-    loss = fn(h, w, y, **kwargs)
+    loss = fn(h, w, y, **kwargs, **extra)
     loss.backward()
     after = [t.detach() for t in (h, w, y) + (() if b is None else (b,))]
     if any(not torch.equal(a, c) for a, c in zip(after, copies, strict=True)):
@@ -243,7 +266,17 @@ def kernel_linear(
             raise UsageError(f"unknown linear probe {name!r}; expected one of "
                              f"{', '.join(LINEAR_PROBES)}")  # fmt: skip
     results = []
+    chunk_key = _chunk_keyword(fn)
     for name in names:
+        if name == "chunk_invariance" and chunk_key is None:
+            for dt in dtypes:
+                get_precision(dt)
+                results.append(LinearProbeResult(
+                    name, dt, "skip", math.nan, math.nan, math.nan, None, math.nan, math.nan,
+                    math.nan, None, "the kernel has no chunk keyword (" + ", ".join(CHUNK_KEYWORDS)
+                    + ")",
+                ))  # fmt: skip
+            continue
         case = LINEAR_PROBES[name][1]()
         for dt in dtypes:
             working = get_precision(dt)
@@ -258,11 +291,21 @@ def kernel_linear(
             limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3
             detail = ""
             differ: list[str] = []
+            runs: list[tuple[float, ...]] = []
             try:
-                first = _run(fn, rc, dt)
-                if name in _TWICE:
-                    differ = _differ(first, _run(fn, rc, dt))
-                got = _errors(first, ref, working)
+                if name == "chunk_invariance" and chunk_key is not None:
+                    # each chunking alone within the gate: a tail or a chunk-count-dependent
+                    # scale shows at one of the two values
+                    runs = [
+                        _errors(_run(fn, rc, dt, **{chunk_key: c}), ref, working)
+                        for c in CHUNK_VALUES
+                    ]
+                    got = tuple(max(a, b) for a, b in zip(*runs, strict=True))
+                else:
+                    first = _run(fn, rc, dt)
+                    if name in _TWICE:
+                        differ = _differ(first, _run(fn, rc, dt))
+                    got = _errors(first, ref, working)
             except Exception as exc:  # the kernel's exception is a finding, not a traceback
                 got = (math.inf,) * 4
                 detail = (
@@ -277,6 +320,15 @@ def kernel_linear(
             ]
             if bad and not detail:
                 detail = "above the gate: " + ", ".join(bad)
+                if runs:
+                    worst = [
+                        f"{chunk_key}={c}"
+                        for c, r in zip(CHUNK_VALUES, runs, strict=True)
+                        if any(not (e <= lim or e <= STOCK_FACTOR * s_)
+                               for e, s_, lim in zip(r, stock, limits, strict=True)
+                               if not math.isnan(e))
+                    ]  # fmt: skip
+                    detail += " at " + ", ".join(worst)
             if differ and not detail:
                 detail = "two identical calls differ in: " + ", ".join(differ)
             bad += differ
