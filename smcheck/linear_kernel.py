@@ -94,6 +94,15 @@ def _determinism() -> _Case:
     return _case(256, 32, 1003, 6)
 
 
+def _bf16_fp32() -> _Case:
+    # inputs rounded to bfloat16 once: exact in float32 too, so the bfloat16 and the float32 run
+    # see the same values and differ only in the kernel's arithmetic
+    c = _case(64, 64, 1003, 8)
+    bf = get_precision("bfloat16")
+    b = None if c.b is None else _rounded(c.b, bf)
+    return _Case(_rounded(c.h, bf), _rounded(c.w, bf), b, c.y)
+
+
 def _chunk_invariance() -> _Case:
     return _case(256, 32, 1003, 7)  # 256 = 4 * 61 + 12 and 1003 = 16 * 61 + 27: partial tails
 
@@ -106,6 +115,7 @@ LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "large_weight_row": ("one weight row x64", _large_weight_row),
     "many_rows": ("N = 1024 rows: dW, db summed over many row chunks", _many_rows),
     "determinism": ("two identical calls: identical bits of loss, dh, dW, db", _determinism),
+    "bf16_fp32": ("the same bfloat16-exact inputs run in bfloat16 and in float32", _bf16_fp32),
     "chunk_invariance": (
         "the kernel's chunk keyword at 8 and 61: both within the limits",
         _chunk_invariance,

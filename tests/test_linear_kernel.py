@@ -144,3 +144,20 @@ def test_bf16_and_fp32_runs_are_both_reported_and_within_their_limits() -> None:
     bf, f32 = r.probes
     assert (bf.dtype, f32.dtype) == ("bfloat16", "float32") and r.ok, r.probes
     assert f32.grad_weight_err < 1e-5 < bf.grad_weight_err < 2**-7, (bf, f32)
+
+
+def test_bf16_fp32_probe_runs_the_same_values_in_both_dtypes() -> None:
+    import ml_dtypes
+    import numpy as np
+
+    from smcheck.linear_kernel import LINEAR_PROBES
+
+    case = LINEAR_PROBES["bf16_fp32"][1]()
+    for x in (case.h, case.w, case.b):
+        assert np.array_equal(x.astype(ml_dtypes.bfloat16).astype(np.float64), x)
+    r = kernel_linear(chunked, probes=("bf16_fp32",))
+    bf, f32 = r.probes
+    assert (bf.dtype, f32.dtype) == ("bfloat16", "float32") and r.ok, r.probes
+    assert f32.grad_weight_err < 1e-5 < bf.grad_weight_err, (bf, f32)
+    bad = kernel_linear(chunked_bf16_accum, dtypes=("bfloat16",), probes=("bf16_fp32",))
+    assert bad.probes[0].grad_weight_err > bf.grad_weight_err, bad.probes
