@@ -33,6 +33,8 @@ from .metrics import default_thresholds, loss_gate_err
 from .precisions import get_precision, round_to
 
 __all__ = [
+    "CHUNK_KEYWORDS",
+    "CHUNK_VALUES",
     "LINEAR_PROBES",
     "STOCK_FACTOR",
     "LinearKernelReport",
@@ -86,6 +88,25 @@ def _many_rows() -> _Case:
     return _case(1024, 16, 256, 5)  # dW sums 1024 rows: accumulation across row chunks shows
 
 
+def _determinism() -> _Case:
+    # 256 rows summed into dW: atomics or a racing split-K reduction reorder float32 sums,
+    # and a different order rounds differently - the bits of dW, db differ between calls
+    return _case(256, 32, 1003, 6)
+
+
+def _bf16_fp32() -> _Case:
+    # inputs rounded to bfloat16 once: exact in float32 too, so the bfloat16 and the float32 run
+    # see the same values and differ only in the kernel's arithmetic
+    c = _case(64, 64, 1003, 8)
+    bf = get_precision("bfloat16")
+    b = None if c.b is None else _rounded(c.b, bf)
+    return _Case(_rounded(c.h, bf), _rounded(c.w, bf), b, c.y)
+
+
+def _chunk_invariance() -> _Case:
+    return _case(256, 32, 1003, 7)  # 256 = 4 * 61 + 12 and 1003 = 16 * 61 + 27: partial tails
+
+
 #: name -> (what it provokes, the case).
 LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "odd_vocab": ("V = 1003, no multiple of a chunk: the last partial chunk", _odd_vocab),
@@ -93,7 +114,40 @@ LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "large_norm_hidden": ("hidden states x30: large logits", _large_norm_hidden),
     "large_weight_row": ("one weight row x64", _large_weight_row),
     "many_rows": ("N = 1024 rows: dW, db summed over many row chunks", _many_rows),
+    "determinism": ("two identical calls: identical bits of loss, dh, dW, db", _determinism),
+    "bf16_fp32": ("the same bfloat16-exact inputs run in bfloat16 and in float32", _bf16_fp32),
+    "chunk_invariance": (
+        "the kernel's chunk keyword at 8 and 61: both within the limits",
+        _chunk_invariance,
+    ),  # fmt: skip
 }
+
+#: Keywords through which a kernel exposes its chunking; the first one in its signature is set.
+CHUNK_KEYWORDS = ("chunk_size", "num_chunks", "chunk_vocab", "chunk_rows", "chunk")
+#: The two values ``chunk_invariance`` sets it to: 61 divides neither N nor V of its case.
+CHUNK_VALUES = (8, 61)
+
+
+def _chunk_keyword(fn: Callable[..., Any]) -> str | None:
+    if not _has_signature(fn):
+        return None
+    params = inspect.signature(fn).parameters
+    return next((k for k in CHUNK_KEYWORDS if k in params), None)
+
+
+#: Probes that call the kernel twice and compare the two calls' bits.
+_TWICE = frozenset({"determinism"})
+
+
+def _differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> list[str]:
+    """The outputs (loss, dh, dW, db) whose bits differ between two calls."""
+    out = []
+    for label, x, y in zip(("loss", "dh", "dW", "db"), a, b, strict=True):
+        if x is None and y is None:
+            continue
+        if np.asarray(x, np.float64).tobytes() != np.asarray(y, np.float64).tobytes():
+            out.append(label)
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,7 +156,7 @@ class LinearProbeResult:
 
     name: str
     dtype: str
-    status: str  # "pass" | "fail"
+    status: str  # "pass" | "fail" | "skip"
     loss_ulps: float
     grad_hidden_err: float
     grad_weight_err: float
@@ -123,7 +177,7 @@ class LinearKernelReport:
 
     @property
     def ok(self) -> bool:
-        return all(p.status == "pass" for p in self.probes)
+        return all(p.status != "fail" for p in self.probes)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -142,7 +196,7 @@ def _stock(h: Any, w: Any, y: Any, *, linear_bias: Any = None, **kw: Any) -> Any
     return F.cross_entropy(F.linear(h, w, linear_bias), y, **kw)
 
 
-def _run(fn: Callable[..., Any], case: _Case, dtype: str) -> tuple[Any, ...]:
+def _run(fn: Callable[..., Any], case: _Case, dtype: str, **extra: Any) -> tuple[Any, ...]:
     """(loss, dh, dW, db) of ``fn`` on fresh tensors, as float64 numpy; raises on misuse."""
     import torch
 
@@ -158,7 +212,7 @@ def _run(fn: Callable[..., Any], case: _Case, dtype: str) -> tuple[Any, ...]:
         kwargs["ignore_index"] = -100
     if b is not None:
         kwargs["linear_bias"] = b
-    loss = fn(h, w, y, **kwargs)
+    loss = fn(h, w, y, **kwargs, **extra)
     loss.backward()
     after = [t.detach() for t in (h, w, y) + (() if b is None else (b,))]
     if any(not torch.equal(a, c) for a, c in zip(after, copies, strict=True)):
@@ -222,7 +276,17 @@ def kernel_linear(
             raise UsageError(f"unknown linear probe {name!r}; expected one of "
                              f"{', '.join(LINEAR_PROBES)}")  # fmt: skip
     results = []
+    chunk_key = _chunk_keyword(fn)
     for name in names:
+        if name == "chunk_invariance" and chunk_key is None:
+            for dt in dtypes:
+                get_precision(dt)
+                results.append(LinearProbeResult(
+                    name, dt, "skip", math.nan, math.nan, math.nan, None, math.nan, math.nan,
+                    math.nan, None, "the kernel has no chunk keyword (" + ", ".join(CHUNK_KEYWORDS)
+                    + ")",
+                ))  # fmt: skip
+            continue
         case = LINEAR_PROBES[name][1]()
         for dt in dtypes:
             working = get_precision(dt)
@@ -236,8 +300,22 @@ def kernel_linear(
             loss_k, _ = default_thresholds(working, "float32", rc.w.shape[0])
             limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3
             detail = ""
+            differ: list[str] = []
+            runs: list[tuple[float, ...]] = []
             try:
-                got = _errors(_run(fn, rc, dt), ref, working)
+                if name == "chunk_invariance" and chunk_key is not None:
+                    # each chunking alone within the gate: a tail or a chunk-count-dependent
+                    # scale shows at one of the two values
+                    runs = [
+                        _errors(_run(fn, rc, dt, **{chunk_key: c}), ref, working)
+                        for c in CHUNK_VALUES
+                    ]
+                    got = tuple(max(a, b) for a, b in zip(*runs, strict=True))
+                else:
+                    first = _run(fn, rc, dt)
+                    if name in _TWICE:
+                        differ = _differ(first, _run(fn, rc, dt))
+                    got = _errors(first, ref, working)
             except Exception as exc:  # the kernel's exception is a finding, not a traceback
                 got = (math.inf,) * 4
                 detail = (
@@ -252,6 +330,18 @@ def kernel_linear(
             ]
             if bad and not detail:
                 detail = "above the gate: " + ", ".join(bad)
+                if runs:
+                    worst = [
+                        f"{chunk_key}={c}"
+                        for c, r in zip(CHUNK_VALUES, runs, strict=True)
+                        if any(not (e <= lim or e <= STOCK_FACTOR * s_)
+                               for e, s_, lim in zip(r, stock, limits, strict=True)
+                               if not math.isnan(e))
+                    ]  # fmt: skip
+                    detail += " at " + ", ".join(worst)
+            if differ and not detail:
+                detail = "two identical calls differ in: " + ", ".join(differ)
+            bad += differ
             results.append(
                 LinearProbeResult(
                     name,

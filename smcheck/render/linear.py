@@ -258,13 +258,13 @@ def render_kernel(
         out = [
             f"::error title=smcheck kernel::{gh_escape_data(' '.join(_probe_cells(p)))}"
             for p in report.probes
-            if p.status != "pass"
+            if p.status == "fail"
         ]
         return "\n".join([*out, verdict]) + "\n"
     if fmt == "junit":
         from xml.sax.saxutils import escape, quoteattr
 
-        fails = sum(p.status != "pass" for p in report.probes)
+        fails = sum(p.status == "fail" for p in report.probes)
         lines = [
             '<?xml version="1.0" encoding="UTF-8"?>',
             f'<testsuites name="smcheck kernel" tests="{len(report.probes)}" failures="{fails}">',
@@ -275,6 +275,9 @@ def render_kernel(
             head = f"    <testcase classname={quoteattr(p.dtype)} name={quoteattr(p.name)}"
             if p.status == "pass":
                 lines.append(head + "/>")
+            elif p.status == "skip":
+                msg = quoteattr(safe_text(p.detail))
+                lines += [head + ">", f"      <skipped message={msg}/>", "    </testcase>"]
             else:
                 msg = " ".join(_probe_cells(p))
                 lines += [head + ">", f"      <failure message={quoteattr(msg)}>{escape(msg)}"
