@@ -249,6 +249,19 @@ def _open_descriptor(fd: int | None, link: str, dest: str) -> IO[bytes]:
         raise InputError(f"cannot write {_name(dest)}: {_why(exc)}") from None
 
 
+def _destination(
+    path: PathLike, inputs: Sequence[PathLike | None]
+) -> tuple[str, tuple[int | None, str] | None, str, os.stat_result | None]:
+    """``path`` checked against the inputs, then resolved: (the name given, the descriptor to
+    write through or None, where the bytes go, its stat if it exists) - see :func:`_descriptor`
+    and :func:`_target`."""
+    dest = os.fspath(path)
+    check_not_input(dest, inputs)
+    via = _descriptor(dest)
+    real, st = _target(dest) if via is None else (dest, None)
+    return dest, via, real, st
+
+
 def _target(dest: str) -> tuple[str, os.stat_result | None]:
     """Where the bytes go: the symlink's final target (or the path), and its stat if it exists.
 
@@ -337,10 +350,7 @@ def open_output(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
     >>> out.read_text()
     'ok'
     """
-    dest = os.fspath(path)
-    check_not_input(dest, inputs)
-    via = _descriptor(dest)
-    real, st = _target(dest) if via is None else (dest, None)
+    dest, via, real, st = _destination(path, inputs)
     if via is not None or (st is not None and not stat.S_ISREG(st.st_mode)):
         if via is not None:
             fh = _open_descriptor(*via, dest)
@@ -430,10 +440,7 @@ def atomic_path(path: PathLike, *, inputs: Sequence[PathLike | None] = ()) -> It
     >>> out.read_text()
     'ok'
     """
-    dest = os.fspath(path)
-    check_not_input(dest, inputs)
-    via = _descriptor(dest)
-    real, st = _target(dest) if via is None else (dest, None)
+    dest, via, real, st = _destination(path, inputs)
     if via is None and (st is None or stat.S_ISREG(st.st_mode)):
         directory = os.path.dirname(real) or "."
     else:

@@ -12,12 +12,10 @@ from .common import _CELLS_PER_CHUNK, _FLOAT64_EXACT_INT, dims
 from .npy import _Array
 
 
-def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Shape an array into (N, C) logits; returns (logits, original shape)."""
-    a = arr.array
-    where = arr.where
-    shape = tuple(int(d) for d in a.shape)
-    if a.ndim == 0:
+def check_logits_shape(shape: tuple[int, ...], where: str) -> None:
+    """InputError unless ``shape`` can hold logits: at least 1 axis, classes last, no empty axis
+    (every reader's header-only check, before a byte of data is read)."""
+    if not shape:
         raise InputError(
             f"{where}: is a single number (0-d array); expected logits of shape (N, C)"
         )
@@ -29,6 +27,14 @@ def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple
         raise InputError(
             f"{where}: shape {dims(shape)} has 0 rows; expected logits of shape (N, C)"
         )
+
+
+def _logits_from_array(arr: _Array, notes: list[str]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Shape an array into (N, C) logits; returns (logits, original shape)."""
+    a = arr.array
+    where = arr.where
+    shape = tuple(int(d) for d in a.shape)
+    check_logits_shape(shape, where)
     if not a.dtype.isnative:
         # the arithmetic downstream wants native floats; this reads the array into memory
         a = a.astype(a.dtype.newbyteorder("="))

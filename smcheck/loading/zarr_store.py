@@ -19,7 +19,7 @@ from .common import (
     _short,
     dims,
 )
-from .logits import int_logits_note
+from .logits import check_logits_shape, int_logits_note
 from .npy import ShapeCheck
 from .sources import _Source
 from .zarr_guard import GuardedStore, check_store
@@ -269,18 +269,7 @@ def _zarr_logits(
             f"{where}: dtype {x.stored} is not numeric; expected float16/32/64 (or integers)"
         )
     _check_dtype(x.stored, where)
-    if not shape:
-        raise InputError(
-            f"{where}: is a single number (0-d array); expected logits of shape (N, C)"
-        )
-    if shape[-1] == 0:
-        raise InputError(
-            f"{where}: shape {dims(shape)} has 0 classes; expected logits of shape (N, C)"
-        )
-    if math.prod(shape) == 0:
-        raise InputError(
-            f"{where}: shape {dims(shape)} has 0 rows; expected logits of shape (N, C)"
-        )
+    check_logits_shape(tuple(shape), where)
     if not x.stored.isnative:
         notes.append(f"{where}: big-endian {x.stored.name} converted to native byte order")
     if x.stored.kind in "iub":
