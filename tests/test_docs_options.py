@@ -93,3 +93,13 @@ def test_every_option_is_documented_with_its_default(name: str) -> None:
 def test_no_documented_option_is_missing_from_the_command(name: str) -> None:
     documented = {n for names, _ in _table(name) for n in names}
     assert not documented - set(_options(name)), f"docs/{name}.md documents {documented}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_never_shows_python_none(name: str) -> None:
+    """Regression: an unbounded FiniteFloatRange was described by click as ``[x<=None]``
+    in eval's --softcap help; no help text may show a Python ``None``."""
+    from click.testing import CliRunner
+
+    out = CliRunner().invoke(cli, [name, "--help"], terminal_width=100).output
+    assert "None" not in out, out

@@ -236,7 +236,13 @@ class FiniteFloatRange(click.FloatRange):
     """A float range that refuses NaN and inf: ``v > nan`` is always False, so a NaN threshold
     would pass every value and silently switch its check off (and inf likewise)."""
 
-    name = "finite float range"
+    name = "finite float"
+
+    def _describe_range(self) -> str:
+        # click describes an unbounded range as "x<=None"; say nothing more than "finite"
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         rv = super().convert(value, param, ctx)
