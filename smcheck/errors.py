@@ -21,3 +21,13 @@ class InputError(SmcheckError, ValueError):
 
 class UsageError(SmcheckError, ValueError):
     """A bad combination of options or arguments (unknown dtype, method, format...)."""
+
+
+def dims(shape: tuple[int, ...]) -> str:
+    """A shape as messages write it, like the report's ``4 x 32 x 512`` (no Python tuple:
+    ``(5,)`` reads as code, not as a size).
+
+    >>> dims((4, 32, 512)), dims((5,)), dims(())
+    ('4 x 32 x 512', '5', '0-d')
+    """
+    return " x ".join(str(int(d)) for d in shape) if len(shape) else "0-d"

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from .core import get_method
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, dims
 from .frameworks import FRAMEWORK_METHODS
 from .gradcheck_probes import (
     DEFAULT_TOLERANCES,
@@ -400,7 +400,8 @@ def _check_methods(
             g0 = np.asarray(given[name])
             if g0.shape != sel.first.x.shape:
                 raise InputError(
-                    f"gradient {name!r} has shape {g0.shape}, expected {sel.first.x.shape}"
+                    f"gradient {name!r} has shape {dims(g0.shape)},"
+                    f" expected {dims(sel.first.x.shape)}"
                 )
             loss0, grad = None, g0[sel.row_ids]
         else:

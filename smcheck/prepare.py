@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, dims
 from .precisions import (
     PRECISIONS,
     CastReport,
@@ -150,7 +150,7 @@ def check_labels(
     """
     lab = np.asarray(labels)
     if lab.ndim != 1 or lab.shape[0] != n:
-        raise InputError(f"labels have shape {lab.shape}, expected ({n},) for {n} rows")
+        raise InputError(f"labels have shape {dims(lab.shape)}, expected {n} (one per row)")
     out, row = class_indices(lab, c, ignore_index)
     if row is not None:
         raise InputError(
@@ -164,7 +164,7 @@ def _check_soft(labels: Any, n: int, c: int, row_offset: int) -> np.ndarray:
     """Soft targets (N, C) as float64: probabilities, finite and non-negative."""
     soft = np.asarray(labels, dtype=np.float64)
     if soft.shape != (n, c):
-        raise InputError(f"soft targets have shape {soft.shape}, expected ({n}, {c})")
+        raise InputError(f"soft targets have shape {dims(soft.shape)}, expected {n} x {c}")
     bad = ~np.isfinite(soft) | (soft < 0)
     if bad.any():
         row = int(np.argmax(bad.any(axis=1))) + row_offset
@@ -215,7 +215,7 @@ def _as_rows(logits: Any, name: str | None) -> tuple[Any, tuple[int, ...]]:
             x = x.reshape(-1, x.shape[-1])
     if x.ndim != 2 or x.shape[1] == 0:
         raise InputError(
-            f"{where}logits must have a class axis of length >= 1, got shape {tuple(x.shape)}"
+            f"{where}logits must have a class axis of length >= 1, got shape {dims(x.shape)}"
         )
     return x, shape
 
@@ -372,8 +372,12 @@ def _check_loss_options(
     if weight is None:
         return None
     w = np.asarray(weight, dtype=np.float64)
-    if w.shape != (c,) or not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise InputError(f"weight must be {c} finite non-negative numbers, got shape {w.shape}")
+    if w.shape != (c,):
+        raise InputError(f"weight must be {c} numbers (one per class), got shape {dims(w.shape)}")
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputError(f"weight[{k}] is {float(w[k])!r}: class weights must be finite and >= 0")
     return w
 
 

@@ -59,7 +59,7 @@ import numpy as np
 
 from . import metrics
 from .core import get_method, reference_of, run_method
-from .errors import InputError
+from .errors import InputError, dims
 from .kernel import assert_kernel as assert_kernel  # re-exported: smcheck.testing.assert_kernel
 from .metrics import loss_gate_err
 from .options import renamed_keywords
@@ -483,10 +483,10 @@ def assert_matches_reference(
     n, c = ci.rows, ci.classes
     lv = np.asarray(loss)
     if lv.shape != (n,):
-        raise InputError(f"loss has shape {lv.shape}, expected ({n},): one value per row")
+        raise InputError(f"loss has shape {dims(lv.shape)}, expected {n}: one value per row")
     gv = None if grad is None else np.asarray(grad)
     if gv is not None and gv.shape != (n, c):
-        raise InputError(f"grad has shape {gv.shape}, expected ({n}, {c}) like the logits")
+        raise InputError(f"grad has shape {dims(gv.shape)}, expected {n} x {c} like the logits")
     lim_loss, lim_grad = _limits(ci, given["max_loss_ulp"], max_grad_err)
     checks = _new_checks(["kernel"], lim_loss, lim_grad, with_grad=gv is not None)
     checked = 0

@@ -166,6 +166,32 @@ def test_messages_show_numbers_and_shapes_not_python_reprs_bug(tmp_path: Path) -
     assert "(0,)" not in err
 
 
+def test_library_messages_show_shapes_as_sizes_not_tuples_bug() -> None:
+    """The API's own checks (labels, soft targets, class weights, testing's loss/grad) wrote
+    ``(3,)`` and ``(2, 3)``; and a class weight of the right shape but negative was reported as
+    a wrong shape."""
+    from smcheck import cross_entropy
+    from smcheck.testing import assert_matches_reference
+
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(InputError) as exc:
+        cross_entropy(x, np.zeros(3, np.int64))
+    assert "labels have shape 3, expected 2 (one per row)" in str(exc.value)
+    with pytest.raises(InputError) as exc:
+        cross_entropy(x, np.array([0, 1]), weight=np.array([1.0, -2.0, 1.0]))
+    assert str(exc.value) == "weight[1] is -2.0: class weights must be finite and >= 0"
+    with pytest.raises(InputError) as exc:
+        cross_entropy(x, np.array([0, 1]), weight=np.ones(4))
+    assert "got shape 4" in str(exc.value)
+    y = np.array([0, 1])
+    with pytest.raises(InputError) as exc:
+        assert_matches_reference(np.zeros((2, 2)), x, y, dtype="float32")
+    assert "loss has shape 2 x 2, expected 2: one value per row" in str(exc.value)
+    with pytest.raises(InputError) as exc:
+        assert_matches_reference(np.zeros(2), x, y, dtype="float32", grad=np.zeros((2, 2)))
+    assert "grad has shape 2 x 2, expected 2 x 3 like the logits" in str(exc.value)
+
+
 def test_integer_logits_note_agrees_with_the_dtype_shown_bug(tmp_path: Path) -> None:
     np.save(tmp_path / "i.npy", np.arange(6, dtype=np.int16).reshape(2, 3))
     code, out, err = run("eval", str(tmp_path / "i.npy"), "-f", "json")

@@ -80,11 +80,11 @@ def test_leading_axes_are_rows_and_shape_errors_name_the_file() -> None:
     ci = check_input(np.zeros((2, 3, 5), np.float32), np.zeros(6, np.int64))
     assert (ci.rows, ci.classes, ci.original_shape) == (6, 5, (2, 3, 5))
     assert check_input(np.zeros(4)).x.shape == (1, 4)  # one axis: one row
-    with pytest.raises(InputError, match=r"^z\.npy: logits must have a class axis .* \(3, 0\)"):
+    with pytest.raises(InputError, match=r"^z\.npy: logits must have a class axis .* shape 3 x 0$"):
         check_input(np.zeros((3, 0)), names=("z.npy", None))
-    with pytest.raises(InputError, match=r"^y\.npy: labels have shape \(2,\), expected \(3,\)"):
+    with pytest.raises(InputError, match=r"^y\.npy: labels have shape 2, expected 3 "):
         check_input(np.zeros((3, 4)), np.zeros(2, np.int64), names=("z.npy", "y.npy"))
-    with pytest.raises(InputError, match=r"labels have shape \(3, 4\)"):
+    with pytest.raises(InputError, match=r"labels have shape 3 x 4,"):
         check_input(np.zeros((3, 4)), np.zeros((3, 4)), soft=False)  # no soft targets here
     assert check_input(np.zeros((3, 4)), np.full((3, 4), 0.25)).soft_targets is not None
     with pytest.raises(UsageError, match="labels are required"):

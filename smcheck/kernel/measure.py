@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import dims
 from ._base import WORST_ROWS, Precision, Prepared, loss_gate_err, reference_of
 from .frameworks import _Outcome
 from .report import WorstRow
@@ -114,13 +115,14 @@ def _measure(
                 worst.append(WorstRow(-1, -1, value, exact, loss_ulp))
         scale = np.full(n, 1.0 / denominator if denominator else 1.0)
     else:
-        return _Measure(math.inf, None, (f"loss has shape {out.loss.shape}, expected () or "
-                                         f"({n},)",), ())  # fmt: skip
+        want = f"a scalar or {n} values (one per row)"
+        problem = f"loss has shape {dims(out.loss.shape)}, expected {want}"
+        return _Measure(math.inf, None, (problem,), ())
     grad_err = None
     if out.grad is not None:
         g = out.grad
         if g.shape != (n, c):
-            problems.append(f"gradient has shape {g.shape}, expected {(n, c)}")
+            problems.append(f"gradient has shape {dims(g.shape)}, expected {n} x {c}")
         else:
             with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
                 d = np.abs(g / scale[:, None] - truth.grad)

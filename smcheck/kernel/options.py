@@ -58,4 +58,5 @@ class KernelOptions:
         if self.rows is not None and self.rows < 1:
             raise UsageError(f"rows must be positive, got {self.rows}")
         if self.vocab is not None and (not self.vocab or any(v < 2 for v in self.vocab)):
-            raise UsageError(f"vocabulary sizes must be at least 2, got {tuple(self.vocab)}")
+            got = ", ".join(map(str, self.vocab)) or "none"
+            raise UsageError(f"vocabulary sizes must be at least 2, got {got}")

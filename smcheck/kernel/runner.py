@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import dims
 from ._base import (
     DEFAULT_DTYPES,
     DEFAULT_VOCAB,
@@ -154,7 +155,7 @@ class _Runner:
         m = _measure(out, truth, reduction, cot if self.fw.cotangent else None, pad)
         if "reduction" in opts and (reduction == "none") != (out.loss.shape == (n,)):
             # a kernel that ignores the keyword it declares would pass the wrong comparison
-            wrong = f"reduction={reduction!r} gave a loss of shape {out.loss.shape}"
+            wrong = f"reduction={reduction!r} gave a loss of shape {dims(out.loss.shape)}"
             m = replace(m, problems=(*m.problems, wrong))
         s = None
         # a variant's probe compares with the framework's variant stock (torch), if any

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, dims  # noqa: F401  (dims: re-exported for the readers)
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
@@ -43,16 +43,6 @@ ROW_BYTES_PER_CLASS_LABEL_FREE = 320
 _CELLS_PER_CHUNK = 1 << 24
 # integers above 2**53 are not all exactly representable in float64
 _FLOAT64_EXACT_INT = 2**53
-
-
-def dims(shape: tuple[int, ...]) -> str:
-    """A shape as messages write it, like the report's ``4 x 32 x 512`` (no Python tuple:
-    ``(5,)`` reads as code, not as a size).
-
-    >>> dims((4, 32, 512)), dims((5,)), dims(())
-    ('4 x 32 x 512', '5', '0-d')
-    """
-    return " x ".join(str(int(d)) for d in shape) if len(shape) else "0-d"
 
 
 def _reason(exc: BaseException) -> str:
