@@ -56,10 +56,30 @@ def memory_limit() -> int:
 
 
 def _bytes(n: float) -> str:
+    if n >= 2**60:  # a Python int past float's range would raise OverflowError in :.3g
+        return f"{_count(n)} bytes"
     for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n / 1024:.3g} KiB"
+
+
+def _count(n: int | float) -> str:
+    """A count as a message writes it: exact up to 12 digits, else 3 significant digits - also
+    for a Python int of 400 digits (``f"{n:.3g}"`` raises OverflowError past 1.8e308).
+
+    >>> _count(4096), _count(10**15), _count(10**400 - 1)
+    ('4096', '1e+15', '1e+400')
+    """
+    if n < 10**12:
+        return str(n)
+    if n < 10**300:
+        return f"{n:.3g}"
+    digits = str(int(n))
+    lead = round(int(digits[:4]) / 1000, 2)  # 9.999 -> 10.0: carry into the exponent
+    exp = len(digits) - 1 + (lead >= 10)
+    lead = lead / 10 if lead >= 10 else lead
+    return f"{lead:g}e+{exp}"
 
 
 def check_size(
@@ -78,7 +98,8 @@ def check_size(
     limit = memory_limit()
     if need > limit:
         raise UsageError(
-            f"{what}: --rows {rows} x {classes_flag} {classes} = {rows * classes:.3g} logits "
+            f"{what}: --rows {_count(rows)} x {classes_flag} {_count(classes)}"
+            f" = {_count(rows * classes)} logits "
             f"need about {_bytes(need)}, more than this machine's {_bytes(limit)} of memory"
         )
 

@@ -118,3 +118,19 @@ def test_regression_http_server_as_scheduler_is_not_out_of_memory(logits: Path) 
 def test_regression_sweep_max_bits_inf_is_a_usage_error() -> None:
     """--max-bits inf was accepted and the JSON report then failed as exit 3."""
     _usage_error(_run("sweep", "--max-bits", "inf"), "--max-bits", "not a finite number")
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["gradcheck", "--rows"], "--rows 1e+400"),
+        (["gradcheck", "--classes"], "--classes 1e+400"),
+        (["kernel", "torch.nn.functional:cross_entropy", "--vocab"], "--vocab 1e+400"),
+    ],
+)
+def test_regression_400_digit_sizes_are_usage_errors_not_overflow(
+    command: list[str], flag: str
+) -> None:
+    """A 400-digit --rows/--vocab passed click's integer check and then raised OverflowError
+    (exit 3) when the size check formatted rows * classes as a float."""
+    _usage_error(_run(*command, "9" * 400), flag, "more than this machine's")
