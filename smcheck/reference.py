@@ -33,11 +33,22 @@ Rows whose input holds NaN or +inf give NaN; -inf logits are masked classes (pro
 a row of only -inf gives NaN, and a label on a -inf logit gives loss +inf.
 
 Loss variants (:mod:`smcheck.variants`: logit scale s, softcap c, z-loss lambda) are computed
-in binary128 for every working dtype (:func:`_variant_core`): the capped logits c tanh(s z / c)
-are no longer values of the working dtype, so the exact-shift argument above does not hold
-for them; 113 bits keep every step's error near 2**-112 relative to |z''| <= 1e4, far under
-eps(float64) * 2**-20. The chain factor 1 - tanh(u)**2 is computed as
-4 e^{-2|u|} / (1 + e^{-2|u|})**2, which has no cancellation where tanh saturates (|u| > 40).
+by :func:`_variant_core` in one of two arithmetics (:func:`variant_arithmetic`):
+
+* float64, for working dtypes of at most 24 bits when the cap allows it: s z is exact in float64
+  (two values of <= 24 bits), every shift is exact (TwoSum on every row: the capped logits have
+  53 bits), and what is left is the capped logits' own rounding - u = s z / c rounds once, tanh
+  and c tanh add a few ulps of |c tanh| <= c - so each logit difference is off by at most about
+  18 * 2**-53 * c absolute, which bounds a row's loss error relative to the loss (the loss is
+  at least the largest term's difference or log 2; a confident row's loss ~ sum exp(d_j) carries
+  the differences' absolute error as a relative one). That meets eps(working) * 2**-20 for
+  every cap up to c = 56.9 in float32 (Gemma's 30 and 50), 4.7e5 in float16, 3.7e6 in
+  bfloat16, and for any scale or z-loss without a cap;
+* binary128 otherwise (float64 work, larger caps): 113 bits keep every step's error near
+  2**-112 relative to |z''| <= 1e4, far under eps(float64) * 2**-20.
+
+The chain factor 1 - tanh(u)**2 is computed as 4 e^{-2|u|} / (1 + e^{-2|u|})**2, which has no
+cancellation where tanh saturates. Both arithmetics are tested against mpmath at 60 digits.
 """
 
 from __future__ import annotations
@@ -116,9 +127,36 @@ class ReferenceOutput:
 
 def reference_precision_name(working: Precision, variant: Variant | None = None) -> str:
     """Which arithmetic the reference uses for this working dtype (and loss variant)."""
-    if working.mantissa_bits > 24 or (variant is not None and variant.changes_values):
+    if working.mantissa_bits > 24:
         return "binary128 (numpy-quaddtype)"
+    if variant is not None and variant.changes_values:
+        return variant_arithmetic(working, variant)
     return "float64 with exact shifts (TwoSum)"
+
+
+#: Absolute error of a capped logits difference in float64, in units of 2**-53 * c (see the
+#: module docstring): u = s z / c (1), tanh (<= 4, libm or numpy's SIMD tanh), c * tanh (1),
+#: both sides of the difference (x 2), the propagated error of u (c sech^2(u) |u| <= 0.45 c),
+#: doubled for margin.
+_CAP_ULPS = 18
+
+
+def variant_arithmetic(working: Precision, variant: Variant) -> str:
+    """The arithmetic of a variant's reference: float64 where its error bound (module
+    docstring) meets eps(working) * 2**-20, else binary128.
+
+    >>> from smcheck.precisions import get_precision
+    >>> variant_arithmetic(get_precision("float32"), Variant(softcap=30.0))
+    'float64 with exact shifts (TwoSum)'
+    >>> variant_arithmetic(get_precision("float32"), Variant(softcap=100.0))
+    'binary128 (numpy-quaddtype)'
+    """
+    if working.mantissa_bits > 24:
+        return "binary128 (numpy-quaddtype)"
+    cap = variant.softcap
+    if cap is None or _CAP_ULPS * cap * 2.0**-53 <= working.eps * 2.0**-20:
+        return "float64 with exact shifts (TwoSum)"
+    return "binary128 (numpy-quaddtype)"
 
 
 def _two_diff_residual(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -376,12 +414,13 @@ def _variant_core(
     variant: Variant,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
     """Loss, gradient (w.r.t. the original logits), prob, prob_rest and the z-loss term of the
-    variant, all in binary128 (``zq``, ``cq`` binary128; constants rounded by the caller).
+    variant, all in ``zq``'s dtype: binary128, or float64 (``cq`` the same; constants rounded
+    by the caller; see :func:`variant_arithmetic` for when float64 is enough).
 
-    s z is exact in binary128 (53 + 53 bits); u = s z / c and tanh(u) round once each (2**-113
-    relative), the rest as in :func:`_core`. The z-loss term lambda lse**2 uses
-    lse = m + log1p(s') (s' = sum over j != argmax of exp(z_j - m)), and adds
-    2 lambda lse p_j to the gradient.
+    s z is exact in binary128 (53 + 53 bits) and in float64 for values of <= 24 bits; u = s z / c
+    and tanh(u) round once each, the rest as in :func:`_core` (with TwoSum shifts on every row in
+    float64). The z-loss term lambda lse**2 uses lse = m + log1p(s') (s' = sum over j != argmax
+    of exp(z_j - m)), and adds 2 lambda lse p_j to the gradient.
     """
     q = zq.dtype
     s = np.asarray(variant.logit_scale, dtype=np.float64).astype(q)
@@ -392,7 +431,8 @@ def _variant_core(
         u = z / c
         z = c * np.tanh(u)
         chain = _sech2(u)
-    loss, grad, prob, prob_rest = _core(z, y, coeff=cq, keep_prob=True)
+    twosum = np.arange(z.shape[0]) if z.dtype == np.float64 else None
+    loss, grad, prob, prob_rest = _core(z, y, twosum, coeff=cq, keep_prob=True)
     zl = None
     if variant.z_loss != 0.0:
         lam = np.asarray(variant.z_loss, dtype=np.float64).astype(q)
@@ -422,12 +462,18 @@ def _variant_reference(
     coeff: np.ndarray | None,
     variant: Variant,
 ) -> ReferenceOutput:
-    """:func:`reference_block` for a variant that changes values: binary128 for every working
-    dtype (see the module docstring); the low parts are returned for float64 work only."""
+    """:func:`reference_block` for a variant that changes values, in the arithmetic
+    :func:`variant_arithmetic` names; the low parts are returned for float64 work only."""
+    name = reference_precision_name(working, variant)
+    if name.startswith("float64"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+            z64 = np.asarray(x).astype(np.float64)
+            c64 = None if coeff is None else np.asarray(coeff).astype(np.float64)
+            loss64, grad64, prob64, rest64, zl64 = _variant_core(z64, y, c64, variant)
+        return ReferenceOutput(loss64, None, grad64, None, prob64, rest64, name, z_loss=zl64)
     quad = quad_dtype()
     if quad is None:  # pragma: no cover
         raise RuntimeError("numpy-quaddtype is required for a loss variant's reference")
-    name = reference_precision_name(working, variant)
     # NaN/+inf rows and all -inf rows give NaN by definition (inf - inf); that is not noise
     with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
         zq = np.asarray(x).astype(np.float64).astype(quad)

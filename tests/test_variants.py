@@ -470,3 +470,34 @@ def test_variant_config_keys_come_from_the_flags(tmp_path) -> None:
     assert json.loads(r.stdout)["input"]["variant"] == {
         "softcap": 30.0, "z_loss": float(np.float32(1e-4)), "smoothing_convention": "megatron"
     }  # fmt: skip
+
+
+def test_variant_reference_runs_in_float64_where_that_meets_the_bound_bug() -> None:
+    """The variant reference ran in binary128 for every working dtype (eval 256 x 32000 with
+    --z-loss: 17.5 s against 1.5 s plain). float64 now carries it where its error bound
+    (18 * 2**-53 * c per logit difference) meets eps * 2**-20: caps up to 56.9 in float32."""
+    from smcheck.reference import variant_arithmetic
+    from smcheck.variants import Variant
+
+    f64, quad = "float64 with exact shifts (TwoSum)", "binary128 (numpy-quaddtype)"
+    assert variant_arithmetic(PRECISIONS["float32"], Variant(z_loss=1e-4)) == f64
+    assert variant_arithmetic(PRECISIONS["float32"], Variant(logit_scale=0.125)) == f64
+    assert variant_arithmetic(PRECISIONS["float32"], Variant(softcap=56.0)) == f64
+    assert variant_arithmetic(PRECISIONS["float32"], Variant(softcap=57.0)) == quad
+    assert variant_arithmetic(PRECISIONS["bfloat16"], Variant(softcap=1e6)) == f64
+    assert variant_arithmetic(PRECISIONS["float64"], Variant(z_loss=1e-4)) == quad
+
+
+@pytest.mark.parametrize("cap", [56.0, 57.0, 1000.0])
+def test_reference_at_the_float64_cap_limit_and_past_it_matches_mpmath(cap: float) -> None:
+    # the largest float32 cap float64 carries (56) and the first past it (binary128): saturated
+    # and confident rows, where each capped logit's rounding (~c * 2**-53) is the loss's error
+    rng = np.random.default_rng(56)
+    rows = [(np.array([1e4, -1e4, 9000.0, 55.0, 0.0, -60.0]), y) for y in range(6)]
+    for _ in range(6):
+        z = rng.standard_normal(7) * 200.0
+        z[0] = np.abs(z).max() + 300.0  # a confident row: the loss is sum exp(d_j)
+        rows += [(z, 0), (z, 4)]
+    for z, y in rows:
+        _check("float32", z, y, cap=cap)
+        _check("float32", z, y, cap=cap, lam=1e-4, scale=0.5, eps=0.1)
