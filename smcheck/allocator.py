@@ -12,7 +12,7 @@ arrays are alive at once); freed memory is only handed back at exit.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import os
 import sys
 
 __all__ = ["keep_freed_memory"]
@@ -29,12 +29,17 @@ def keep_freed_memory() -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
-    if not name:
+    try:
+        # glibc names itself here; musl and others have no such string (mallopt differs there)
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+    except (ValueError, OSError):
         return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # dlopen(NULL): the running program's own symbols, glibc's among them. Not
+        # ctypes.util.find_library, which runs ldconfig and, failing that, whatever gcc or cc
+        # is first on PATH - smcheck runs as root in CI containers and starts no programs
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
