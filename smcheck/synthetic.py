@@ -65,13 +65,13 @@ def _bytes(n: float) -> str:
 
 
 def _count(n: int | float) -> str:
-    """A count as a message writes it: exact up to 12 digits, else 3 significant digits - also
+    """A count as a message writes it: exact up to 15 digits, else 3 significant digits - also
     for a Python int of 400 digits (``f"{n:.3g}"`` raises OverflowError past 1.8e308).
 
     >>> _count(4096), _count(10**15), _count(10**400 - 1)
     ('4096', '1e+15', '1e+400')
     """
-    if n < 10**12:
+    if n < 10**15:
         return str(n)
     if n < 10**300:
         return f"{n:.3g}"
