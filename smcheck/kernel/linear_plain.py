@@ -1,0 +1,79 @@
+"""A fused linear cross-entropy kernel seen as a plain cross-entropy kernel, exactly.
+
+``smcheck kernel --linear`` must run a linear kernel (the signature of
+``torch.nn.functional.linear_cross_entropy``) through the plain probe suite too: overflowing
+and confident rows, ignored labels, reductions, smoothing, determinism. Those probes hand a
+kernel logits z (N, C). A linear kernel computes z = h Wᵀ itself, so :func:`as_plain` feeds it
+an embedding whose product is z *exactly*, in any working dtype and any accumulation:
+
+* C <= N: h = z, W = I_C (D = C). Each z_ij = sum_k h_ik W_jk has one nonzero product,
+  z_ij * 1, so the kernel's matmul returns z bit for bit (a float32 or a bfloat16
+  accumulator adds only zeros to it), and dL/dz = dL/dh = G W = G, again one product per entry.
+* C > N: h = I_N, W = zᵀ (D = N): z = I zᵀᵀ, and dL/dz = (dL/dW)ᵀ = (Gᵀ I)ᵀ - dW of each
+  class collects G_ij from row i alone, so a kernel that sums dW across row chunks in bfloat16
+  adds zeros and stays exact.
+
+So every difference the plain probes measure is the kernel's softmax and loss, not its matmul
+(which the linear probes judge). The identity is min(N, C)² values: the probes use about 2**19
+logits, so at most 2**19 more. torch only, like the linear probes.
+
+>>> import torch
+>>> from torch.nn.functional import linear_cross_entropy
+>>> z = torch.tensor([[3.0, -1.0, 0.5]], requires_grad=True)
+>>> plain = as_plain(linear_cross_entropy)
+>>> loss = plain(z, torch.tensor([0]), reduction="sum")
+>>> loss.backward()
+>>> bool(loss == torch.nn.functional.cross_entropy(z.detach(), torch.tensor([0]), reduction="sum"))
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["as_plain"]
+
+#: Keywords of a linear kernel that have no meaning for plain logits (the bias is zero: W = I
+#: or W = zᵀ carries every value; a chunking ``options`` object is the kernel's own business).
+_LINEAR_ONLY = ("linear_bias",)
+
+
+def as_plain(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The plain kernel ``plain(logits, target, **options)`` computed by the linear kernel
+    ``fn(input, linear_weight, target, **options)`` through an exact embedding (module
+    docstring). Its signature lists ``fn``'s keyword options (so the probe runner passes only
+    those ``fn`` accepts), without ``linear_bias``."""
+
+    def plain(logits: Any, target: Any, **options: Any) -> Any:
+        import torch
+
+        n, c = logits.shape
+        if c <= n:
+            eye = torch.eye(c, dtype=logits.dtype, device=logits.device)
+            return fn(logits, eye, target, **options)
+        eye = torch.eye(n, dtype=logits.dtype, device=logits.device)
+        # a transposed view: the gradient flows back to the logits through it; contiguous
+        # because a kernel may (rightly) ask for a row-major weight
+        return fn(eye, logits.t().contiguous(), target, **options)
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return plain  # no signature: the runner passes every option (as for **kwargs)
+    params = list(sig.parameters.values())
+    keywords = [
+        p
+        if p.kind is inspect.Parameter.VAR_KEYWORD
+        else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in params[3:]
+        if p.name not in _LINEAR_ONLY and p.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    positional = [
+        inspect.Parameter("logits", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ]
+    plain.__signature__ = sig.replace(parameters=positional + keywords)  # type: ignore[attr-defined]
+    plain.__name__ = f"as_plain({getattr(fn, '__name__', 'kernel')})"
+    return plain

@@ -1,0 +1,91 @@
+"""A linear kernel through the plain probe suite (smcheck.kernel.linear_plain.as_plain).
+
+The embedding must hand the linear kernel's matmul the logits bit for bit and bring the
+logits' gradient back bit for bit, in float32 and bfloat16 and on both sides of C = N; a
+linear kernel that forgets the max shift is caught by the plain probes, where
+F.linear_cross_entropy passes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from smcheck.kernel.linear_plain import as_plain  # noqa: E402
+from smcheck.kernel.runner import kernel  # noqa: E402
+
+F = torch.nn.functional
+
+
+def _logits_kernel(seen: list[Any]) -> Any:
+    """A 'linear kernel' that records the logits its matmul made and returns <coef, z>."""
+
+    def fn(input: Any, linear_weight: Any, target: Any, *, reduction: str = "mean") -> Any:
+        z = input @ linear_weight.T
+        seen.append(z.detach().clone())
+        coef = torch.arange(1, z.numel() + 1, dtype=torch.float32).reshape(z.shape) / 64
+        return (z.float() * coef).sum()
+
+    return fn
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("n", "c"), [(64, 10), (8, 100), (16, 16)])
+def test_embedding_gives_the_logits_and_their_gradient_bit_for_bit(
+    dtype: str, n: int, c: int
+) -> None:
+    rng = np.random.default_rng(n * c)
+    z0 = torch.from_numpy(rng.standard_normal((n, c)) * 30).to(getattr(torch, dtype))
+    z = z0.clone().requires_grad_(True)
+    seen: list[Any] = []
+    plain = as_plain(_logits_kernel(seen))
+    plain(z, torch.zeros(n, dtype=torch.int64)).backward()
+    assert torch.equal(seen[0], z0)  # 1 * z_ij plus zeros: exact in any accumulation
+    want = torch.arange(1, n * c + 1, dtype=torch.float32).reshape(n, c) / 64
+    assert z.grad is not None
+    assert torch.equal(z.grad.float(), want.to(z.dtype).float())
+
+
+def test_signature_lists_the_linear_kernels_options_without_the_bias() -> None:
+    sig = inspect.signature(as_plain(F.linear_cross_entropy))
+    names = list(sig.parameters)
+    assert names[:2] == ["logits", "target"]
+    assert "linear_bias" not in names
+    assert {"reduction", "ignore_index", "label_smoothing", "weight"} <= set(names)
+
+
+def unshifted(
+    input: Any, linear_weight: Any, target: Any, *, linear_bias: Any = None,
+    reduction: str = "mean", ignore_index: int = -100,
+) -> Any:  # fmt: skip
+    """The bug: log(sum(exp(z))) without the max shift - exp overflows past z ~ 88."""
+    z = (input @ linear_weight.T).float()
+    if linear_bias is not None:
+        z = z + linear_bias.float()
+    keep = target != ignore_index
+    safe = torch.where(keep, target, 0)
+    nll = torch.log(torch.exp(z).sum(1)) - z.gather(1, safe[:, None])[:, 0]
+    nll = torch.where(keep, nll, 0.0)
+    if reduction == "none":
+        return nll.to(input.dtype)
+    total = nll.sum()
+    return (total / keep.sum() if reduction == "mean" else total).to(input.dtype)
+
+
+PROBES = "random,offset,confident"
+
+
+def test_unshifted_linear_kernel_is_caught_by_the_plain_probes() -> None:
+    bad = kernel(as_plain(unshifted), framework="torch", probes=PROBES, vocab=(1000,),
+                 dtypes=("float32",))  # fmt: skip
+    # logits up to 32 sigma, margins up to 100, a common offset: exp overflows in each
+    assert {p.name: p.status for p in bad.probes} == dict.fromkeys(PROBES.split(","), "fail")
+    assert all("non-finite loss" in p.detail for p in bad.probes)
+    good = kernel(as_plain(F.linear_cross_entropy), framework="torch", probes=PROBES,
+                  vocab=(1000,), dtypes=("float32",))  # fmt: skip
+    assert good.ok, [(p.name, p.detail) for p in good.probes if p.status != "pass"]
