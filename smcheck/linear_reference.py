@@ -429,13 +429,16 @@ def reference_linear(
 
     # pass 1: per row the online shift, s_excl = sum_{j != y} exp(d_j), z_y, smoothing sums
     rs = RowStats(rm, n)
+    hbuf = np.empty((min(n, block_rows), d))  # h's block in float64, filled in place
     for r0 in range(0, n, block_rows):
         rows = slice(r0, min(n, r0 + block_rows))
-        h_blk = h[rows].astype(np.float64)
+        h_blk = hbuf[: rows.stop - r0]
+        h_blk[...] = h[rows]
         for c0 in range(0, v, block_vocab):
             cols = slice(c0, min(v, c0 + block_vocab))
             hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols)
             rs.add_block(rows, hi, lo, *label_cols(rows, cols))
+            del hi, lo
     rs.finish(ignored)
     ft = rm.ft
     c_row = np.zeros(n, dtype=ft)
@@ -465,18 +468,24 @@ def reference_linear(
     dw_lo = np.empty((v, d)) if wide else None
     db = np.empty(v) if b32 is not None else None
     db_lo_out = np.empty(v) if wide and b32 is not None else None
-    scratch: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+    # scratch for the in-place double-double sums, a slab of rows at a time: two (64, D)
+    # float64 arrays (0.5 MiB at D = 1024) instead of two more (512, D) blocks (8 MiB)
+    slab = 64
+    t1, t2 = np.empty((slab, d)), np.empty((slab, d))
     dwl_buf: np.ndarray | None = None
+    wbuf = np.empty((min(v, block_vocab), d))  # W's block in float64, filled in place
 
     def acc(ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None) -> None:
-        if bh.shape not in scratch:
-            scratch[bh.shape] = (np.empty(bh.shape), np.empty(bh.shape))
-        _dd_acc(ah, al, bh, bl, *scratch[bh.shape])
+        for i in range(0, bh.shape[0], slab):
+            j = min(bh.shape[0], i + slab)
+            bl_s = None if bl is None else bl[i:j]
+            _dd_acc(ah[i:j], al[i:j], bh[i:j], bl_s, t1[: j - i], t2[: j - i])
 
     for c0 in range(0, v, block_vocab):
         cols = slice(c0, min(v, c0 + block_vocab))
-        w_blk = w32[cols].astype(np.float64)
-        vb = w_blk.shape[0]
+        vb = cols.stop - c0
+        w_blk = wbuf[:vb]
+        w_blk[...] = w32[cols]
         dwh = dw[cols]
         dwh[...] = 0.0
         if dw_lo is not None:
@@ -490,7 +499,8 @@ def reference_linear(
         db_lo = np.zeros(vb)
         for r0 in range(0, n, block_rows):
             rows = slice(r0, min(n, r0 + block_rows))
-            h_blk = h[rows].astype(np.float64)
+            h_blk = hbuf[: rows.stop - r0]
+            h_blk[...] = h[rows]
             hi, lo = logits(h_blk, w_blk, cols)
             g = rs.grad_block(rows, hi, lo, *label_cols(rows, cols), c_row)
             del hi, lo
@@ -511,9 +521,11 @@ def reference_linear(
                 ph, pl, split = _matmul_dd(gp.T, h_blk.T, **kw_w)  # (vb, D) = G^T h
                 ref_w = ref_w or _fro(ph)
                 acc(dwh, dwl, ph, pl)
+                del ph, pl  # before the next product: one (., D) block alive, not two
                 ph, pl, split2 = _matmul_dd(gp, w_blk.T, **kw_h)  # (br, D) = G W
                 ref_h = ref_h or _fro(ph)
                 acc(dh_hi[rows], dh_lo[rows], ph, pl)
+                del ph, pl
                 stats["split"] += split + split2
                 stats["blocks"] += 2
                 if db is not None:
