@@ -24,17 +24,24 @@ Precision of each step (:func:`reference_linear`):
 
 * z = h W^T + b: :func:`matmul_dd` (exact up to the omitted slice pairs, ~2**-80 relative to
   sum |h||W| for float32), kept as double-double (hi, lo); b is added in double-double;
-* per row max m, s = sum_j exp(z_j - m) with the label's term apart (s_excl): the differences
-  (z_hi - m) + z_lo in float64, exp and sums in float64 (relative error a few ulps of float64:
-  a term's error u |z_j - m| is weighted by its own size exp(z_j - m) <= 1/e per unit);
-* loss = log1p(s_excl / exp(z_y - m)) (no 1 + tiny rounding for confident rows), label
-  smoothing's lse - mean(z) >= log V from double-double sums;
-* G = c (p - target) in float64 with p_y - 1 = -s_excl / s (not the cancelling 1 - p_y);
-* dh, dW, db: :func:`matmul_dd` per block, blocks accumulated in double-double, rounded to
-  float64 once at the end.
+* the loss variant (logit scale s, softcap c, z-loss lambda, the smoothing convention) and the
+  per-row statistics (pass 1: an online shift, S = sum_j exp(z''_j - M) with the label's term
+  apart, the smoothing sums) and G (pass 2): :mod:`smcheck.linear_rows`, in float64 for working
+  float32 and narrower without a cap (shifted differences s ((z_hi - m) + z_lo): ~2**-52
+  relative), in binary128 for float64 work and for any cap (c tanh(u) in float64 is off by
+  ~2.5 c 2**-53 absolute: 2**-46 at c = 30, too close to float32's 2**-43);
+* loss = log1p(s_excl / exp(d_y)) (no 1 + tiny rounding for confident rows), label
+  smoothing's lse - mean(z'') >= 0 from double-double sums (binary128 sums), + lambda lse**2;
+* G = c s sech**2(u) (p (1 + 2 lambda lse) - target) with p_y - t_y = -s_excl / S + (1 - t_y)
+  (not the cancelling p_y - 1); binary128 G is split into two float64 parts (hi + lo) for
+  float64 work, rounded to float64 once otherwise;
+* dh, dW, db: :func:`matmul_dd` per block and part (the low part needs only target/32 of the
+  block: float64 BLAS), blocks accumulated in double-double in place; dW and db are complete
+  per vocabulary block, dh's low part is float32 unless float64 work (it is < 2**-53 |dh|, so
+  24 bits keep it to 2**-77).
 
-For float64 work the logits are exact but the steps after them run in float64: the reference
-is then good to a few ulps of float64 (~2**-50), not eps(float64) * 2**-20.
+For float64 work the outputs carry low parts (``loss_lo``, ``grad_*_lo``): hi + lo is within
+eps(float64) * 2**-20 = 2**-72, which no float64 value can be.
 """
 
 from __future__ import annotations
