@@ -454,7 +454,7 @@ def reference_linear(
         c_row[~ignored] = one / rm.const(float(counted)) if reduction == "mean" else one
     if wide:
         loss, loss_lo = _split(rs.loss)
-        total = rs.loss.sum(keepdims=True)
+        total = rs.loss.sum(keepdims=True) if n else np.zeros(1, dtype=rm.ft)  # no identity
         if reduction == "mean":
             total = total / rm.const(float(max(counted, 1)))
         red_hi, red_lo = _split(total)

@@ -284,3 +284,16 @@ def test_reference_linear_pass2_held_19_blocks_of_temporaries_over_1_5_gb() -> N
     outputs = ref.grad_weight.nbytes + ref.grad_hidden.nbytes
     blocks = (peak - outputs) / (512 * 512 * 8)
     assert blocks < 12, blocks
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reference_linear_without_counted_rows_in_binary128(dtype: str) -> None:
+    # binary128 sums have no identity: an empty batch once raised "zero-size array to
+    # reduction operation add" for float64 work
+    w = np.ones((5, 4))
+    for h, y in ((np.ones((3, 4)), np.full(3, -100)), (np.ones((0, 4)), np.zeros(0, int))):
+        mean = reference_linear(h, w, y, dtype=dtype, softcap=3.0)
+        total = reference_linear(h, w, y, dtype=dtype, softcap=3.0, reduction="sum")
+        assert math.isnan(mean.loss_reduced) and total.loss_reduced == 0.0
+        assert not mean.grad_weight.any() and not mean.grad_hidden.any()
+        assert mean.precision.startswith("binary128")
