@@ -79,10 +79,27 @@ class RowMath:
             z = c * np.tanh(z / c)
         return z
 
+    @property
+    def cap64(self) -> bool:
+        """A cap computed in float64 (16-bit and 8-bit work): the shift is fixed at M = c."""
+        return self.quad is None and self.variant.softcap is not None
+
+    def capped64(self, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """u = s z / c and z'' = c tanh(u) in float64 (z = hi + lo): each off by ~6.4 c 2**-53
+        absolute at most (see :func:`row_math`)."""
+        v = self.variant
+        assert v.softcap is not None
+        z = hi * v.logit_scale + lo * v.logit_scale if v.logit_scale != 1.0 else hi + lo
+        u = z / v.softcap
+        return u, v.softcap * np.tanh(u)
+
     def shift(self, m: np.ndarray) -> np.ndarray:
-        """The transformed shift M = T(m) of the z-domain shift m (per row)."""
+        """The transformed shift M = T(m) of the z-domain shift m (per row); with a float64 cap
+        the fixed M = c > every z'' (exp(z'' - c) >= e^{-2c} >= e^{-600} stays normal)."""
         if self.quad is not None:
             return self.transform(m.astype(self.quad))
+        if self.cap64:
+            return np.full(m.shape, self.variant.softcap)
         return m * self.variant.logit_scale if self.variant.logit_scale != 1.0 else m
 
     def shifted(
@@ -92,15 +109,32 @@ class RowMath:
         if self.quad is not None:
             q = self.quad
             return self.transform(hi.astype(q) + lo.astype(q)) - big_m  # hi + lo exact in 113 bits
+        if self.cap64:
+            return self.capped64(hi, lo)[1] - big_m
         d = (hi - m) + lo
         if self.variant.logit_scale != 1.0:
             d *= self.variant.logit_scale
         return d
 
 
+#: Largest cap with the fixed shift M = c in float64: exp(z'' - c) >= e^{-2c} stays normal.
+_CAP64_MAX = 300.0
+
+
 def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Precision) -> RowMath:
-    """binary128 for float64 work and for a softcap (see the module docstring), else float64."""
-    need = working.mantissa_bits > 24 or variant.softcap is not None
+    """binary128 for float64 work and for a cap float64 cannot carry, else float64.
+
+    A cap in float64: u = s z / c rounds at ~3 2**-53 relative, moving tanh by at most
+    sech**2(u) |u| 3 2**-53 <= 1.35 2**-53; numpy's tanh is within ~4 ulps (of values < 1:
+    4 2**-53), the product c tanh one more 2**-53: z'' is off by 6.4 c 2**-53, d = z'' - c by
+    ~15 c 2**-53 (two such errors and the difference's rounding), which is a relative error of
+    every exponential, so the loss (through S and d_y) is off by ~30 c 2**-53 ~ c 2**-48. That
+    is within target / 4 = eps 2**-22 for c <= eps 2**26: 2**19 for bfloat16, 2**16 for
+    float16, 8 for float32 (whose Gemma-style caps of 30 and 50 go to binary128).
+    """
+    cap = variant.softcap
+    cap_ok = cap is None or cap <= min(_CAP64_MAX, working.eps * 2.0**26)
+    need = working.mantissa_bits > 24 or not cap_ok
     quad = quad_dtype() if need else None
     if need and quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
         raise RuntimeError("numpy-quaddtype is required for this reference")
@@ -137,8 +171,12 @@ class RowStats:
         m_old = self.m[rows]
         m_new = sg * np.maximum(sg * m_old, sg * hi.max(axis=1) if sg > 0 else -hi.min(axis=1))
         big_new = rm.shift(m_new)
+        zc = None
         with np.errstate(invalid="ignore"):  # -inf - -inf on the first block: scale 0
-            if rm.quad is None:
+            if rm.cap64:  # a fixed shift: nothing to rescale
+                scale: Any = 1.0
+                zc = rm.capped64(hi, lo)[1]
+            elif rm.quad is None:
                 d_old = m_old - m_new
                 if rm.variant.logit_scale != 1.0:
                     d_old = d_old * rm.variant.logit_scale
@@ -147,7 +185,9 @@ class RowStats:
                 first = ~np.isfinite(m_old)
                 scale = np.exp(self.big_m[rows] - big_new)
                 scale[first] = rm.const(0.0)
-        if rm.quad is None:
+        if zc is not None:
+            e = np.exp(zc - big_new[:, None])
+        elif rm.quad is None:
             e = np.exp(rm.shifted(hi, lo, m_new[:, None], big_new[:, None]))
         else:
             q = rm.quad
@@ -159,7 +199,12 @@ class RowStats:
         self.s_excl[rows] = self.s_excl[rows] * scale + e.sum(axis=1)
         self.m[rows] = m_new
         self.big_m[rows] = big_new
-        if rm.label_smoothing > 0 and rm.quad is None:
+        if rm.label_smoothing > 0 and zc is not None:  # the sums of z'' (in double-double)
+            bh = zc.sum(axis=1)
+            self.sz_hi[rows], self.sz_lo[rows] = _dd_add(
+                self.sz_hi[rows], self.sz_lo[rows], bh, 0.0
+            )
+        elif rm.label_smoothing > 0 and rm.quad is None:
             bh, bl = _dd_add(hi.sum(axis=1), lo.sum(axis=1), np.zeros(hi.shape[0]), 0.0)
             self.sz_hi[rows], self.sz_lo[rows] = _dd_add(self.sz_hi[rows], self.sz_lo[rows], bh, bl)
 
@@ -173,13 +218,24 @@ class RowStats:
         log_s = np.log(self.s_tot)
         self.lse = self.big_m + log_s
         with np.errstate(divide="ignore", over="ignore"):
-            conf = d_y > _NLL_SWITCH
+            # with the fixed shift M = c (a float64 cap) d_y <= -30 says nothing about the
+            # margin, but e_y >= e^{-2c} is normal, so log1p serves every row
+            conf = d_y > _NLL_SWITCH if not rm.cap64 else np.ones(d_y.shape, dtype=bool)
             one = rm.const(1.0)
             nll = np.where(conf, np.log1p(self.s_excl / np.where(conf, e_y, one)), log_s - d_y)
         loss = nll
         if eps > 0:
             megatron = var.smoothing_convention == "megatron"
-            if rm.quad is None:
+            if rm.cap64:  # lse - mean z'' = (c - mean z'') + log S, z'' summed in double-double
+                from .linear_reference import _dd_add
+
+                sh, sl = self.sz_hi, self.sz_lo
+                if megatron:
+                    zy = rm.capped64(self.zy_hi, self.zy_lo)[1]
+                    sh, sl = _dd_add(sh, sl, -zy, 0.0)
+                k = v - 1 if megatron else v
+                smooth = ((self.big_m - sh / k) - sl / k) + log_s
+            elif rm.quad is None:
                 # mean of the original logits in double-double, then scaled: lse - mean(z')
                 # = s (m - mean z) + log S, each term >= 0 up to rounding (log S >= log V)
                 sh, sl = self.sz_hi, self.sz_lo
@@ -225,7 +281,11 @@ class RowStats:
         r0 = rows.start
         m, big_m, s_tot = self.m[rows, None], self.big_m[rows, None], self.s_tot[rows]
         chain = None
-        if rm.quad is None:
+        if rm.cap64:
+            u, zc = rm.capped64(hi, lo)
+            chain = _sech2(u)  # float64: relative 6 |u| 2**-53 where it is not e^{-2|u|}-small
+            p = np.exp(zc - big_m) / s_tot[:, None]
+        elif rm.quad is None:
             p = np.exp(rm.shifted(hi, lo, m, big_m)) / s_tot[:, None]
         else:
             q = rm.quad
