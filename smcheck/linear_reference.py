@@ -27,9 +27,9 @@ Precision of each step (:func:`reference_linear`):
 * the loss variant (logit scale s, softcap c, z-loss lambda, the smoothing convention) and the
   per-row statistics (pass 1: an online shift, S = sum_j exp(z''_j - M) with the label's term
   apart, the smoothing sums) and G (pass 2): :mod:`smcheck.linear_rows`, in float64 for working
-  float32 and narrower without a cap (shifted differences s ((z_hi - m) + z_lo): ~2**-52
-  relative), in binary128 for float64 work and for any cap (c tanh(u) in float64 is off by
-  ~2.5 c 2**-53 absolute: 2**-46 at c = 30, too close to float32's 2**-43);
+  float32 and narrower (shifted differences s ((z_hi - m) + z_lo): ~2**-52 relative; a cap
+  c tanh(u), off by ~c 2**-48 in float64, only for 16/8-bit work and c <= 300), in binary128
+  for float64 work and for a float32 cap above c = 8;
 * loss = log1p(s_excl / exp(d_y)) (no 1 + tiny rounding for confident rows), label
   smoothing's lse - mean(z'') >= 0 from double-double sums (binary128 sums), + lambda lse**2;
 * G = c s sech**2(u) (p (1 + 2 lambda lse) - target) with p_y - t_y = -s_excl / S + (1 - t_y)

@@ -7,21 +7,23 @@ statistics of pass 1 (an online shift, the sum of exponentials with the label's 
 the smoothing sums) and the block of G = dL/dz (with respect to the *original* logits) of
 pass 2, in one of two arithmetics (:func:`row_math` chooses):
 
-* **float64** (working float32 and narrower, no cap): every exponent is a shifted difference
+* **float64** (working float32 and narrower): every exponent is a shifted difference
   d_j = s ((z_hi,j - m) + z_lo,j), rounded twice, so exp(d_j) is off by |d_j| 2**-52 relative
   and, weighted by exp(d_j) <= 1/e per unit of |d_j|, the sum of exponentials by ~2**-52: far
   below float32's target eps * 2**-20 = 2**-43. A logit scale multiplies the difference, not
   the logit, so |s z| = 1e4 costs nothing. The z-loss uses lse = s m + log S, off by
-  ~2**-52 (|s m| + log S) absolute.
-* **binary128** (numpy-quaddtype; float64 work, and any softcap): a capped logit c tanh(u) is
-  not a difference: computed in float64 it is off by ~2.5 c 2**-53 absolute (tanh's ulp, the
-  rounding of u times sech**2(u) |u| <= 0.45, the product), and that absolute error is a
-  relative error of every exponential - 2**-46 at c = 30, three bits under float32's target,
-  and over it from c = 240. In binary128 the same error is c 2**-112 (2**-107 at c = 30), and
-  every other step rounds at 2**-113: far under float64's target 2**-72 (so float64 work runs
-  here too). sech**2(u) = 4 e^{-2|u|} / (1 + e^{-2|u|})**2 (:func:`smcheck.reference._sech2`)
-  has no cancellation where tanh saturates. binary128 costs ~50x float64 per element
-  (exp 160 ns, tanh 260 ns): see docs/linear.md for the times.
+  ~2**-52 (|s m| + log S) absolute. A cap c tanh(u) is not a difference: in float64 it is off
+  by ~6.4 c 2**-53 absolute, a relative error of every exponential, ~c 2**-48 in the loss
+  (:func:`row_math`): enough for 16-bit and 8-bit work up to c = 300 (bfloat16's target is
+  2**-27), with the fixed shift M = c (no online rescaling, whose errors would add up over
+  the vocabulary blocks; exp(z'' - c) >= e^{-600} stays normal).
+* **binary128** (numpy-quaddtype; float64 work, and a cap float64 cannot carry: float32 work
+  beyond c = 8, where c 2**-48 would pass 2**-45): the same error is c 2**-112 (2**-107 at
+  c = 30), and every other step rounds at 2**-113: far under float64's target 2**-72 (so
+  float64 work runs here too). sech**2(u) = 4 e^{-2|u|} / (1 + e^{-2|u|})**2
+  (:func:`smcheck.reference._sech2`, either arithmetic) has no cancellation where tanh
+  saturates. binary128 costs ~50x float64 per element (exp 160 ns, tanh 260 ns): see
+  docs/linear.md for the times.
 """
 
 from __future__ import annotations
