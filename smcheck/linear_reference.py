@@ -479,8 +479,8 @@ def reference_linear(
     # float64 arrays (0.5 MiB at D = 1024) instead of two more (512, D) blocks (8 MiB)
     slab = 64
     t1, t2 = np.empty((slab, d)), np.empty((slab, d))
-    dwl_buf: np.ndarray | None = None
     wbuf = np.empty((min(v, block_vocab), d))  # W's block in float64, filled in place
+    dwl_buf = np.empty((0, d) if wide else wbuf.shape)  # a block's low part of dW, reused
 
     def acc(ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None) -> None:
         for i in range(0, bh.shape[0], slab):
@@ -495,12 +495,7 @@ def reference_linear(
         w_blk[...] = w32[cols]
         dwh = dw[cols]
         dwh[...] = 0.0
-        if dw_lo is not None:
-            dwl = dw_lo[cols]
-        elif dwl_buf is None or dwl_buf.shape[0] != vb:
-            dwl = dwl_buf = np.empty((vb, d))  # one block's low part, reused
-        else:
-            dwl = dwl_buf
+        dwl = dw_lo[cols] if dw_lo is not None else dwl_buf[:vb]
         dwl[...] = 0.0
         db_hi = np.zeros(vb)
         db_lo = np.zeros(vb)
