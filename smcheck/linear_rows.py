@@ -184,8 +184,8 @@ class RowStats:
                     d_old = d_old * rm.variant.logit_scale
                 scale = np.where(np.isfinite(m_old), np.exp(d_old), 0.0)
             else:
-                first = ~np.isfinite(m_old)
-                scale = np.exp(self.big_m[rows] - big_new)
+                first = ~np.isfinite(m_old)  # big_m is no shift yet: exp(0 - M) may overflow
+                scale = np.exp(np.where(first, big_new, self.big_m[rows]) - big_new)
                 scale[first] = rm.const(0.0)
         if zc is not None:
             e = np.exp(zc - big_new[:, None])
