@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from .evaluate import EvalOptions, EvalReport, evaluate
     from .gradcheck import GradcheckOptions, GradcheckReport, gradcheck
     from .kernel import KernelOptions, KernelReport, kernel
+    from .linear import LinearReference, LinearResult, linear_cross_entropy, reference_linear
     from .loading import LoadedInput, load_input
     from .methods import DEFAULT_METHODS, METHODS
     from .precisions import PRECISIONS, Precision, get_precision
@@ -60,6 +61,10 @@ _LAZY: dict[str, str] = {
     "KernelOptions": ".kernel",
     "KernelReport": ".kernel",
     "kernel": ".kernel",
+    "LinearReference": ".linear",
+    "LinearResult": ".linear",
+    "linear_cross_entropy": ".linear",
+    "reference_linear": ".linear",
     "LoadedInput": ".loading",
     "load_input": ".loading",
     "DEFAULT_METHODS": ".methods",
@@ -118,6 +123,8 @@ __all__ = [
     "GradcheckOptions",
     "GradcheckReport",
     "KernelOptions",
+    "LinearReference",
+    "LinearResult",
     "KernelReport",
     "InputError",
     "LoadedInput",
@@ -135,8 +142,10 @@ __all__ = [
     "get_precision",
     "gradcheck",
     "kernel",
+    "linear_cross_entropy",
     "load_input",
     "prepare_input",
     "reference",
+    "reference_linear",
     "sweep",
 ]
