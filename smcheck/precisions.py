@@ -225,7 +225,8 @@ def cast_carrier(
     if mode not in ("ieee", "saturate"):
         raise UsageError(f"unknown cast mode {mode!r}; expected 'ieee' or 'saturate'")
     src = np.asarray(x)
-    if src.dtype == precision.dtype:
+    # by name first: float32 input to bfloat16 work never imports ml_dtypes (~0.5 s a process)
+    if src.dtype.name == precision.dtype_name and src.dtype == precision.dtype:
         report = CastReport(precision.name, mode, int(src.size), 0, 0.0, 0.0, 0, 0, 0)
         return src, report, to_carrier(src, precision)
     if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
@@ -362,12 +363,13 @@ def round_in(
     >>> r.dtype, r.tolist()  # a tie to even, an overflow, an underflow
     (dtype('float32'), [1.0, inf, 0.0])
     """
-    k = working.carrier
-    if k == working.dtype:
+    if working.bits >= 32:  # the carrier is the dtype itself
         return round_to(x, working)
-    if x.dtype == k and working.name != "bfloat16":
+    if x.dtype == np.float32:
+        if working.name == "bfloat16":
+            return _round_f32_bf16(x, overwrite)
         return _round_f32_grid(x, working, unit, overwrite, nonneg)
-    return round_to(x, working).astype(k)  # one rounding to T; T -> float32 is exact
+    return round_to(x, working).astype(working.carrier)  # one rounding to T; T -> float32 exact
 
 
 def to_carrier(x: np.ndarray, working: Precision) -> np.ndarray:
@@ -459,6 +461,39 @@ def _round_block(
     if big.any():
         over = big & (np.abs(out) > np.float32(working.max))  # NaN compares False: stays NaN
         out[over] = np.copysign(np.float32(np.inf if working.has_inf else np.nan), out[over])
+
+
+_BF16_NAN = np.uint32(0x7FC00000)  # ml_dtypes' NaN: quiet, the input's sign kept
+
+
+def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16 (to nearest even), in float32: the same bits as
+    ml_dtypes' ``astype(bfloat16).astype(float32)`` for every float32 (tested), in integer
+    operations on blocks that stay in the core's cache - several times faster than ml_dtypes'
+    two conversions, and no ml_dtypes import.
+
+    bfloat16 is float32's top 16 bits, subnormals and all: adding 0x7FFF plus the lowest kept
+    bit and clearing the low 16 bits rounds the magnitude to nearest even, carries into the
+    exponent where it must (up to inf: max float32 rounds to inf, as bfloat16 has no room
+    above 0x1.fep127) and keeps the sign. Only NaN needs care: its payload could carry into
+    the sign bit, so NaN lanes are set to ml_dtypes' quiet NaN.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = x if overwrite else np.empty_like(x)
+    src, dst = x.reshape(-1).view(np.uint32), out.reshape(-1).view(np.uint32)
+    for i in range(0, src.size, _GRID_BLOCK):
+        u, o = src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK]
+        t = u >> np.uint32(16)
+        t &= np.uint32(1)
+        t += np.uint32(0x7FFF)
+        # NaN lanes (magnitude above inf's bits), read before ``o`` may overwrite ``u``
+        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+        nan_bits = _BF16_NAN | (u[nan] & np.uint32(0x80000000)) if nan.any() else None
+        np.add(u, t, out=o)
+        o &= np.uint32(0xFFFF0000)
+        if nan_bits is not None:
+            o[nan] = nan_bits
+    return out
 
 
 def round_to(x: np.ndarray, working: Precision) -> np.ndarray:
