@@ -126,7 +126,7 @@ def _max_abs(
         return np.zeros_like(top)
     with np.errstate(invalid="ignore"):
         redo = (top < lo_safe) | (top > hi_safe)
-    for m in np.flatnonzero(redo.any(axis=1)):
+    for m in np.flatnonzero(redo.any(axis=1)).tolist():
         rows = np.flatnonzero(redo[m])
         d = np.subtract(grads[m][rows], ref[rows], dtype=np.float64)
         if ref_lo is not None:
