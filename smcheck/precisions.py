@@ -280,16 +280,19 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
     in float32 and its candidates re-divided in float64, so it is correctly rounded too.
     """
     r = round_in(src, precision)
-    # rounding keeps inf and NaN: a finite r had a finite input
-    all_finite = bool(np.isfinite(r).all())
     finite_before = finite_after = None
     # inf - inf and NaN lanes are masked out below (when there are any)
     with np.errstate(invalid="ignore"):
         diff = np.subtract(r, src)
     np.abs(diff, out=diff)
-    if not all_finite:
+    # rounding keeps inf and NaN and a finite r had a finite input, so r is finite everywhere
+    # exactly when every change is: NaN (a NaN input, inf - inf) and inf (an overflow) both
+    # make the largest change non-finite - one pass that the largest change needs anyway
+    top_abs = np.max(diff, initial=np.float32(0.0))
+    if not np.isfinite(top_abs):
         finite_before, finite_after = np.isfinite(src), np.isfinite(r)
         diff[~(finite_before & finite_after)] = 0
+        top_abs = np.max(diff, initial=np.float32(0.0))
     changed = int(np.count_nonzero(diff))
     max_rel = 0.0
     if changed:
@@ -307,14 +310,15 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
         mode="ieee",
         values=int(src.size),
         changed=changed,
-        max_abs_change=float(diff.max(initial=np.float32(0.0))),
+        max_abs_change=float(top_abs),
         max_rel_change=max_rel,
         overflowed=0
         if finite_before is None or finite_after is None
         else int(np.count_nonzero(finite_before & ~finite_after)),
         saturated=0,
-        # nonzero and finite before, zero after: a zero input rounds to zero
-        flushed_to_zero=int(np.count_nonzero(r == 0) - np.count_nonzero(src == 0)),
+        # nonzero and finite before, zero after: a zero input rounds to zero, so the zeros
+        # after less the zeros before (counted without boolean temporaries)
+        flushed_to_zero=int(np.count_nonzero(src)) - int(np.count_nonzero(r)),
     )
     return r, report
 
@@ -480,19 +484,24 @@ def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
-    src, dst = x.reshape(-1).view(np.uint32), out.reshape(-1).view(np.uint32)
+    fsrc = x.reshape(-1)
+    src, dst = fsrc.view(np.uint32), out.reshape(-1).view(np.uint32)
+    tmp = np.empty(min(src.size, _GRID_BLOCK), np.uint32)
     for i in range(0, src.size, _GRID_BLOCK):
         u, o = src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK]
-        t = u >> np.uint32(16)
+        # NaN lanes, found by one read-only pass (min propagates NaN) before ``o`` may
+        # overwrite ``u``
+        nan_at = nan_bits = None
+        if np.isnan(np.minimum.reduce(fsrc[i : i + _GRID_BLOCK], initial=np.float32(0))):
+            nan_at = np.isnan(fsrc[i : i + _GRID_BLOCK])
+            nan_bits = _BF16_NAN | (u[nan_at] & np.uint32(0x80000000))
+        t = np.right_shift(u, np.uint32(16), out=tmp[: u.size])
         t &= np.uint32(1)
         t += np.uint32(0x7FFF)
-        # NaN lanes (magnitude above inf's bits), read before ``o`` may overwrite ``u``
-        nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        nan_bits = _BF16_NAN | (u[nan] & np.uint32(0x80000000)) if nan.any() else None
         np.add(u, t, out=o)
         o &= np.uint32(0xFFFF0000)
-        if nan_bits is not None:
-            o[nan] = nan_bits
+        if nan_at is not None:
+            o[nan_at] = nan_bits
     return out
 
 
