@@ -491,7 +491,8 @@ def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
         u, o = src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK]
         # NaN lanes, found by one read-only pass (min propagates NaN) before ``o`` may
         # overwrite ``u``
-        nan_at = nan_bits = None
+        nan_at: np.ndarray | None = None
+        nan_bits = np.zeros(0, np.uint32)
         if np.isnan(np.minimum.reduce(fsrc[i : i + _GRID_BLOCK], initial=np.float32(0))):
             nan_at = np.isnan(fsrc[i : i + _GRID_BLOCK])
             nan_bits = _BF16_NAN | (u[nan_at] & np.uint32(0x80000000))
