@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_eval.py                   # 4096 x 32000 float32, 5 runs each
+    python benchmarks/bench_eval.py                   # 4096 x 32000 float32, 5 rounds
     python benchmarks/bench_eval.py --rows 512 --runs 3 --memory-gb 0.25,1
     python benchmarks/bench_eval.py --memory-gb 1,4   # the 1 GB and 4 GB files
 
@@ -15,6 +15,15 @@ then prints a table of median wall times and ratios:
 * ``numpy``: a plain max-shifted cross-entropy (loss and gradient) in float32;
 * ``smcheck eval`` (float32, float16 and bfloat16 working dtypes) as a subprocess of the CLI,
   default methods, JSON output - so interpreter start-up and file reading are included.
+
+Fairness on a shared machine: the time of the same torch call varies by up to 2x from one run
+to the next when other processes compete for the cores, so torch and smcheck are timed
+*interleaved* - each round runs torch, smcheck float32, torch, smcheck float16, torch,
+smcheck bfloat16 - and every smcheck run is paired with the torch run just before it. The
+table gives the medians of the times and, as the headline, the median of the per-pair ratios
+(``/torch``) and of the per-round ratios to float32 (``/float32``); both runs of a pair saw
+about the same load. Both sides get one untimed warm-up (torch's thread pool, smcheck's
+bytecode).
 
 Peak resident memory of each CLI run is the child's own VmHWM (Linux ``/proc/self/status``)
 and the largest ``ru_maxrss`` of the worker processes it forks (``--workers``, default the core
@@ -125,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--classes", type=int, default=32000)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds")
     ap.add_argument("--memory-gb", default="", help="comma list of file sizes for the RSS test")
     args = ap.parse_args()
     rows, classes = args.rows, args.classes
@@ -140,6 +149,7 @@ def main() -> None:
         x = np.load(logits)
         results: list[tuple[str, float | None, str]] = []
 
+        torch_ce: Callable[[], object] | None = None
         try:
             import torch
 
@@ -151,9 +161,9 @@ def main() -> None:
                 z = xt.clone().requires_grad_(True)
                 torch.nn.functional.cross_entropy(z, yt).backward()
 
-            results.append(("torch cross_entropy fwd+bwd (float32)", median_time(torch_ce, 5), ""))
+            torch_ce()  # untimed: thread pool and allocator warm-up
         except ImportError:
-            results.append(("torch cross_entropy fwd+bwd (float32)", None, "torch not installed"))
+            torch_ce = None
         try:
             from scipy.special import logsumexp
 
@@ -167,31 +177,65 @@ def main() -> None:
         tiny = d / "tiny.npy"
         np.save(tiny, x[:2])
         run_cli(["eval", str(tiny)])  # untimed: writes smcheck's bytecode if it has none
-        for dtype in ("float32", "float16", "bfloat16"):
-            cli = ["eval", str(logits), "--labels", str(labels), "--dtype", dtype]
-            cli += ["--format", "json"]
-            times = []
-            for _ in range(args.runs):
-                wall, own, worker = run_cli(cli)
-                times.append(wall)
+        dtypes = ("float32", "float16", "bfloat16")
+        torch_times: list[float] = []
+        times: dict[str, list[float]] = {dt: [] for dt in dtypes}
+        pair: dict[str, list[float]] = {dt: [] for dt in dtypes}  # smcheck / torch just before
+        for _ in range(args.runs):
+            for dtype in dtypes:
+                t_torch = None
+                if torch_ce is not None:
+                    t0 = time.perf_counter()
+                    torch_ce()
+                    t_torch = time.perf_counter() - t0
+                    torch_times.append(t_torch)
+                cli = ["eval", str(logits), "--labels", str(labels), "--dtype", dtype]
+                wall, own, worker = run_cli([*cli, "--format", "json"])
+                times[dtype].append(wall)
+                if t_torch is not None:
+                    pair[dtype].append(wall / t_torch)
                 old = rss.get(dtype, (0.0, 0.0))
                 rss[dtype] = (max(old[0], own), max(old[1], worker))
-            results.append((f"smcheck eval --dtype {dtype}", statistics.median(times), ""))
 
-        base = results[0][1]
-        f32 = results[3][1]
+        med = statistics.median
+        base = med(torch_times) if torch_times else None
+        note = "" if torch_ce is not None else "torch not installed"
+        rows_out: list[tuple[str, float | None, str, float | None, float | None]] = [
+            ("torch cross_entropy fwd+bwd (float32)", base, note, 1.0 if base else None, None)
+        ]
+        for name, t, note in results:
+            rows_out.append((name, t, note, t / base if t and base else None, None))
+        for dtype in dtypes:
+            per_round = [a / b for a, b in zip(times[dtype], times["float32"], strict=True)]
+            rows_out.append(
+                (
+                    f"smcheck eval --dtype {dtype}",
+                    med(times[dtype]),
+                    "",
+                    med(pair[dtype]) if pair[dtype] else None,
+                    med(per_round),
+                )
+            )
         print(
             f"logits {rows} x {classes} float32 ({rows * classes * 4 / 1e6:.0f} MB), "
-            f"{os.cpu_count()} cores, median of {args.runs} runs"
+            f"{os.cpu_count()} cores, {args.runs} interleaved rounds (torch, smcheck, ...): "
+            "median seconds; /torch = median of per-pair ratios, /float32 = median of per-round "
+            "ratios (baselines: median time / median torch time)"
         )
         print(f"{'what':44s} {'seconds':>9s} {'/torch':>8s} {'/float32':>9s}")
-        for name, t, note in results:
+        for name, t, note, vs_torch, vs_f32 in rows_out:
             if t is None:
                 print(f"{name:44s} {'-':>9s}   ({note})")
                 continue
-            vs_torch = f"{t / base:8.2f}" if base else "       -"
-            vs_f32 = f"{t / f32:9.2f}" if name.startswith("smcheck") and f32 else ""
-            print(f"{name:44s} {t:9.3f} {vs_torch} {vs_f32}")
+            a = f"{vs_torch:8.2f}" if vs_torch is not None else "       -"
+            b = f"{vs_f32:9.2f}" if vs_f32 is not None else ""
+            print(f"{name:44s} {t:9.3f} {a} {b}")
+        if torch_times:
+            print(
+                f"torch times over the rounds: min {min(torch_times):.3f} s, max "
+                f"{max(torch_times):.3f} s; smcheck float32: min {min(times['float32']):.3f} s, "
+                f"max {max(times['float32']):.3f} s"
+            )
         for dtype, (own, worker) in rss.items():
             print(
                 f"peak RSS smcheck eval --dtype {dtype}: {own:.0f} MB, largest worker process "

@@ -139,9 +139,10 @@ def run_method(
     """
     fn = get_method(name)
     kw: dict[str, object] = {}
-    x = prep.x
-    if name in METHODS:  # smcheck's own methods compute in the carrier; frameworks take T
-        x = prep.xk
+    # smcheck's own methods compute in the carrier; frameworks take T (for 16/8-bit types a
+    # conversion of the whole block - and bfloat16's ml_dtypes import - only they need)
+    x = prep.xk if name in METHODS else prep.x
+    if name in METHODS:
         kw["carrier"] = carrier
         if shared is not None and name in SHARED_SOFTMAX_METHODS:
             kw["shared"] = shared

@@ -225,7 +225,8 @@ def cast_carrier(
     if mode not in ("ieee", "saturate"):
         raise UsageError(f"unknown cast mode {mode!r}; expected 'ieee' or 'saturate'")
     src = np.asarray(x)
-    if src.dtype == precision.dtype:
+    # by name first: float32 input to bfloat16 work never imports ml_dtypes (~0.5 s a process)
+    if src.dtype.name == precision.dtype_name and src.dtype == precision.dtype:
         report = CastReport(precision.name, mode, int(src.size), 0, 0.0, 0.0, 0, 0, 0)
         return src, report, to_carrier(src, precision)
     if mode == "ieee" and src.dtype == np.float32 and precision.carrier == np.float32:
@@ -279,18 +280,23 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
     in float32 and its candidates re-divided in float64, so it is correctly rounded too.
     """
     r = round_in(src, precision)
-    # rounding keeps inf and NaN: a finite r had a finite input
-    all_finite = bool(np.isfinite(r).all())
     finite_before = finite_after = None
     # inf - inf and NaN lanes are masked out below (when there are any)
     with np.errstate(invalid="ignore"):
         diff = np.subtract(r, src)
     np.abs(diff, out=diff)
-    if not all_finite:
+    # rounding keeps inf and NaN and a finite r had a finite input, so r is finite everywhere
+    # exactly when every change is: NaN (a NaN input, inf - inf) and inf (an overflow) both
+    # make the largest change non-finite - one pass that the largest change needs anyway
+    top_abs = np.max(diff, initial=np.float32(0.0))
+    if not np.isfinite(top_abs):
         finite_before, finite_after = np.isfinite(src), np.isfinite(r)
         diff[~(finite_before & finite_after)] = 0
-    changed = int(np.count_nonzero(diff))
+        top_abs = np.max(diff, initial=np.float32(0.0))
+    # count_nonzero of a boolean array: several times faster than of a float32 one
+    changed = int(np.count_nonzero(diff != 0))
     max_rel = 0.0
+    flushed = 0
     if changed:
         # 0/0 = NaN where src = 0 (then r = 0 too): fmax skips it
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -298,22 +304,27 @@ def _cast_float32(src: np.ndarray, precision: Precision) -> tuple[np.ndarray, Ca
             np.divide(diff, rel, out=rel)
         top = np.fmax.reduce(rel, axis=None)
         # float32 division is within 2**-24 of the float64 one: the exact maximum is among these
-        cand = rel >= top * np.float32(1 - 2**-20)
-        wide = diff[cand].astype(np.float64) / np.abs(src[cand].astype(np.float64))
+        cand = np.flatnonzero(rel >= top * np.float32(1 - 2**-20))
+        flat = src.reshape(-1)
+        wide = diff.reshape(-1)[cand].astype(np.float64) / np.abs(flat[cand].astype(np.float64))
         max_rel = float(wide.max())
+        # a value flushed to zero changed by all of itself, a relative change of exactly 1 (any
+        # other rounding changes less): without one, nothing was flushed and nothing is counted
+        if top >= 1:
+            # the zeros after less the zeros before: a zero input rounds to zero
+            flushed = int(np.count_nonzero(r == 0)) - int(np.count_nonzero(src == 0))
     report = CastReport(
         dtype=precision.name,
         mode="ieee",
         values=int(src.size),
         changed=changed,
-        max_abs_change=float(diff.max(initial=np.float32(0.0))),
+        max_abs_change=float(top_abs),
         max_rel_change=max_rel,
         overflowed=0
         if finite_before is None or finite_after is None
         else int(np.count_nonzero(finite_before & ~finite_after)),
         saturated=0,
-        # nonzero and finite before, zero after: a zero input rounds to zero
-        flushed_to_zero=int(np.count_nonzero(r == 0) - np.count_nonzero(src == 0)),
+        flushed_to_zero=flushed,  # nonzero and finite before, zero after
     )
     return r, report
 
@@ -362,12 +373,13 @@ def round_in(
     >>> r.dtype, r.tolist()  # a tie to even, an overflow, an underflow
     (dtype('float32'), [1.0, inf, 0.0])
     """
-    k = working.carrier
-    if k == working.dtype:
+    if working.bits >= 32:  # the carrier is the dtype itself
         return round_to(x, working)
-    if x.dtype == k and working.name != "bfloat16":
+    if x.dtype == np.float32:
+        if working.name == "bfloat16":
+            return _round_f32_bf16(x, overwrite)
         return _round_f32_grid(x, working, unit, overwrite, nonneg)
-    return round_to(x, working).astype(k)  # one rounding to T; T -> float32 is exact
+    return round_to(x, working).astype(working.carrier)  # one rounding to T; T -> float32 exact
 
 
 def to_carrier(x: np.ndarray, working: Precision) -> np.ndarray:
@@ -459,6 +471,45 @@ def _round_block(
     if big.any():
         over = big & (np.abs(out) > np.float32(working.max))  # NaN compares False: stays NaN
         out[over] = np.copysign(np.float32(np.inf if working.has_inf else np.nan), out[over])
+
+
+_BF16_NAN = np.uint32(0x7FC00000)  # ml_dtypes' NaN: quiet, the input's sign kept
+
+
+def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """float32 ``x`` rounded to bfloat16 (to nearest even), in float32: the same bits as
+    ml_dtypes' ``astype(bfloat16).astype(float32)`` for every float32 (tested), in integer
+    operations on blocks that stay in the core's cache - several times faster than ml_dtypes'
+    two conversions, and no ml_dtypes import.
+
+    bfloat16 is float32's top 16 bits, subnormals and all: adding 0x7FFF plus the lowest kept
+    bit and clearing the low 16 bits rounds the magnitude to nearest even, carries into the
+    exponent where it must (up to inf: max float32 rounds to inf, as bfloat16 has no room
+    above 0x1.fep127) and keeps the sign. Only NaN needs care: its payload could carry into
+    the sign bit, so NaN lanes are set to ml_dtypes' quiet NaN.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = x if overwrite else np.empty_like(x)
+    fsrc = x.reshape(-1)
+    src, dst = fsrc.view(np.uint32), out.reshape(-1).view(np.uint32)
+    tmp = np.empty(min(src.size, _GRID_BLOCK), np.uint32)
+    for i in range(0, src.size, _GRID_BLOCK):
+        u, o = src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK]
+        # NaN lanes, found by one read-only pass (min propagates NaN) before ``o`` may
+        # overwrite ``u``
+        nan_at: np.ndarray | None = None
+        nan_bits = np.zeros(0, np.uint32)
+        if np.isnan(np.minimum.reduce(fsrc[i : i + _GRID_BLOCK], initial=np.float32(0))):
+            nan_at = np.isnan(fsrc[i : i + _GRID_BLOCK])
+            nan_bits = _BF16_NAN | (u[nan_at] & np.uint32(0x80000000))
+        t = np.right_shift(u, np.uint32(16), out=tmp[: u.size])
+        t &= np.uint32(1)
+        t += np.uint32(0x7FFF)
+        np.add(u, t, out=o)
+        o &= np.uint32(0xFFFF0000)
+        if nan_at is not None:
+            o[nan_at] = nan_bits
+    return out
 
 
 def round_to(x: np.ndarray, working: Precision) -> np.ndarray:

@@ -328,6 +328,41 @@ def test_grad_errors_bad_rows_when_the_difference_overflows_or_the_reference_is_
     assert gabs[0] == np.inf and gabs[3] == np.inf and grel[3] == np.inf
 
 
+def test_root_of_a_rounded_square_is_the_magnitude_in_radix_2() -> None:
+    """grad_errors reads max |d| off max fl(d**2): sqrt(fl(x**2)) = |x| whenever fl(x**2) is
+    normal and finite. Exhaustive over float32's [1, 4) (every float32 scales into it by a power
+    of 4, which the square and the root carry exactly), and float64 values across the range
+    grad_errors trusts, near powers of two and near sqrt(2) * 2**e (the squares' binade edges)."""
+    x = np.arange(
+        np.float32(1).view(np.uint32), np.float32(4).view(np.uint32), dtype=np.uint32
+    ).view(np.float32)
+    np.testing.assert_array_equal(np.sqrt(x * x), x)
+    rng = np.random.default_rng(0)
+    e = rng.integers(-499, 511, 1_000_000)
+    for m in (rng.uniform(1, 2, e.size), np.full(e.size, np.sqrt(2.0)), np.ones(e.size)):
+        v = np.ldexp(m, e)
+        for w in (v, np.nextafter(v, 0), np.nextafter(v, np.inf)):
+            np.testing.assert_array_equal(np.sqrt(w * w), w)
+
+
+def test_grad_errors_where_the_square_underflows_or_overflows() -> None:
+    """Rows whose squared differences leave float64's normal range take max |d| from d itself:
+    all differences ~1e-200 (the square underflows to 0), one of 1e200 (it overflows to inf),
+    exact zeros, and ordinary rows beside them - the same values as the metrics functions."""
+    ref = np.array([[3e-200, -3e-200, 0.0], [0.5, -0.5, 0.0], [1.0, -1.0, 0.0], [0.5, 0.25, -0.75]])
+    g = ref.copy()
+    g[0] = [6e-200, -1e-199, 1e-300]  # differences 3e-200, -7e-200, 1e-300
+    g[1, 2] = 1e200
+    g[3, 1] += 2.0**-30
+    with np.errstate(under="ignore"):
+        gabs, grel, bad = grad_errors(g, ref)
+        np.testing.assert_array_equal(gabs, grad_abs_err(g, ref))
+        np.testing.assert_array_equal(grel, grad_rel_err(g, ref))
+    assert gabs[0] == np.abs(g[0] - ref[0]).max() and 6e-200 < gabs[0] < 8e-200
+    assert gabs[1] == 1e200 and gabs[2] == 0.0 and gabs[3] == 2.0**-30
+    assert not bad.any()
+
+
 def test_release_pages_keeps_values_and_skips_plain_arrays(tmp_path) -> None:
     a = np.arange(3000 * 8, dtype=np.float32).reshape(3000, 8)
     np.save(tmp_path / "a.npy", a)

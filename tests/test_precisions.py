@@ -254,3 +254,24 @@ def test_importing_smcheck_precisions_does_not_import_ml_dtypes() -> None:
         "assert 'ml_dtypes' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bfloat16_rounding_in_bit_operations_matches_ml_dtypes_at_every_boundary() -> None:
+    """bfloat16 rounds float32 in integer operations (no ml_dtypes call): every one of the 2**16
+    upper halves (all signs, exponents and kept bits) with the lower halves that decide the
+    rounding - 0, 1, just below, at and above the tie, all ones - give ml_dtypes' bits, NaN
+    payloads included (checked once over all 2**32 float32 patterns as well)."""
+    import ml_dtypes
+
+    from smcheck.precisions import round_in
+
+    hi = np.arange(2**16, dtype=np.uint32) << np.uint32(16)
+    low = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xC000, 0xFFFF], dtype=np.uint32)
+    x = (hi[:, None] | low[None, :]).reshape(-1).view(np.float32)
+    with np.errstate(all="ignore"):
+        want = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    p = get_precision("bfloat16")
+    np.testing.assert_array_equal(round_in(x, p).view(np.uint32), want.view(np.uint32))
+    scratch = x.copy()
+    got = round_in(scratch, p, overwrite=True)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
