@@ -360,10 +360,13 @@ def reference(
 ) -> ReferenceResult:
     """The reference loss and gradient of the logits rounded to ``dtype``.
 
-    Accurate to eps(dtype) * 2**-20 (relative for the loss, absolute for the gradient):
-    float64 arithmetic with exact shifts for float32 and narrower, binary128 for float64 and
-    for every loss variant that changes values (``z_loss``, ``softcap``, ``logit_scale``, as in
-    :func:`cross_entropy`; the z-loss term alone in ``.z_loss``).
+    Accurate to eps(dtype) * 2**-20: relative for the loss; absolute for the gradient, in units
+    of the largest a gradient entry can be, max(1, |s| (1 + 2 lambda |lse|)) (1 for the plain
+    loss). float64 arithmetic with exact shifts for float32 and narrower, binary128 for float64;
+    a loss variant (``z_loss``, ``softcap``, ``logit_scale``, as in :func:`cross_entropy`) in
+    float64 or binary128 as :func:`smcheck.reference.variant_arithmetic` says. The z-loss term
+    alone is in ``.z_loss``, accurate to that bound times lambda max(1, |lse|)**2 absolute (its
+    relative error grows where lse cancels to ~0; the total loss is unaffected).
 
     >>> import numpy as np
     >>> r = reference(np.array([[0.0, -800.0, 1.0]]), np.array([1]))

@@ -41,9 +41,12 @@ by :func:`_variant_core` in one of two arithmetics (:func:`variant_arithmetic`):
   and c tanh add a few ulps of |c tanh| <= c - so each logit difference is off by at most about
   18 * 2**-53 * c absolute, which bounds a row's loss error relative to the loss (the loss is
   at least the largest term's difference or log 2; a confident row's loss ~ sum exp(d_j) carries
-  the differences' absolute error as a relative one). That meets eps(working) * 2**-20 for
-  every cap up to c = 56.9 in float32 (Gemma's 30 and 50), 4.7e5 in float16, 3.7e6 in
-  bfloat16, and for any scale or z-loss without a cap;
+  the differences' absolute error as a relative one). That meets eps(working) * 2**-20 on the
+  loss for every cap up to c = 56.88 in float32 (Gemma's 30 and 50), 466033 in float16,
+  3728270 in bfloat16, and for any scale or z-loss without a cap. The gradient's bound is
+  absolute in units of its largest possible entry, max(1, |s| (1 + 2 lambda |lse|)): a float64
+  number of size 2**10 has an ulp of 2**-42, so no stored gradient - binary128 rounded once
+  either - is absolutely accurate to 2**-43 beyond that;
 * binary128 otherwise (float64 work, larger caps): 113 bits keep every step's error near
   2**-112 relative to |z''| <= 1e4, far under eps(float64) * 2**-20.
 

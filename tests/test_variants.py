@@ -501,3 +501,31 @@ def test_reference_at_the_float64_cap_limit_and_past_it_matches_mpmath(cap: floa
     for z, y in rows:
         _check("float32", z, y, cap=cap)
         _check("float32", z, y, cap=cap, lam=1e-4, scale=0.5, eps=0.1)
+
+
+@pytest.mark.parametrize(("scale", "lam", "z"), [
+    (1e4, 0.0, [1.5e-4, -2.25e-4, 3.1e-4, 0.0, -1.2e-4, 2.0e-4]),
+    (1.0, 1.0, [1000.5, 999.25, 1001.0, 998.0]),
+])  # fmt: skip
+def test_reference_gradient_bound_is_in_units_of_its_largest_entry(
+    scale: float, lam: float, z: list[float]
+) -> None:
+    """Review finding: with logit_scale 1e4 (or z-loss 1 at lse ~ 1001) a gradient entry reaches
+    |s| (1 + 2 lambda |lse|) ~ 1e4, whose float64 ulp alone exceeds eps * 2**-20 absolute; the
+    documented bound is in units of that largest possible entry, and holds there."""
+    name = "float32"
+    x = np.array(z)
+    prep = prepare_input(x[None, :], np.array([2]), dtype=name)
+    ref = reference(x[None, :], np.array([2]), dtype=name, logit_scale=scale, z_loss=lam)
+    xr = prep.x.astype(np.float64)[0]
+    loss_t, grad_t, _ = mp_variant_truth(
+        xr, 2, scale=_const(scale, name), cap=None, lam=_const(lam, name), eps=0.0,
+        convention="torch",
+    )  # fmt: skip
+    u = scale * xr
+    lse = float(np.log(np.sum(np.exp(u - u.max())))) + float(u.max())
+    unit = max(1.0, abs(scale) * (1 + 2 * lam * abs(lse)))
+    bound = PRECISIONS[name].eps * 2.0**-20
+    assert mp_rel_err(ref.loss[0], 0.0, loss_t) <= bound
+    worst = max(mp_abs_err(g, 0.0, t) for g, t in zip(ref.grad[0], grad_t, strict=True))
+    assert worst <= bound * unit, (worst / bound, unit)
