@@ -100,10 +100,11 @@ def run_linear(
     inputs = [p for p in (hidden, weight, bias, labels) if p]
     tail = Tail("eval", fmt, color, output, inputs, exit_zero=exit_zero)
     tail.start()
-    h = load_values(hidden, key=None, default_key="hidden", max_bytes=max_bytes)
-    w = load_values(weight, key=None, default_key="weight", max_bytes=max_bytes)
+    # a raw 2-byte .npy (bfloat16 saved with ml_dtypes) is read as the --dtype named
+    h = load_values(hidden, key=None, default_key="hidden", max_bytes=max_bytes, dtype=dtype)
+    w = load_values(weight, key=None, default_key="weight", max_bytes=max_bytes, dtype=dtype)
     b = None if bias is None else load_values(bias, key=None, default_key="bias",
-                                              max_bytes=max_bytes)  # fmt: skip
+                                              max_bytes=max_bytes, dtype=dtype)  # fmt: skip
     y = load_values(labels, key=None, default_key="labels", max_bytes=max_bytes)
     report = evaluate_linear(
         h.values, w.values, y.values, bias=None if b is None else b.values, dtype=dtype,
@@ -150,14 +151,17 @@ def run_compare_linear(
     tail = Tail("compare", fmt, color, output, inputs, exit_zero=exit_zero)
     tail.start()
 
-    def read(path: str | None, key: str) -> Any:
-        return None if path is None else load_values(path, key=None, default_key=key)
+    def read(path: str | None, key: str, raw_as: str | None | bool = dtype) -> Any:
+        # inputs and dumps alike may be raw 2-byte bfloat16 .npy files: read as the --dtype named
+        if path is None:
+            return None
+        return load_values(path, key=None, default_key=key, dtype=raw_as)
 
     h, w, b, y = (
         read(hidden, "hidden"),
         read(weight, "weight"),
         read(bias, "bias"),
-        read(labels, "labels"),
+        read(labels, "labels", False),
     )
     dl, dh, dw, db = (read(loss, "loss"), read(grad_hidden, "grad_hidden"),
                       read(grad_weight, "grad_weight"), read(grad_bias, "grad_bias"))  # fmt: skip
