@@ -18,7 +18,10 @@ from click.testing import CliRunner, Result
 
 from smcheck.cli import cli
 
-BF16_MESSAGE = "a 2-byte raw dtype (bfloat16 saved with ml_dtypes?): pass --dtype bfloat16"
+BF16_MESSAGE = (
+    "a 2-byte raw dtype (bfloat16 saved with ml_dtypes?): pass --dtype bfloat16 (numpy reads "
+    "it as void |V2; or save it .astype(np.float32), which is exact)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +110,8 @@ def test_raw_1_byte_npy_needs_a_float8_name(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     assert bad.output.strip() == (
         "smcheck: error: x8.npy: a 1-byte raw dtype (float8 saved with ml_dtypes?): pass "
-        "--dtype float8_e4m3fn or --dtype float8_e5m2"
+        "--dtype float8_e4m3fn or --dtype float8_e5m2 (numpy reads it as void |V1; or save it "
+        ".astype(np.float32), which is exact)"
     )
 
 

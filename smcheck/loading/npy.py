@@ -46,7 +46,7 @@ def _raw_float(dtype: np.dtype, raw_as: str | None, where: str) -> np.dtype:
     >>> _raw_float(np.dtype("V2"), None, "h.npy")
     Traceback (most recent call last):
     ...
-    smcheck.errors.InputError: h.npy: a 2-byte raw dtype (bfloat16 ...): pass --dtype bfloat16
+    smcheck.errors.InputError: h.npy: a 2-byte raw dtype (bfloat16 ...): pass --dtype bfloat16 ...
     """
     names = RAW_FLOATS[dtype.itemsize]
     if raw_as is not None:
@@ -63,6 +63,7 @@ def _raw_float(dtype: np.dtype, raw_as: str | None, where: str) -> np.dtype:
     flags = " or ".join(f"--dtype {n}" for n in names)
     raise InputError(
         f"{where}: a {dtype.itemsize}-byte raw dtype ({what} saved with ml_dtypes?): pass {flags}"
+        f" (numpy reads it as void {dtype.str}; or save it .astype(np.float32), which is exact)"
     )
 
 
