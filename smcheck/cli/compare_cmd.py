@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..render.compare import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
-from .linear_mode import COMPARE_LINEAR_ONLY, refuse_given, run_compare_linear
+from .linear_mode import COMPARE_LINEAR_ONLY, plain_mode, run_compare_linear
 from .options import (
     FiniteFloatRange,
     color_option,
@@ -200,10 +200,10 @@ def compare_cmd(
             }, max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, fmt=fmt, color=color,
             output=output, exit_zero=exit_zero,
         )  # fmt: skip
-    if logits is None:
-        raise UsageError("missing argument LOGITS (or --hidden and --linear-weight)")
-    refuse_given(COMPARE_LINEAR_ONLY, "applies only to the linear mode (--hidden, "
-                 "--linear-weight)")  # fmt: skip
+    logits = plain_mode(
+        logits, COMPARE_LINEAR_ONLY, "missing argument LOGITS (or --hidden and --linear-weight)",
+        "--hidden, --linear-weight",
+    )  # fmt: skip
     inputs = (logits, labels, loss_file, grad_file, weight)
     tail = Tail(
         "compare", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,

@@ -15,7 +15,7 @@ from ..evaluate import DEFAULT_CHUNK_BYTES, PerRowWriter, evaluate
 from ..render.eval import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
-from .linear_mode import EVAL_LINEAR_ONLY, refuse_given, run_linear
+from .linear_mode import EVAL_LINEAR_ONLY, plain_mode, run_linear
 from .options import (
     FAIL_ON_CHOICES,
     FiniteFloatRange,
@@ -217,9 +217,10 @@ def eval_cmd(
             color=color, output=output, exit_zero=exit_zero, baseline=baseline,
             write_baseline=write_baseline,
         )  # fmt: skip
-    if logits is None:
-        raise UsageError("missing argument LOGITS (or --hidden and --weight: the linear mode)")
-    refuse_given(EVAL_LINEAR_ONLY, "applies only to the linear mode (--hidden, --weight)")
+    logits = plain_mode(
+        logits, EVAL_LINEAR_ONLY, "missing argument LOGITS (or --hidden and --weight: the "
+        "linear mode)", "--hidden, --weight",
+    )  # fmt: skip
     chosen, gated = parse_methods(methods), parse_gate(gate)
     checks = parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on")
     loaded, dtype = load_logits(

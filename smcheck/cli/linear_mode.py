@@ -25,6 +25,7 @@ __all__ = [
     "COMPARE_NOT_LINEAR",
     "EVAL_LINEAR_ONLY",
     "EVAL_NOT_LINEAR",
+    "plain_mode",
     "refuse_given",
     "run_compare_linear",
     "run_linear",
@@ -61,6 +62,15 @@ def refuse_given(params: Iterable[str], why: str) -> None:
         if ctx.get_parameter_source(name) in given:
             flag = next(o for o in opts[name].opts if o.startswith("--"))
             raise UsageError(f"{flag} {why}")
+
+
+def plain_mode(logits: str | None, linear_only: Iterable[str], missing: str, flags: str) -> str:
+    """The plain mode's LOGITS (else a UsageError ``missing``), after refusing the options only
+    the linear mode reads (``flags`` names what selects it)."""
+    if logits is None:
+        raise UsageError(missing)
+    refuse_given(linear_only, f"applies only to the linear mode ({flags})")
+    return logits
 
 
 def run_linear(
