@@ -104,3 +104,22 @@ def test_kernel_cli_linear_sum_as_mean_exits_1() -> None:
     assert r.exit_code == 1, r.output
     probes = {p["name"]: p["status"] for p in json.loads(r.output)["probes"]}
     assert probes == {"reduction_sum": "fail", "label_smoothing": "pass"}
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["--quick"], "--quick"), (["--vocab", "10"], "--vocab"), (["--device", "cpu"], "--device"),
+     (["--max-grad-err", "1"], "--max-grad-err"), (["--judge", "both"], "--judge")],
+)  # fmt: skip
+def test_kernel_linear_refuses_the_plain_probes_options_before_importing(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "k.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f(*a, **k): pass\n")
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{tmp_path / 'k.py'}:f", *args])
+    assert r.exit_code == 2
+    assert (
+        r.output.strip()
+        == f"smcheck: error: {flag} does not apply to --linear (see docs/linear.md)"
+    )
+    assert not marker.exists()
