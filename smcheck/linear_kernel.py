@@ -399,7 +399,7 @@ def kernel_linear(
                 get_precision(dt)
                 results.append(LinearProbeResult(
                     name, dt, "skip", math.nan, math.nan, math.nan, None, math.nan, math.nan,
-                    math.nan, None, "the kernel takes no " + ", ".join(refused) + " keyword",
+                    math.nan, None, "no " + ", ".join(refused) + " keyword",
                 ))  # fmt: skip
             continue
         for dt in dtypes:

@@ -40,8 +40,8 @@ def test_stock_linear_cross_entropy_runs_smoothing_and_sum_and_skips_the_variant
     r = kernel_linear(F.linear_cross_entropy, dtypes=("float32",), probes=probes)
     status = {p.name: (p.status, p.detail) for p in r.probes}
     assert status["label_smoothing"][0] == "pass" and status["reduction_sum"][0] == "pass"
-    assert status["softcap"] == ("skip", "the kernel takes no softcap keyword")
-    assert status["smoothing_torch"] == ("skip", "the kernel takes no smoothing_convention keyword")
+    assert status["softcap"] == ("skip", "no softcap keyword")
+    assert status["smoothing_torch"] == ("skip", "no smoothing_convention keyword")
     assert r.ok
 
 
