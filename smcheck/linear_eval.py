@@ -34,6 +34,7 @@ from .linear import (
 )
 from .metrics import default_thresholds, kernel_thresholds, loss_gate_err
 from .precisions import Precision, get_precision
+from .variants import Variant, check_variant
 
 __all__ = [
     "LinearCheck",
@@ -41,7 +42,9 @@ __all__ = [
     "compare_linear",
     "default_grad_err",
     "evaluate_linear",
+    "linear_variant",
     "measure_linear",
+    "variant_kwargs",
 ]
 
 
@@ -83,6 +86,8 @@ class LinearEvalReport:
     max_loss_ulp: float
     max_grad_err: float
     checks: tuple[LinearCheck, ...]
+    #: the loss variant checked (constants as used); None for the plain loss
+    variant: Variant | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,6 +112,48 @@ def default_grad_err(working: Precision, vocab: int) -> float:
     """
     k, _ = kernel_thresholds("float32", "float32", vocab)
     return working.eps + k * get_precision("float32").eps
+
+
+def linear_variant(
+    hidden: Any,
+    weight: Any,
+    dtype: Any,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
+) -> Variant | None:
+    """The loss variant validated, its constants rounded to the working dtype's carrier (as
+    the kernel holds them, and as the reference then uses them); None for the plain loss.
+
+    >>> linear_variant(np.zeros((1, 2), np.float32), np.zeros((3, 2)), None, logit_scale=0.1)
+    Variant(z_loss=0.0, softcap=None, logit_scale=0.10000000149011612, smoothing_convention='torch')
+    """
+    v = check_variant(
+        z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention,
+        classes=np.shape(weight)[0] if np.ndim(weight) == 2 else None,
+    )  # fmt: skip
+    if not v.active:
+        return None
+    dt = dtype if dtype is not None else np.asarray(hidden).dtype
+    if dtype is None and np.dtype(dt).kind not in "fV":
+        return v  # check_linear names the problem: no working dtype
+    return v.rounded(get_precision(dt).carrier)
+
+
+def variant_kwargs(variant: Variant | None) -> dict[str, Any]:
+    """The keyword arguments of ``variant`` for :func:`~smcheck.linear.reference_linear` and
+    :func:`~smcheck.linear.linear_cross_entropy` (none for the plain loss)."""
+    if variant is None:
+        return {}
+    return {
+        "z_loss": variant.z_loss,
+        "softcap": variant.softcap,
+        "logit_scale": variant.logit_scale,
+        "smoothing_convention": variant.smoothing_convention,
+    }
 
 
 def measure_linear(
@@ -154,6 +201,10 @@ def evaluate_linear(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
     chunk_rows: int = 1024,
     chunk_vocab: int = 4096,
     grad_accums: Sequence[str] = ("float32", "bfloat16"),
@@ -161,13 +212,19 @@ def evaluate_linear(
     max_grad_err: float | None = None,
     names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearEvalReport:
-    """Reference once, then the chunked kernel per ``grad_accums`` entry, measured."""
+    """Reference once, then the chunked kernel per ``grad_accums`` entry, measured; the loss
+    variant (:mod:`smcheck.variants`) goes to both."""
     for a in grad_accums:
         if a not in GRAD_ACCUMS:
             raise UsageError(f"unknown grad_accum {a!r}; expected one of {', '.join(GRAD_ACCUMS)}")
+    variant = linear_variant(
+        hidden, weight, dtype, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention,
+    )  # fmt: skip
     ref = reference_linear(
         hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, names=names,
+        **variant_kwargs(variant),
     )  # fmt: skip
     n, d = ref.grad_hidden.shape
     v = ref.grad_weight.shape[0]
@@ -180,7 +237,7 @@ def evaluate_linear(
         got = linear_cross_entropy(
             hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, chunk_rows=chunk_rows,
-            chunk_vocab=chunk_vocab, grad_accum=a, names=names,
+            chunk_vocab=chunk_vocab, grad_accum=a, names=names, **variant_kwargs(variant),
         )  # fmt: skip
         checks.append(
             measure_linear(
@@ -202,6 +259,7 @@ def evaluate_linear(
         working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
         reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=tuple(checks),
+        variant=variant,
     )  # fmt: skip
 
 
@@ -218,16 +276,27 @@ def compare_linear(
     dtype: Any = None,
     ignore_index: int = -100,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
     max_loss_ulp: float | None = None,
     max_grad_err: float | None = None,
     names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearEvalReport:
     """A linear kernel's dumped outputs against the reference: ``loss`` per row (N,) or one
     reduced number, gradients of the reduced loss (of the sum for ``reduction="none"``); a
-    gradient not given is not checked (its error is reported as 0 with no check)."""
+    gradient not given is not checked (its error is reported as 0 with no check). The label
+    smoothing and loss variant are those their kernel computed."""
+    variant = linear_variant(
+        hidden, weight, dtype, z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention,
+    )  # fmt: skip
     ref = reference_linear(
         hidden, weight, labels, bias=bias, dtype=dtype, ignore_index=ignore_index,
-        reduction=reduction, names=names,
+        reduction=reduction, label_smoothing=label_smoothing, names=names,
+        **variant_kwargs(variant),
     )  # fmt: skip
     n, d = ref.grad_hidden.shape
     v = ref.grad_weight.shape[0]
@@ -278,7 +347,8 @@ def compare_linear(
         hidden_name=names[0], weight_name=names[1],
         bias_name=None if bias is None else names[2], labels_name=names[3],
         rows=n, dim=d, vocab=v, counted_rows=int(np.count_nonzero(lab != ignore_index)),
-        working=ref.working.name, reduction=reduction, label_smoothing=0.0,
+        working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
         reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=(check,),
+        variant=variant,
     )  # fmt: skip

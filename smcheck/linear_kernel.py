@@ -2,13 +2,17 @@
 
 A linear kernel has the signature of ``torch.nn.functional.linear_cross_entropy``:
 ``fn(input, linear_weight, target, *, linear_bias=None, reduction="mean", ignore_index=-100)``
-returning the loss; its gradients come from torch's autograd. Each probe builds a case that
-provokes one bug class of chunked kernels (:data:`LINEAR_PROBES`), rounds it to the working
-dtype, hands the kernel fresh tensors (and checks they come back unmodified), and measures its
-loss (ulps of max(|L*|, 1)) and dh, dW, db (normwise) against
-:func:`~smcheck.linear.reference_linear` of the same rounded values. The stock path -
-``F.cross_entropy(F.linear(h, W, b), y)`` in the working dtype, which is what PyTorch documents
-``linear_cross_entropy`` to equal - runs on the same inputs.
+returning the loss; its gradients come from torch's autograd. Probes of an option - PyTorch's
+``label_smoothing``, the loss variants ``softcap``, ``logit_scale``, ``z_loss``,
+``smoothing_convention`` (:mod:`smcheck.variants`) - pass it as a keyword, and are skipped for a
+kernel whose signature does not name it (as ``smcheck kernel``'s plain probes are).
+
+Each probe builds a case that provokes one bug class of chunked kernels
+(:data:`LINEAR_PROBES`), rounds it to the working dtype, hands the kernel fresh tensors (and
+checks they come back unmodified), and measures its loss (ulps of max(|L*|, 1)) and dh, dW, db
+(normwise) against :func:`~smcheck.linear.reference_linear` of the same rounded values. The
+stock path - ``F.cross_entropy(F.linear(h, W, b), y)`` in the working dtype, which is what
+PyTorch documents ``linear_cross_entropy`` to equal - runs on the same inputs.
 
 Gate: an error passes when it is within the default threshold (the loss: eval's
 ``max_loss_ulp``; a gradient: eps(working) normwise) or at most :data:`STOCK_FACTOR` times the
@@ -20,15 +24,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import UsageError
 from .linear import normwise_rel_err, reference_linear
-from .linear_eval import default_grad_err
+from .linear_eval import default_grad_err, linear_variant, variant_kwargs
 from .metrics import default_thresholds, loss_gate_err
 from .precisions import get_precision, round_to
 
@@ -36,7 +40,9 @@ __all__ = [
     "CHUNK_KEYWORDS",
     "CHUNK_VALUES",
     "LINEAR_PROBES",
+    "SOFTCAP",
     "STOCK_FACTOR",
+    "VARIANT_OPTIONS",
     "LinearKernelReport",
     "LinearProbeResult",
     "kernel_linear",
@@ -46,12 +52,22 @@ __all__ = [
 STOCK_FACTOR = 2.0
 
 
+#: The variant probes' constants, as the plain kernel probes' (smcheck.kernel.probes): Gemma 2
+#: caps at 30, a logit scale of 2, PaLM's z-loss 1e-4, PyTorch-style smoothing 0.1.
+SOFTCAP, LOGIT_SCALE, Z_LOSS, SMOOTHING = 30.0, 2.0, 1e-4, 0.1
+#: The loss variant keywords (smcheck.variants): the stock path takes them through
+#: ``torch_variant_stock``, a kernel only when its signature names them.
+VARIANT_OPTIONS = frozenset({"softcap", "logit_scale", "z_loss", "smoothing_convention"})
+
+
 @dataclass(frozen=True)
 class _Case:
     h: np.ndarray
     w: np.ndarray
     b: np.ndarray | None
     y: np.ndarray
+    #: keyword options the probe passes (a kernel not accepting one skips the probe)
+    opts: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _case(n: int, d: int, v: int, seed: int, *, bias: bool = True) -> _Case:
@@ -107,6 +123,50 @@ def _chunk_invariance() -> _Case:
     return _case(256, 32, 1003, 7)  # 256 = 4 * 61 + 12 and 1003 = 16 * 61 + 27: partial tails
 
 
+def _with(c: _Case, **opts: Any) -> _Case:
+    return _Case(c.h, c.w, c.b, c.y, opts)
+
+
+def _label_smoothing() -> _Case:
+    return _with(_case(64, 32, 1003, 9), label_smoothing=SMOOTHING)
+
+
+def _reduction_sum() -> _Case:
+    # the sum of 64 rows: a kernel that divides by the count (or by N, ignored rows included)
+    return _with(_case(64, 32, 512, 10), reduction="sum")
+
+
+def _softcap() -> _Case:
+    # |z| up to ~1000: c tanh(z / c) saturates (1 - tanh**2 underflows) where z tanh(z / c)
+    # is the logit itself
+    c = _case(48, 32, 512, 11)
+    return _Case(c.h * 300, c.w, c.b, c.y, {"softcap": SOFTCAP})
+
+
+def _scale_then_cap() -> _Case:
+    # |z| ~ 20-40: c tanh(s z / c) and s c tanh(z / c) differ by tens
+    c = _case(48, 32, 512, 12)
+    return _Case(c.h * 20, c.w, c.b, c.y, {"softcap": SOFTCAP, "logit_scale": LOGIT_SCALE})
+
+
+def _large_lse(seed: int, z_loss: float) -> _Case:
+    # a bias of 100 on every class: lse ~ 106, lambda lse**2 ~ 1.1, and the unshifted
+    # sum exp(z) overflows float32's exp above 88.7 where the shifted one does not
+    c = _case(48, 32, 512, seed)
+    assert c.b is not None
+    return _Case(c.h * 2, c.w, c.b + 100.0, c.y, {"z_loss": z_loss})
+
+
+def _smoothing(convention: str, seed: int) -> Callable[[], _Case]:
+    def build() -> _Case:
+        # the label's coefficient (1 - eps vs 1 - eps + eps / V) and the others' (eps / (V - 1)
+        # vs eps / V) differ by eps / V: the losses by eps / V times the mean margin
+        c = _case(64, 32, 257, seed)
+        return _with(c, label_smoothing=SMOOTHING, smoothing_convention=convention)
+
+    return build
+
+
 #: name -> (what it provokes, the case).
 LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
     "odd_vocab": ("V = 1003, no multiple of a chunk: the last partial chunk", _odd_vocab),
@@ -120,7 +180,21 @@ LINEAR_PROBES: dict[str, tuple[str, Callable[[], _Case]]] = {
         "the kernel's chunk keyword at 8 and 61: both within the limits",
         _chunk_invariance,
     ),  # fmt: skip
-}
+    "label_smoothing": ("label_smoothing 0.1 with an ignored row", _label_smoothing),
+    "reduction_sum": ("reduction='sum': the sum over the counted rows", _reduction_sum),
+    "softcap": ("softcap 30 at saturating logits (z tanh(z/c) for c tanh(z/c), 1 - tanh**2)",
+                _softcap),
+    "scale_then_cap": ("logit_scale 2 then softcap 30 (the cap applied before the scale)",
+                       _scale_then_cap),
+    "z_loss": ("z_loss 1e-4 at log-sum-exp ~ 106 (z-loss from the shifted or the unshifted "
+               "sum)", lambda: _large_lse(13, Z_LOSS)),
+    "z_loss_off": ("z_loss=0 at log-sum-exp ~ 106: a z-loss added when disabled",
+                   lambda: _large_lse(14, 0.0)),
+    "smoothing_torch": ("label smoothing 0.1, smoothing_convention='torch' (eps / V each)",
+                        _smoothing("torch", 15)),
+    "smoothing_megatron": ("label smoothing 0.1, smoothing_convention='megatron' "
+                           "(eps / (V - 1) on each other class)", _smoothing("megatron", 16)),
+}  # fmt: skip
 
 #: Keywords through which a kernel exposes its chunking; the first one in its signature is set.
 CHUNK_KEYWORDS = ("chunk_size", "num_chunks", "chunk_vocab", "chunk_rows", "chunk")
@@ -191,9 +265,30 @@ def _torch_dtype(name: str) -> Any:
 
 
 def _stock(h: Any, w: Any, y: Any, *, linear_bias: Any = None, **kw: Any) -> Any:
+    """PyTorch's documented equivalent; the loss variants as their users write them
+    (:func:`smcheck.kernel.frameworks.torch_variant_stock`)."""
     import torch.nn.functional as F
 
+    if VARIANT_OPTIONS & set(kw):
+        from .kernel.frameworks import torch_variant_stock
+
+        return torch_variant_stock(F.linear(h, w, linear_bias), y, **kw)
     return F.cross_entropy(F.linear(h, w, linear_bias), y, **kw)
+
+
+#: Keywords a kernel without a readable signature is taken to accept (F.linear_cross_entropy's).
+_TORCH_KEYWORDS = frozenset({"reduction", "ignore_index", "label_smoothing"})
+
+
+def _refused(fn: Callable[..., Any], opts: Mapping[str, Any]) -> list[str]:
+    """The probe's keyword options ``fn`` does not accept (its signature names neither them
+    nor ``**kwargs``); ``reduction`` is always passed."""
+    if not _has_signature(fn):
+        return [k for k in opts if k not in _TORCH_KEYWORDS]
+    params = inspect.signature(fn).parameters
+    if _takes_kwargs(params):
+        return []
+    return [k for k in opts if k != "reduction" and k not in params]
 
 
 def _run(fn: Callable[..., Any], case: _Case, dtype: str, **extra: Any) -> tuple[Any, ...]:
@@ -206,7 +301,7 @@ def _run(fn: Callable[..., Any], case: _Case, dtype: str, **extra: Any) -> tuple
     b = None if case.b is None else torch.tensor(case.b).to(td).requires_grad_(True)
     y = torch.tensor(case.y, dtype=torch.int64)
     copies = [t.detach().clone() for t in (h, w, y) + (() if b is None else (b,))]
-    kwargs: dict[str, Any] = {"reduction": "mean"}
+    kwargs: dict[str, Any] = {"reduction": "mean", **case.opts}
     params = inspect.signature(fn).parameters if _has_signature(fn) else {}
     if not params or "ignore_index" in params or _takes_kwargs(params):
         kwargs["ignore_index"] = -100
@@ -258,6 +353,16 @@ def _errors(out: tuple[Any, ...], ref: Any, working: Any) -> tuple[float, ...]:
     return tuple(errs)
 
 
+def _reference(case: _Case, dtype: str) -> Any:
+    """The reference of a probe's case, with its reduction, label smoothing and loss variant
+    (the variant's constants rounded to the carrier, as the kernel's float32 holds them)."""
+    opts = dict(case.opts)
+    variant = linear_variant(case.h, case.w, dtype, **{k: opts.pop(k) for k in list(opts)
+                                                      if k in VARIANT_OPTIONS})  # fmt: skip
+    return reference_linear(case.h, case.w, case.y, bias=case.b, dtype=dtype, **opts,
+                            **variant_kwargs(variant))  # fmt: skip
+
+
 def kernel_linear(
     fn: Callable[..., Any],
     *,
@@ -288,14 +393,23 @@ def kernel_linear(
                 ))  # fmt: skip
             continue
         case = LINEAR_PROBES[name][1]()
+        refused = _refused(fn, case.opts)
+        if refused:  # as the plain kernel probes: an option the kernel lacks is not a failure
+            for dt in dtypes:
+                get_precision(dt)
+                results.append(LinearProbeResult(
+                    name, dt, "skip", math.nan, math.nan, math.nan, None, math.nan, math.nan,
+                    math.nan, None, "no " + ", ".join(refused) + " keyword",
+                ))  # fmt: skip
+            continue
         for dt in dtypes:
             working = get_precision(dt)
 
             rc = _Case(
                 _rounded(case.h, working), _rounded(case.w, working),
-                None if case.b is None else _rounded(case.b, working), case.y,
+                None if case.b is None else _rounded(case.b, working), case.y, case.opts,
             )  # fmt: skip
-            ref = reference_linear(rc.h, rc.w, rc.y, bias=rc.b, dtype=dt)
+            ref = _reference(rc, dt)
             stock = _errors(_run(_stock, rc, dt), ref, working)
             loss_k, _ = default_thresholds(working, "float32", rc.w.shape[0])
             limits = [loss_k] + [default_grad_err(working, rc.w.shape[0])] * 3

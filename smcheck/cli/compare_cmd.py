@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..render.compare import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
-from .linear_mode import run_compare_linear
+from .linear_mode import COMPARE_LINEAR_ONLY, plain_mode, run_compare_linear
 from .options import (
     FiniteFloatRange,
     color_option,
@@ -194,11 +194,16 @@ def compare_cmd(
         run_compare_linear(
             hidden, linear_weight, linear_bias, labels, loss_file, grad_hidden, grad_weight,
             grad_bias, dtype=dtype, ignore_index=ignore_index, reduction=reduction,
-            max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, fmt=fmt, color=color,
+            label_smoothing=label_smoothing, variant={
+                "z_loss": z_loss, "softcap": softcap, "logit_scale": logit_scale,
+                "smoothing_convention": smoothing_convention,
+            }, max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, fmt=fmt, color=color,
             output=output, exit_zero=exit_zero,
         )  # fmt: skip
-    if logits is None:
-        raise UsageError("missing argument LOGITS (or --hidden and --linear-weight)")
+    logits = plain_mode(
+        logits, COMPARE_LINEAR_ONLY, "missing argument LOGITS (or --hidden and --linear-weight)",
+        "--hidden, --linear-weight",
+    )  # fmt: skip
     inputs = (logits, labels, loss_file, grad_file, weight)
     tail = Tail(
         "compare", fmt, color, output, inputs, exit_zero=exit_zero, baseline=baseline,

@@ -15,7 +15,7 @@ from ..evaluate import DEFAULT_CHUNK_BYTES, PerRowWriter, evaluate
 from ..render.eval import RENDERERS, render, to_dict
 from . import cli
 from .baseline_opts import baseline_options
-from .linear_mode import run_linear
+from .linear_mode import EVAL_LINEAR_ONLY, plain_mode, run_linear
 from .options import (
     FAIL_ON_CHOICES,
     FiniteFloatRange,
@@ -65,6 +65,22 @@ from .tail import Tail, finish
     default="float32,bfloat16",
     show_default=True,
     help="Linear mode: dtypes the kernel sums dW, dh, db in across chunks (comma list).",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="EPS",
+    help="Linear mode: PyTorch's label_smoothing (spread as --smoothing-convention says).",
+)
+@click.option(
+    "--reduction",
+    type=click.Choice(["mean", "sum", "none"]),
+    default="mean",
+    show_default=True,
+    help="Linear mode: the loss reduction over rows (the gradients are of the mean or sum; "
+    "of the sum for none).",
 )
 @click.option("--logits-key", metavar="KEY", help="Array name of the logits in an .npz.")
 @click.option("--labels-key", metavar="KEY", help="Array name of the labels in an .npz.")
@@ -139,6 +155,8 @@ def eval_cmd(
     bias: str | None,
     chunk_vocab: int,
     grad_accum: str,
+    label_smoothing: float,
+    reduction: str,
     logits_key: str | None,
     labels_key: str | None,
     label_column: str | None,
@@ -189,15 +207,20 @@ def eval_cmd(
     if hidden is not None or weight is not None or bias is not None:
         if logits is not None or hidden is None:
             raise UsageError("give LOGITS, or --hidden with --weight (not both)")
+        variant = {"z_loss": z_loss, "softcap": softcap, "logit_scale": logit_scale,
+                   "smoothing_convention": smoothing_convention}  # fmt: skip
         run_linear(
             hidden, weight, bias, labels, dtype=dtype, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, variant=variant,
             chunk_rows=chunk_rows, chunk_vocab=chunk_vocab, grad_accum=grad_accum,
             max_loss_ulp=max_loss_ulp, max_grad_err=max_grad_err, max_bytes=max_bytes, fmt=fmt,
             color=color, output=output, exit_zero=exit_zero, baseline=baseline,
             write_baseline=write_baseline,
         )  # fmt: skip
-    if logits is None:
-        raise UsageError("missing argument LOGITS (or --hidden and --weight: the linear mode)")
+    logits = plain_mode(
+        logits, EVAL_LINEAR_ONLY, "missing argument LOGITS (or --hidden and --weight: the "
+        "linear mode)", "--hidden, --weight",
+    )  # fmt: skip
     chosen, gated = parse_methods(methods), parse_gate(gate)
     checks = parse_csv_choices(fail_on, FAIL_ON_CHOICES, "--fail-on")
     loaded, dtype = load_logits(

@@ -15,6 +15,7 @@ from ..kernel import FRAMEWORKS, JUDGES, PROBES, kernel, load_target, target_fil
 from ..render.common import safe_text
 from ..render.kernel import RENDERERS, render, to_dict
 from . import cli
+from .linear_mode import refuse_given
 from .options import (
     FiniteFloatRange,
     color_option,
@@ -25,6 +26,13 @@ from .options import (
     wants_color,
 )
 from .tail import Tail, finish
+
+#: kernel's options for the plain probes that ``--linear`` has no use for (its probes fix their
+#: shapes and seeds, run on the CPU with torch, and judge against the reference or 2x stock).
+KERNEL_NOT_LINEAR = (
+    "framework", "vocab", "quick", "rows", "seed", "device", "judge", "gate", "max_loss_ulp",
+    "max_grad_err",
+)  # fmt: skip
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -171,6 +179,8 @@ def kernel_cmd(
 
     Example: smcheck kernel mykernels.py:fused_ce --quick --format markdown
     """
+    if linear:  # before TARGET is imported: the plain probes' options mean nothing to it
+        refuse_given(KERNEL_NOT_LINEAR, "does not apply to --linear (see docs/linear.md)")
     tail = Tail("kernel", fmt, color, output, [target.rpartition(":")[0]], exit_zero=exit_zero)
     tail.start()
     judged = _judge(judge, gate)

@@ -537,6 +537,7 @@ def load_logits(
         labels_key=labels_key,
         label_column=column,
         ignore_index=ignore_index,
+        raw_as=dtype,  # a raw 2-byte .npy is bfloat16 only when --dtype bfloat16 says so
         **extra,  # type: ignore[arg-type]
     )
     dtype, _ = file_dtype(loaded.file_dtype, dtype)  # float32 for text and integer files

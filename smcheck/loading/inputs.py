@@ -74,6 +74,7 @@ def load_input(
     ignore_index: int = -100,
     max_bytes: int = DEFAULT_MAX_BYTES,
     stdin: BinaryIO | None = None,
+    raw_as: str | None | bool = False,
 ) -> LoadedInput:
     """Read and validate logits (N, C) and optional integer labels from files.
 
@@ -84,7 +85,9 @@ def load_input(
     no labels (``labels=None``, label-free mode). ``max_bytes`` bounds what is read into memory:
     text and stdin bytes, each decompressed ``.npz`` member or zarr chunk, the labels, and the
     working memory of one row of logits (a ``.npy`` file is read a block of rows at a time and
-    has no size limit).
+    has no size limit). ``raw_as``: the working dtype the user named (None: none), for a
+    ``.npy`` of raw 2-byte values (bfloat16 saved with ml_dtypes), read as bfloat16 only when
+    that is named; False (the default): refused as any raw dtype.
 
     Raises :class:`InputError` naming the file and row/line/column for any bad data.
 
@@ -108,7 +111,7 @@ def load_input(
     if src.kind == "text":
         got = _read_text(src, label_column, max_bytes, notes)
     elif src.kind == "npy":
-        got = _read_npy(src, max_bytes, notes)
+        got = _read_npy(src, max_bytes, notes, raw_as)
     elif src.kind == "zarr":
         got = _read_zarr(src, max_bytes, notes)
     else:
@@ -239,8 +242,10 @@ def _read_text(
     )
 
 
-def _read_npy(src: _Source, max_bytes: int, notes: list[str]) -> _ReadLogits:
-    arr = _array_from_source(src, max_bytes, mmap=True)
+def _read_npy(
+    src: _Source, max_bytes: int, notes: list[str], raw_as: str | None | bool = False
+) -> _ReadLogits:
+    arr = _array_from_source(src, max_bytes, mmap=True, raw_as=raw_as)
     arr2d, original_shape = _logits_from_array(arr, notes)
     return _ReadLogits(arr2d, original_shape, arr.stored.name)
 

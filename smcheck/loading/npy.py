@@ -28,8 +28,53 @@ class _Array:
     stored: np.dtype
 
 
-def _read_npy_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """Parse a .npy header with numpy's own parser (a literal, never code), as InputError."""
+#: The float dtypes numpy saves as raw bytes (``np.save`` of an ml_dtypes array writes descr
+#: ``'<V2'`` or ``'|V1'``: numpy has no name for them), by width: what ``--dtype`` may read them as.
+RAW_FLOATS: dict[int, tuple[str, ...]] = {
+    2: ("bfloat16",),
+    1: ("float8_e4m3fn", "float8_e5m2"),
+}
+
+
+def _raw_float(dtype: np.dtype, raw_as: str | None, where: str) -> np.dtype:
+    """The float dtype a raw 1- or 2-byte .npy is read as: the working dtype the user named,
+    when it is one of :data:`RAW_FLOATS` of that width - never a guess, since two bytes could
+    as well be float16 bits or anything else.
+
+    >>> _raw_float(np.dtype("V2"), "bf16", "h.npy").name
+    'bfloat16'
+    >>> _raw_float(np.dtype("V2"), None, "h.npy")
+    Traceback (most recent call last):
+    ...
+    smcheck.errors.InputError: h.npy: a 2-byte raw dtype (bfloat16 ...): pass --dtype bfloat16 ...
+    """
+    names = RAW_FLOATS[dtype.itemsize]
+    if raw_as is not None:
+        from ..errors import UsageError
+        from ..precisions import get_precision
+
+        try:
+            named = get_precision(raw_as)
+        except UsageError:
+            named = None  # an unknown --dtype is its own usage error, reported by its checker
+        if named is not None and named.name in names:
+            return np.dtype(named.dtype)
+    what = "bfloat16" if dtype.itemsize == 2 else "float8"
+    flags = " or ".join(f"--dtype {n}" for n in names)
+    raise InputError(
+        f"{where}: a {dtype.itemsize}-byte raw dtype ({what} saved with ml_dtypes?): pass {flags}"
+        f" (numpy reads it as void {dtype.str}; or save it .astype(np.float32), which is exact)"
+    )
+
+
+def _read_npy_header(
+    fp: BinaryIO, where: str, raw_as: str | None | bool = False
+) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Parse a .npy header with numpy's own parser (a literal, never code), as InputError.
+
+    ``raw_as``: where the caller knows the working dtype the user named (a name, or None when
+    none was named), a raw 1- or 2-byte void array is read as that float type
+    (:func:`_raw_float`); ``False`` (labels, say): refused as any void dtype is."""
     try:
         version = np.lib.format.read_magic(fp)
         if version == (1, 0):
@@ -50,7 +95,12 @@ def _read_npy_header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, n
     dtype = np.dtype(dtype)
     if any(int(d) < 0 for d in shape):  # numpy checks the type of each dimension, not its sign
         raise InputError(f"{where}: bad .npy header: negative dimension in shape {dims(shape)}")
-    _check_dtype(dtype, where)
+    plain_void = dtype.kind == "V" and dtype.fields is None and dtype.subdtype is None
+    if raw_as is not False and plain_void and dtype.itemsize in RAW_FLOATS:
+        assert raw_as is not True
+        dtype = _raw_float(dtype, raw_as, where)  # allow-listed: no _check_dtype
+    else:
+        _check_dtype(dtype, where)
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
@@ -66,13 +116,20 @@ def _truncated(where: str, shape: tuple[int, ...], dtype: np.dtype, have: int) -
 
 
 def _npy_from_path(
-    path: str, where: str, *, mmap: bool, max_bytes: int, check_shape: ShapeCheck | None = None
+    path: str,
+    where: str,
+    *,
+    mmap: bool,
+    max_bytes: int,
+    check_shape: ShapeCheck | None = None,
+    raw_as: str | None | bool = False,
 ) -> _Array:
     """A .npy file, memory-mapped read-only when ``mmap`` (after checking the header and size);
-    read whole (at most ``max_bytes`` of data) otherwise."""
+    read whole (at most ``max_bytes`` of data) otherwise. ``raw_as``: see
+    :func:`_read_npy_header`."""
     try:
         with open(path, "rb") as f:
-            shape, fortran, dtype = _read_npy_header(f, where)
+            shape, fortran, dtype = _read_npy_header(f, where, raw_as)
             offset = f.tell()
             size = os.fstat(f.fileno()).st_size
     except OSError as exc:
@@ -92,6 +149,8 @@ def _npy_from_path(
             arr: np.ndarray = NpyRows.open(path, where, shape, fortran, dtype, offset)
         else:
             arr = np.load(path, allow_pickle=False)
+            if arr.dtype != dtype:  # a raw void array read as the float type named
+                arr = arr.view(dtype)
     except _CORRUPT as exc:
         raise InputError(f"{where}: cannot read the array ({_short(exc)})") from None
     return _Array(arr, where, dtype)
@@ -103,9 +162,10 @@ def _npy_from_stream(
     where: str,
     max_bytes: int,
     check_shape: ShapeCheck | None = None,
+    raw_as: str | None | bool = False,
 ) -> _Array:
     """A .npy held in a stream of ``available`` bytes (stdin, a pipe, an .npz member)."""
-    shape, fortran, dtype = _read_npy_header(fp, where)
+    shape, fortran, dtype = _read_npy_header(fp, where, raw_as)
     if check_shape is not None:
         check_shape(where, shape)
     have = available - fp.tell()
@@ -129,15 +189,22 @@ def _npy_from_stream(
 
 
 def _array_from_source(
-    src: _Source, max_bytes: int, *, mmap: bool, check_shape: ShapeCheck | None = None
+    src: _Source,
+    max_bytes: int,
+    *,
+    mmap: bool,
+    check_shape: ShapeCheck | None = None,
+    raw_as: str | None | bool = False,
 ) -> _Array:
-    """A whole .npy source (a file: memory-mapped when ``mmap``; stdin/pipe bytes: in memory)."""
+    """A whole .npy source (a file: memory-mapped when ``mmap``; stdin/pipe bytes: in memory).
+    ``raw_as``: see :func:`_read_npy_header`."""
     if src.path is not None:
         return _npy_from_path(
-            src.path, src.name, mmap=mmap, max_bytes=max_bytes, check_shape=check_shape
-        )
+            src.path, src.name, mmap=mmap, max_bytes=max_bytes, check_shape=check_shape,
+            raw_as=raw_as,
+        )  # fmt: skip
     data = src.data or b""
-    return _npy_from_stream(io.BytesIO(data), len(data), src.name, max_bytes, check_shape)
+    return _npy_from_stream(io.BytesIO(data), len(data), src.name, max_bytes, check_shape, raw_as)
 
 
 class NpyRows(np.memmap):
@@ -267,7 +334,8 @@ class _RowReader:
         row_bytes = out.nbytes // (hi - lo)
         fd = self.check()
         try:
-            view = memoryview(out).cast("B")  # type: ignore[arg-type]
+            # through a uint8 view: the buffer protocol has no code for ml_dtypes' bfloat16
+            view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             done = 0
             start = self.offset + lo * row_bytes
             while done < out.nbytes:

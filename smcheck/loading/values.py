@@ -31,8 +31,14 @@ def load_values(
     key: str | None,
     default_key: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    dtype: str | None | bool = False,
 ) -> LoadedValues:
     """Read a float array of any shape (0-d included) from .npy, .npz, zarr or text.
+
+    ``dtype``: the working dtype the user named (None: none named), for a ``.npy`` of raw
+    2-byte (1-byte) values - bfloat16 (float8) saved with ml_dtypes - which is read as that
+    type only when it is named, else refused saying so; False (the default): refused as any
+    raw dtype.
 
     The same readers as :func:`~smcheck.loading.load_input`, with the same checks: the format
     is sniffed from the bytes; ``.npy`` is memory-mapped (blocks of rows read with positioned
@@ -66,7 +72,7 @@ def load_values(
             "text",
         )
     if src.kind == "npy":
-        got = _array_from_source(src, max_bytes, mmap=True)
+        got = _array_from_source(src, max_bytes, mmap=True, raw_as=dtype)
         arr, where, stored = got.array, got.where, got.stored
     elif src.kind == "zarr":
         assert src.path is not None

@@ -61,6 +61,8 @@ def to_dict(report: LinearEvalReport) -> dict[str, Any]:
                 "dtype": r.working,
                 "reduction": r.reduction,
                 "label_smoothing": r.label_smoothing,
+                # only when a loss variant is checked: the plain loss's document is unchanged
+                **({"variant": r.variant.as_json()} if r.variant is not None else {}),
                 "reference": {
                     "loss": json_float(r.reference_loss),
                     "split_blocks": r.reference_split_blocks,
@@ -86,10 +88,12 @@ def _cells(c: LinearCheck) -> list[str]:
 
 def _head(r: LinearEvalReport) -> str:
     bias = f" + {r.bias_name}" if r.bias_name else ""
+    smoothing = f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ""
+    variant = f", loss variant {r.variant.describe()}" if r.variant is not None else ""
     return (
         f"fused linear cross-entropy: {r.hidden_name} ({r.rows} x {r.dim}) . "
         f"{r.weight_name}^T ({r.vocab} x {r.dim}){bias}, labels {r.labels_name}, "
-        f"{r.working}, reduction {r.reduction}"
+        f"{r.working}, reduction {r.reduction}{smoothing}{variant}"
     )
 
 
@@ -138,8 +142,10 @@ def render_github(
     out = []
     for c in report.checks:
         if not c.ok:
+            what = "" if report.variant is None else f" ({report.variant.describe()})"
             msg = (
-                f"linear cross-entropy, grad_accum {c.grad_accum}: loss {fmt_num(c.loss_max_ulps)}"
+                f"linear cross-entropy{what}, grad_accum {c.grad_accum}: loss "
+                f"{fmt_num(c.loss_max_ulps)}"
                 f" ulps, dh {fmt_num(c.grad_hidden_err)}, dW {fmt_num(c.grad_weight_err)}, db "
                 f"{fmt_num(c.grad_bias_err)} (gate {fmt_num(report.max_grad_err)})"
             )

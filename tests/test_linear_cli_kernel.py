@@ -1,0 +1,125 @@
+"""``smcheck kernel --linear``: the label smoothing, reduction and loss-variant probes.
+
+As the plain kernel probes do, a probe passes its option as a keyword and is skipped for a
+kernel whose signature does not name it: ``F.linear_cross_entropy`` runs ``label_smoothing``
+and ``reduction_sum`` and skips the variants. Each deliberately wrong kernel of
+``tests/kernels/linear_variant_kernels.py`` fails the probe of its bug.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from smcheck.cli import cli
+from smcheck.linear import reference_linear
+from smcheck.linear_kernel import LINEAR_PROBES, kernel_linear
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from .kernels import linear_variant_kernels as kernels  # noqa: E402
+
+#: The variant probes' reference needs reference_linear's variant keywords (branch ``linref``).
+needs_variant_reference = pytest.mark.skipif(
+    "z_loss" not in inspect.signature(reference_linear).parameters,
+    reason="reference_linear has no loss variants yet (branch linref)",
+)
+VARIANT_PROBES = ("softcap", "scale_then_cap", "z_loss", "z_loss_off", "smoothing_megatron")
+KERNELS = Path(__file__).parent / "kernels" / "linear_variant_kernels.py"
+
+
+def test_stock_linear_cross_entropy_runs_smoothing_and_sum_and_skips_the_variants() -> None:
+    if not hasattr(F, "linear_cross_entropy"):
+        pytest.skip("this torch has no F.linear_cross_entropy")
+    probes = ("label_smoothing", "reduction_sum", "softcap", "smoothing_torch")
+    r = kernel_linear(F.linear_cross_entropy, dtypes=("float32",), probes=probes)
+    status = {p.name: (p.status, p.detail) for p in r.probes}
+    assert status["label_smoothing"][0] == "pass" and status["reduction_sum"][0] == "pass"
+    assert status["softcap"] == ("skip", "no softcap keyword")
+    assert status["smoothing_torch"] == ("skip", "no smoothing_convention keyword")
+    assert r.ok
+
+
+def test_kernel_returning_the_mean_for_reduction_sum_fails() -> None:
+    r = kernel_linear(kernels.sum_as_mean, dtypes=("float32",), probes=("reduction_sum",))
+    (p,) = r.probes
+    assert p.status == "fail" and "loss" in p.detail
+    assert p.grad_weight_err > 0.5  # gradients of the mean: 1/N of the sum's
+
+
+def test_kernel_with_the_other_smoothing_convention_fails_in_float32() -> None:
+    r = kernel_linear(kernels.other_convention, dtypes=("float32",),
+                      probes=("smoothing_torch", "label_smoothing"))  # fmt: skip
+    assert [p.status for p in r.probes] == ["fail", "fail"], r.probes
+    right = kernel_linear(kernels.variant, dtypes=("float32",),
+                          probes=("smoothing_torch", "label_smoothing"))  # fmt: skip
+    assert right.ok, right.probes
+
+
+@needs_variant_reference
+def test_right_variant_kernel_passes_every_probe() -> None:
+    probes = [p for p in LINEAR_PROBES if p not in ("many_rows", "determinism")]
+    r = kernel_linear(kernels.variant, dtypes=("bfloat16", "float32"), probes=probes)
+    assert r.ok, [(p.name, p.dtype, p.detail) for p in r.probes if p.status != "pass"]
+    assert not [p for p in r.probes if p.status == "skip" and p.name in VARIANT_PROBES]
+
+
+@needs_variant_reference
+@pytest.mark.parametrize(
+    ("bug", "probe"),
+    [
+        ("cap_before_scale", "scale_then_cap"),
+        ("z_tanh", "softcap"),
+        ("zloss_shifted", "z_loss"),
+        ("zloss_always", "z_loss_off"),
+        ("other_convention", "smoothing_megatron"),
+    ],
+)
+def test_each_wrong_variant_kernel_fails_its_probe(bug: str, probe: str) -> None:
+    r = kernel_linear(getattr(kernels, bug), dtypes=("float32",), probes=(probe,))
+    (p,) = r.probes
+    assert p.status == "fail", p
+    assert p.loss_ulps > 10 and "above the gate" in p.detail
+
+
+@needs_variant_reference
+def test_kernel_cli_linear_flags_z_tanh_and_names_its_probe() -> None:
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{KERNELS}:z_tanh", "--probes",
+                                 "softcap,reduction_sum", "--dtype", "float32",
+                                 "-f", "json"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    probes = {p["name"]: p["status"] for p in json.loads(r.output)["probes"]}
+    assert probes == {"softcap": "fail", "reduction_sum": "pass"}
+
+
+def test_kernel_cli_linear_sum_as_mean_exits_1() -> None:
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{KERNELS}:sum_as_mean", "--probes",
+                                 "reduction_sum,label_smoothing", "--dtype", "float32", "-f",
+                                 "json"])  # fmt: skip
+    assert r.exit_code == 1, r.output
+    probes = {p["name"]: p["status"] for p in json.loads(r.output)["probes"]}
+    assert probes == {"reduction_sum": "fail", "label_smoothing": "pass"}
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [(["--quick"], "--quick"), (["--vocab", "10"], "--vocab"), (["--device", "cpu"], "--device"),
+     (["--max-grad-err", "1"], "--max-grad-err"), (["--judge", "both"], "--judge")],
+)  # fmt: skip
+def test_kernel_linear_refuses_the_plain_probes_options_before_importing(
+    tmp_path: Path, args: list[str], flag: str
+) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "k.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f(*a, **k): pass\n")
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{tmp_path / 'k.py'}:f", *args])
+    assert r.exit_code == 2
+    assert (
+        r.output.strip()
+        == f"smcheck: error: {flag} does not apply to --linear (see docs/linear.md)"
+    )
+    assert not marker.exists()
