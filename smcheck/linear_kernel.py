@@ -45,6 +45,7 @@ __all__ = [
     "VARIANT_OPTIONS",
     "LinearKernelReport",
     "LinearProbeResult",
+    "NOT_EMBEDDABLE",
     "kernel_linear",
 ]
 
@@ -244,14 +245,52 @@ class LinearProbeResult:
 
 @dataclass(frozen=True)
 class LinearKernelReport:
-    """``kernel_linear``'s result: one :class:`LinearProbeResult` per (probe, dtype)."""
+    """``kernel_linear``'s result: one :class:`LinearProbeResult` per (probe, dtype), and the
+    plain probe suite's report on the same kernel (``plain``; None when not run)."""
 
     target: str
     probes: tuple[LinearProbeResult, ...]
+    plain: Any = None  # smcheck.kernel.KernelReport (imported lazily: torch-free start-up)
 
     @property
     def ok(self) -> bool:
-        return all(p.status != "fail" for p in self.probes)
+        return all(p.status != "fail" for p in self.probes) and (
+            self.plain is None or bool(self.plain.ok)
+        )
+
+
+#: Plain probes a linear kernel cannot be given: their logits are not finite, and 0 * inf is NaN
+#: in any h W^T, so no embedding hands the kernel those logits (smcheck.kernel.linear_plain).
+NOT_EMBEDDABLE = ("padding", "nonfinite_rows")
+
+
+def _plain_suite(
+    fn: Callable[..., Any], target: str, names: Sequence[str], dtypes: Sequence[str],
+    options: Mapping[str, Any],
+) -> Any:  # fmt: skip
+    """The plain probes ``names`` on the linear kernel ``fn`` through :func:`as_plain` (torch),
+    those in :data:`NOT_EMBEDDABLE` reported as skipped with the reason."""
+    from dataclasses import replace
+
+    from .kernel import kernel
+    from .kernel.linear_plain import as_plain
+    from .kernel.report import ProbeResult
+    from .kernel.runner import rows_for
+
+    why = "non-finite logits (0 * inf = NaN in h W^T: no exact embedding)"
+    run = [n for n in names if n not in NOT_EMBEDDABLE]
+    if not run:
+        raise UsageError(f"probe {names[0]} does not apply to a linear kernel ({why})")
+    report = kernel(as_plain(fn), framework="torch", dtypes=list(dtypes), probes=run,
+                    target=target, **options)  # fmt: skip
+    skips = tuple(
+        ProbeResult(n, dt, v, rows_for(v, options.get("rows")), "skip", why)
+        for n in names
+        if n in NOT_EMBEDDABLE
+        for dt in report.dtypes
+        for v in report.vocab
+    )
+    return replace(report, probes=report.probes + skips)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -369,17 +408,28 @@ def kernel_linear(
     target: str = "kernel",
     dtypes: Sequence[str] = ("bfloat16", "float32"),
     probes: Sequence[str] | None = None,
+    plain: Mapping[str, Any] | None = None,
 ) -> LinearKernelReport:
-    """Run ``fn`` (``F.linear_cross_entropy``'s signature) through the linear probes.
+    """Run ``fn`` (``F.linear_cross_entropy``'s signature) through the linear probes, and with
+    ``plain`` (the options of :func:`smcheck.kernel` for it: vocab, rows, seed, device, judge,
+    quick, max_loss_ulp, max_grad_err; ``{}`` for the defaults) through the plain probe suite
+    too, by an exact embedding of each probe's logits (:mod:`smcheck.kernel.linear_plain`).
+    ``probes`` names probes of either suite (None: all); a name both suites have runs in both.
 
-    A kernel that sums dW in bfloat16 over its row chunks fails ``many_rows``; PyTorch's own
-    ``F.linear_cross_entropy`` passes every probe.
+    A kernel that sums dW in bfloat16 over its row chunks fails ``many_rows``; one that forgets
+    the max shift fails the plain ``offset`` probe; PyTorch's own ``F.linear_cross_entropy``
+    passes every probe.
     """
-    names = list(LINEAR_PROBES) if probes is None else list(probes)
-    for name in names:
-        if name not in LINEAR_PROBES:
-            raise UsageError(f"unknown linear probe {name!r}; expected one of "
-                             f"{', '.join(LINEAR_PROBES)}")  # fmt: skip
+    from .kernel.probes import PROBES
+
+    asked = list(LINEAR_PROBES) + list(PROBES) if probes is None else list(probes)
+    for name in asked:
+        if name not in LINEAR_PROBES and name not in PROBES:
+            raise UsageError(f"unknown probe {name!r}; expected a linear probe "
+                             f"({', '.join(LINEAR_PROBES)}) or a plain one "
+                             f"({', '.join(PROBES)})")  # fmt: skip
+    names = [n for n in dict.fromkeys(asked) if n in LINEAR_PROBES]
+    plain_names = [n for n in dict.fromkeys(asked) if n in PROBES]
     results = []
     chunk_key = _chunk_keyword(fn)
     for name in names:
@@ -472,4 +522,7 @@ def kernel_linear(
                     detail,
                 )  # fmt: skip
             )
-    return LinearKernelReport(target, tuple(results))
+    suite = None
+    if plain is not None and plain_names:
+        suite = _plain_suite(fn, target, plain_names, dtypes, plain)
+    return LinearKernelReport(target, tuple(results), suite)

@@ -106,20 +106,31 @@ def test_kernel_cli_linear_sum_as_mean_exits_1() -> None:
     assert probes == {"reduction_sum": "fail", "label_smoothing": "pass"}
 
 
-@pytest.mark.parametrize(
-    ("args", "flag"),
-    [(["--quick"], "--quick"), (["--vocab", "10"], "--vocab"), (["--device", "cpu"], "--device"),
-     (["--max-grad-err", "1"], "--max-grad-err"), (["--judge", "both"], "--judge")],
-)  # fmt: skip
-def test_kernel_linear_refuses_the_plain_probes_options_before_importing(
-    tmp_path: Path, args: list[str], flag: str
-) -> None:
+def test_kernel_linear_refuses_another_framework_before_importing(tmp_path: Path) -> None:
     marker = tmp_path / "imported"
     (tmp_path / "k.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f(*a, **k): pass\n")
-    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{tmp_path / 'k.py'}:f", *args])
+    r = CliRunner().invoke(cli, ["kernel", "--linear", f"{tmp_path / 'k.py'}:f", "--framework",
+                                 "jax"])  # fmt: skip
     assert r.exit_code == 2
-    assert (
-        r.output.strip()
-        == f"smcheck: error: {flag} does not apply to --linear (see docs/linear.md)"
+    assert r.output.strip() == (
+        "smcheck: error: --framework does not apply to --linear: a linear kernel is torch's"
     )
     assert not marker.exists()
+
+
+def test_kernel_linear_runs_the_plain_probes_with_the_plain_options() -> None:
+    """--vocab, --rows, --seed, --judge... reach the plain probes a linear kernel also runs
+    (through the exact embedding of smcheck.kernel.linear_plain); padding is not embeddable."""
+    r = CliRunner().invoke(cli, [
+        "kernel", "--linear", "torch.nn.functional:linear_cross_entropy", "--probes",
+        "odd_dim,random,padding", "--vocab", "37", "--rows", "16", "--dtype", "float32",
+        "--judge", "reference", "-f", "json",
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [p["name"] for p in doc["probes"]] == ["odd_dim"]
+    plain = doc["plain"]
+    assert plain["vocab"] == [37] and plain["judge"] == "reference" and "schema" not in plain
+    got = {(p["name"], p["vocab"], p["rows"]): p["status"] for p in plain["probes"]}
+    assert got[("random", 37, 16)] == "pass"
+    assert got[("padding", 37, 16)] == "skip"

@@ -27,12 +27,10 @@ from .options import (
 )
 from .tail import Tail, finish
 
-#: kernel's options for the plain probes that ``--linear`` has no use for (its probes fix their
-#: shapes and seeds, run on the CPU with torch, and judge against the reference or 2x stock).
-KERNEL_NOT_LINEAR = (
-    "framework", "vocab", "quick", "rows", "seed", "device", "judge", "gate", "max_loss_ulp",
-    "max_grad_err",
-)  # fmt: skip
+#: kernel's options that ``--linear`` has no use for: a linear kernel is torch's signature
+#: (the others - --vocab, --rows, --seed, --device, --judge... - go to the plain probes it also
+#: runs; the linear probes fix their own shapes and seeds and run on the CPU).
+KERNEL_NOT_LINEAR = ("framework",)
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -144,7 +142,8 @@ def _judge(judge: str, gate: str | None) -> str:
     "--linear",
     is_flag=True,
     help="TARGET is a fused linear cross-entropy with F.linear_cross_entropy's signature "
-    "(torch): run the linear probes (docs/linear.md).",
+    "(torch): run the linear probes, and the plain probes with each probe's logits given "
+    "exactly as h W^T (docs/linear.md).",
 )
 def kernel_cmd(
     target: str,
@@ -179,8 +178,8 @@ def kernel_cmd(
 
     Example: smcheck kernel mykernels.py:fused_ce --quick --format markdown
     """
-    if linear:  # before TARGET is imported: the plain probes' options mean nothing to it
-        refuse_given(KERNEL_NOT_LINEAR, "does not apply to --linear (see docs/linear.md)")
+    if linear:  # before TARGET is imported
+        refuse_given(KERNEL_NOT_LINEAR, "does not apply to --linear: a linear kernel is torch's")
     tail = Tail("kernel", fmt, color, output, [target.rpartition(":")[0]], exit_zero=exit_zero)
     tail.start()
     judged = _judge(judge, gate)
@@ -192,7 +191,12 @@ def kernel_cmd(
         tail = dataclasses.replace(tail, inputs=(*tail.inputs, *target_files(fn)))
         tail.start()
         if linear:
-            _linear(tail, fn, target, probes, dtypes)
+            plain = {
+                "vocab": _ints(vocab, "--vocab"), "rows": rows, "seed": seed, "device": device,
+                "max_loss_ulp": max_loss_ulp, "max_grad_err": max_grad_err, "judge": judged,
+                "quick": quick,
+            }  # fmt: skip
+            _linear(tail, fn, target, probes, dtypes, plain)
         report = kernel(
             fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
             probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
@@ -201,8 +205,11 @@ def kernel_cmd(
     finish(tail, report, render, to_dict(report), ok=report.ok, identity={})
 
 
-def _linear(tail: Tail, fn: Any, target: str, probes: str, dtypes: str | None) -> NoReturn:
-    """``--linear``: the fused linear cross-entropy probes (:mod:`smcheck.linear_kernel`)."""
+def _linear(
+    tail: Tail, fn: Any, target: str, probes: str, dtypes: str | None, plain: dict[str, Any]
+) -> NoReturn:
+    """``--linear``: the fused linear cross-entropy probes (:mod:`smcheck.linear_kernel`), and
+    the plain probes through an exact embedding with the plain options ``plain``."""
     from ..linear_kernel import kernel_linear
     from ..render.linear import render_kernel
 
@@ -210,6 +217,7 @@ def _linear(tail: Tail, fn: Any, target: str, probes: str, dtypes: str | None) -
     lin = kernel_linear(
         fn, target=target, probes=chosen,
         dtypes=[d.strip() for d in (dtypes or "bfloat16,float32").split(",") if d.strip()],
+        plain=plain,
     )  # fmt: skip
     text = render_kernel(lin, tail.fmt, color=wants_color(tail.color, output=tail.output))
     emit(text, tail.output, [i for i in tail.inputs if i])

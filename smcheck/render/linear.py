@@ -206,7 +206,17 @@ _PROBE_COLUMNS = ("probe", "dtype", "status", "loss ulps", "dh err", "dW err", "
 
 def kernel_to_dict(report: LinearKernelReport) -> dict[str, Any]:
     """``smcheck.kernel/1`` of a linear kernel: probes with ``grad_hidden_err``,
-    ``grad_weight_err``, ``grad_bias_err`` (and the stock path's)."""
+    ``grad_weight_err``, ``grad_bias_err`` (and the stock path's); ``plain``: the plain probe
+    suite's document (as ``smcheck kernel`` writes it, without its ``schema``) when it ran."""
+    out = _linear_dict(report)
+    if report.plain is not None:
+        from .kernel import to_dict as plain_dict
+
+        out["plain"] = {k: v for k, v in plain_dict(report.plain).items() if k != "schema"}
+    return out
+
+
+def _linear_dict(report: LinearKernelReport) -> dict[str, Any]:
     return json_clean(
         {
             "schema": "smcheck.kernel/1",
@@ -237,6 +247,8 @@ def kernel_to_dict(report: LinearKernelReport) -> dict[str, Any]:
 
 
 def _probe_cells(p: LinearProbeResult) -> list[str]:
+    if p.status == "skip":  # nothing was measured: no numbers, not "nan"
+        return [p.name, p.dtype, p.status, *["-"] * 5, safe_text(p.detail)]
     return [
         p.name, p.dtype, p.status, fmt_num(p.loss_ulps), fmt_num(p.grad_hidden_err),
         fmt_num(p.grad_weight_err), fmt_num(p.grad_bias_err), fmt_num(p.stock_grad_weight_err),
@@ -244,22 +256,92 @@ def _probe_cells(p: LinearProbeResult) -> list[str]:
     ]  # fmt: skip
 
 
+#: What the plain probes' section says it is.
+PLAIN_HEADING = (
+    "Plain probes, each probe's logits z handed to the kernel as h = z, W = I (or h = I, W = z^T):"
+    " the matmul is exact, so these judge the kernel's softmax and loss (docs/linear.md)"
+)
+
+
 def render_kernel(
     report: LinearKernelReport, fmt: str, *, color: bool = False, width: int | None = None
 ) -> str:
-    """``smcheck kernel --linear``'s report in ``fmt`` (json, table, markdown, github, junit)."""
+    """``smcheck kernel --linear``'s report in ``fmt`` (json, table, markdown, github, junit):
+    the linear probes, then the plain probe suite's report (``report.plain``) if it ran."""
     if fmt == "json":
         return json.dumps(kernel_to_dict(report), indent=2, allow_nan=False) + "\n"
-    verdict = "pass: every linear probe passes" if report.ok else "fail: a linear probe fails"
+    text = _render_linear_probes(report, fmt, color=color, width=width)
+    if report.plain is None:
+        return text
+    from .kernel import render as render_plain
+
+    plain = render_plain(report.plain, fmt, color=color, width=width)
+    if fmt == "junit":
+        return _merge_junit(text, plain)
+    if fmt == "github":
+        return text + plain
+    if fmt == "markdown":
+        return f"{text}\n**{PLAIN_HEADING}**\n\n{plain}"
+    import textwrap
+
+    heading = textwrap.fill(PLAIN_HEADING, width or DEFAULT_WIDTH)
+    return f"{text}\n{heading}\n\n{plain}"
+
+
+def _merge_junit(linear: str, plain: str) -> str:
+    """One JUnit document: the linear probes' test suite, then the plain suite's."""
+    import re
+
+    def counts(doc: str) -> tuple[int, int]:
+        m = re.search(r'<testsuites [^>]*tests="(\d+)" failures="(\d+)"', doc)
+        assert m is not None, doc[:200]
+        return int(m.group(1)), int(m.group(2))
+
+    (t1, f1), (t2, f2) = counts(linear), counts(plain)
+    suites = []
+    for doc in (linear, plain):
+        lines = doc.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith("  <testsuite "))
+        end = max(i for i, ln in enumerate(lines) if ln.startswith("  </testsuite>"))
+        suites += lines[start : end + 1]
+    head = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="smcheck kernel" tests="{t1 + t2}" failures="{f1 + f2}">',
+    ]
+    return "\n".join([*head, *suites, "</testsuites>"]) + "\n"
+
+
+def _render_linear_probes(
+    report: LinearKernelReport, fmt: str, *, color: bool = False, width: int | None = None
+) -> str:
+    """The linear probes alone in ``fmt`` (not json)."""
+    linear_ok = all(p.status != "fail" for p in report.probes)
+    verdict = "pass: every linear probe passes" if linear_ok else "fail: a linear probe fails"
     if fmt == "table":
+        from rich import box
+        from rich.markup import escape as rich_escape
         from rich.table import Table
 
-        table = Table(title=f"linear kernel {safe_text(report.target)}", title_justify="left")
-        for col in _PROBE_COLUMNS:
-            table.add_column(col)
+        # no vertical rules and the details below, as the plain kernel table: the eight
+        # columns of names and numbers fit 80 characters whole
+        table = Table(
+            title=f"linear kernel {rich_escape(safe_text(report.target))}",
+            title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+            collapse_padding=True,
+        )  # fmt: skip
+        style = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+        for i, col in enumerate(_PROBE_COLUMNS[:-1]):
+            table.add_column(col, no_wrap=True, justify="right" if i > 2 else "left")
         for p in report.probes:
-            table.add_row(*(c.replace("[", "\\[") for c in _probe_cells(p)))
-        return render_to_text([table, verdict], color=color, width=width or DEFAULT_WIDTH)
+            cells = _probe_cells(p)[:-1]
+            cells[2] = f"[{style[p.status]}]{cells[2]}[/]"
+            table.add_row(*cells)
+        notes = [
+            rich_escape(f"{p.status.upper()} {p.name}[{p.dtype}]: {safe_text(p.detail)}")
+            for p in report.probes
+            if p.status != "pass" and p.detail
+        ]
+        return render_to_text([table, *notes, verdict], color=color, width=width or DEFAULT_WIDTH)
     if fmt == "github":
         out = [
             f"::error title=smcheck kernel::{gh_escape_data(' '.join(_probe_cells(p)))}"
