@@ -5,7 +5,8 @@ real output, so the docs cannot drift from what smcheck prints.
     python scripts/doc_outputs.py --check    # exit 1 listing the blocks that differ
 
 A block's ``$ ...`` lines (a line ending in ``\\`` continues the command) run in order in one
-bash process, in a fresh temporary directory holding copies of ``samples/`` and ``scripts/``,
+bash process, in a fresh temporary directory holding copies of ``samples/``, ``scripts/`` and
+``tests/kernels/``,
 with COLUMNS=100 NO_COLOR=1 and an ``smcheck`` on PATH that runs this checkout; stdout and
 stderr are pasted together, trailing spaces dropped. Commands may use pipes, ``; echo exit=$?``,
 ``echo $?`` on a line of its own, and files in /tmp.
@@ -145,7 +146,8 @@ def redo_page(path: Path, base: Path, env: dict[str, str]) -> tuple[str, list[st
     tag = re.sub(r"\W", "_", str(shown))
     page = base / tag
     page.mkdir()
-    for what in ("samples", "scripts"):
+    # tests/kernels: the deliberately broken kernels the kernel pages run
+    for what in ("samples", "scripts", "tests/kernels"):
         shutil.copytree(ROOT / what, page / what, ignore=shutil.ignore_patterns("__pycache__"))
     files: dict[str, str] = {}
     new = list(lines)
