@@ -24,17 +24,24 @@ Precision of each step (:func:`reference_linear`):
 
 * z = h W^T + b: :func:`matmul_dd` (exact up to the omitted slice pairs, ~2**-80 relative to
   sum |h||W| for float32), kept as double-double (hi, lo); b is added in double-double;
-* per row max m, s = sum_j exp(z_j - m) with the label's term apart (s_excl): the differences
-  (z_hi - m) + z_lo in float64, exp and sums in float64 (relative error a few ulps of float64:
-  a term's error u |z_j - m| is weighted by its own size exp(z_j - m) <= 1/e per unit);
-* loss = log1p(s_excl / exp(z_y - m)) (no 1 + tiny rounding for confident rows), label
-  smoothing's lse - mean(z) >= log V from double-double sums;
-* G = c (p - target) in float64 with p_y - 1 = -s_excl / s (not the cancelling 1 - p_y);
-* dh, dW, db: :func:`matmul_dd` per block, blocks accumulated in double-double, rounded to
-  float64 once at the end.
+* the loss variant (logit scale s, softcap c, z-loss lambda, the smoothing convention) and the
+  per-row statistics (pass 1: an online shift, S = sum_j exp(z''_j - M) with the label's term
+  apart, the smoothing sums) and G (pass 2): :mod:`smcheck.linear_rows`, in float64 for working
+  float32 and narrower (shifted differences s ((z_hi - m) + z_lo): ~2**-52 relative; a cap
+  c tanh(u), off by ~c 2**-48 in float64, only for 16/8-bit work and c <= 300), in binary128
+  for float64 work and for a float32 cap above c = 8;
+* loss = log1p(s_excl / exp(d_y)) (no 1 + tiny rounding for confident rows), label
+  smoothing's lse - mean(z'') >= 0 from double-double sums (binary128 sums), + lambda lse**2;
+* G = c s sech**2(u) (p (1 + 2 lambda lse) - target) with p_y - t_y = -s_excl / S + (1 - t_y)
+  (not the cancelling p_y - 1); binary128 G is split into two float64 parts (hi + lo) for
+  float64 work, rounded to float64 once otherwise;
+* dh, dW, db: :func:`matmul_dd` per block and part (the low part needs only target/32 of the
+  block: float64 BLAS), blocks accumulated in double-double in place; dW and db are complete
+  per vocabulary block, dh's low part is float32 unless float64 work (it is < 2**-53 |dh|, so
+  24 bits keep it to 2**-77).
 
-For float64 work the logits are exact but the steps after them run in float64: the reference
-is then good to a few ulps of float64 (~2**-50), not eps(float64) * 2**-20.
+For float64 work the outputs carry low parts (``loss_lo``, ``grad_*_lo``): hi + lo is within
+eps(float64) * 2**-20 = 2**-72, which no float64 value can be.
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, UsageError
+from .linear_rows import RowStats, row_math
 from .precisions import Precision, get_precision, round_to
+from .reference import _split
+from .variants import Variant, check_variant
 
 __all__ = [
     "LinearReference",
@@ -179,34 +189,72 @@ def matmul_dd(
     >>> float(hi[0, 0]), split
     (9.313225746154785e-10, True)
     """
+    hi, lo, split = _matmul_dd(a, b, abs_tol=abs_tol, rel_tol=rel_tol)
+    return hi, np.zeros_like(hi) if lo is None else lo, split
+
+
+def _fro(x: np.ndarray) -> float:
+    """||x||_F without copying a transposed view (norm(x) == norm(x.T))."""
+    return float(np.linalg.norm(x.T if x.T.flags.c_contiguous else x))
+
+
+def _matmul_dd(
+    a: np.ndarray, b: np.ndarray, *, abs_tol: float | None = None, rel_tol: float | None = None
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """:func:`matmul_dd` with ``lo`` None where the float64 product is kept (no zeros made:
+    at D = 1024 each such array is 4 MiB of the pass's peak). ``a`` and ``b`` may be
+    transposed views: BLAS takes them as they are."""
     k = a.shape[1]
     c = a @ b.T
     if k == 0 or c.size == 0:
-        return c, np.zeros_like(c), False
+        return c, None, False
     gamma = k * _U / (1 - k * _U)
     if abs_tol is not None:
         na = np.sqrt(np.einsum("ij,ij->i", a, a))
         nb = np.sqrt(np.einsum("ij,ij->i", b, b))
         if gamma * float(np.max(na)) * float(np.max(nb)) <= abs_tol:
-            return c, np.zeros_like(c), False
+            return c, None, False
     elif rel_tol is not None:
-        bound = gamma * float(np.linalg.norm(a)) * float(np.linalg.norm(b))
-        if bound <= rel_tol * (float(np.linalg.norm(c)) - bound):
-            return c, np.zeros_like(c), False
+        bound = gamma * _fro(a) * _fro(b)
+        if bound <= rel_tol * (_fro(c) - bound):
+            return c, None, False
     if abs_tol is not None:
         tol = abs_tol
     else:
         assert rel_tol is not None
-        tol = rel_tol * float(np.linalg.norm(c)) / (2 * math.sqrt(c.size))
+        tol = rel_tol * _fro(c) / (2 * math.sqrt(c.size))
+    del c
     sa, sb, pairs = _split_pairs(a, b, tol)
-    hi = np.zeros_like(c)
-    lo = np.zeros_like(c)
+    hi = np.zeros((a.shape[0], b.shape[0]))
+    lo = np.zeros_like(hi)
     for s, t in pairs:  # small pairs first
         p = sa[s] @ sb[t].T  # exact: integers below 2**53 times one unit
         hi, e = _two_sum(hi, p)
         lo += e
     hi, lo = _dd_add(hi, lo, np.zeros_like(hi), 0.0)
     return hi, lo, True
+
+
+def _dd_acc(
+    ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None, t1: np.ndarray,
+    t2: np.ndarray,
+) -> None:  # fmt: skip
+    """(ah, al) += (bh, bl) in place, renormalized (:func:`_dd_add`'s arithmetic); ``bh`` is
+    overwritten, ``t1`` and ``t2`` are scratch of the same shape. ``al`` may be float32: the
+    low part is below 2**-53 |ah|, so its 24 bits keep it to 2**-77 |ah| (at D = 1024 that
+    halves dh's 32 MiB low part); the arithmetic itself is float64."""
+    np.add(ah, bh, out=t1)  # s
+    np.subtract(t1, ah, out=t2)  # bb = s - a
+    np.subtract(bh, t2, out=bh)  # b - bb
+    np.subtract(t1, t2, out=t2)  # s - bb
+    np.subtract(ah, t2, out=t2)  # a - (s - bb)
+    t2 += bh  # e: s + e == a + b exactly
+    t2 += al
+    if bl is not None:
+        t2 += bl
+    np.add(t1, t2, out=ah)  # hi
+    np.subtract(ah, t1, out=t1)  # hi - s
+    np.subtract(t2, t1, out=al, casting="same_kind")  # lo = e - (hi - s)
 
 
 # -- the reference ------------------------------------------------------------------
@@ -218,8 +266,12 @@ class LinearReference:
 
     ``loss`` is per row (0 for ignored rows), ``loss_reduced`` the reduction named; the
     gradients are of the reduced loss (of the sum for ``reduction="none"``). ``lse`` is
-    log-sum-exp of each row's logits; ``split_blocks`` counts the block products for which a
-    float64 matmul was not accurate enough and the exact split ran, of ``blocks`` in all.
+    log-sum-exp of each row's (transformed) logits; ``split_blocks`` counts the block products
+    for which a float64 matmul was not accurate enough and the exact split ran, of ``blocks``
+    in all. ``variant`` is the loss variant with its constants as used (None for the plain
+    loss), ``z_loss_term`` the z-loss lambda lse**2 per row (already in ``loss``; None without
+    z-loss), ``precision`` the arithmetic after the logits. For float64 work the ``*_lo``
+    fields hold the low parts (value = hi + lo, to eps(float64) * 2**-20); else None.
     """
 
     loss: np.ndarray  # (N,)
@@ -232,6 +284,14 @@ class LinearReference:
     reduction: str
     split_blocks: int
     blocks: int
+    variant: Variant | None = None
+    z_loss_term: np.ndarray | None = None  # (N,)
+    precision: str = "float64"
+    loss_lo: np.ndarray | None = None
+    loss_reduced_lo: float | None = None
+    grad_hidden_lo: np.ndarray | None = None
+    grad_weight_lo: np.ndarray | None = None
+    grad_bias_lo: np.ndarray | None = None
 
 
 #: Rows rounded at a time: the float64 copy of a block, never of a whole (V, D) weight.
@@ -309,6 +369,10 @@ def reference_linear(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    logit_scale: float = 1.0,
+    smoothing_convention: str = "torch",
     dtype: Any = None,
     block_rows: int = 512,
     block_vocab: int = 512,
@@ -318,8 +382,11 @@ def reference_linear(
     eps(working) * 2**-20 relative (normwise for the gradients); see the module docstring.
 
     Inputs are rounded to ``dtype`` (default: the hidden states' own float dtype) first, as a
-    kernel working in that dtype sees them. Memory: the outputs plus O(block_rows *
-    block_vocab + (block_rows + block_vocab) * D) - the (N, V) logits never exist.
+    kernel working in that dtype sees them. ``z_loss``, ``softcap``, ``logit_scale`` and
+    ``smoothing_convention`` select a loss variant (:mod:`smcheck.variants`; constants rounded
+    to the working dtype's carrier, as every other command holds them). Memory: the outputs
+    plus O(block_rows * block_vocab + (block_rows + block_vocab) * D) - the (N, V) logits
+    never exist.
 
     A confident row shows why z must be exact: float64's own matmul gets these logits wrong.
 
@@ -334,125 +401,160 @@ def reference_linear(
         raise UsageError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if block_rows < 1 or block_vocab < 1:
         raise UsageError("block_rows and block_vocab must be >= 1")
-    h32, w32, b32, lab, working = check_linear(
+    h, w32, b32, lab, working = check_linear(
         hidden, weight, labels, bias, dtype, ignore_index, names
     )
-    n, d = h32.shape
+    n, d = h.shape
     v = w32.shape[0]
-    eps_ls = float(label_smoothing)
+    var = check_variant(
+        z_loss=z_loss, softcap=softcap, logit_scale=logit_scale,
+        smoothing_convention=smoothing_convention, classes=v,
+    )  # fmt: skip
+    var = var.rounded(working.carrier) if var.active else var
+    rm = row_math(var, label_smoothing, v, working)
+    wide = working.mantissa_bits > 24  # float64 work: low parts kept and returned
     ignored = lab == ignore_index
     safe = np.where(ignored, 0, lab)
     counted = int(np.count_nonzero(~ignored))
     target = target_rel_err(working)
-    h = h32  # blocks are converted to float64 as used: no N * D * 8 bytes copy
     bias64 = None if b32 is None else b32.astype(np.float64)
     stats = {"split": 0, "blocks": 0}
 
-    def logits(rows: slice, w_blk: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    def logits(h_blk: np.ndarray, w_blk: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         # |dz| <= target / 16 keeps the loss and p (hence G) within target / 4 of their values
-        hi, lo, split = matmul_dd(h[rows].astype(np.float64), w_blk, working, abs_tol=target / 16)
+        hi, lo, split = matmul_dd(h_blk, w_blk, working, abs_tol=target / 16)
         stats["split"] += split
         stats["blocks"] += 1
         if bias64 is not None:
             hi, lo = _dd_add(hi, lo, np.broadcast_to(bias64[cols], hi.shape), 0.0)
         return hi, lo
 
-    # pass 1: per row max m, s_excl = sum_{j != y} exp(z_j - m), z_y and sum_j z_j (online)
-    m = np.full(n, -np.inf)
-    s_excl = np.zeros(n)
-    zy_hi = np.zeros(n)
-    zy_lo = np.zeros(n)
-    sz_hi = np.zeros(n)
-    sz_lo = np.zeros(n)
+    def label_cols(rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        y = safe[rows]
+        idx = np.nonzero((y >= cols.start) & (y < cols.stop))[0]
+        return idx, y[idx] - cols.start
+
+    # pass 1: per row the online shift, s_excl = sum_{j != y} exp(d_j), z_y, smoothing sums
+    rs = RowStats(rm, n)
+    hbuf = np.empty((min(n, block_rows), d))  # h's block in float64, filled in place
     for r0 in range(0, n, block_rows):
         rows = slice(r0, min(n, r0 + block_rows))
-        y = safe[rows]
+        h_blk = hbuf[: rows.stop - r0]
+        h_blk[...] = h[rows]
         for c0 in range(0, v, block_vocab):
             cols = slice(c0, min(v, c0 + block_vocab))
-            hi, lo = logits(rows, w32[cols].astype(np.float64), cols)
-            in_blk = (y >= c0) & (y < cols.stop)
-            idx = np.nonzero(in_blk)[0]
-            zy_hi[r0 + idx] = hi[idx, y[idx] - c0]
-            zy_lo[r0 + idx] = lo[idx, y[idx] - c0]
-            m_new = np.maximum(m[rows], hi.max(axis=1))
-            with np.errstate(invalid="ignore"):  # -inf - -inf on the first block: scale 0
-                scale = np.where(np.isfinite(m[rows]), np.exp(m[rows] - m_new), 0.0)
-            e = np.exp((hi - m_new[:, None]) + lo)
-            e[idx, y[idx] - c0] = 0.0  # the label's term apart: 1 - p_y is s_excl / s
-            s_excl[rows] = s_excl[rows] * scale + e.sum(axis=1)
-            m[rows] = m_new
-            if eps_ls > 0:
-                bh, bl = _dd_add(hi.sum(axis=1), lo.sum(axis=1), np.zeros(hi.shape[0]), 0.0)
-                sz_hi[rows], sz_lo[rows] = _dd_add(sz_hi[rows], sz_lo[rows], bh, bl)
-    d_y = (zy_hi - m) + zy_lo  # <= 0 up to rounding
-    e_y = np.exp(d_y)
-    s_tot = s_excl + e_y
-    log_s = np.log(s_tot)
-    lse = m + log_s
-    with np.errstate(divide="ignore", over="ignore"):
-        # -log p_y = log(1 + s_excl / e_y): no 1 + tiny rounding when p_y is close to 1; for
-        # d_y < -30 the loss is > 30 and -d_y + log s has no cancellation
-        nll = np.where(d_y > -30, np.log1p(s_excl / np.where(d_y > -30, e_y, 1.0)), log_s - d_y)
-    loss = nll
-    if eps_ls > 0:
-        # lse - mean(z) >= log V: (m - mean_hi) - mean_lo + log s cancels nothing dangerous
-        smooth = (m - sz_hi / v) - sz_lo / v + log_s
-        loss = (1 - eps_ls) * nll + eps_ls * smooth
-    loss = np.where(ignored, 0.0, loss)
-    if reduction == "mean":
-        loss_reduced = math.fsum(loss.tolist()) / counted if counted else math.nan
-        c_row = np.where(ignored, 0.0, 1.0 / max(counted, 1))
+            hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols)
+            rs.add_block(rows, hi, lo, *label_cols(rows, cols))
+            del hi, lo
+    rs.finish(ignored)
+    ft = rm.ft
+    c_row = np.zeros(n, dtype=ft)
+    if counted:
+        one = rm.const(1.0)  # 1/N in the rows' arithmetic: float64's 1/N is 2**-53 off
+        c_row[~ignored] = one / rm.const(float(counted)) if reduction == "mean" else one
+    if wide:
+        loss, loss_lo = _split(rs.loss)
+        total = rs.loss.sum(keepdims=True) if n else np.zeros(1, dtype=rm.ft)  # no identity
+        if reduction == "mean":
+            total = total / rm.const(float(max(counted, 1)))
+        red_hi, red_lo = _split(total)
+        loss_reduced, loss_reduced_lo = float(red_hi[0]), float(red_lo[0])
+        if reduction == "mean" and not counted:
+            loss_reduced, loss_reduced_lo = math.nan, math.nan
     else:
+        loss, loss_lo, loss_reduced_lo = rs.loss.astype(np.float64), None, None
         loss_reduced = math.fsum(loss.tolist())
-        c_row = np.where(ignored, 0.0, 1.0)
+        if reduction == "mean":
+            loss_reduced = loss_reduced / counted if counted else math.nan
 
     # pass 2: G block by block; dW[cols] and db[cols] complete per vocabulary block, dh summed
+    # in place in double-double over the blocks (its low part float32 unless float64 work)
     dh_hi = np.zeros((n, d))
-    dh_lo = np.zeros((n, d))
+    dh_lo = np.zeros((n, d), dtype=np.float64 if wide else np.float32)
     dw = np.empty((v, d))
+    dw_lo = np.empty((v, d)) if wide else None
     db = np.empty(v) if b32 is not None else None
+    db_lo_out = np.empty(v) if wide and b32 is not None else None
+    # scratch for the in-place double-double sums, a slab of rows at a time: two (64, D)
+    # float64 arrays (0.5 MiB at D = 1024) instead of two more (512, D) blocks (8 MiB)
+    slab = 64
+    t1, t2 = np.empty((slab, d)), np.empty((slab, d))
+    wbuf = np.empty((min(v, block_vocab), d))  # W's block in float64, filled in place
+    dwl_buf = np.empty((0, d) if wide else wbuf.shape)  # a block's low part of dW, reused
+
+    def acc(ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None) -> None:
+        for i in range(0, bh.shape[0], slab):
+            j = min(bh.shape[0], i + slab)
+            bl_s = None if bl is None else bl[i:j]
+            _dd_acc(ah[i:j], al[i:j], bh[i:j], bl_s, t1[: j - i], t2[: j - i])
+
     for c0 in range(0, v, block_vocab):
         cols = slice(c0, min(v, c0 + block_vocab))
-        w_blk = w32[cols].astype(np.float64)
-        w_blk_t = np.ascontiguousarray(w_blk.T)
-        vb = w_blk.shape[0]
-        dw_hi = np.zeros((vb, d))
-        dw_lo = np.zeros((vb, d))
+        vb = cols.stop - c0
+        w_blk = wbuf[:vb]
+        w_blk[...] = w32[cols]
+        dwh = dw[cols]
+        dwh[...] = 0.0
+        dwl = dw_lo[cols] if dw_lo is not None else dwl_buf[:vb]
+        dwl[...] = 0.0
         db_hi = np.zeros(vb)
         db_lo = np.zeros(vb)
         for r0 in range(0, n, block_rows):
             rows = slice(r0, min(n, r0 + block_rows))
-            y = safe[rows]
-            hi, lo = logits(rows, w_blk, cols)
-            p = np.exp((hi - m[rows, None]) + lo) / s_tot[rows, None]
-            g = p - eps_ls / v
-            idx = np.nonzero((y >= c0) & (y < cols.stop))[0]
-            g[idx, y[idx] - c0] = -s_excl[r0 + idx] / s_tot[r0 + idx] + eps_ls * (1 - 1 / v)
-            g *= c_row[rows, None]
-            gt = np.ascontiguousarray(g.T)
-            ht = np.ascontiguousarray(h[rows].T, dtype=np.float64)
-            ph, pl, split = matmul_dd(gt, ht, working, rel_tol=target / 16)
-            dw_hi, dw_lo = _dd_add(dw_hi, dw_lo, ph, pl)
-            ph, pl, split2 = matmul_dd(g, w_blk_t, working, rel_tol=target / 16)
-            dh_hi[rows], dh_lo[rows] = _dd_add(dh_hi[rows], dh_lo[rows], ph, pl)
-            stats["split"] += split + split2
-            stats["blocks"] += 2
-            if db is not None:
-                ones = np.ones((1, gt.shape[1]))
-                ph, pl, _ = matmul_dd(gt, ones, working, rel_tol=target / 16)
-                db_hi, db_lo = _dd_add(db_hi, db_lo, ph[:, 0], pl[:, 0])
-        dw[cols] = dw_hi + dw_lo
+            h_blk = hbuf[: rows.stop - r0]
+            h_blk[...] = h[rows]
+            hi, lo = logits(h_blk, w_blk, cols)
+            g = rs.grad_block(rows, hi, lo, *label_cols(rows, cols), c_row)
+            del hi, lo
+            # binary128 G: two float64 parts, each product exact enough, summed in double-double
+            if wide:
+                g_hi, g_lo = _split(g)
+                parts = [(g_hi, target / 16), (g_lo, None)]
+            else:
+                parts = [(np.asarray(g, dtype=np.float64), target / 16)]
+            del g
+            ref_w = ref_h = 0.0
+            for gp, tol in parts:
+                if tol is None:  # the low part (< 2**-53 of G): to target/32 of the block
+                    kw_w = {"abs_tol": target / 32 * ref_w / math.sqrt(vb * d)}
+                    kw_h = {"abs_tol": target / 32 * ref_h / math.sqrt(h_blk.shape[0] * d)}
+                else:
+                    kw_w = kw_h = {"rel_tol": tol}
+                ph, pl, split = _matmul_dd(gp.T, h_blk.T, **kw_w)  # (vb, D) = G^T h
+                ref_w = ref_w or _fro(ph)
+                acc(dwh, dwl, ph, pl)
+                del ph, pl  # before the next product: one (., D) block alive, not two
+                ph, pl, split2 = _matmul_dd(gp, w_blk.T, **kw_h)  # (br, D) = G W
+                ref_h = ref_h or _fro(ph)
+                acc(dh_hi[rows], dh_lo[rows], ph, pl)
+                del ph, pl
+                stats["split"] += split + split2
+                stats["blocks"] += 2
+                if db is not None:
+                    ones = np.ones((1, gp.shape[0]))
+                    ph, pl, _ = matmul_dd(gp.T, ones, working, rel_tol=target / 16)
+                    db_hi, db_lo = _dd_add(db_hi, db_lo, ph[:, 0], pl[:, 0])
         if db is not None:
             db[cols] = db_hi + db_lo
+            if db_lo_out is not None:
+                db_lo_out[cols] = db_lo - (db[cols] - db_hi)
     return LinearReference(
         loss=loss,
         loss_reduced=loss_reduced,
-        grad_hidden=dh_hi + dh_lo,
+        grad_hidden=dh_hi,
         grad_weight=dw,
         grad_bias=db,
-        lse=lse,
+        lse=rs.lse.astype(np.float64),
         working=working,
         reduction=reduction,
         split_blocks=stats["split"],
         blocks=stats["blocks"],
+        variant=var if var.active else None,
+        z_loss_term=None if rs.z_loss_term is None else rs.z_loss_term.astype(np.float64),
+        precision=rm.name,
+        loss_lo=loss_lo,
+        loss_reduced_lo=loss_reduced_lo,
+        grad_hidden_lo=dh_lo if wide else None,
+        grad_weight_lo=dw_lo,
+        grad_bias_lo=db_lo_out,
     )
