@@ -67,6 +67,20 @@ def _inputs(tmp: Path) -> None:
     np.save(tmp / "their_grad.npy", grad)
     wt = np.linspace(0.5, 2.0, 37)
     np.save(tmp / "weight.npy", wt)
+    # a fused linear cross-entropy: bfloat16 values stored as float32 (exact), V = 61 prime
+    import ml_dtypes
+
+    lr = np.random.default_rng(20261204)
+
+    def bf16(a: np.ndarray) -> np.ndarray:
+        return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    np.save(tmp / "lin_h.npy", bf16(lr.standard_normal((32, 12))))
+    np.save(tmp / "lin_w.npy", bf16(lr.standard_normal((61, 12)) / 2))
+    np.save(tmp / "lin_b.npy", bf16(lr.standard_normal(61) / 10))
+    lin_y = lr.integers(0, 61, 32)
+    lin_y[4] = -100
+    np.save(tmp / "lin_y.npy", lin_y)
 
 
 CASES: dict[str, list[str]] = {
@@ -188,7 +202,17 @@ CASES: dict[str, list[str]] = {
         "--label-smoothing",
         "0.1",
     ],
-}
+    "eval_linear": [
+        "eval", "--hidden", "lin_h.npy", "--weight", "lin_w.npy", "--bias", "lin_b.npy",
+        "--labels", "lin_y.npy", "--dtype", "bfloat16", "--chunk-rows", "4", "--chunk-vocab", "16",
+    ],
+    "eval_linear_variant": [
+        "eval", "--hidden", "lin_h.npy", "--weight", "lin_w.npy", "--bias", "lin_b.npy",
+        "--labels", "lin_y.npy", "--dtype", "bfloat16", "--chunk-rows", "4", "--chunk-vocab", "16",
+        "--logit-scale", "0.5", "--softcap", "5", "--z-loss", "1e-3", "--label-smoothing", "0.1",
+        "--smoothing-convention", "megatron", "--reduction", "sum",
+    ],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

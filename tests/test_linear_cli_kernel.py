@@ -8,7 +8,6 @@ and ``reduction_sum`` and skips the variants. Each deliberately wrong kernel of
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 from click.testing import CliRunner
 
 from smcheck.cli import cli
-from smcheck.linear import reference_linear
 from smcheck.linear_kernel import LINEAR_PROBES, kernel_linear
 
 torch = pytest.importorskip("torch")
@@ -24,11 +22,6 @@ F = torch.nn.functional
 
 from .kernels import linear_variant_kernels as kernels  # noqa: E402
 
-#: The variant probes' reference needs reference_linear's variant keywords (branch ``linref``).
-needs_variant_reference = pytest.mark.skipif(
-    "z_loss" not in inspect.signature(reference_linear).parameters,
-    reason="reference_linear has no loss variants yet (branch linref)",
-)
 VARIANT_PROBES = ("softcap", "scale_then_cap", "z_loss", "z_loss_off", "smoothing_megatron")
 KERNELS = Path(__file__).parent / "kernels" / "linear_variant_kernels.py"
 
@@ -61,15 +54,15 @@ def test_kernel_with_the_other_smoothing_convention_fails_in_float32() -> None:
     assert right.ok, right.probes
 
 
-@needs_variant_reference
-def test_right_variant_kernel_passes_every_probe() -> None:
-    probes = [p for p in LINEAR_PROBES if p not in ("many_rows", "determinism")]
+def test_right_variant_kernel_passes_every_option_probe() -> None:
+    # the option probes (the plain ones run the same code as F.linear_cross_entropy's tests)
+    probes = list(LINEAR_PROBES)[list(LINEAR_PROBES).index("label_smoothing") :]
+    assert set(VARIANT_PROBES) < set(probes)
     r = kernel_linear(kernels.variant, dtypes=("bfloat16", "float32"), probes=probes)
     assert r.ok, [(p.name, p.dtype, p.detail) for p in r.probes if p.status != "pass"]
     assert not [p for p in r.probes if p.status == "skip" and p.name in VARIANT_PROBES]
 
 
-@needs_variant_reference
 @pytest.mark.parametrize(
     ("bug", "probe"),
     [
@@ -87,7 +80,6 @@ def test_each_wrong_variant_kernel_fails_its_probe(bug: str, probe: str) -> None
     assert p.loss_ulps > 10 and "above the gate" in p.detail
 
 
-@needs_variant_reference
 def test_kernel_cli_linear_flags_z_tanh_and_names_its_probe() -> None:
     r = CliRunner().invoke(cli, ["kernel", "--linear", f"{KERNELS}:z_tanh", "--probes",
                                  "softcap,reduction_sum", "--dtype", "float32",

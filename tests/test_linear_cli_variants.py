@@ -8,7 +8,6 @@ convention (eps / V less on the label) all raise it; a scale above 1 lowers it.
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from smcheck.cli import cli
-from smcheck.linear import reference_linear
 from smcheck.linear_eval import LinearCheck, LinearEvalReport
 from smcheck.render.linear import RENDERERS, render
 from smcheck.variants import Variant
-
-#: The end-to-end variant tests need the reference's variant keywords (branch ``linref``).
-needs_variant_reference = pytest.mark.skipif(
-    "z_loss" not in inspect.signature(reference_linear).parameters,
-    reason="reference_linear has no loss variants yet (branch linref)",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +93,6 @@ def test_reduction_sum_and_none_are_the_sum_of_the_counted_rows(
     assert total["checks"][0]["ok"]
 
 
-@needs_variant_reference
 @pytest.mark.parametrize(
     ("args", "key", "value", "sign"),
     [
@@ -127,7 +118,6 @@ def test_each_variant_moves_the_loss_its_way_and_is_named(
     assert f"loss variant {key}=" in " ".join(table.output.split())
 
 
-@needs_variant_reference
 def test_variant_constants_are_reported_as_the_float32_kernel_holds_them(
     files: dict[str, str],
 ) -> None:
@@ -212,7 +202,6 @@ def test_compare_linear_label_smoothing_is_checked(files: dict[str, str], tmp_pa
     assert _compare(files, dump).exit_code == 1  # their smoothing, checked as the plain loss
 
 
-@needs_variant_reference
 @pytest.mark.parametrize(
     ("variant", "args", "wrong"),
     [
