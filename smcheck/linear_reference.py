@@ -88,6 +88,23 @@ def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s, e
 
 
+#: Veltkamp's splitter for float64: 2**27 + 1.
+_SPLITTER = 134217729.0
+
+
+def _two_prod(a: Any, b: Any) -> tuple[Any, Any]:
+    """p + e == a * b exactly (Dekker's TwoProduct, |a|, |b| < 2**996; numpy has no fma)."""
+    p = a * b
+    t = _SPLITTER * a
+    ah = t - (t - a)
+    al = a - ah
+    t = _SPLITTER * b
+    bh = t - (t - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
 def _dd_add(
     ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | float
 ) -> tuple[np.ndarray, np.ndarray]:

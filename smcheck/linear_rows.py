@@ -53,6 +53,9 @@ class RowMath:
     label_smoothing: float
     vocab: int
     quad: np.dtype | None
+    #: compensated float64 exponents (float32 work, whose target 2**-43 is within 2**10 of
+    #: float64's rounding of |d| <= 745): see :meth:`shifted_exp`
+    fine: bool = False
 
     @property
     def ft(self) -> np.dtype:
@@ -113,10 +116,37 @@ class RowMath:
             return self.transform(hi.astype(q) + lo.astype(q)) - big_m  # hi + lo exact in 113 bits
         if self.cap64:
             return self.capped64(hi, lo)[1] - big_m
+        if self.fine:
+            d, r = self.shifted_dd(hi, lo, m)
+            return d + r
         d = (hi - m) + lo
         if self.variant.logit_scale != 1.0:
             d *= self.variant.logit_scale
         return d
+
+    def shifted_dd(self, hi: np.ndarray, lo: np.ndarray, m: Any) -> tuple[np.ndarray, Any]:
+        """d + r = s ((hi - m) + lo) to ~2**-104 |d| (float64 rows): TwoSum for hi - m and for
+        + lo, TwoProduct for s. Plain s ((hi - m) + lo) rounds three times, 3 2**-53 |d| with
+        |d| up to 745, and a confident row's loss s_excl / e_y carries d's whole error."""
+        from .linear_reference import _two_prod, _two_sum
+
+        a, r1 = _two_sum(hi, -m)
+        d, r2 = _two_sum(a, lo)
+        r = r1 + r2
+        s = self.variant.logit_scale
+        if s != 1.0:
+            d, e = _two_prod(d, s)
+            r = e + r * s
+        return d, r
+
+    def shifted_exp(self, hi: np.ndarray, lo: np.ndarray, m: Any, big_m: Any) -> np.ndarray:
+        """exp(T(z) - T(m)); compensated (:attr:`fine`): exp(d + r) = exp(d) (1 + r), |r| <=
+        2**-43 so r**2 / 2 is below 2**-87."""
+        if not self.fine:
+            return np.exp(self.shifted(hi, lo, m, big_m))
+        d, r = self.shifted_dd(hi, lo, m)
+        e = np.exp(d)
+        return e + e * r
 
 
 #: Largest cap with the fixed shift M = c in float64: exp(z'' - c) >= e^{-2c} stays normal.
@@ -140,7 +170,8 @@ def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Prec
     quad = quad_dtype() if need else None
     if need and quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
         raise RuntimeError("numpy-quaddtype is required for this reference")
-    return RowMath(variant, float(label_smoothing), vocab, quad)
+    fine = quad is None and cap is None and working.mantissa_bits >= 24
+    return RowMath(variant, float(label_smoothing), vocab, quad, fine)
 
 
 class RowStats:
@@ -178,6 +209,8 @@ class RowStats:
             if rm.cap64:  # a fixed shift: nothing to rescale
                 scale: Any = 1.0
                 zc = rm.capped64(hi, lo)[1]
+            elif rm.fine:  # exp(s (m_old - m_new)) compensated as every other exponent
+                scale = np.where(np.isfinite(m_old), rm.shifted_exp(m_old, 0.0, m_new, None), 0.0)
             elif rm.quad is None:
                 d_old = m_old - m_new
                 if rm.variant.logit_scale != 1.0:
@@ -190,7 +223,7 @@ class RowStats:
         if zc is not None:
             e = np.exp(zc - big_new[:, None])
         elif rm.quad is None:
-            e = np.exp(rm.shifted(hi, lo, m_new[:, None], big_new[:, None]))
+            e = rm.shifted_exp(hi, lo, m_new[:, None], big_new[:, None])
         else:
             q = rm.quad
             zt = rm.transform(hi.astype(q) + lo.astype(q))  # hi + lo: exact in 113 bits
@@ -207,15 +240,32 @@ class RowStats:
                 self.sz_hi[rows], self.sz_lo[rows], bh, 0.0
             )
         elif rm.label_smoothing > 0 and rm.quad is None:
-            bh, bl = _dd_add(hi.sum(axis=1), lo.sum(axis=1), np.zeros(hi.shape[0]), 0.0)
+            # sum z = k m_new + sum (z - m_new): the differences are no larger than m - z (m_new
+            # lies between z and the final shift m), so their float64 sum is off by ~17 2**-53
+            # of k (m - mean z), the smoothing term itself; summing z directly would be off by
+            # 2**-53 sum |z|, which a common offset of the logits (a bias of 1e6) makes 1e6 times
+            # the term (F3). k m_new is exact as TwoProduct, the rest double-double.
+            from .linear_reference import _two_prod
+
+            dsum = ((hi - m_new[:, None]) + lo).sum(axis=1)
+            ph, pl = _two_prod(m_new, float(hi.shape[1]))
+            bh, bl = _dd_add(ph, pl, dsum, 0.0)
             self.sz_hi[rows], self.sz_lo[rows] = _dd_add(self.sz_hi[rows], self.sz_lo[rows], bh, bl)
 
     def finish(self, ignored: np.ndarray) -> None:
         """Loss per row (0 on ignored rows), lse, the z-loss term and S = sum exp(d)."""
+        from .linear_reference import _dd_add, _two_prod
+
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
-        d_y = rm.shifted(self.zy_hi, self.zy_lo, self.m, self.big_m)  # <= 0 up to rounding
-        e_y = np.exp(d_y)
+        if rm.fine:  # d_y + r_y, exp(d_y) (1 + r_y): a confident row's loss is s_excl / e_y
+            d_y, r_y = rm.shifted_dd(self.zy_hi, self.zy_lo, self.m)
+            e_y = np.exp(d_y)
+            e_y = e_y + e_y * r_y
+        else:
+            d_y = rm.shifted(self.zy_hi, self.zy_lo, self.m, self.big_m)  # <= 0 up to rounding
+            r_y = rm.const(0.0)
+            e_y = np.exp(d_y)
         self.s_tot = self.s_excl + e_y
         log_s = np.log(self.s_tot)
         self.lse = self.big_m + log_s
@@ -224,13 +274,13 @@ class RowStats:
             # margin, but e_y >= e^{-2c} is normal, so log1p serves every row
             conf = d_y > _NLL_SWITCH if not rm.cap64 else np.ones(d_y.shape, dtype=bool)
             one = rm.const(1.0)
-            nll = np.where(conf, np.log1p(self.s_excl / np.where(conf, e_y, one)), log_s - d_y)
+            nll = np.where(
+                conf, np.log1p(self.s_excl / np.where(conf, e_y, one)), (log_s - d_y) - r_y
+            )
         loss = nll
         if eps > 0:
             megatron = var.smoothing_convention == "megatron"
             if rm.cap64:  # lse - mean z'' = (c - mean z'') + log S, z'' summed in double-double
-                from .linear_reference import _dd_add
-
                 sh, sl = self.sz_hi, self.sz_lo
                 if megatron:
                     zy = rm.capped64(self.zy_hi, self.zy_lo)[1]
@@ -242,11 +292,13 @@ class RowStats:
                 # = s (m - mean z) + log S, each term >= 0 up to rounding (log S >= log V)
                 sh, sl = self.sz_hi, self.sz_lo
                 if megatron:  # mean over the other V - 1 classes
-                    from .linear_reference import _dd_add
-
                     sh, sl = _dd_add(sh, sl, -self.zy_hi, -self.zy_lo)
                 k = v - 1 if megatron else v
-                gap = (self.m - sh / k) - sl / k
+                # k m - sum z exactly to 2**-106 of k |m| (TwoProduct, double-double), then one
+                # quotient: (m - sh / k) - sl / k rounded sh / k at 2**-53 |mean z| (F3)
+                ph, pl = _two_prod(self.m, float(k))
+                gh, _ = _dd_add(ph, pl, -sh, -sl)
+                gap = gh / k
                 if var.logit_scale != 1.0:
                     gap = gap * var.logit_scale
                 smooth = gap + log_s
@@ -288,7 +340,7 @@ class RowStats:
             chain = _sech2(u)  # float64: relative 6 |u| 2**-53 where it is not e^{-2|u|}-small
             p = np.exp(zc - big_m) / s_tot[:, None]
         elif rm.quad is None:
-            p = np.exp(rm.shifted(hi, lo, m, big_m)) / s_tot[:, None]
+            p = rm.shifted_exp(hi, lo, m, big_m) / s_tot[:, None]
         else:
             q = rm.quad
             z = hi.astype(q) + lo.astype(q)
