@@ -46,6 +46,7 @@ eps(float64) * 2**-20 = 2**-72, which no float64 value can be.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -274,6 +275,24 @@ def _dd_acc(
     np.subtract(t2, t1, out=al, casting="same_kind")  # lo = e - (hi - s)
 
 
+def _spectral_norm(x: np.ndarray, block: int) -> float:
+    """An upper bound on ||x||_2 (x: (rows, D) in its working dtype): the largest eigenvalue of
+    x^T x (D, D), summed in float64 a block of rows at a time, plus that sum's rounding bound
+    gamma_rows ||x||_F**2 and the eigensolver's D 2**-53 ||x^T x||."""
+    k = x.shape[1]
+    gram = np.zeros((k, k))
+    fro2 = 0.0
+    for r0 in range(0, x.shape[0], max(block, 1)):
+        blk = x[r0 : r0 + block].astype(np.float64)
+        gram += blk.T @ blk
+        fro2 += float(np.einsum("ij,ij->", blk, blk))
+    if k == 0 or fro2 == 0.0:
+        return 0.0
+    lam = float(np.linalg.eigvalsh(gram)[-1])
+    gamma = x.shape[0] * _U / (1 - x.shape[0] * _U)
+    return math.sqrt(max(lam, 0.0) * (1 + k * _U) + gamma * fro2 + k * _U * fro2)
+
+
 # -- the reference ------------------------------------------------------------------
 
 
@@ -289,6 +308,13 @@ class LinearReference:
     loss), ``z_loss_term`` the z-loss lambda lse**2 per row (already in ``loss``; None without
     z-loss), ``precision`` the arithmetic after the logits. For float64 work the ``*_lo``
     fields hold the low parts (value = hi + lo, to eps(float64) * 2**-20); else None.
+
+    ``grad_*_bound`` is the normwise relative accuracy claimed for each gradient, a posteriori:
+    eps(working) * 2**-20 unless the product cancels, target / 2 + u_g kappa otherwise, with
+    u_g G's relative rounding (:meth:`~smcheck.linear_rows.RowMath.u_g`) and kappa =
+    ||A |W|||/||dh||_F (dh; |W| the rows' norms), ||A^T |h|||/||dW||_F, ||1^T A||/||db||
+    for the magnitudes A of G's entries. The bound exceeds the target only if kappa does
+    after binary128 rows (u_g = 2**-104): float64 rows whose bound exceeds it are redone there.
     """
 
     loss: np.ndarray  # (N,)
@@ -309,6 +335,9 @@ class LinearReference:
     grad_hidden_lo: np.ndarray | None = None
     grad_weight_lo: np.ndarray | None = None
     grad_bias_lo: np.ndarray | None = None
+    grad_hidden_bound: float = math.nan
+    grad_weight_bound: float = math.nan
+    grad_bias_bound: float | None = None
 
 
 #: Rows rounded at a time: the float64 copy of a block, never of a whole (V, D) weight.
@@ -421,6 +450,62 @@ def reference_linear(
     h, w32, b32, lab, working = check_linear(
         hidden, weight, labels, bias, dtype, ignore_index, names
     )
+    run = functools.partial(
+        _reference, h, w32, b32, lab, working, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        logit_scale=logit_scale, smoothing_convention=smoothing_convention,
+        block_rows=block_rows, block_vocab=block_vocab,
+    )  # fmt: skip
+    target = target_rel_err(working)
+    ref = run(quad=False, abs_tols=None, z_tol=target / 16)
+    bounds = (ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound or 0.0)
+    if max(bounds) <= target:
+        return ref
+    # A product cancels (a component common to W's rows; rows of G that cancel in db): G's
+    # rounding (~2**-52 of its entries in float64 rows) and the products' per-block
+    # tolerances are amplified past the target. Redo it with G in binary128 (kept to 2**-104
+    # as two float64 parts; ~50x slower, only for such inputs), the products to absolute
+    # tolerances from this run's norms and the logits of pass 2 tighter by the worst
+    # amplification seen (kappa ~ bound / target).
+    n, d = h.shape
+    v = w32.shape[0]
+    nbc, nbr = -(-v // block_vocab), -(-n // block_rows)
+    norms = (
+        _fro(ref.grad_hidden) / (nbc * math.sqrt(n * d)),
+        _fro(ref.grad_weight) / (nbr * math.sqrt(v * d)),
+        0.0
+        if ref.grad_bias is None
+        else float(np.linalg.norm(ref.grad_bias)) / (nbr * math.sqrt(v)),
+    )
+    kappa = max(bounds) / target
+    del ref  # dW is 1 GB at V = 128256, D = 1024: not two of them
+    abs_tols = (norms[0] * target / 8, norms[1] * target / 8, norms[2] * target / 8)
+    return run(quad=True, abs_tols=abs_tols, z_tol=target / 16 / kappa)
+
+
+def _reference(
+    h: np.ndarray,
+    w32: np.ndarray,
+    b32: np.ndarray | None,
+    lab: np.ndarray,
+    working: Precision,
+    *,
+    quad: bool,
+    abs_tols: tuple[float, float, float] | None,
+    z_tol: float,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    logit_scale: float,
+    smoothing_convention: str,
+    block_rows: int,
+    block_vocab: int,
+) -> LinearReference:
+    """:func:`reference_linear` on checked inputs, in binary128 rows if ``quad``; ``abs_tols``
+    (per entry of dh, dW, db) replace the products' relative tolerances and ``z_tol`` is pass
+    2's tolerance for the logits (the redo of a cancelling product)."""
     n, d = h.shape
     v = w32.shape[0]
     var = check_variant(
@@ -428,7 +513,7 @@ def reference_linear(
         smoothing_convention=smoothing_convention, classes=v,
     )  # fmt: skip
     var = var.rounded(working.carrier) if var.active else var
-    rm = row_math(var, label_smoothing, v, working)
+    rm = row_math(var, label_smoothing, v, working, quad=quad)
     wide = working.mantissa_bits > 24  # float64 work: low parts kept and returned
     ignored = lab == ignore_index
     safe = np.where(ignored, 0, lab)
@@ -437,9 +522,11 @@ def reference_linear(
     bias64 = None if b32 is None else b32.astype(np.float64)
     stats = {"split": 0, "blocks": 0}
 
-    def logits(h_blk: np.ndarray, w_blk: np.ndarray, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    def logits(
+        h_blk: np.ndarray, w_blk: np.ndarray, cols: slice, tol: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         # |dz| <= target / 16 keeps the loss and p (hence G) within target / 4 of their values
-        hi, lo, split = matmul_dd(h_blk, w_blk, working, abs_tol=target / 16)
+        hi, lo, split = matmul_dd(h_blk, w_blk, working, abs_tol=tol)
         stats["split"] += split
         stats["blocks"] += 1
         if bias64 is not None:
@@ -453,14 +540,16 @@ def reference_linear(
 
     # pass 1: per row the online shift, s_excl = sum_{j != y} exp(d_j), z_y, smoothing sums
     rs = RowStats(rm, n)
+    h_norm = np.empty(n)  # the rows' norms, for the a-posteriori gradient bounds
     hbuf = np.empty((min(n, block_rows), d))  # h's block in float64, filled in place
     for r0 in range(0, n, block_rows):
         rows = slice(r0, min(n, r0 + block_rows))
         h_blk = hbuf[: rows.stop - r0]
         h_blk[...] = h[rows]
+        h_norm[rows] = np.sqrt(np.einsum("ij,ij->i", h_blk, h_blk))
         for c0 in range(0, v, block_vocab):
             cols = slice(c0, min(v, c0 + block_vocab))
-            hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols)
+            hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols, target / 16)
             rs.add_block(rows, hi, lo, *label_cols(rows, cols))
             del hi, lo
     rs.finish(ignored)
@@ -498,6 +587,15 @@ def reference_linear(
     t1, t2 = np.empty((slab, d)), np.empty((slab, d))
     wbuf = np.empty((min(v, block_vocab), d))  # W's block in float64, filled in place
     dwl_buf = np.empty((0, d) if wide else wbuf.shape)  # a block's low part of dW, reused
+    # a posteriori (see LinearReference): the products' error bounds per output block, and
+    # ||A||_F, 1^T A for G's rounding
+    nbc, nbr = -(-v // block_vocab), -(-n // block_rows)  # blocks summed into dh; dW, db
+    rel_h = target / (16 * math.sqrt(max(nbc, 1)))  # random-signed errors add up as sqrt(nb)
+    rel_w = target / (16 * math.sqrt(max(nbr, 1)))
+    err_h, err_w, err_b = np.zeros(nbr), np.zeros(nbc), np.zeros(nbc)
+    w_sq = 0.0  # ||W||_F**2
+    mag_sq = 0.0  # ||A||_F**2
+    mag_b = np.zeros(v)  # 1^T A
 
     def acc(ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None) -> None:
         for i in range(0, bh.shape[0], slab):
@@ -505,56 +603,102 @@ def reference_linear(
             bl_s = None if bl is None else bl[i:j]
             _dd_acc(ah[i:j], al[i:j], bh[i:j], bl_s, t1[: j - i], t2[: j - i])
 
-    for c0 in range(0, v, block_vocab):
+    for cb, c0 in enumerate(range(0, v, block_vocab)):
         cols = slice(c0, min(v, c0 + block_vocab))
         vb = cols.stop - c0
         w_blk = wbuf[:vb]
         w_blk[...] = w32[cols]
+        w_sq += float(np.einsum("ij,ij->", w_blk, w_blk))
         dwh = dw[cols]
         dwh[...] = 0.0
         dwl = dw_lo[cols] if dw_lo is not None else dwl_buf[:vb]
         dwl[...] = 0.0
         db_hi = np.zeros(vb)
         db_lo = np.zeros(vb)
-        for r0 in range(0, n, block_rows):
+        for rb, r0 in enumerate(range(0, n, block_rows)):
             rows = slice(r0, min(n, r0 + block_rows))
             h_blk = hbuf[: rows.stop - r0]
             h_blk[...] = h[rows]
-            hi, lo = logits(h_blk, w_blk, cols)
-            g = rs.grad_block(rows, hi, lo, *label_cols(rows, cols), c_row)
+            hi, lo = logits(h_blk, w_blk, cols, z_tol)
+            g, mag = rs.grad_block(rows, hi, lo, *label_cols(rows, cols), c_row)
             del hi, lo
+            mag_sq += float(np.einsum("ij,ij->", mag, mag))
+            mag_b[cols] += mag.sum(axis=0)
+            del mag
             # binary128 G: two float64 parts, each product exact enough, summed in double-double
-            if wide:
+            # (for every working dtype: G rounded to float64 is 2**-53 off, which a cancelling
+            # product amplifies)
+            if rm.quad is not None:
                 g_hi, g_lo = _split(g)
-                parts = [(g_hi, target / 16), (g_lo, None)]
+                parts = [(g_hi, False), (g_lo, True)]
             else:
-                parts = [(np.asarray(g, dtype=np.float64), target / 16)]
+                parts = [(np.asarray(g, dtype=np.float64), False)]
             del g
+            sw, sh_ = math.sqrt(vb * d), math.sqrt(h_blk.shape[0] * d)
             ref_w = ref_h = 0.0
-            for gp, tol in parts:
-                if tol is None:  # the low part (< 2**-53 of G): to target/32 of the block
-                    kw_w = {"abs_tol": target / 32 * ref_w / math.sqrt(vb * d)}
-                    kw_h = {"abs_tol": target / 32 * ref_h / math.sqrt(h_blk.shape[0] * d)}
+            for gp, low in parts:
+                if low:  # the low part (< 2**-53 of G): to target/32 of the block
+                    tw = target / 32 * ref_w / sw
+                    th = target / 32 * ref_h / sh_
+                    if abs_tols is not None:
+                        tw, th = min(tw, abs_tols[1]), min(th, abs_tols[0])
+                    kw_w: dict[str, float] = {"abs_tol": tw}
+                    kw_h: dict[str, float] = {"abs_tol": th}
+                elif abs_tols is not None:
+                    kw_w, kw_h = {"abs_tol": abs_tols[1]}, {"abs_tol": abs_tols[0]}
                 else:
-                    kw_w = kw_h = {"rel_tol": tol}
+                    kw_w, kw_h = {"rel_tol": rel_w}, {"rel_tol": rel_h}
                 ph, pl, split = _matmul_dd(gp.T, h_blk.T, **kw_w)  # (vb, D) = G^T h
-                ref_w = ref_w or _fro(ph)
+                nrm = _fro(ph)
+                ref_w = ref_w or nrm
+                err_w[cb] += kw_w["abs_tol"] * sw if "abs_tol" in kw_w else rel_w * nrm
                 acc(dwh, dwl, ph, pl)
                 del ph, pl  # before the next product: one (., D) block alive, not two
                 ph, pl, split2 = _matmul_dd(gp, w_blk.T, **kw_h)  # (br, D) = G W
-                ref_h = ref_h or _fro(ph)
+                nrm = _fro(ph)
+                ref_h = ref_h or nrm
+                err_h[rb] += kw_h["abs_tol"] * sh_ if "abs_tol" in kw_h else rel_h * nrm
                 acc(dh_hi[rows], dh_lo[rows], ph, pl)
                 del ph, pl
                 stats["split"] += split + split2
                 stats["blocks"] += 2
                 if db is not None:
                     ones = np.ones((1, gp.shape[0]))
-                    ph, pl, _ = matmul_dd(gp.T, ones, working, rel_tol=target / 16)
+                    if abs_tols is not None:
+                        ph, pl, _ = matmul_dd(gp.T, ones, working, abs_tol=abs_tols[2])
+                        err_b[cb] += abs_tols[2] * math.sqrt(vb)
+                    else:
+                        ph, pl, _ = matmul_dd(gp.T, ones, working, rel_tol=rel_w)
+                        err_b[cb] += rel_w * float(np.linalg.norm(ph))
                     db_hi, db_lo = _dd_add(db_hi, db_lo, ph[:, 0], pl[:, 0])
         if db is not None:
             db[cols] = db_hi + db_lo
             if db_lo_out is not None:
                 db_lo_out[cols] = db_lo - (db[cols] - db_hi)
+
+    # G's entries are within u A_ij: their rounding (u_g) and the logits' error z_tol, which
+    # moves p_j by p_j (dz_j - sum_k p_k dz_k) s: 2 |s| z_tol relative (a cap's sech**2 less)
+    u = rm.u_g(nbc) + 2 * abs(var.logit_scale) * z_tol
+    g_fro = math.sqrt(mag_sq)
+    out_u = 2.0**-104 if wide else 2.0**-53  # the outputs' own rounding (hi + lo, or hi)
+    h_fro = float(np.linalg.norm(h_norm))
+
+    def bound(out: np.ndarray | None, prod_err: np.ndarray, g_err: float) -> float | None:
+        if out is None:
+            return None
+        size = _fro(out) if out.ndim == 2 else float(np.linalg.norm(out))  # no copy of dW
+        err = float(np.linalg.norm(prod_err)) + g_err
+        rel = err / size if size > 0 else (math.inf if err > 0 else 0.0)
+        return max(target, rel + out_u)
+
+    b_h = bound(dh_hi, err_h, u * g_fro * math.sqrt(w_sq))
+    if b_h is not None and b_h > target:  # ||W||_2 instead of ||W||_F: a V-fold gap at most
+        b_h = bound(dh_hi, err_h, u * g_fro * _spectral_norm(w32, block_vocab))
+    b_w = bound(dw, err_w, u * g_fro * h_fro)
+    if b_w is not None and b_w > target:
+        b_w = bound(dw, err_w, u * g_fro * _spectral_norm(h, block_rows))
+    b_b = bound(db, err_b, u * float(np.linalg.norm(mag_b)))
+
     return LinearReference(
         loss=loss,
         loss_reduced=loss_reduced,
@@ -574,4 +718,7 @@ def reference_linear(
         grad_hidden_lo=dh_lo if wide else None,
         grad_weight_lo=dw_lo,
         grad_bias_lo=db_lo_out,
+        grad_hidden_bound=target if b_h is None else b_h,
+        grad_weight_bound=target if b_w is None else b_w,
+        grad_bias_bound=b_b,
     )

@@ -65,6 +65,29 @@ class RowMath:
     def name(self) -> str:
         return "binary128 (numpy-quaddtype)" if self.quad is not None else "float64"
 
+    def u_g(self, blocks: int) -> float:
+        """The relative error of G's entries against their magnitudes A (:meth:`RowStats.
+        grad_block`), first order, over ``blocks`` vocabulary blocks of pass 1.
+
+        float64 rows: p = exp(d) / S, exp within ~2 ulps (4 2**-53), the compensation and the
+        quotient 2**-53 each, S's sum ~(16 + one per block) 2**-53 (each block's rescale and
+        sum round once more), - t and the factors 4 2**-53: (24 + blocks) 2**-53. Uncompensated
+        exponents (16-bit and 8-bit work) add d's rounding, 3 |d| 2**-53 <= 2235 2**-53; a
+        float64 cap adds the capped logits' ~15 c 2**-53 to every exponential (30 c through S)
+        and sech**2's (6 |u| + 8) 2**-53 (|u| <= 40: beyond, sech**2 < 1e-34 and the entry is
+        negligible). binary128 rows: the same counts at 2**-113 plus G's split into two float64
+        parts, 2**-106 of |G|: 2**-104 covers both.
+        """
+        if self.quad is not None:
+            return 2.0**-104
+        k = 24.0 + blocks
+        if not self.fine:
+            k += 2235.0
+        if self.cap64:
+            assert self.variant.softcap is not None
+            k += 30.0 * self.variant.softcap + 256.0
+        return k * 2.0**-53
+
     def const(self, x: float) -> Any:
         """A float64 constant in this arithmetic (exact: binary128 holds every float64)."""
         return np.asarray(x, dtype=np.float64).astype(self.ft)
@@ -124,7 +147,7 @@ class RowMath:
             d *= self.variant.logit_scale
         return d
 
-    def shifted_dd(self, hi: np.ndarray, lo: np.ndarray, m: Any) -> tuple[np.ndarray, Any]:
+    def shifted_dd(self, hi: np.ndarray, lo: Any, m: Any) -> tuple[np.ndarray, Any]:
         """d + r = s ((hi - m) + lo) to ~2**-104 |d| (float64 rows): TwoSum for hi - m and for
         + lo, TwoProduct for s. Plain s ((hi - m) + lo) rounds three times, 3 2**-53 |d| with
         |d| up to 745, and a confident row's loss s_excl / e_y carries d's whole error."""
@@ -139,7 +162,7 @@ class RowMath:
             r = e + r * s
         return d, r
 
-    def shifted_exp(self, hi: np.ndarray, lo: np.ndarray, m: Any, big_m: Any) -> np.ndarray:
+    def shifted_exp(self, hi: np.ndarray, lo: Any, m: Any, big_m: Any) -> np.ndarray:
         """exp(T(z) - T(m)); compensated (:attr:`fine`): exp(d + r) = exp(d) (1 + r), |r| <=
         2**-43 so r**2 / 2 is below 2**-87."""
         if not self.fine:
@@ -153,8 +176,11 @@ class RowMath:
 _CAP64_MAX = 300.0
 
 
-def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Precision) -> RowMath:
-    """binary128 for float64 work and for a cap float64 cannot carry, else float64.
+def row_math(
+    variant: Variant, label_smoothing: float, vocab: int, working: Precision, *, quad: bool = False
+) -> RowMath:
+    """binary128 for float64 work, for a cap float64 cannot carry and when asked (``quad``:
+    a cancelling gradient product needs G beyond float64), else float64.
 
     A cap in float64: u = s z / c rounds at ~3 2**-53 relative, moving tanh by at most
     sech**2(u) |u| 3 2**-53 <= 1.35 2**-53; numpy's tanh is within ~4 ulps (of values < 1:
@@ -166,12 +192,12 @@ def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Prec
     """
     cap = variant.softcap
     cap_ok = cap is None or cap <= min(_CAP64_MAX, working.eps * 2.0**26)
-    need = working.mantissa_bits > 24 or not cap_ok
-    quad = quad_dtype() if need else None
-    if need and quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
+    need = working.mantissa_bits > 24 or not cap_ok or quad
+    qd = quad_dtype() if need else None
+    if need and qd is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
         raise RuntimeError("numpy-quaddtype is required for this reference")
-    fine = quad is None and cap is None and working.mantissa_bits >= 24
-    return RowMath(variant, float(label_smoothing), vocab, quad, fine)
+    fine = qd is None and cap is None and working.mantissa_bits >= 24
+    return RowMath(variant, float(label_smoothing), vocab, qd, fine)
 
 
 class RowStats:
@@ -326,9 +352,12 @@ class RowStats:
         idx: np.ndarray,
         ycol: np.ndarray,
         c_row: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """G = c_row s sech**2(u) (p (1 + 2 lambda lse) - target) of a block (in ``ft``;
-        ``c_row`` in ``ft`` too: 1/N rounded to float64 would be 2**-53 off)."""
+        ``c_row`` in ``ft`` too: 1/N rounded to float64 would be 2**-53 off), and the
+        magnitudes A (float64) its rounding is relative to: |G_ij - G*_ij| <= :meth:`RowMath.u_g`
+        A_ij, with A = c_row |s| sech**2(u) (|p (1 + 2 lambda lse)| + t) off the label and
+        c_row |s| sech**2(u) (s_excl / S + (1 - t_y) + |2 lambda lse p_y|) at the label."""
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
         megatron = var.smoothing_convention == "megatron"
@@ -362,15 +391,27 @@ class RowStats:
         p_y = p[idx, ycol]
         if var.z_loss != 0.0:
             p = p * (rm.const(1.0) + rm.const(2 * var.z_loss) * self.lse[rows, None])
+        # the magnitudes before g (which may be p itself) is written
+        mag = np.abs(p).astype(np.float64)
+        if eps > 0:
+            mag += np.asarray(other).astype(np.float64)
         g = p - other if eps > 0 or rm.quad is None else p
         # p_y - t_y = -s_excl / S + (1 - t_y): not the cancelling p_y - 1
-        gy = -self.s_excl[r0 + idx] / s_tot[idx] + label_t
+        rest = self.s_excl[r0 + idx] / s_tot[idx]
+        gy = -rest + label_t
+        mag_y = rest + label_t
         if var.z_loss != 0.0:
-            gy = gy + rm.const(2 * var.z_loss) * self.lse[r0 + idx] * p_y
+            zy = rm.const(2 * var.z_loss) * self.lse[r0 + idx] * p_y
+            gy = gy + zy
+            mag_y = mag_y + np.abs(zy)
         g[idx, ycol] = gy
+        mag[idx, ycol] = np.asarray(mag_y).astype(np.float64)
         if chain is not None:
             g *= chain
+            mag *= chain.astype(np.float64)
         if var.logit_scale != 1.0:
             g *= rm.const(var.logit_scale)
+            mag *= abs(var.logit_scale)
         g *= c_row[rows, None]
-        return g
+        mag *= c_row[rows, None].astype(np.float64)
+        return g, mag
