@@ -611,8 +611,12 @@ def _reference(
     rel_w = target / (16 * math.sqrt(max(nbr, 1)))
     err_h, err_w, err_b = np.zeros(nbr), np.zeros(nbc), np.zeros(nbc)
     w_sq = 0.0  # ||W||_F**2
-    mag_sq = 0.0  # ||A||_F**2
+    mag_sq = 0.0  # ||A||_F**2 off the labels
     mag_b = np.zeros(v)  # 1^T A
+    # the label entries apart: one per row, so its error reaches dh_i as A_iy ||W_y|| and
+    # dW_y as A_iy ||h_i|| - no spectral norm (which would count it sqrt(V / D) times)
+    lab_h = np.zeros(n)
+    lab_w = np.zeros(v)
 
     def acc(ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | None) -> None:
         for i in range(0, bh.shape[0], slab):
@@ -625,7 +629,8 @@ def _reference(
         vb = cols.stop - c0
         w_blk = wbuf[:vb]
         w_blk[...] = w32[cols]
-        w_sq += float(np.einsum("ij,ij->", w_blk, w_blk))
+        w_nrm = np.sqrt(np.einsum("ij,ij->i", w_blk, w_blk))
+        w_sq += float(w_nrm @ w_nrm)
         dwh = dw[cols]
         dwh[...] = 0.0
         dwl = dw_lo[cols] if dw_lo is not None else dwl_buf[:vb]
@@ -637,10 +642,15 @@ def _reference(
             h_blk = hbuf[: rows.stop - r0]
             h_blk[...] = h[rows]
             hi, lo = logits(h_blk, w_blk, cols, target / 16, z_tol)
-            g, mag = rs.grad_block(rows, hi, lo, *label_cols(rows, cols), c_row)
+            idx, ycol = label_cols(rows, cols)
+            g, mag = rs.grad_block(rows, hi, lo, idx, ycol, c_row)
             del hi, lo
-            mag_sq += float(np.einsum("ij,ij->", mag, mag))
             mag_b[cols] += mag.sum(axis=0)
+            m_y = mag[idx, ycol]
+            lab_h[r0 + idx] = m_y * w_nrm[ycol]
+            np.add.at(lab_w, c0 + ycol, m_y * h_norm[r0 + idx])
+            mag[idx, ycol] = 0.0
+            mag_sq += float(np.einsum("ij,ij->", mag, mag))
             del mag
             # binary128 G: two float64 parts, each product exact enough, summed in double-double
             # (for every working dtype: G rounded to float64 is 2**-53 off, which a cancelling
@@ -710,12 +720,13 @@ def _reference(
         rel = err / size if size > 0 else (math.inf if err > 0 else 0.0)
         return max(target, rel + out_u)
 
-    b_h = bound(dh_hi, err_h, u * g_fro * math.sqrt(w_sq))
+    e_h, e_w = float(np.linalg.norm(lab_h)), float(np.linalg.norm(lab_w))
+    b_h = bound(dh_hi, err_h, u * (e_h + g_fro * math.sqrt(w_sq)))
     if b_h is not None and b_h > target:  # ||W||_2 instead of ||W||_F: a V-fold gap at most
-        b_h = bound(dh_hi, err_h, u * g_fro * _spectral_norm(w32, block_vocab))
-    b_w = bound(dw, err_w, u * g_fro * h_fro)
+        b_h = bound(dh_hi, err_h, u * (e_h + g_fro * _spectral_norm(w32, block_vocab)))
+    b_w = bound(dw, err_w, u * (e_w + g_fro * h_fro))
     if b_w is not None and b_w > target:
-        b_w = bound(dw, err_w, u * g_fro * _spectral_norm(h, block_rows))
+        b_w = bound(dw, err_w, u * (e_w + g_fro * _spectral_norm(h, block_rows)))
     b_b = bound(db, err_b, u * float(np.linalg.norm(mag_b)))
 
     return LinearReference(
