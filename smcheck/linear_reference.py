@@ -461,7 +461,7 @@ def reference_linear(
     # whose actual bound is far smaller), else the split, to target * 2**-10: the slices reach
     # that at about the same count, and G's share of the logits' error stays at 2**-9 of the
     # target however the gradient products cancel
-    ref = run(quad=False, abs_tols=None, z_tol=target * 2.0**-10)
+    ref, amp = run(quad=False, abs_tols=None, z_tol=target * 2.0**-10)
     bounds = (ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound or 0.0)
     if max(bounds) <= target:
         return ref
@@ -481,10 +481,12 @@ def reference_linear(
         if ref.grad_bias is None
         else float(np.linalg.norm(ref.grad_bias)) / (nbr * math.sqrt(v)),
     )
-    kappa = max(bounds) / target
+    # G's share of the logits' error, 2 |s| (1 + 1/c) dz relative, times the amplification
+    # seen: to target / 16
+    z_tol = target / (32 * max(1.0, abs(logit_scale)) * max(1.0, amp))
     del ref  # dW is 1 GB at V = 128256, D = 1024: not two of them
     abs_tols = (norms[0] * target / 8, norms[1] * target / 8, norms[2] * target / 8)
-    return run(quad=True, abs_tols=abs_tols, z_tol=target * 2.0**-10 / kappa)
+    return run(quad=True, abs_tols=abs_tols, z_tol=min(z_tol, target * 2.0**-10))[0]
 
 
 def _reference(
@@ -506,10 +508,11 @@ def _reference(
     smoothing_convention: str,
     block_rows: int,
     block_vocab: int,
-) -> LinearReference:
+) -> tuple[LinearReference, float]:
     """:func:`reference_linear` on checked inputs, in binary128 rows if ``quad``; ``abs_tols``
     (per entry of dh, dW, db) replace the products' relative tolerances and ``z_tol`` is pass
-    2's tolerance for the logits (the redo of a cancelling product)."""
+    2's tolerance for the logits (the redo of a cancelling product). Also returns the largest
+    amplification of G's relative error seen in a gradient (kappa, see LinearReference)."""
     n, d = h.shape
     v = w32.shape[0]
     var = check_variant(
@@ -641,7 +644,7 @@ def _reference(
             rows = slice(r0, min(n, r0 + block_rows))
             h_blk = hbuf[: rows.stop - r0]
             h_blk[...] = h[rows]
-            hi, lo = logits(h_blk, w_blk, cols, target / 16, z_tol)
+            hi, lo = logits(h_blk, w_blk, cols, target / 16 if abs_tols is None else z_tol, z_tol)
             idx, ycol = label_cols(rows, cols)
             g, mag = rs.grad_block(rows, hi, lo, idx, ycol, c_row)
             del hi, lo
@@ -712,11 +715,15 @@ def _reference(
     out_u = 2.0**-104 if wide else 2.0**-53  # the outputs' own rounding (hi + lo, or hi)
     h_fro = float(np.linalg.norm(h_norm))
 
+    amp = [0.0]
+
     def bound(out: np.ndarray | None, prod_err: np.ndarray, g_err: float) -> float | None:
         if out is None:
             return None
         size = _fro(out) if out.ndim == 2 else float(np.linalg.norm(out))  # no copy of dW
         err = float(np.linalg.norm(prod_err)) + g_err
+        if size > 0 and u > 0:
+            amp[0] = max(amp[0], g_err / (u * size))
         rel = err / size if size > 0 else (math.inf if err > 0 else 0.0)
         return max(target, rel + out_u)
 
@@ -729,7 +736,7 @@ def _reference(
         b_w = bound(dw, err_w, u * (e_w + g_fro * _spectral_norm(h, block_rows)))
     b_b = bound(db, err_b, u * float(np.linalg.norm(mag_b)))
 
-    return LinearReference(
+    ref = LinearReference(
         loss=loss,
         loss_reduced=loss_reduced,
         grad_hidden=dh_hi,
@@ -752,3 +759,4 @@ def _reference(
         grad_weight_bound=target if b_w is None else b_w,
         grad_bias_bound=b_b,
     )
+    return ref, amp[0]
