@@ -392,10 +392,14 @@ class RowStats:
         if var.z_loss != 0.0:
             p = p * (rm.const(1.0) + rm.const(2 * var.z_loss) * self.lse[rows, None])
         # the magnitudes before g (which may be p itself) is written
-        mag = np.abs(p).astype(np.float64)
+        mag = np.abs(p)  # a new array: float64 rows keep it, binary128 ones convert
+        if mag.dtype != np.float64:
+            mag = mag.astype(np.float64)
         if eps > 0:
             mag += np.asarray(other).astype(np.float64)
-        g = p - other if eps > 0 or rm.quad is None else p
+        if eps > 0:  # in place: p is not needed after (p_y and mag are taken), one block less
+            p -= other
+        g = p
         # p_y - t_y = -s_excl / S + (1 - t_y): not the cancelling p_y - 1
         rest = self.s_excl[r0 + idx] / s_tot[idx]
         gy = -rest + label_t
