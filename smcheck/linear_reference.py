@@ -27,21 +27,34 @@ Precision of each step (:func:`reference_linear`):
 * the loss variant (logit scale s, softcap c, z-loss lambda, the smoothing convention) and the
   per-row statistics (pass 1: an online shift, S = sum_j exp(z''_j - M) with the label's term
   apart, the smoothing sums) and G (pass 2): :mod:`smcheck.linear_rows`, in float64 for working
-  float32 and narrower (shifted differences s ((z_hi - m) + z_lo): ~2**-52 relative; a cap
+  float32 and narrower (shifted differences s ((z_hi - m) + z_lo), for float32 work
+  compensated: TwoSum, TwoProduct and exp(d) (1 + r), ~2**-52 relative whatever |d|; a cap
   c tanh(u), off by ~c 2**-48 in float64, only for 16/8-bit work and c <= 300), in binary128
   for float64 work and for a float32 cap above c = 8;
 * loss = log1p(s_excl / exp(d_y)) (no 1 + tiny rounding for confident rows), label
-  smoothing's lse - mean(z'') >= 0 from double-double sums (binary128 sums), + lambda lse**2;
+  smoothing's lse - mean(z'') >= 0 from k m - sum z formed exactly (binary128 sums), + lambda
+  lse**2;
 * G = c s sech**2(u) (p (1 + 2 lambda lse) - target) with p_y - t_y = -s_excl / S + (1 - t_y)
-  (not the cancelling p_y - 1); binary128 G is split into two float64 parts (hi + lo) for
-  float64 work, rounded to float64 once otherwise;
+  (not the cancelling p_y - 1); binary128 G is split into two float64 parts (hi + lo);
 * dh, dW, db: :func:`matmul_dd` per block and part (the low part needs only target/32 of the
-  block: float64 BLAS), blocks accumulated in double-double in place; dW and db are complete
-  per vocabulary block, dh's low part is float32 unless float64 work (it is < 2**-53 |dh|, so
+  block: float64 BLAS), each block to target / (16 sqrt(blocks summed into the output)) of
+  its own norm, blocks accumulated in double-double in place; dW and db are complete per
+  vocabulary block, dh's low part is float32 unless float64 work (it is < 2**-53 |dh|, so
   24 bits keep it to 2**-77).
 
 For float64 work the outputs carry low parts (``loss_lo``, ``grad_*_lo``): hi + lo is within
 eps(float64) * 2**-20 = 2**-72, which no float64 value can be.
+
+The gradients are products, and products cancel: a component common to W's rows meets rows of
+G that sum to 0 (dh = G W), rows of G cancel each other in db = 1^T G and dW = G^T h, or the
+vocabulary blocks' products cancel in their sum. G's own rounding (2**-52 of its entries in
+float64 rows) and the per-block tolerances are then amplified by kappa ~ ||G|| ||W|| / ||dh||
+(measured: 569x the target at ||w0|| = 2e4). So every run bounds its gradients' errors a
+posteriori (``LinearReference.grad_*_bound``) and, where a bound exceeds the target, redoes
+the whole computation once: G in binary128 rows kept as two float64 parts (2**-104), the
+products to absolute tolerances from the first run's norms, pass 2's logits tighter by the
+amplification seen. binary128 rows are ~50x slower, so that costs much more than the first
+run - only on inputs that cancel.
 """
 
 from __future__ import annotations
@@ -309,12 +322,27 @@ class LinearReference:
     z-loss), ``precision`` the arithmetic after the logits. For float64 work the ``*_lo``
     fields hold the low parts (value = hi + lo, to eps(float64) * 2**-20); else None.
 
-    ``grad_*_bound`` is the normwise relative accuracy claimed for each gradient, a posteriori:
-    eps(working) * 2**-20 unless the product cancels, target / 2 + u_g kappa otherwise, with
-    u_g G's relative rounding (:meth:`~smcheck.linear_rows.RowMath.u_g`) and kappa =
-    ||A |W|||/||dh||_F (dh; |W| the rows' norms), ||A^T |h|||/||dW||_F, ||1^T A||/||db||
-    for the magnitudes A of G's entries. The bound exceeds the target only if kappa does
-    after binary128 rows (u_g = 2**-104): float64 rows whose bound exceeds it are redone there.
+    ``grad_hidden_bound``, ``grad_weight_bound``, ``grad_bias_bound`` (None without a bias)
+    bound each gradient's normwise relative error, a posteriori: max(target, (E_prod + E_G) /
+    ||out||_F + u_out), target = eps(working) * 2**-20, with
+
+    * E_prod: the products' own error bounds (a block kept from BLAS: gamma_k ||a||_F ||b||_F
+      <= its tolerance times its norm; a split block: its tolerance per entry), added over the
+      blocks summed into the same entries, root-sum-square over disjoint ones;
+    * E_G = u (||(A_iy ||W_y||)_i|| + ||A_off||_F ||W||) for dh, the same with h's rows for dW
+      (A_iy ||h_i|| summed per class), u ||1^T A|| for db: G's entries are within u A_ij of the
+      exact ones, A the magnitudes :meth:`~smcheck.linear_rows.RowStats.grad_block` returns
+      (|G| plus the targets' terms), split into the label entries and the rest; ||W|| is
+      ||W||_F, or an upper bound on the spectral norm (:func:`_spectral_norm`) where ||W||_F
+      alone would exceed the target; u = u_g (:meth:`~smcheck.linear_rows.RowMath.u_g`: G's
+      rounding, 2**-104 in binary128 rows) + 2 |s| (1 + 1/c) dz, dz the logits' error bound
+      that held in pass 2;
+    * u_out: the output's rounding to float64, 2**-53 (2**-104 for hi + lo, float64 work).
+
+    First order in the roundings, and u_g takes numpy's float64 exp within 2 ulps. The bound
+    equals the target unless a product cancels; the reference is then redone once (module
+    docstring) and returns the redo's bounds, which exceed the target only past kappa ~ 2**60
+    or where an output is exactly 0 while G is not (inf).
     """
 
     loss: np.ndarray  # (N,)

@@ -8,15 +8,24 @@ the smoothing sums) and the block of G = dL/dz (with respect to the *original* l
 pass 2, in one of two arithmetics (:func:`row_math` chooses):
 
 * **float64** (working float32 and narrower): every exponent is a shifted difference
-  d_j = s ((z_hi,j - m) + z_lo,j), rounded twice, so exp(d_j) is off by |d_j| 2**-52 relative
-  and, weighted by exp(d_j) <= 1/e per unit of |d_j|, the sum of exponentials by ~2**-52: far
-  below float32's target eps * 2**-20 = 2**-43. A logit scale multiplies the difference, not
-  the logit, so |s z| = 1e4 costs nothing. The z-loss uses lse = s m + log S, off by
-  ~2**-52 (|s m| + log S) absolute. A cap c tanh(u) is not a difference: in float64 it is off
-  by ~6.4 c 2**-53 absolute, a relative error of every exponential, ~c 2**-48 in the loss
-  (:func:`row_math`): enough for 16-bit and 8-bit work up to c = 300 (bfloat16's target is
-  2**-27), with the fixed shift M = c (no online rescaling, whose errors would add up over
-  the vocabulary blocks; exp(z'' - c) >= e^{-600} stays normal).
+  d_j = s ((z_hi,j - m) + z_lo,j). Rounded three times, exp(d_j) is off by 3 |d_j| 2**-53
+  relative (|d| up to 745: 2**-42), which the sum of exponentials weights by exp(d_j) <= 1/e
+  per unit of |d_j|, but a confident row's loss s_excl / e_y carries d_y's whole error (1.14x
+  float32's target 2**-43 at logit_scale 1.1, F4). So for float32 work (:attr:`RowMath.fine`)
+  d + r = s (z - m) to ~2**-104 (TwoSum for hi - m and + lo, TwoProduct for s) and
+  exp(d + r) = exp(d) (1 + r), in the online rescale exp(s (m_old - m_new)) too; 16-bit and
+  8-bit work (targets 2**-30 and wider) keep the plain difference. A logit scale multiplies
+  the difference, not the logit, so |s z| = 1e4 costs nothing. The z-loss uses
+  lse = s m + log S, off by ~2**-52 (|s m| + log S) absolute. Label smoothing's
+  lse - mean z = s (m - mean z) + log S sums the differences z - m_new (no larger than m - z)
+  in float64 and k m_new exactly (TwoProduct) in double-double, then forms k m - sum z and
+  divides once: ~17 2**-53 relative, where (m - sh / k) - sl / k was off by 2**-53 |mean z|
+  (31x the target with logits sharing an offset of 1e6, F3). A cap c tanh(u) is not a
+  difference: in float64 it is off by ~6.4 c 2**-53 absolute, a relative error of every
+  exponential, ~c 2**-48 in the loss (:func:`row_math`): enough for 16-bit and 8-bit work up
+  to c = 300 (bfloat16's target is 2**-27), with the fixed shift M = c (no online rescaling,
+  whose errors would add up over the vocabulary blocks; exp(z'' - c) >= e^{-600} stays
+  normal).
 * **binary128** (numpy-quaddtype; float64 work, and a cap float64 cannot carry: float32 work
   beyond c = 8, where c 2**-48 would pass 2**-45): the same error is c 2**-112 (2**-107 at
   c = 30), and every other step rounds at 2**-113: far under float64's target 2**-72 (so
