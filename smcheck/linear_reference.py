@@ -453,7 +453,9 @@ def reference_linear(
     names: tuple[str, str, str, str] = ("hidden", "weight", "bias", "labels"),
 ) -> LinearReference:
     """Loss and dh, dW, db of cross_entropy(hidden @ weight.T + bias, labels), to about
-    eps(working) * 2**-20 relative (normwise for the gradients); see the module docstring.
+    eps(working) * 2**-20 relative (normwise for the gradients, as their a-posteriori bounds
+    ``grad_*_bound`` state; a run whose products cancel past that is redone once in binary128
+    rows); see the module docstring and :class:`LinearReference`.
 
     Inputs are rounded to ``dtype`` (default: the hidden states' own float dtype) first, as a
     kernel working in that dtype sees them. ``z_loss``, ``softcap``, ``logit_scale`` and
@@ -486,9 +488,9 @@ def reference_linear(
     )  # fmt: skip
     target = target_rel_err(working)
     # pass 2's logits: BLAS where its bound meets target / 16 (16-bit inputs of ordinary size,
-    # whose actual bound is far smaller), else the split, to target * 2**-10: the slices reach
-    # that at about the same count, and G's share of the logits' error stays at 2**-9 of the
-    # target however the gradient products cancel
+    # whose actual bound - the one counted - is far smaller), else the split, to
+    # target * 2**-10: the slices reach that at about the same count, and G's share of the
+    # logits' error is then 2**-9 target times the amplification of a cancelling product
     ref, amp = run(quad=False, abs_tols=None, z_tol=target * 2.0**-10)
     bounds = (ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound or 0.0)
     if max(bounds) <= target:
@@ -497,8 +499,8 @@ def reference_linear(
     # rounding (~2**-52 of its entries in float64 rows) and the products' per-block
     # tolerances are amplified past the target. Redo it with G in binary128 (kept to 2**-104
     # as two float64 parts; ~50x slower, only for such inputs), the products to absolute
-    # tolerances from this run's norms and the logits of pass 2 tighter by the worst
-    # amplification seen (kappa ~ bound / target).
+    # tolerances from this run's norms (an estimate: the redo's bounds use its own) and the
+    # logits of pass 2 tighter by the amplification of G's relative error this run measured.
     n, d = h.shape
     v = w32.shape[0]
     nbc, nbr = -(-v // block_vocab), -(-n // block_rows)
