@@ -52,7 +52,7 @@ float64 rows) and the per-block tolerances are then amplified by kappa ~ ||G|| |
 (measured: 569x the target at ||w0|| = 2e4). So every run bounds its gradients' errors a
 posteriori (``LinearReference.grad_*_bound``) and, where a bound exceeds the target, redoes
 the whole computation once: G in binary128 rows kept as two float64 parts (2**-104), the
-products to absolute tolerances from the first run's norms, pass 2's logits tighter by the
+products to absolute tolerances from the first run's norms, the logits tighter by the
 amplification seen. binary128 rows are ~50x slower, so that costs much more than the first
 run - only on inputs that cancel.
 """
@@ -336,7 +336,7 @@ class LinearReference:
       ||W||_F, or an upper bound on the spectral norm (:func:`_spectral_norm`) where ||W||_F
       alone would exceed the target; u = u_g (:meth:`~smcheck.linear_rows.RowMath.u_g`: G's
       rounding, 2**-104 in binary128 rows) + 2 |s| (1 + 1/c) dz, dz the logits' error bound
-      that held in pass 2;
+      that held (both passes: pass 1's moves S);
     * u_out: the output's rounding to float64, 2**-53 (2**-104 for hi + lo, float64 work).
 
     First order in the roundings, and u_g takes numpy's float64 exp within 2 ulps. The bound
@@ -487,8 +487,8 @@ def reference_linear(
         block_rows=block_rows, block_vocab=block_vocab,
     )  # fmt: skip
     target = target_rel_err(working)
-    # pass 2's logits: BLAS where its bound meets target / 16 (16-bit inputs of ordinary size,
-    # whose actual bound - the one counted - is far smaller), else the split, to
+    # the logits (both passes): BLAS where its bound meets target / 16 (16-bit inputs of
+    # ordinary size, whose actual bound - the one counted - is far smaller), else the split, to
     # target * 2**-10: the slices reach that at about the same count, and G's share of the
     # logits' error is then 2**-9 target times the amplification of a cancelling product
     ref, amp = run(quad=False, abs_tols=None, z_tol=target * 2.0**-10)
@@ -500,7 +500,7 @@ def reference_linear(
     # tolerances are amplified past the target. Redo it with G in binary128 (kept to 2**-104
     # as two float64 parts; ~50x slower, only for such inputs), the products to absolute
     # tolerances from this run's norms (an estimate: the redo's bounds use its own) and the
-    # logits of pass 2 tighter by the amplification of G's relative error this run measured.
+    # logits tighter by the amplification of G's relative error this run measured.
     n, d = h.shape
     v = w32.shape[0]
     nbc, nbr = -(-v // block_vocab), -(-n // block_rows)
@@ -540,8 +540,9 @@ def _reference(
     block_vocab: int,
 ) -> tuple[LinearReference, float]:
     """:func:`reference_linear` on checked inputs, in binary128 rows if ``quad``; ``abs_tols``
-    (per entry of dh, dW, db) replace the products' relative tolerances and ``z_tol`` is pass
-    2's tolerance for the logits (the redo of a cancelling product). Also returns the largest
+    (per entry of dh, dW, db) replace the products' relative tolerances and ``z_tol`` is the
+    logits' tolerance where they are split (in the redo of a cancelling product, everywhere:
+    no BLAS at target / 16). Also returns the largest
     amplification of G's relative error seen in a gradient (kappa, see LinearReference)."""
     n, d = h.shape
     v = w32.shape[0]
@@ -559,7 +560,10 @@ def _reference(
     bias64 = None if b32 is None else b32.astype(np.float64)
     stats = {"split": 0, "blocks": 0}
 
-    z_err = [0.0]  # the logits' error bound in pass 2 (entry 0; pass 1's is reset)
+    # the logits' error bound that held, both passes (pass 1's moves S, hence all of p): BLAS
+    # where its bound meets z_kept, else the split to z_tol
+    z_err = [0.0]
+    z_kept = target / 16 if abs_tols is None else z_tol
 
     def logits(
         h_blk: np.ndarray, w_blk: np.ndarray, cols: slice, tol: float, tol_split: float
@@ -598,11 +602,10 @@ def _reference(
         h_norm[rows] = np.sqrt(np.einsum("ij,ij->i", h_blk, h_blk))
         for c0 in range(0, v, block_vocab):
             cols = slice(c0, min(v, c0 + block_vocab))
-            hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols, target / 16, target / 16)
+            hi, lo = logits(h_blk, w32[cols].astype(np.float64), cols, z_kept, z_tol)
             rs.add_block(rows, hi, lo, *label_cols(rows, cols))
             del hi, lo
     rs.finish(ignored)
-    z_err[0] = 0.0
     ft = rm.ft
     c_row = np.zeros(n, dtype=ft)
     if counted:
@@ -626,7 +629,11 @@ def _reference(
     # pass 2: G block by block; dW[cols] and db[cols] complete per vocabulary block, dh summed
     # in place in double-double over the blocks (its low part float32 unless float64 work)
     dh_hi = np.zeros((n, d))
-    dh_lo = np.zeros((n, d), dtype=np.float64 if wide else np.float32)
+    # float32 keeps the low part to 2**-24 of itself, 2**-77 of the running sum - which a sum
+    # of blocks that cancel does not forgive: float64 in the redo of a cancelling product
+    lo64 = wide or abs_tols is not None
+    dh_lo = np.zeros((n, d), dtype=np.float64 if lo64 else np.float32)
+    acc_u = 2.0**-104 if lo64 else 2.0**-76  # per block added, of the running sum's norm
     dw = np.empty((v, d))
     dw_lo = np.empty((v, d)) if wide else None
     db = np.empty(v) if b32 is not None else None
@@ -643,6 +650,7 @@ def _reference(
     rel_h = target / (16 * math.sqrt(max(nbc, 1)))  # random-signed errors add up as sqrt(nb)
     rel_w = target / (16 * math.sqrt(max(nbr, 1)))
     err_h, err_w, err_b = np.zeros(nbr), np.zeros(nbc), np.zeros(nbc)
+    run_h = np.zeros(nbr)  # sum of dh's block products' norms so far, per row block
     w_sq = 0.0  # ||W||_F**2
     mag_sq = 0.0  # ||A||_F**2 off the labels
     mag_b = np.zeros(v)  # 1^T A
@@ -674,7 +682,7 @@ def _reference(
             rows = slice(r0, min(n, r0 + block_rows))
             h_blk = hbuf[: rows.stop - r0]
             h_blk[...] = h[rows]
-            hi, lo = logits(h_blk, w_blk, cols, target / 16 if abs_tols is None else z_tol, z_tol)
+            hi, lo = logits(h_blk, w_blk, cols, z_kept, z_tol)
             idx, ycol = label_cols(rows, cols)
             g, mag = rs.grad_block(rows, hi, lo, idx, ycol, c_row)
             del hi, lo
@@ -718,6 +726,8 @@ def _reference(
                 nrm = _fro(ph)
                 ref_h = ref_h or nrm
                 err_h[rb] += kw_h["abs_tol"] * sh_ if "abs_tol" in kw_h else rel_h * nrm
+                err_h[rb] += acc_u * (run_h[rb] + nrm)  # the running sum is below that
+                run_h[rb] += nrm
                 acc(dh_hi[rows], dh_lo[rows], ph, pl)
                 del ph, pl
                 stats["split"] += split + split2
@@ -754,7 +764,8 @@ def _reference(
         err = float(np.linalg.norm(prod_err)) + g_err
         if size > 0 and u > 0:
             amp[0] = max(amp[0], g_err / (u * size))
-        rel = err / size if size > 0 else (math.inf if err > 0 else 0.0)
+        # relative to the exact output, whose norm is at least size - err
+        rel = err / (size - err) if size > err else (math.inf if err > 0 else 0.0)
         return max(target, rel + out_u)
 
     e_h, e_w = float(np.linalg.norm(lab_h)), float(np.linalg.norm(lab_w))
