@@ -323,12 +323,15 @@ class LinearReference:
     fields hold the low parts (value = hi + lo, to eps(float64) * 2**-20); else None.
 
     ``grad_hidden_bound``, ``grad_weight_bound``, ``grad_bias_bound`` (None without a bias)
-    bound each gradient's normwise relative error, a posteriori: max(target, (E_prod + E_G) /
-    ||out||_F + u_out), target = eps(working) * 2**-20, with
+    bound each gradient's normwise relative error, a posteriori: max(target, E / (||out||_F -
+    E) + u_out) with E = E_prod + E_G (inf where E >= ||out||_F: an output that is not
+    resolved, e.g. an exactly 0 dh from identical weight rows), target = eps(working) * 2**-20,
 
     * E_prod: the products' own error bounds (a block kept from BLAS: gamma_k ||a||_F ||b||_F
       <= its tolerance times its norm; a split block: its tolerance per entry), added over the
-      blocks summed into the same entries, root-sum-square over disjoint ones;
+      blocks summed into the same entries, root-sum-square over disjoint ones; for dh also its
+      float32 low part's rounding, 2**-76 of the running sum per block (float64 for float64
+      work and in the redo);
     * E_G = u (||(A_iy ||W_y||)_i|| + ||A_off||_F ||W||) for dh, the same with h's rows for dW
       (A_iy ||h_i|| summed per class), u ||1^T A|| for db: G's entries are within u A_ij of the
       exact ones, A the magnitudes :meth:`~smcheck.linear_rows.RowStats.grad_block` returns
@@ -342,7 +345,7 @@ class LinearReference:
     First order in the roundings, and u_g takes numpy's float64 exp within 2 ulps. The bound
     equals the target unless a product cancels; the reference is then redone once (module
     docstring) and returns the redo's bounds, which exceed the target only past kappa ~ 2**60
-    or where an output is exactly 0 while G is not (inf).
+    or where an output is not resolved (inf).
     """
 
     loss: np.ndarray  # (N,)
