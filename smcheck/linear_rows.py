@@ -8,15 +8,24 @@ the smoothing sums) and the block of G = dL/dz (with respect to the *original* l
 pass 2, in one of two arithmetics (:func:`row_math` chooses):
 
 * **float64** (working float32 and narrower): every exponent is a shifted difference
-  d_j = s ((z_hi,j - m) + z_lo,j), rounded twice, so exp(d_j) is off by |d_j| 2**-52 relative
-  and, weighted by exp(d_j) <= 1/e per unit of |d_j|, the sum of exponentials by ~2**-52: far
-  below float32's target eps * 2**-20 = 2**-43. A logit scale multiplies the difference, not
-  the logit, so |s z| = 1e4 costs nothing. The z-loss uses lse = s m + log S, off by
-  ~2**-52 (|s m| + log S) absolute. A cap c tanh(u) is not a difference: in float64 it is off
-  by ~6.4 c 2**-53 absolute, a relative error of every exponential, ~c 2**-48 in the loss
-  (:func:`row_math`): enough for 16-bit and 8-bit work up to c = 300 (bfloat16's target is
-  2**-27), with the fixed shift M = c (no online rescaling, whose errors would add up over
-  the vocabulary blocks; exp(z'' - c) >= e^{-600} stays normal).
+  d_j = s ((z_hi,j - m) + z_lo,j). Rounded three times, exp(d_j) is off by 3 |d_j| 2**-53
+  relative (|d| up to 745: 2**-42), which the sum of exponentials weights by exp(d_j) <= 1/e
+  per unit of |d_j|, but a confident row's loss s_excl / e_y carries d_y's whole error (1.14x
+  float32's target 2**-43 at logit_scale 1.1, F4). So for float32 work (:attr:`RowMath.fine`)
+  d + r = s (z - m) to ~2**-104 (TwoSum for hi - m and + lo, TwoProduct for s) and
+  exp(d + r) = exp(d) (1 + r), in the online rescale exp(s (m_old - m_new)) too; 16-bit and
+  8-bit work (targets 2**-30 and wider) keep the plain difference. A logit scale multiplies
+  the difference, not the logit, so |s z| = 1e4 costs nothing. The z-loss uses
+  lse = s m + log S, off by ~2**-52 (|s m| + log S) absolute. Label smoothing's
+  lse - mean z = s (m - mean z) + log S sums the differences z - m_new (no larger than m - z)
+  in float64 and k m_new exactly (TwoProduct) in double-double, then forms k m - sum z and
+  divides once: ~17 2**-53 relative, where (m - sh / k) - sl / k was off by 2**-53 |mean z|
+  (31x the target with logits sharing an offset of 1e6, F3). A cap c tanh(u) is not a
+  difference: in float64 it is off by ~6.4 c 2**-53 absolute, a relative error of every
+  exponential, ~c 2**-48 in the loss (:func:`row_math`): enough for 16-bit and 8-bit work up
+  to c = 300 (bfloat16's target is 2**-27), with the fixed shift M = c (no online rescaling,
+  whose errors would add up over the vocabulary blocks; exp(z'' - c) >= e^{-600} stays
+  normal).
 * **binary128** (numpy-quaddtype; float64 work, and a cap float64 cannot carry: float32 work
   beyond c = 8, where c 2**-48 would pass 2**-45): the same error is c 2**-112 (2**-107 at
   c = 30), and every other step rounds at 2**-113: far under float64's target 2**-72 (so
@@ -53,6 +62,9 @@ class RowMath:
     label_smoothing: float
     vocab: int
     quad: np.dtype | None
+    #: compensated float64 exponents (float32 work, whose target 2**-43 is within 2**10 of
+    #: float64's rounding of |d| <= 745): see :meth:`shifted_exp`
+    fine: bool = False
 
     @property
     def ft(self) -> np.dtype:
@@ -61,6 +73,29 @@ class RowMath:
     @property
     def name(self) -> str:
         return "binary128 (numpy-quaddtype)" if self.quad is not None else "float64"
+
+    def u_g(self, blocks: int) -> float:
+        """The relative error of G's entries against their magnitudes A (:meth:`RowStats.
+        grad_block`), first order, over ``blocks`` vocabulary blocks of pass 1.
+
+        float64 rows: p = exp(d) / S, exp within ~2 ulps (4 2**-53), the compensation and the
+        quotient 2**-53 each, S's sum ~(16 + one per block) 2**-53 (each block's rescale and
+        sum round once more), - t and the factors 4 2**-53: (24 + blocks) 2**-53. Uncompensated
+        exponents (16-bit and 8-bit work) add d's rounding, 3 |d| 2**-53 <= 2235 2**-53; a
+        float64 cap adds the capped logits' ~15 c 2**-53 to every exponential (30 c through S)
+        and sech**2's (6 |u| + 8) 2**-53 (|u| <= 40: beyond, sech**2 < 1e-34 and the entry is
+        negligible). binary128 rows: the same counts at 2**-113 plus G's split into two float64
+        parts, 2**-106 of |G|: 2**-104 covers both.
+        """
+        if self.quad is not None:
+            return 2.0**-104
+        k = 24.0 + blocks
+        if not self.fine:
+            k += 2235.0
+        if self.cap64:
+            assert self.variant.softcap is not None
+            k += 30.0 * self.variant.softcap + 256.0
+        return k * 2.0**-53
 
     def const(self, x: float) -> Any:
         """A float64 constant in this arithmetic (exact: binary128 holds every float64)."""
@@ -113,18 +148,48 @@ class RowMath:
             return self.transform(hi.astype(q) + lo.astype(q)) - big_m  # hi + lo exact in 113 bits
         if self.cap64:
             return self.capped64(hi, lo)[1] - big_m
+        if self.fine:
+            d, r = self.shifted_dd(hi, lo, m)
+            return d + r
         d = (hi - m) + lo
         if self.variant.logit_scale != 1.0:
             d *= self.variant.logit_scale
         return d
+
+    def shifted_dd(self, hi: np.ndarray, lo: Any, m: Any) -> tuple[np.ndarray, Any]:
+        """d + r = s ((hi - m) + lo) to ~2**-104 |d| (float64 rows): TwoSum for hi - m and for
+        + lo, TwoProduct for s. Plain s ((hi - m) + lo) rounds three times, 3 2**-53 |d| with
+        |d| up to 745, and a confident row's loss s_excl / e_y carries d's whole error."""
+        from .linear_reference import _two_prod, _two_sum
+
+        a, r1 = _two_sum(hi, -m)
+        d, r2 = _two_sum(a, lo)
+        r = r1 + r2
+        s = self.variant.logit_scale
+        if s != 1.0:
+            d, e = _two_prod(d, s)
+            r = e + r * s
+        return d, r
+
+    def shifted_exp(self, hi: np.ndarray, lo: Any, m: Any, big_m: Any) -> np.ndarray:
+        """exp(T(z) - T(m)); compensated (:attr:`fine`): exp(d + r) = exp(d) (1 + r), |r| <=
+        2**-43 so r**2 / 2 is below 2**-87."""
+        if not self.fine:
+            return np.exp(self.shifted(hi, lo, m, big_m))
+        d, r = self.shifted_dd(hi, lo, m)
+        e = np.exp(d)
+        return e + e * r
 
 
 #: Largest cap with the fixed shift M = c in float64: exp(z'' - c) >= e^{-2c} stays normal.
 _CAP64_MAX = 300.0
 
 
-def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Precision) -> RowMath:
-    """binary128 for float64 work and for a cap float64 cannot carry, else float64.
+def row_math(
+    variant: Variant, label_smoothing: float, vocab: int, working: Precision, *, quad: bool = False
+) -> RowMath:
+    """binary128 for float64 work, for a cap float64 cannot carry and when asked (``quad``:
+    a cancelling gradient product needs G beyond float64), else float64.
 
     A cap in float64: u = s z / c rounds at ~3 2**-53 relative, moving tanh by at most
     sech**2(u) |u| 3 2**-53 <= 1.35 2**-53; numpy's tanh is within ~4 ulps (of values < 1:
@@ -136,11 +201,12 @@ def row_math(variant: Variant, label_smoothing: float, vocab: int, working: Prec
     """
     cap = variant.softcap
     cap_ok = cap is None or cap <= min(_CAP64_MAX, working.eps * 2.0**26)
-    need = working.mantissa_bits > 24 or not cap_ok
-    quad = quad_dtype() if need else None
-    if need and quad is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
+    need = working.mantissa_bits > 24 or not cap_ok or quad
+    qd = quad_dtype() if need else None
+    if need and qd is None:  # pragma: no cover - numpy-quaddtype is a hard dependency
         raise RuntimeError("numpy-quaddtype is required for this reference")
-    return RowMath(variant, float(label_smoothing), vocab, quad)
+    fine = qd is None and cap is None and working.mantissa_bits >= 24
+    return RowMath(variant, float(label_smoothing), vocab, qd, fine)
 
 
 class RowStats:
@@ -178,6 +244,8 @@ class RowStats:
             if rm.cap64:  # a fixed shift: nothing to rescale
                 scale: Any = 1.0
                 zc = rm.capped64(hi, lo)[1]
+            elif rm.fine:  # exp(s (m_old - m_new)) compensated as every other exponent
+                scale = np.where(np.isfinite(m_old), rm.shifted_exp(m_old, 0.0, m_new, None), 0.0)
             elif rm.quad is None:
                 d_old = m_old - m_new
                 if rm.variant.logit_scale != 1.0:
@@ -190,7 +258,7 @@ class RowStats:
         if zc is not None:
             e = np.exp(zc - big_new[:, None])
         elif rm.quad is None:
-            e = np.exp(rm.shifted(hi, lo, m_new[:, None], big_new[:, None]))
+            e = rm.shifted_exp(hi, lo, m_new[:, None], big_new[:, None])
         else:
             q = rm.quad
             zt = rm.transform(hi.astype(q) + lo.astype(q))  # hi + lo: exact in 113 bits
@@ -207,15 +275,32 @@ class RowStats:
                 self.sz_hi[rows], self.sz_lo[rows], bh, 0.0
             )
         elif rm.label_smoothing > 0 and rm.quad is None:
-            bh, bl = _dd_add(hi.sum(axis=1), lo.sum(axis=1), np.zeros(hi.shape[0]), 0.0)
+            # sum z = k m_new + sum (z - m_new): the differences are no larger than m - z (m_new
+            # lies between z and the final shift m), so their float64 sum is off by ~17 2**-53
+            # of k (m - mean z), the smoothing term itself; summing z directly would be off by
+            # 2**-53 sum |z|, which a common offset of the logits (a bias of 1e6) makes 1e6 times
+            # the term (F3). k m_new is exact as TwoProduct, the rest double-double.
+            from .linear_reference import _two_prod
+
+            dsum = ((hi - m_new[:, None]) + lo).sum(axis=1)
+            ph, pl = _two_prod(m_new, float(hi.shape[1]))
+            bh, bl = _dd_add(ph, pl, dsum, 0.0)
             self.sz_hi[rows], self.sz_lo[rows] = _dd_add(self.sz_hi[rows], self.sz_lo[rows], bh, bl)
 
     def finish(self, ignored: np.ndarray) -> None:
         """Loss per row (0 on ignored rows), lse, the z-loss term and S = sum exp(d)."""
+        from .linear_reference import _dd_add, _two_prod
+
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
-        d_y = rm.shifted(self.zy_hi, self.zy_lo, self.m, self.big_m)  # <= 0 up to rounding
-        e_y = np.exp(d_y)
+        if rm.fine:  # d_y + r_y, exp(d_y) (1 + r_y): a confident row's loss is s_excl / e_y
+            d_y, r_y = rm.shifted_dd(self.zy_hi, self.zy_lo, self.m)
+            e_y = np.exp(d_y)
+            e_y = e_y + e_y * r_y
+        else:
+            d_y = rm.shifted(self.zy_hi, self.zy_lo, self.m, self.big_m)  # <= 0 up to rounding
+            r_y = rm.const(0.0)
+            e_y = np.exp(d_y)
         self.s_tot = self.s_excl + e_y
         log_s = np.log(self.s_tot)
         self.lse = self.big_m + log_s
@@ -224,13 +309,13 @@ class RowStats:
             # margin, but e_y >= e^{-2c} is normal, so log1p serves every row
             conf = d_y > _NLL_SWITCH if not rm.cap64 else np.ones(d_y.shape, dtype=bool)
             one = rm.const(1.0)
-            nll = np.where(conf, np.log1p(self.s_excl / np.where(conf, e_y, one)), log_s - d_y)
+            nll = np.where(
+                conf, np.log1p(self.s_excl / np.where(conf, e_y, one)), (log_s - d_y) - r_y
+            )
         loss = nll
         if eps > 0:
             megatron = var.smoothing_convention == "megatron"
             if rm.cap64:  # lse - mean z'' = (c - mean z'') + log S, z'' summed in double-double
-                from .linear_reference import _dd_add
-
                 sh, sl = self.sz_hi, self.sz_lo
                 if megatron:
                     zy = rm.capped64(self.zy_hi, self.zy_lo)[1]
@@ -242,11 +327,13 @@ class RowStats:
                 # = s (m - mean z) + log S, each term >= 0 up to rounding (log S >= log V)
                 sh, sl = self.sz_hi, self.sz_lo
                 if megatron:  # mean over the other V - 1 classes
-                    from .linear_reference import _dd_add
-
                     sh, sl = _dd_add(sh, sl, -self.zy_hi, -self.zy_lo)
                 k = v - 1 if megatron else v
-                gap = (self.m - sh / k) - sl / k
+                # k m - sum z exactly to 2**-106 of k |m| (TwoProduct, double-double), then one
+                # quotient: (m - sh / k) - sl / k rounded sh / k at 2**-53 |mean z| (F3)
+                ph, pl = _two_prod(self.m, float(k))
+                gh, _ = _dd_add(ph, pl, -sh, -sl)
+                gap = gh / k
                 if var.logit_scale != 1.0:
                     gap = gap * var.logit_scale
                 smooth = gap + log_s
@@ -274,9 +361,12 @@ class RowStats:
         idx: np.ndarray,
         ycol: np.ndarray,
         c_row: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """G = c_row s sech**2(u) (p (1 + 2 lambda lse) - target) of a block (in ``ft``;
-        ``c_row`` in ``ft`` too: 1/N rounded to float64 would be 2**-53 off)."""
+        ``c_row`` in ``ft`` too: 1/N rounded to float64 would be 2**-53 off), and the
+        magnitudes A (float64) its rounding is relative to: |G_ij - G*_ij| <= :meth:`RowMath.u_g`
+        A_ij, with A = c_row |s| sech**2(u) (|p (1 + 2 lambda lse)| + t) off the label and
+        c_row |s| sech**2(u) (s_excl / S + (1 - t_y) + |2 lambda lse p_y|) at the label."""
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
         megatron = var.smoothing_convention == "megatron"
@@ -288,7 +378,7 @@ class RowStats:
             chain = _sech2(u)  # float64: relative 6 |u| 2**-53 where it is not e^{-2|u|}-small
             p = np.exp(zc - big_m) / s_tot[:, None]
         elif rm.quad is None:
-            p = np.exp(rm.shifted(hi, lo, m, big_m)) / s_tot[:, None]
+            p = rm.shifted_exp(hi, lo, m, big_m) / s_tot[:, None]
         else:
             q = rm.quad
             z = hi.astype(q) + lo.astype(q)
@@ -310,15 +400,31 @@ class RowStats:
         p_y = p[idx, ycol]
         if var.z_loss != 0.0:
             p = p * (rm.const(1.0) + rm.const(2 * var.z_loss) * self.lse[rows, None])
-        g = p - other if eps > 0 or rm.quad is None else p
+        # the magnitudes before g (which may be p itself) is written
+        mag = np.abs(p)  # a new array: float64 rows keep it, binary128 ones convert
+        if mag.dtype != np.float64:
+            mag = mag.astype(np.float64)
+        if eps > 0:
+            mag += np.asarray(other).astype(np.float64)
+        if eps > 0:  # in place: p is not needed after (p_y and mag are taken), one block less
+            p -= other
+        g = p
         # p_y - t_y = -s_excl / S + (1 - t_y): not the cancelling p_y - 1
-        gy = -self.s_excl[r0 + idx] / s_tot[idx] + label_t
+        rest = self.s_excl[r0 + idx] / s_tot[idx]
+        gy = -rest + label_t
+        mag_y = rest + label_t
         if var.z_loss != 0.0:
-            gy = gy + rm.const(2 * var.z_loss) * self.lse[r0 + idx] * p_y
+            zy = rm.const(2 * var.z_loss) * self.lse[r0 + idx] * p_y
+            gy = gy + zy
+            mag_y = mag_y + np.abs(zy)
         g[idx, ycol] = gy
+        mag[idx, ycol] = np.asarray(mag_y).astype(np.float64)
         if chain is not None:
             g *= chain
+            mag *= chain.astype(np.float64)
         if var.logit_scale != 1.0:
             g *= rm.const(var.logit_scale)
+            mag *= abs(var.logit_scale)
         g *= c_row[rows, None]
-        return g
+        mag *= c_row[rows, None].astype(np.float64)
+        return g, mag
