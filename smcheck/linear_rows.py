@@ -160,7 +160,7 @@ class RowMath:
         """d + r = s ((hi - m) + lo) to ~2**-104 |d| (float64 rows): TwoSum for hi - m and for
         + lo, TwoProduct for s. Plain s ((hi - m) + lo) rounds three times, 3 2**-53 |d| with
         |d| up to 745, and a confident row's loss s_excl / e_y carries d's whole error."""
-        from .linear_reference import _two_prod, _two_sum
+        from .exact_products import _two_prod, _two_sum
 
         a, r1 = _two_sum(hi, -m)
         d, r2 = _two_sum(a, lo)
@@ -229,7 +229,7 @@ class RowStats:
     ) -> None:
         """Fold one block's logits (rows, block of the vocabulary) into the accumulators;
         ``idx`` are the rows (within the block) whose label is in it, at columns ``ycol``."""
-        from .linear_reference import _dd_add
+        from .exact_products import _dd_add
 
         rm = self.rm
         r0 = rows.start
@@ -280,7 +280,7 @@ class RowStats:
             # of k (m - mean z), the smoothing term itself; summing z directly would be off by
             # 2**-53 sum |z|, which a common offset of the logits (a bias of 1e6) makes 1e6 times
             # the term (F3). k m_new is exact as TwoProduct, the rest double-double.
-            from .linear_reference import _two_prod
+            from .exact_products import _two_prod
 
             dsum = ((hi - m_new[:, None]) + lo).sum(axis=1)
             ph, pl = _two_prod(m_new, float(hi.shape[1]))
@@ -289,7 +289,7 @@ class RowStats:
 
     def finish(self, ignored: np.ndarray) -> None:
         """Loss per row (0 on ignored rows), lse, the z-loss term and S = sum exp(d)."""
-        from .linear_reference import _dd_add, _two_prod
+        from .exact_products import _dd_add, _two_prod
 
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
