@@ -88,6 +88,10 @@ class LinearEvalReport:
     checks: tuple[LinearCheck, ...]
     #: the loss variant checked (constants as used); None for the plain loss
     variant: Variant | None = None
+    #: the reference's arithmetic after the logits, and its a-posteriori bounds on the relative
+    #: (normwise) error of its own dh, dW, db (db None without a bias; inf: not resolved)
+    reference_precision: str = "float64"
+    reference_bounds: tuple[float, float, float | None] = (math.nan, math.nan, None)
 
     @property
     def ok(self) -> bool:
@@ -259,7 +263,7 @@ def evaluate_linear(
         working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
         reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=tuple(checks),
-        variant=variant,
+        variant=variant, reference_precision=ref.precision, reference_bounds=_bounds(ref),
     )  # fmt: skip
 
 
@@ -350,5 +354,10 @@ def compare_linear(
         working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
         reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=(check,),
-        variant=variant,
+        variant=variant, reference_precision=ref.precision, reference_bounds=_bounds(ref),
     )  # fmt: skip
+
+
+def _bounds(ref: LinearReference) -> tuple[float, float, float | None]:
+    """The reference's own a-posteriori gradient bounds (relative, normwise)."""
+    return (ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound)

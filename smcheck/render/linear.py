@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from ..linear_eval import LinearCheck, LinearEvalReport
@@ -67,6 +68,11 @@ def to_dict(report: LinearEvalReport) -> dict[str, Any]:
                     "loss": json_float(r.reference_loss),
                     "split_blocks": r.reference_split_blocks,
                     "blocks": r.reference_blocks,
+                    "precision": r.reference_precision,
+                    # the reference's own relative error bounds (inf: not resolved)
+                    "grad_hidden_bound": json_float(r.reference_bounds[0]),
+                    "grad_weight_bound": json_float(r.reference_bounds[1]),
+                    "grad_bias_bound": json_float(r.reference_bounds[2]),
                 },
                 "thresholds": {"max_loss_ulp": r.max_loss_ulp, "max_grad_err": r.max_grad_err},
                 "checks": [_check_dict(c) for c in r.checks],
@@ -111,9 +117,26 @@ def render_table(report: LinearEvalReport, *, color: bool = False, width: int | 
         f"reference loss {fmt_num(r.reference_loss, 10)} (exact split in "
         f"{r.reference_split_blocks} of {r.reference_blocks} block products); gate: loss <= "
         f"{fmt_num(r.max_loss_ulp)} ulps of max(|L*|, 1), gradients <= "
-        f"{fmt_num(r.max_grad_err)} normwise\n{safe_text(r.verdict)}"
+        f"{fmt_num(r.max_grad_err)} normwise\n{_resolution(r)}{safe_text(r.verdict)}"
     )
     return render_to_text([table, foot], color=color, width=width or DEFAULT_WIDTH)
+
+
+def _resolution(r: LinearEvalReport) -> str:
+    """A line when the reference cannot resolve a gradient's error to a sixteenth of the gate
+    (heavy cancellation in dh = G W, dW = G^T h or db = 1^T G): errors below its bound are
+    the reference's, not the kernel's. Empty otherwise."""
+    weak = [
+        f"{name} to {fmt_num(b)}"
+        for name, b in zip(("dh", "dW", "db"), r.reference_bounds, strict=True)
+        if b is not None and not math.isnan(b) and b > r.max_grad_err / 16
+    ]
+    if not weak:
+        return ""
+    return (
+        "note: the reference resolves " + ", ".join(weak) + " relative (cancellation in the"
+        " gradient products): smaller errors there are not meaningful\n"
+    )
 
 
 def render_json(report: LinearEvalReport, *, color: bool = False, width: int | None = None) -> str:
@@ -131,7 +154,8 @@ def render_markdown(
     lines.extend(
         "| " + " | ".join([*_cells(c), "ok" if c.ok else "fail"]) + " |" for c in report.checks
     )
-    lines += ["", md_cell(report.verdict)]
+    note = _resolution(report).strip()
+    lines += ["", *([md_cell(note), ""] if note else []), md_cell(report.verdict)]
     return "\n".join(lines) + "\n"
 
 
