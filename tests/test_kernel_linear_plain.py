@@ -89,3 +89,28 @@ def test_unshifted_linear_kernel_is_caught_by_the_plain_probes() -> None:
     good = kernel(as_plain(F.linear_cross_entropy), framework="torch", probes=PROBES,
                   vocab=(1000,), dtypes=("float32",))  # fmt: skip
     assert good.ok, [(p.name, p.detail) for p in good.probes if p.status != "pass"]
+
+
+@pytest.mark.parametrize("fmt", ["junit", "markdown", "github", "table", "json"])
+def test_linear_report_with_the_plain_suite_renders_in_every_format(fmt: str) -> None:
+    import json
+    import xml.etree.ElementTree as ET
+
+    from smcheck.linear_kernel import kernel_linear
+    from smcheck.render.linear import render_kernel
+
+    r = kernel_linear(F.linear_cross_entropy, dtypes=("float32",), probes=("odd_dim", "random"),
+                      plain={"vocab": (10,), "rows": 8})  # fmt: skip
+    assert r.ok and r.plain is not None and len(r.plain.probes) == 1
+    text = render_kernel(r, fmt, width=100)
+    if fmt == "junit":  # one well-formed document: both suites, counts added up
+        root = ET.fromstring(text)
+        assert [s.get("name").split()[0] for s in root] == ["linear", "smcheck.kernel"]
+        assert root.get("tests") == "2" and root.get("failures") == "0"
+    elif fmt == "json":
+        doc = json.loads(text)
+        assert doc["ok"] and doc["plain"]["probes"][0]["name"] == "random"
+    elif fmt == "github":  # annotations for failures only, then each suite's summary
+        assert "pass: every linear probe passes" in text and "::notice" in text
+    else:
+        assert "odd_dim" in text and "random" in text
