@@ -14,8 +14,13 @@ an embedding whose product is z *exactly*, in any working dtype and any accumula
   adds zeros and stays exact.
 
 So every difference the plain probes measure is the kernel's softmax and loss, not its matmul
-(which the linear probes judge). The identity is min(N, C)² values: the probes use about 2**19
-logits, so at most 2**19 more. torch only, like the linear probes.
+(which the linear probes judge). Two limits: the logits must be finite (0 * inf and 0 * NaN are
+NaN, so -inf padding or a NaN row would spread to other entries - those probes are skipped), and
+a kernel that rounds h and W to TF32 before its matmul (torch's ``allow_tf32`` on a GPU) changes
+z = h itself; float32, bfloat16 and float16 matmuls of the values as given are exact.
+
+The identity is min(N, C)² values: the probes use about 2**19 logits, so at most 2**19 more.
+torch only, like the linear probes.
 
 >>> import torch
 >>> from torch.nn.functional import linear_cross_entropy
