@@ -42,7 +42,7 @@ from .options import merge_options
 from .output import PerRowWriter  # re-exported: it lives in smcheck.output now
 from .prepare import CheckedInput, DtypeLike, check_input
 from .reference import reference_precision_name
-from .rows import PerRowBlock
+from .rows import PerRowBlock, per_row_columns  # per_row_columns: re-exported
 from .stats import ChunkStats
 from .variants import Variant, variant_fields
 
@@ -247,22 +247,3 @@ def _framework_notes(methods: Sequence[str]) -> tuple[str, ...]:
         for m in methods
         if m in FRAMEWORK_METHODS
     )
-
-
-PER_ROW_FIELDS = ("loss", "loss_ulp_err", "grad_rel_err", "overflow", "underflow", "nonfinite")
-
-
-def per_row_columns(block: PerRowBlock) -> dict[str, np.ndarray]:
-    """A chunk's per-row values as named columns: row, label, eligible, ref_loss, then
-    ``<method>_<field>`` for each field of :data:`PER_ROW_FIELDS` (flags as 0/1)."""
-    cols: dict[str, np.ndarray] = {
-        "row": block.row,
-        "label": block.label,
-        "eligible": block.eligible.astype(np.int8),
-        "ref_loss": block.ref_loss,
-    }
-    for m, values in block.methods.items():
-        for f in PER_ROW_FIELDS:
-            v = values[f]
-            cols[f"{m}_{f}"] = v.astype(np.int8) if v.dtype == bool else v
-    return cols

@@ -520,7 +520,7 @@ class PerRowWriter:
         self._columns: Callable[[PerRowBlock], dict[str, Any]] | None = None
 
     def __enter__(self) -> PerRowWriter:
-        from .evaluate import per_row_columns
+        from .rows import per_row_columns
 
         self._columns = per_row_columns
         self._ctx = open_output(self.path, inputs=self.inputs)

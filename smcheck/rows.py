@@ -14,7 +14,14 @@ import numpy as np
 from .precisions import CastReport
 from .stats import WorstRows
 
-__all__ = ["PerRowBlock", "RowFacts", "per_row_block", "worst_rows"]
+__all__ = [
+    "PER_ROW_FIELDS",
+    "PerRowBlock",
+    "RowFacts",
+    "per_row_block",
+    "per_row_columns",
+    "worst_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -210,3 +217,22 @@ def per_row_block(
             "nonfinite": nonfinite,
         }
     return PerRowBlock(rows_g, label, e, np.where(e, ref_loss, np.nan), out)
+
+
+PER_ROW_FIELDS = ("loss", "loss_ulp_err", "grad_rel_err", "overflow", "underflow", "nonfinite")
+
+
+def per_row_columns(block: PerRowBlock) -> dict[str, np.ndarray]:
+    """A chunk's per-row values as named columns: row, label, eligible, ref_loss, then
+    ``<method>_<field>`` for each field of :data:`PER_ROW_FIELDS` (flags as 0/1)."""
+    cols: dict[str, np.ndarray] = {
+        "row": block.row,
+        "label": block.label,
+        "eligible": block.eligible.astype(np.int8),
+        "ref_loss": block.ref_loss,
+    }
+    for m, values in block.methods.items():
+        for f in PER_ROW_FIELDS:
+            v = values[f]
+            cols[f"{m}_{f}"] = v.astype(np.int8) if v.dtype == bool else v
+    return cols
