@@ -262,6 +262,7 @@ class LinearKernelReport:
 #: Plain probes a linear kernel cannot be given: their logits are not finite, and 0 * inf is NaN
 #: in any h W^T, so no embedding hands the kernel those logits (smcheck.kernel.linear_plain).
 NOT_EMBEDDABLE = ("padding", "nonfinite_rows")
+_NOT_EMBEDDABLE_WHY = "non-finite logits (0 * inf = NaN in h W^T: no exact embedding)"
 
 
 def _plain_suite(
@@ -277,14 +278,12 @@ def _plain_suite(
     from .kernel.report import ProbeResult
     from .kernel.runner import rows_for
 
-    why = "non-finite logits (0 * inf = NaN in h W^T: no exact embedding)"
     run = [n for n in names if n not in NOT_EMBEDDABLE]
-    if not run:
-        raise UsageError(f"probe {names[0]} does not apply to a linear kernel ({why})")
-    report = kernel(as_plain(fn), framework="torch", dtypes=list(dtypes), probes=run,
-                    target=target, **options)  # fmt: skip
+    plain = as_plain(fn, unknown_signature=sorted(_TORCH_KEYWORDS))
+    report = kernel(plain, framework="torch", dtypes=list(dtypes), probes=run, target=target,
+                    **options)  # fmt: skip
     skips = tuple(
-        ProbeResult(n, dt, v, rows_for(v, options.get("rows")), "skip", why)
+        ProbeResult(n, dt, v, rows_for(v, options.get("rows")), "skip", _NOT_EMBEDDABLE_WHY)
         for n in names
         if n in NOT_EMBEDDABLE
         for dt in report.dtypes
@@ -430,6 +429,12 @@ def kernel_linear(
                              f"({', '.join(PROBES)})")  # fmt: skip
     names = [n for n in dict.fromkeys(asked) if n in LINEAR_PROBES]
     plain_names = [n for n in dict.fromkeys(asked) if n in PROBES]
+    if plain is None:
+        plain_names = []
+    if plain_names and all(n in NOT_EMBEDDABLE for n in plain_names):
+        # decided before any probe runs: nothing of the plain suite could run
+        raise UsageError(f"probe {', '.join(plain_names)} does not apply to a linear kernel "
+                         f"({_NOT_EMBEDDABLE_WHY})")  # fmt: skip
     results = []
     chunk_key = _chunk_keyword(fn)
     for name in names:

@@ -114,3 +114,84 @@ def test_linear_report_with_the_plain_suite_renders_in_every_format(fmt: str) ->
         assert "pass: every linear probe passes" in text and "::notice" in text
     else:
         assert "odd_dim" in text and "random" in text
+
+
+def _cli(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from smcheck.cli import cli
+
+    return CliRunner().invoke(cli, ["kernel", "--linear", *args])
+
+
+def test_regression_linear_report_went_to_stderr() -> None:
+    """The report was emitted inside the redirect that sends the target's own prints to stderr:
+    stdout was empty in every format."""
+    import json
+
+    r = _cli("torch.nn.functional:linear_cross_entropy", "--probes", "odd_dim", "--dtype",
+             "float32", "-f", "json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["probes"][0]["name"] == "odd_dim"
+    assert r.stderr == ""
+
+
+def star(*args: Any, **kwargs: Any) -> Any:
+    return F.linear_cross_entropy(*args, **kwargs)
+
+
+class _NoSignature:
+    """A callable whose signature cannot be read (inspect.signature raises)."""
+
+    __signature__ = "not a signature"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return F.linear_cross_entropy(*args, **kwargs)
+
+
+def test_regression_kwargs_and_unreadable_signatures_reach_the_plain_suite_right() -> None:
+    """A (*args, **kwargs) kernel lost its **kwargs in as_plain (every option probe skipped as
+    not accepted); a kernel without a readable signature was handed every option (softcap=...
+    raised) while the linear suite assumed torch's keywords only."""
+    assert list(inspect.signature(as_plain(star)).parameters) == ["logits", "target", "kwargs"]
+    with pytest.raises((TypeError, ValueError)):
+        inspect.signature(_NoSignature())
+    plain = as_plain(_NoSignature(), unknown_signature=["label_smoothing", "reduction"])
+    assert list(inspect.signature(plain).parameters)[2:] == ["label_smoothing", "reduction"]
+    r = kernel(as_plain(star), framework="torch", probes="label_smoothing", vocab=(10,),
+               dtypes=("float32",), rows=16)  # fmt: skip
+    assert [p.status for p in r.probes] == ["pass"]
+
+
+def test_regression_empty_probe_list_is_all_not_nothing() -> None:
+    from smcheck.cli.kernel_cmd import _chosen
+
+    assert _chosen(",") is None and _chosen(" , ") is None and _chosen("all") is None
+    assert _chosen("odd_dim, random") == ["odd_dim", "random"]
+
+
+@pytest.mark.parametrize(("args", "flag"), [(["--vocab", "10"], "--vocab"),
+                                            (["--device", "cuda"], "--device")])  # fmt: skip
+def test_regression_plain_options_without_a_plain_probe_are_refused(
+    args: list[str], flag: str
+) -> None:
+    r = _cli("torch.nn.functional:linear_cross_entropy", "--probes", "odd_dim", *args)
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (
+        f"smcheck: error: {flag} applies to the plain probes, and --probes names none"
+    )
+
+
+def test_regression_non_embeddable_probe_alone_is_refused_before_any_probe_runs() -> None:
+    from smcheck.errors import UsageError
+    from smcheck.linear_kernel import kernel_linear
+
+    calls: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return F.linear_cross_entropy(*args, **kwargs)
+
+    with pytest.raises(UsageError, match="probe padding, nonfinite_rows does not apply"):
+        kernel_linear(counting, probes=("odd_dim", "padding", "nonfinite_rows"), plain={})
+    assert calls == []  # decided before the linear probes ran

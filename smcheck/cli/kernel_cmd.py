@@ -31,6 +31,10 @@ from .tail import Tail, finish
 #: (the others - --vocab, --rows, --seed, --device, --judge... - go to the plain probes it also
 #: runs; the linear probes fix their own shapes and seeds and run on the CPU).
 KERNEL_NOT_LINEAR = ("framework",)
+#: kernel's options that only the plain probes read (with --linear, the plain-suite part).
+KERNEL_PLAIN_ONLY = (
+    "vocab", "quick", "rows", "seed", "device", "judge", "gate", "max_loss_ulp", "max_grad_err",
+)  # fmt: skip
 
 
 def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
@@ -178,8 +182,12 @@ def kernel_cmd(
 
     Example: smcheck kernel mykernels.py:fused_ce --quick --format markdown
     """
+    chosen = _chosen(probes)
     if linear:  # before TARGET is imported
         refuse_given(KERNEL_NOT_LINEAR, "does not apply to --linear: a linear kernel is torch's")
+        if chosen is not None and not set(chosen) & set(PROBES):
+            # no plain probe asked for: its options would be silently ignored
+            refuse_given(KERNEL_PLAIN_ONLY, "applies to the plain probes, and --probes names none")
     tail = Tail("kernel", fmt, color, output, [target.rpartition(":")[0]], exit_zero=exit_zero)
     tail.start()
     judged = _judge(judge, gate)
@@ -196,29 +204,43 @@ def kernel_cmd(
                 "max_loss_ulp": max_loss_ulp, "max_grad_err": max_grad_err, "judge": judged,
                 "quick": quick,
             }  # fmt: skip
-            _linear(tail, fn, target, probes, dtypes, plain)
-        report = kernel(
-            fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
-            probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
-            max_grad_err=max_grad_err, judge=judged, quick=quick, target=target,
-        )  # fmt: skip
+            lin = _linear(fn, target, chosen, dtypes, plain)
+        else:
+            report = kernel(
+                fn, framework=framework, dtypes=dtypes, vocab=_ints(vocab, "--vocab"), rows=rows,
+                probes=probes, seed=seed, device=device, max_loss_ulp=max_loss_ulp,
+                max_grad_err=max_grad_err, judge=judged, quick=quick, target=target,
+            )  # fmt: skip
+    # the report is written outside the redirect: it belongs on stdout (or -o), the target's
+    # own prints on stderr
+    if linear:
+        _emit_linear(tail, lin)
     finish(tail, report, render, to_dict(report), ok=report.ok, identity={})
 
 
+def _chosen(probes: str) -> list[str] | None:
+    """The --probes names; None for all (also for an empty list, as the plain command)."""
+    names = [p.strip() for p in probes.split(",") if p.strip()]
+    return None if not names or names == ["all"] else names
+
+
 def _linear(
-    tail: Tail, fn: Any, target: str, probes: str, dtypes: str | None, plain: dict[str, Any]
-) -> NoReturn:
+    fn: Any, target: str, chosen: list[str] | None, dtypes: str | None, plain: dict[str, Any]
+) -> Any:
     """``--linear``: the fused linear cross-entropy probes (:mod:`smcheck.linear_kernel`), and
     the plain probes through an exact embedding with the plain options ``plain``."""
     from ..linear_kernel import kernel_linear
-    from ..render.linear import render_kernel
 
-    chosen = None if probes == "all" else [p.strip() for p in probes.split(",") if p.strip()]
-    lin = kernel_linear(
+    return kernel_linear(
         fn, target=target, probes=chosen,
         dtypes=[d.strip() for d in (dtypes or "bfloat16,float32").split(",") if d.strip()],
         plain=plain,
     )  # fmt: skip
+
+
+def _emit_linear(tail: Tail, lin: Any) -> NoReturn:
+    from ..render.linear import render_kernel
+
     text = render_kernel(lin, tail.fmt, color=wants_color(tail.color, output=tail.output))
     emit(text, tail.output, [i for i in tail.inputs if i])
     click.get_current_context().exit(exit_code(lin.ok, tail.exit_zero))

@@ -35,7 +35,7 @@ True
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["as_plain"]
@@ -45,11 +45,12 @@ __all__ = ["as_plain"]
 _LINEAR_ONLY = ("linear_bias",)
 
 
-def as_plain(fn: Callable[..., Any]) -> Callable[..., Any]:
+def as_plain(fn: Callable[..., Any], unknown_signature: Sequence[str] = ()) -> Callable[..., Any]:
     """The plain kernel ``plain(logits, target, **options)`` computed by the linear kernel
     ``fn(input, linear_weight, target, **options)`` through an exact embedding (module
     docstring). Its signature lists ``fn``'s keyword options (so the probe runner passes only
-    those ``fn`` accepts), without ``linear_bias``."""
+    those ``fn`` accepts), without ``linear_bias``; where ``fn`` has no signature to read, the
+    keywords ``unknown_signature`` (the ones the linear probes assume such a kernel takes)."""
 
     def plain(logits: Any, target: Any, **options: Any) -> Any:
         import torch
@@ -66,19 +67,28 @@ def as_plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
-        return plain  # no signature: the runner passes every option (as for **kwargs)
-    params = list(sig.parameters.values())
-    keywords = [
-        p
-        if p.kind is inspect.Parameter.VAR_KEYWORD
-        else p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-        for p in params[3:]
-        if p.name not in _LINEAR_ONLY and p.kind is not inspect.Parameter.VAR_POSITIONAL
-    ]
+        sig = None
+    kinds = inspect.Parameter
+    if sig is None:
+        keywords = [kinds(k, kinds.KEYWORD_ONLY, default=None) for k in unknown_signature]
+    else:
+        # the first three positional parameters are (input, linear_weight, target); what is
+        # left - keyword-only parameters, positional ones past the third, **kwargs - are options
+        keywords, seen = [], 0
+        for p in sig.parameters.values():
+            if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) and seen < 3:
+                seen += 1
+            elif p.kind is kinds.VAR_POSITIONAL or p.name in _LINEAR_ONLY:
+                continue
+            elif p.kind is kinds.VAR_KEYWORD:
+                keywords.append(p)
+            else:
+                keywords.append(p.replace(kind=kinds.KEYWORD_ONLY))
+        keywords.sort(key=lambda p: p.kind is kinds.VAR_KEYWORD)  # **kwargs last
     positional = [
-        inspect.Parameter("logits", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("target", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        kinds("logits", kinds.POSITIONAL_OR_KEYWORD),
+        kinds("target", kinds.POSITIONAL_OR_KEYWORD),
     ]
-    plain.__signature__ = sig.replace(parameters=positional + keywords)  # type: ignore[attr-defined]
+    plain.__signature__ = inspect.Signature(positional + keywords)  # type: ignore[attr-defined]
     plain.__name__ = f"as_plain({getattr(fn, '__name__', 'kernel')})"
     return plain

@@ -127,15 +127,16 @@ def _resolution(r: LinearEvalReport) -> str:
     (heavy cancellation in dh = G W, dW = G^T h or db = 1^T G): errors below its bound are
     the reference's, not the kernel's. Empty otherwise."""
     weak = [
-        f"{name} to {fmt_num(b)}"
+        f"{name} only to {fmt_num(b)} relative" if math.isfinite(b) else f"no bound on {name}"
         for name, b in zip(("dh", "dW", "db"), r.reference_bounds, strict=True)
         if b is not None and not math.isnan(b) and b > r.max_grad_err / 16
     ]
     if not weak:
         return ""
     return (
-        "note: the reference resolves " + ", ".join(weak) + " relative (cancellation in the"
-        " gradient products): smaller errors there are not meaningful\n"
+        "note: the reference has " + ", ".join(weak) + " (cancellation in the gradient"
+        " products, or an output that is exactly 0): an error there below the reference's own"
+        " is not meaningful\n"
     )
 
 
