@@ -99,19 +99,22 @@ def test_linear_report_with_the_plain_suite_renders_in_every_format(fmt: str) ->
     from smcheck.linear_kernel import kernel_linear
     from smcheck.render.linear import render_kernel
 
-    r = kernel_linear(F.linear_cross_entropy, dtypes=("float32",), probes=("odd_dim", "random"),
+    r = kernel_linear(F.linear_cross_entropy, dtypes=("float32",),
+                      probes=("odd_dim", "chunk_invariance", "random"),
                       plain={"vocab": (10,), "rows": 8})  # fmt: skip
     assert r.ok and r.plain is not None and len(r.plain.probes) == 1
     text = render_kernel(r, fmt, width=100)
     if fmt == "junit":  # one well-formed document: both suites, counts added up
         root = ET.fromstring(text)
         assert [s.get("name").split()[0] for s in root] == ["linear", "smcheck.kernel"]
-        assert root.get("tests") == "2" and root.get("failures") == "0"
+        assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("3", "0", "1")
+        assert root[0].get("skipped") == "1"  # chunk_invariance: no chunk keyword
     elif fmt == "json":
         doc = json.loads(text)
         assert doc["ok"] and doc["plain"]["probes"][0]["name"] == "random"
     elif fmt == "github":  # annotations for failures only, then each suite's summary
         assert "pass: every linear probe passes" in text and "::notice" in text
+        assert "smcheck kernel --linear" not in text  # no failure, no ::error line
     else:
         assert "odd_dim" in text and "random" in text
 

@@ -14,6 +14,7 @@ from .common import (
     Renderer,
     fmt_num,
     gh_escape_data,
+    gh_escape_property,
     json_clean,
     json_float,
     md_cell,
@@ -317,12 +318,12 @@ def _merge_junit(linear: str, plain: str) -> str:
     """One JUnit document: the linear probes' test suite, then the plain suite's."""
     import re
 
-    def counts(doc: str) -> tuple[int, int]:
-        m = re.search(r'<testsuites [^>]*tests="(\d+)" failures="(\d+)"', doc)
+    def counts(doc: str) -> tuple[int, int, int]:
+        m = re.search(r'<testsuites [^>]*tests="(\d+)" failures="(\d+)" skipped="(\d+)"', doc)
         assert m is not None, doc[:200]
-        return int(m.group(1)), int(m.group(2))
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
-    (t1, f1), (t2, f2) = counts(linear), counts(plain)
+    (t1, f1, s1), (t2, f2, s2) = counts(linear), counts(plain)
     suites = []
     for doc in (linear, plain):
         lines = doc.splitlines()
@@ -331,7 +332,8 @@ def _merge_junit(linear: str, plain: str) -> str:
         suites += lines[start : end + 1]
     head = [
         '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="smcheck kernel" tests="{t1 + t2}" failures="{f1 + f2}">',
+        f'<testsuites name="smcheck kernel" tests="{t1 + t2}" failures="{f1 + f2}" '
+        f'skipped="{s1 + s2}">',
     ]
     return "\n".join([*head, *suites, "</testsuites>"]) + "\n"
 
@@ -368,8 +370,9 @@ def _render_linear_probes(
         ]
         return render_to_text([table, *notes, verdict], color=color, width=width or DEFAULT_WIDTH)
     if fmt == "github":
+        title = gh_escape_property(f"smcheck kernel --linear {safe_text(report.target)}")
         out = [
-            f"::error title=smcheck kernel::{gh_escape_data(' '.join(_probe_cells(p)))}"
+            f"::error title={title}::{gh_escape_data(' '.join(_probe_cells(p)))}"
             for p in report.probes
             if p.status == "fail"
         ]
@@ -378,11 +381,13 @@ def _render_linear_probes(
         from xml.sax.saxutils import escape, quoteattr
 
         fails = sum(p.status == "fail" for p in report.probes)
+        skips = sum(p.status == "skip" for p in report.probes)
+        n = len(report.probes)
         lines = [
             '<?xml version="1.0" encoding="UTF-8"?>',
-            f'<testsuites name="smcheck kernel" tests="{len(report.probes)}" failures="{fails}">',
+            f'<testsuites name="smcheck kernel" tests="{n}" failures="{fails}" skipped="{skips}">',
             f"  <testsuite name={quoteattr('linear ' + safe_text(report.target))} "
-            f'tests="{len(report.probes)}" failures="{fails}" errors="0">',
+            f'tests="{n}" failures="{fails}" errors="0" skipped="{skips}">',
         ]
         for p in report.probes:
             head = f"    <testcase classname={quoteattr(p.dtype)} name={quoteattr(p.name)}"
