@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, dims
 from .linear import (
     GRAD_ACCUMS,
     LinearReference,
@@ -230,11 +230,7 @@ def evaluate_linear(
         reduction=reduction, label_smoothing=label_smoothing, names=names,
         **variant_kwargs(variant),
     )  # fmt: skip
-    n, d = ref.grad_hidden.shape
-    v = ref.grad_weight.shape[0]
-    loss_k, _ = default_thresholds(ref.working, "float32", v)
-    mlu = loss_k if max_loss_ulp is None else max_loss_ulp
-    mge = default_grad_err(ref.working, v) if max_grad_err is None else max_grad_err
+    mlu, mge = _limits(ref, max_loss_ulp, max_grad_err)
     lab = np.asarray(labels).astype(np.int64)
     checks = []
     for a in grad_accums:
@@ -256,15 +252,8 @@ def evaluate_linear(
                 chunk_vocab=chunk_vocab,
             )  # fmt: skip
         )
-    return LinearEvalReport(
-        hidden_name=names[0], weight_name=names[1],
-        bias_name=None if bias is None else names[2], labels_name=names[3],
-        rows=n, dim=d, vocab=v, counted_rows=int(np.count_nonzero(lab != ignore_index)),
-        working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
-        reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
-        reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=tuple(checks),
-        variant=variant, reference_precision=ref.precision, reference_bounds=_bounds(ref),
-    )  # fmt: skip
+    return _report(ref, names, bias is not None, lab, ignore_index, label_smoothing, variant,
+                   (mlu, mge), tuple(checks))  # fmt: skip
 
 
 def compare_linear(
@@ -302,8 +291,7 @@ def compare_linear(
         reduction=reduction, label_smoothing=label_smoothing, names=names,
         **variant_kwargs(variant),
     )  # fmt: skip
-    n, d = ref.grad_hidden.shape
-    v = ref.grad_weight.shape[0]
+    n = ref.grad_hidden.shape[0]
     lv = np.asarray(loss, dtype=np.float64).reshape(-1)
     if lv.size == 1 and n != 1:
         per_row = np.full(n, np.nan)  # not dumped: the reduced loss is gated instead
@@ -321,7 +309,7 @@ def compare_linear(
             return ref_x  # not checked: the reference itself (error 0)
         arr = np.asarray(x, dtype=np.float64)
         if arr.shape != ref_x.shape:
-            raise UsageError(f"{what} has shape {arr.shape}, expected {ref_x.shape}")
+            raise UsageError(f"{what} has shape {dims(arr.shape)}, expected {dims(ref_x.shape)}")
         return arr
 
     got = LinearResult(
@@ -333,9 +321,7 @@ def compare_linear(
         chunks_rows=0,
         chunks_vocab=0,
     )
-    loss_k, _ = default_thresholds(ref.working, "float32", v)
-    mlu = loss_k if max_loss_ulp is None else max_loss_ulp
-    mge = default_grad_err(ref.working, v) if max_grad_err is None else max_grad_err
+    mlu, mge = _limits(ref, max_loss_ulp, max_grad_err)
     lab = np.asarray(labels).astype(np.int64)
     check = measure_linear(got, ref, lab, ignore_index, mlu, mge, grad_accum="dump",
                            chunk_rows=0, chunk_vocab=0)  # fmt: skip
@@ -347,17 +333,37 @@ def compare_linear(
         check = LinearCheck("dump", 0, 0, 0, 0, ulps, check.loss_reduced_rel_err,
                             check.grad_hidden_err, check.grad_weight_err, check.grad_bias_err,
                             ok)  # fmt: skip
+    return _report(ref, names, bias is not None, lab, ignore_index, label_smoothing, variant,
+                   (mlu, mge), (check,))  # fmt: skip
+
+
+def _limits(
+    ref: LinearReference, max_loss_ulp: float | None, max_grad_err: float | None
+) -> tuple[float, float]:
+    """The gate: eval's loss threshold for the vocabulary (float32 accumulation, as tensor
+    cores) and :func:`default_grad_err`, unless given."""
+    v = ref.grad_weight.shape[0]
+    loss_k, _ = default_thresholds(ref.working, "float32", v)
+    mlu = loss_k if max_loss_ulp is None else max_loss_ulp
+    mge = default_grad_err(ref.working, v) if max_grad_err is None else max_grad_err
+    return mlu, mge
+
+
+def _report(
+    ref: LinearReference, names: tuple[str, str, str, str], has_bias: bool, lab: np.ndarray,
+    ignore_index: int, label_smoothing: float, variant: Variant | None,
+    limits: tuple[float, float], checks: tuple[LinearCheck, ...],
+) -> LinearEvalReport:  # fmt: skip
+    """The report of ``checks`` against ``ref`` (eval's and compare's linear mode)."""
+    (n, d), v = ref.grad_hidden.shape, ref.grad_weight.shape[0]
     return LinearEvalReport(
-        hidden_name=names[0], weight_name=names[1],
-        bias_name=None if bias is None else names[2], labels_name=names[3],
-        rows=n, dim=d, vocab=v, counted_rows=int(np.count_nonzero(lab != ignore_index)),
-        working=ref.working.name, reduction=reduction, label_smoothing=float(label_smoothing),
+        hidden_name=names[0], weight_name=names[1], bias_name=names[2] if has_bias else None,
+        labels_name=names[3], rows=n, dim=d, vocab=v,
+        counted_rows=int(np.count_nonzero(lab != ignore_index)), working=ref.working.name,
+        reduction=ref.reduction, label_smoothing=float(label_smoothing),
         reference_loss=ref.loss_reduced, reference_split_blocks=ref.split_blocks,
-        reference_blocks=ref.blocks, max_loss_ulp=mlu, max_grad_err=mge, checks=(check,),
-        variant=variant, reference_precision=ref.precision, reference_bounds=_bounds(ref),
+        reference_blocks=ref.blocks, max_loss_ulp=limits[0], max_grad_err=limits[1],
+        checks=checks, variant=variant, reference_precision=ref.precision,
+        # the reference's own a-posteriori gradient bounds (relative, normwise)
+        reference_bounds=(ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound),
     )  # fmt: skip
-
-
-def _bounds(ref: LinearReference) -> tuple[float, float, float | None]:
-    """The reference's own a-posteriori gradient bounds (relative, normwise)."""
-    return (ref.grad_hidden_bound, ref.grad_weight_bound, ref.grad_bias_bound)

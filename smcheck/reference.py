@@ -128,13 +128,18 @@ class ReferenceOutput:
     loss_scaled: ScaledLow | None = None
 
 
+#: The reference's two arithmetics, as reports name them.
+FLOAT64_TWOSUM = "float64 with exact shifts (TwoSum)"
+BINARY128 = "binary128 (numpy-quaddtype)"
+
+
 def reference_precision_name(working: Precision, variant: Variant | None = None) -> str:
     """Which arithmetic the reference uses for this working dtype (and loss variant)."""
     if working.mantissa_bits > 24:
-        return "binary128 (numpy-quaddtype)"
+        return BINARY128
     if variant is not None and variant.changes_values:
         return variant_arithmetic(working, variant)
-    return "float64 with exact shifts (TwoSum)"
+    return FLOAT64_TWOSUM
 
 
 #: Absolute error of a capped logits difference in float64, in units of 2**-53 * c (see the
@@ -155,11 +160,11 @@ def variant_arithmetic(working: Precision, variant: Variant) -> str:
     'binary128 (numpy-quaddtype)'
     """
     if working.mantissa_bits > 24:
-        return "binary128 (numpy-quaddtype)"
+        return BINARY128
     cap = variant.softcap
     if cap is None or _CAP_ULPS * cap * 2.0**-53 <= working.eps * 2.0**-20:
-        return "float64 with exact shifts (TwoSum)"
-    return "binary128 (numpy-quaddtype)"
+        return FLOAT64_TWOSUM
+    return BINARY128
 
 
 def _two_diff_residual(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -468,7 +473,7 @@ def _variant_reference(
     """:func:`reference_block` for a variant that changes values, in the arithmetic
     :func:`variant_arithmetic` names; the low parts are returned for float64 work only."""
     name = reference_precision_name(working, variant)
-    if name.startswith("float64"):
+    if name == FLOAT64_TWOSUM:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
             z64 = np.asarray(x).astype(np.float64)
             c64 = None if coeff is None else np.asarray(coeff).astype(np.float64)

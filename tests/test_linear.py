@@ -207,55 +207,42 @@ def test_reference_linear_memory_is_blocks_plus_outputs_not_logits() -> None:
     assert peak < logits / 4, (peak, logits)
 
 
-def test_reference_linear_bf16_memory_far_below_4gb_of_float64_logits() -> None:
-    # The memory test, in the default suite: N x V = 512 x 1_048_583 (a prime > 2**20),
-    # whose float64 logits would be 4.29 GB, in bfloat16 (a language model's dtype; its products
-    # need no exact split at D = 1, so the run is ~16 s on 2 shared cores instead of the
-    # float32 version's 86-160 s below). Peak = dW + W's float64 blocks + O(block) temporaries.
-    import ml_dtypes
-
-    rng = np.random.default_rng(9)
-    n, v, d = 512, 1_048_583, 1
-    h = rng.standard_normal((n, d)).astype(ml_dtypes.bfloat16)
-    w = rng.standard_normal((v, d)).astype(ml_dtypes.bfloat16)
-    y = rng.integers(0, v, n)
-    tracemalloc.start()
-    try:
-        ref = reference_linear(h, w, y, block_rows=512, block_vocab=2048)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert n * v * 8 > 4 * 10**9
-    assert peak < 300 * 10**6, peak  # measured: 84 MB
-    assert np.isfinite(ref.loss_reduced) and np.all(np.isfinite(ref.grad_weight))
-    # dW's rows sum to zero over the vocabulary (sum_v G_iv = 0 for every row): a cheap check
-    # that every one of the 512 blocks of the vocabulary was visited
-    assert abs(float(ref.grad_weight.sum())) < 1e-9 * float(np.abs(ref.grad_weight).sum())
-
-
-@pytest.mark.skipif(
-    os.environ.get("SMCHECK_SLOW") != "1", reason="86-160 s: run with SMCHECK_SLOW=1"
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        # a language model's dtype: its products need no exact split at D = 1 (16-20 s)
+        "bfloat16",
+        # every product takes the exact split: 86-160 s, too slow for the default suite
+        pytest.param("float32", marks=pytest.mark.skipif(
+            os.environ.get("SMCHECK_SLOW") != "1", reason="86-160 s: run with SMCHECK_SLOW=1")),
+    ],
 )  # fmt: skip
-def test_reference_linear_memory_far_below_4gb_of_float64_logits() -> None:
+def test_reference_linear_memory_far_below_4gb_of_float64_logits(dtype: str) -> None:
     # N x V = 512 x 1_048_583 (a prime > 2**20): float64 logits would be 4.29 GB; any shape
     # above 4 GB has >= 5.4e8 logits, so this is the smallest work that proves it. Measured
-    # (2 shared cores, D = 1, float32, blocks 512 x 2048): peak 110 MB, 86-160 s - too slow
-    # for the default suite, hence SMCHECK_SLOW=1. Peak = dW (8.4 MB) + W's float64 blocks +
-    # O(block_rows * block_vocab) temporaries, independent of N x V.
+    # (2 shared cores, D = 1, blocks 512 x 2048): peak 84 MB (bfloat16), 110 MB (float32).
+    # Peak = dW (8.4 MB) + W's float64 blocks + O(block_rows * block_vocab) temporaries,
+    # independent of N x V.
+    import ml_dtypes
+
+    carrier = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
     rng = np.random.default_rng(9)
     n, v, d = 512, 1_048_583, 1
-    h = rng.standard_normal((n, d)).astype(np.float32)
-    w = rng.standard_normal((v, d)).astype(np.float32)
+    h = rng.standard_normal((n, d)).astype(carrier)
+    w = rng.standard_normal((v, d)).astype(carrier)
     y = rng.integers(0, v, n)
     tracemalloc.start()
     try:
-        ref = reference_linear(h, w, y, dtype="float32", block_rows=512, block_vocab=2048)
+        ref = reference_linear(h, w, y, dtype=dtype, block_rows=512, block_vocab=2048)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert n * v * 8 > 4 * 10**9
     assert peak < 300 * 10**6, peak
     assert np.isfinite(ref.loss_reduced) and np.all(np.isfinite(ref.grad_weight))
+    # dW's rows sum to zero over the vocabulary (sum_v G_iv = 0 for every row): a cheap check
+    # that every one of the 512 blocks of the vocabulary was visited
+    assert abs(float(ref.grad_weight.sum())) < 1e-9 * float(np.abs(ref.grad_weight).sum())
 
 
 def test_linear_cross_entropy_float64_chunks_agree_with_the_reference() -> None:
