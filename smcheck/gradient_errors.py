@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .accel import accelerator
+
 __all__ = ["grad_errors", "grad_errors_many"]
 
 #: Values per row block of :func:`grad_errors` (512 KiB of float64).
@@ -52,6 +54,67 @@ def grad_errors_many(
     sq = np.zeros((k, n))
     top = np.zeros((k, n))  # max_j d_j**2 per row
     ref_sq = np.zeros(n) if ref_norm is None else None
+    if not _compiled_sums(grads, ref, ref_lo, ref_sq, sq, top):
+        _numpy_sums(grads, ref, ref_lo, ref_sq, sq, top)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        gabs = _max_abs(top, grads, ref, ref_lo)
+        den = np.sqrt(ref_sq) if ref_sq is not None else np.asarray(ref_norm)
+        nums = np.sqrt(sq)
+    # A non-finite entry of g or of the reference makes d non-finite there, and max() keeps NaN
+    # and inf: only rows whose gabs is not finite can be bad, so only they are scanned again.
+    # The reference's rows are scanned once for all methods.
+    ref_bad = _nonfinite_rows(ref, np.asarray(~np.isfinite(gabs).all(axis=0)))
+    out = []
+    for m, g in enumerate(grads):
+        bad = _nonfinite_rows(np.asarray(g), ~np.isfinite(gabs[m]))
+        out.append(_finish_grad_errors(bad, ref_bad, gabs[m], nums[m], den))
+    return out
+
+
+def _compiled_sums(
+    grads: Sequence[np.ndarray],
+    ref: np.ndarray,
+    ref_lo: np.ndarray | None,
+    ref_sq: np.ndarray | None,
+    sq: np.ndarray,
+    top: np.ndarray,
+) -> bool:
+    """:func:`_numpy_sums` by :mod:`smcheck._accel` (one pass over memory for all methods, the
+    same values bit for bit): True when it ran, False when the arrays are not what it takes
+    (float32/float64 native C-contiguous gradients, float64 reference and low part) or it is
+    not available."""
+    n, c = ref.shape
+    if n == 0 or c == 0 or not 1 <= len(grads) <= 32:
+        return False
+    mod = accelerator()
+    if mod is None:
+        return False
+    f64 = np.dtype(np.float64)
+    ok = ref.dtype == f64 and ref.flags.c_contiguous
+    if ref_lo is not None:
+        ok = ok and ref_lo.dtype == f64 and ref_lo.shape == ref.shape and ref_lo.flags.c_contiguous
+    for g in grads:
+        ok = ok and isinstance(g, np.ndarray) and g.shape == ref.shape and g.flags.c_contiguous
+        ok = ok and g.dtype in (f64, np.dtype(np.float32))
+    if not ok:
+        return False
+    mod.grad_errors(list(grads), n, c, ref, ref_lo, ref_sq, sq, top)
+    return True
+
+
+def _numpy_sums(
+    grads: Sequence[np.ndarray],
+    ref: np.ndarray,
+    ref_lo: np.ndarray | None,
+    ref_sq: np.ndarray | None,
+    sq: np.ndarray,
+    top: np.ndarray,
+) -> None:
+    """Fill ``sq`` (sum of d**2 per method and row), ``top`` (max d**2) and ``ref_sq`` (sum of
+    the reference's squares per row, when not None) with numpy: the reference implementation
+    of :mod:`smcheck._accel`."""
+    n, c = ref.shape
+    k = len(grads)
     step = max(1, _ERR_BLOCK // max(c, 1))
     buf = np.empty((min(step, n), c))
     # Methods often agree to the last bit on a row (fused and log1p on ~90 % of rows whose label
@@ -89,18 +152,6 @@ def grad_errors_many(
                 np.multiply(d, d, out=d)
                 np.add.reduce(d, axis=1, out=sq[m, i:j])
                 np.maximum.reduce(d, axis=1, out=top[m, i:j])  # NaN propagates
-        gabs = _max_abs(top, grads, ref, ref_lo)
-        den = np.sqrt(ref_sq) if ref_sq is not None else np.asarray(ref_norm)
-        nums = np.sqrt(sq)
-    # A non-finite entry of g or of the reference makes d non-finite there, and max() keeps NaN
-    # and inf: only rows whose gabs is not finite can be bad, so only they are scanned again.
-    # The reference's rows are scanned once for all methods.
-    ref_bad = _nonfinite_rows(ref, np.asarray(~np.isfinite(gabs).all(axis=0)))
-    out = []
-    for m, g in enumerate(grads):
-        bad = _nonfinite_rows(np.asarray(g), ~np.isfinite(gabs[m]))
-        out.append(_finish_grad_errors(bad, ref_bad, gabs[m], nums[m], den))
-    return out
 
 
 #: Where sqrt(max d**2) is max |d| exactly: fl(d**2) is normal and finite (see :func:`_max_abs`).

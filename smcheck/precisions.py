@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .accel import accelerator
 from .errors import UsageError
 
 __all__ = [
@@ -432,18 +433,32 @@ def _round_f32_grid(
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
     src, dst = x.reshape(-1), out.reshape(-1)
+    mod = accelerator()
+    if mod is not None:  # the same operations in one compiled pass (smcheck.accel)
+        f, emin, emax = _round_grid_params(working)
+        mode = 2 if unit else 1 if nonneg else 0
+        mod.round_grid(src, dst, f, emin, emax, mode, float(working.max), working.has_inf)
+        return out
     for i in range(0, src.size, _GRID_BLOCK):
         _round_block(src[i : i + _GRID_BLOCK], dst[i : i + _GRID_BLOCK], working, unit, nonneg)
     return out
 
 
-def _round_block(
-    x: np.ndarray, out: np.ndarray, working: Precision, unit: bool, nonneg: bool = False
-) -> None:
-    """:func:`_round_f32_grid` of one block, into ``out`` (which may be ``x`` itself)."""
+def _round_grid_params(working: Precision) -> tuple[int, int, int]:
+    """Fraction bits f, and the exponents of the smallest normal and of the largest power of
+    two below the max, of a 16/8-bit type: the parameters of :func:`_round_block`."""
     f = working.mantissa_bits - 1
     emin = int(math.log2(working.smallest_normal))
     emax = int(math.floor(math.log2(working.max)))
+    return f, emin, emax
+
+
+def _round_block(
+    x: np.ndarray, out: np.ndarray, working: Precision, unit: bool, nonneg: bool = False
+) -> None:
+    """:func:`_round_f32_grid` of one block, into ``out`` (which may be ``x`` itself): the
+    numpy implementation (the reference of :mod:`smcheck._accel`'s ``round_grid``)."""
+    f, emin, emax = _round_grid_params(working)
     u = x.view(np.uint32)
     ex = u & np.uint32(0x7F800000)  # the exponent field of x: 2**e
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
@@ -490,6 +505,18 @@ def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
+    mod = accelerator()
+    if mod is not None:  # the same operations in one compiled pass (smcheck.accel)
+        mod.round_bf16(x.reshape(-1), out.reshape(-1))
+        return out
+    return _round_f32_bf16_numpy(x, out)
+
+
+def _round_f32_bf16_numpy(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_round_f32_bf16` in numpy (the reference of :mod:`smcheck._accel`'s
+    ``round_bf16``); ``out`` may be ``x`` itself."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x) if out is None else out
     fsrc = x.reshape(-1)
     src, dst = fsrc.view(np.uint32), out.reshape(-1).view(np.uint32)
     tmp = np.empty(min(src.size, _GRID_BLOCK), np.uint32)
