@@ -232,6 +232,10 @@ static PyObject *grad_errors(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "grad_errors: a list of gradients, n >= 0, c >= 1");
         return NULL;
     }
+    if (n > 0 && c > PY_SSIZE_T_MAX / 8 / n) { /* n * c * 8 bytes must not wrap around */
+        PyErr_SetString(PyExc_ValueError, "grad_errors: n * c too large");
+        return NULL;
+    }
     Py_ssize_t k = PyList_GET_SIZE(grads);
     if (k < 1 || k > KMAX) {
         PyErr_SetString(PyExc_ValueError, "grad_errors: 1 to 32 gradients");

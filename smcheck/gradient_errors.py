@@ -89,14 +89,19 @@ def _compiled_sums(
     mod = accelerator()
     if mod is None:
         return False
-    f64 = np.dtype(np.float64)
-    ok = ref.dtype == f64 and ref.flags.c_contiguous
-    if ref_lo is not None:
-        ok = ok and ref_lo.dtype == f64 and ref_lo.shape == ref.shape and ref_lo.flags.c_contiguous
-    for g in grads:
-        ok = ok and isinstance(g, np.ndarray) and g.shape == ref.shape and g.flags.c_contiguous
-        ok = ok and g.dtype in (f64, np.dtype(np.float32))
-    if not ok:
+    f64, f32 = np.dtype(np.float64), np.dtype(np.float32)
+
+    def takes(a: object, dtypes: tuple[np.dtype, ...]) -> bool:  # native, aligned, C order
+        return (
+            isinstance(a, np.ndarray)
+            and a.shape == ref.shape
+            and a.dtype in dtypes
+            and a.flags.c_contiguous
+            and a.flags.aligned
+        )
+
+    ok = takes(ref, (f64,)) and (ref_lo is None or takes(ref_lo, (f64,)))
+    if not (ok and all(takes(g, (f32, f64)) for g in grads)):
         return False
     mod.grad_errors(list(grads), n, c, ref, ref_lo, ref_sq, sq, top)
     return True

@@ -433,7 +433,7 @@ def _round_f32_grid(
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
     src, dst = x.reshape(-1), out.reshape(-1)
-    mod = accelerator()
+    mod = accelerator() if x.flags.aligned and out.flags.aligned else None
     if mod is not None:  # the same operations in one compiled pass (smcheck.accel)
         f, emin, emax = _round_grid_params(working)
         mode = 2 if unit else 1 if nonneg else 0
@@ -505,7 +505,7 @@ def _round_f32_bf16(x: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = x if overwrite else np.empty_like(x)
-    mod = accelerator()
+    mod = accelerator() if x.flags.aligned and out.flags.aligned else None
     if mod is not None:  # the same operations in one compiled pass (smcheck.accel)
         mod.round_bf16(x.reshape(-1), out.reshape(-1))
         return out

@@ -230,3 +230,50 @@ def test_bfloat16_rounding_equals_ml_dtypes_bit_for_bit(accel: types.ModuleType)
     ok = np.isnan(x)
     assert np.array_equal(want[~ok].view(np.uint32), got[~ok].view(np.uint32))
     assert np.isnan(got[ok]).all()
+
+
+def test_the_self_check_catches_a_different_order_on_long_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """numpy before 2.3 summed rows longer than 8192 in buffer-sized pieces (0 + pw(8192) +
+    pw(next 8192) + ...): a kernel in that order (or a numpy in it) agrees on short rows only,
+    and the check's 20000-wide rows refuse it."""
+    import sys
+
+    def chunked(grads, n, c, ref, lo, ref_sq, sq, top):  # type: ignore[no-untyped-def]
+        ge._numpy_sums(grads, ref, lo, ref_sq, sq, top)
+        for m, g in enumerate(grads):
+            d = np.subtract(g, ref, dtype=np.float64)
+            if lo is not None:
+                d -= lo
+            d *= d
+            parts = [np.add.reduce(d[:, i : i + 8192], axis=1) for i in range(0, c, 8192)]
+            sq[m] = sum(parts, np.zeros(n))
+
+    fake = types.ModuleType("smcheck._accel")
+    fake.grad_errors = chunked  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smcheck._accel", fake)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning, match="gradient errors"):
+        assert ac._load() is None
+
+
+def test_misaligned_arrays_go_to_numpy(accel: types.ModuleType) -> None:
+    raw = np.zeros(3 * 10 * 8 + 1, np.uint8)
+    ref = np.frombuffer(raw.data, np.float64, 30, offset=1).reshape(3, 10)  # address 8k + 1
+    assert not ref.flags.aligned
+    sq, top = np.zeros((1, 3)), np.zeros((1, 3))
+    assert not ge._compiled_sums([np.ones((3, 10))], ref, None, None, sq, top)
+    raw32 = np.zeros(4 * 100 + 1, np.uint8)
+    x = np.frombuffer(raw32.data, np.float32, 100, offset=1)
+    x.flags.writeable = True  # a view of a writable buffer
+    assert not x.flags.aligned
+    x[:] = np.linspace(-3, 3, 100, dtype=np.float32)
+    got = pr.round_in(x, pr.get_precision("float16"))
+    want = x.astype(np.float16).astype(np.float32)
+    assert np.array_equal(got, want)
+
+
+def test_sizes_that_would_wrap_around_are_refused(accel: types.ModuleType) -> None:
+    z = np.zeros(0)
+    with pytest.raises(ValueError, match="too large"):
+        accel.grad_errors([z], 2**61, 8, z, None, None, [z], [z])
