@@ -14,16 +14,19 @@ then prints a table of median wall times and ratios:
 * ``scipy``: ``scipy.special.logsumexp(axis=1)`` (skipped when scipy is missing);
 * ``numpy``: a plain max-shifted cross-entropy (loss and gradient) in float32;
 * ``smcheck eval`` (float32, float16 and bfloat16 working dtypes) as a subprocess of the CLI,
-  default methods, JSON output - so interpreter start-up and file reading are included.
+  default methods, JSON output - so interpreter start-up and file reading are included;
+* the same float32 and float16 runs with the compiled kernels off (``SMCHECK_ACCEL=0``, the
+  numpy path: see smcheck/accel.py), unless ``--no-numpy-path``: their ``/float32`` is their
+  time over the compiled float32 run of the same round.
 
 Fairness on a shared machine: the time of the same torch call varies by up to 2x from one run
 to the next when other processes compete for the cores, so torch and smcheck are timed
 *interleaved* - each round runs torch, smcheck float32, torch, smcheck float16, torch,
-smcheck bfloat16 - and every smcheck run is paired with the torch run just before it. The
-table gives the medians of the times and, as the headline, the median of the per-pair ratios
-(``/torch``) and of the per-round ratios to float32 (``/float32``); both runs of a pair saw
-about the same load. Both sides get one untimed warm-up (torch's thread pool, smcheck's
-bytecode).
+smcheck bfloat16 (torch, the numpy-path runs) - and every smcheck run is paired with the torch
+run just before it. The table gives the medians of the times and, as the headline, the median
+of the per-pair ratios (``/torch``) and of the per-round ratios to float32 (``/float32``); both
+runs of a pair saw about the same load. Both sides get one untimed warm-up (torch's thread
+pool, smcheck's bytecode).
 
 Peak resident memory of each CLI run is the child's own VmHWM (Linux ``/proc/self/status``)
 and the largest ``ru_maxrss`` of the worker processes it forks (``--workers``, default the core
@@ -85,7 +88,7 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str]) -> tuple[float, float, float]:
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
     """Wall seconds and peak RSS (MB) of one ``smcheck`` CLI run in a child process: its own,
     and the largest of its worker processes' (forked: each counts the pages it shares with the
     CLI process too, so parent + workers x largest is an upper bound of the total)."""
@@ -96,7 +99,7 @@ def run_cli(args: list[str]) -> tuple[float, float, float]:
         stderr=subprocess.PIPE,
         text=True,
         check=False,
-        env=_cli_env(),
+        env={**_cli_env(), **(env or {})},
     )
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
@@ -136,6 +139,12 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=32000)
     ap.add_argument("--runs", type=int, default=5, help="interleaved rounds")
     ap.add_argument("--memory-gb", default="", help="comma list of file sizes for the RSS test")
+    ap.add_argument(
+        "--no-numpy-path",
+        dest="numpy_path",
+        action="store_false",
+        help="skip the float32/float16 runs with the compiled kernels off (SMCHECK_ACCEL=0)",
+    )
     args = ap.parse_args()
     rows, classes = args.rows, args.classes
     workers = os.cpu_count() or 1  # smcheck eval's default --workers
@@ -177,20 +186,27 @@ def main() -> None:
         tiny = d / "tiny.npy"
         np.save(tiny, x[:2])
         run_cli(["eval", str(tiny)])  # untimed: writes smcheck's bytecode if it has none
-        dtypes = ("float32", "float16", "bfloat16")
+        # each run: (label, working dtype, extra environment); "numpy path" runs turn the
+        # compiled kernels off (smcheck.accel), for their gain measured in the same rounds
+        runs = [("float32", "float32", {}), ("float16", "float16", {})]
+        runs += [("bfloat16", "bfloat16", {})]
+        if args.numpy_path:
+            runs += [("float32, numpy path", "float32", {"SMCHECK_ACCEL": "0"})]
+            runs += [("float16, numpy path", "float16", {"SMCHECK_ACCEL": "0"})]
+        dtypes = tuple(label for label, _, _ in runs)
         torch_times: list[float] = []
         times: dict[str, list[float]] = {dt: [] for dt in dtypes}
         pair: dict[str, list[float]] = {dt: [] for dt in dtypes}  # smcheck / torch just before
         for _ in range(args.runs):
-            for dtype in dtypes:
+            for dtype, working, env in runs:
                 t_torch = None
                 if torch_ce is not None:
                     t0 = time.perf_counter()
                     torch_ce()
                     t_torch = time.perf_counter() - t0
                     torch_times.append(t_torch)
-                cli = ["eval", str(logits), "--labels", str(labels), "--dtype", dtype]
-                wall, own, worker = run_cli([*cli, "--format", "json"])
+                cli = ["eval", str(logits), "--labels", str(labels), "--dtype", working]
+                wall, own, worker = run_cli([*cli, "--format", "json"], env)
                 times[dtype].append(wall)
                 if t_torch is not None:
                     pair[dtype].append(wall / t_torch)
@@ -209,7 +225,7 @@ def main() -> None:
             per_round = [a / b for a, b in zip(times[dtype], times["float32"], strict=True)]
             rows_out.append(
                 (
-                    f"smcheck eval --dtype {dtype}",
+                    f"smcheck eval --dtype {dtype}".replace(", numpy path", " (numpy path)"),
                     med(times[dtype]),
                     "",
                     med(pair[dtype]) if pair[dtype] else None,
@@ -236,6 +252,12 @@ def main() -> None:
                 f"{max(torch_times):.3f} s; smcheck float32: min {min(times['float32']):.3f} s, "
                 f"max {max(times['float32']):.3f} s"
             )
+        from smcheck.accel import accelerator
+
+        print(
+            "compiled kernels (smcheck._accel): "
+            + ("built and used" if accelerator() else "not available: every run is the numpy path")
+        )
         for dtype, (own, worker) in rss.items():
             print(
                 f"peak RSS smcheck eval --dtype {dtype}: {own:.0f} MB, largest worker process "
