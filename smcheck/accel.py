@@ -79,18 +79,19 @@ def _self_check(mod: ModuleType) -> str:
     # every kind of gradient term: float32 and float64, with and without a low part, rows
     # equal to the previous method's, NaN and inf, lengths below 8, up to 128, split in two
     # (20000: numpy before 2.3 summed rows longer than 8192 in pieces - a different order)
+    n = 3
     for c in (5, 100, 1000, 20000):
-        ref = noise((3, c), 0.7) / c
-        lo = ref * 2.0**-60 * noise((3, c), 1.3)
-        g32 = (ref * (1 + 1e-6 * noise((3, c), 2.1))).astype(np.float32)
-        g64 = ref * (1 + 1e-14 * noise((3, c), 3.7))
-        g32[1, c // 2], g64[2, c - 1] = np.nan, np.inf
+        ref = noise((n, c), 0.7) / c
+        lo = ref * 2.0**-60 * noise((n, c), 1.3)
+        g32 = (ref * (1 + 1e-6 * noise((n, c), 2.1))).astype(np.float32)
+        g64 = ref * (1 + 1e-14 * noise((n, c), 3.7))
+        g32[n // 2, c // 2], g64[n - 1, c - 1] = np.nan, np.inf
         grads: list[np.ndarray] = [g32, g32.copy(), g64, g64.copy()]
         for low in (None, lo):
-            want = (np.zeros((4, 3)), np.zeros((4, 3)), np.zeros(3))
-            got = (np.zeros((4, 3)), np.zeros((4, 3)), np.zeros(3))
+            want = (np.zeros((4, n)), np.zeros((4, n)), np.zeros(n))
+            got = (np.zeros((4, n)), np.zeros((4, n)), np.zeros(n))
             _numpy_sums(grads, ref, low, want[2], want[0], want[1])
-            mod.grad_errors(grads, 3, c, ref, low, got[2], got[0], got[1])
+            mod.grad_errors(grads, n, c, ref, low, got[2], got[0], got[1])
             if not all(_same(a, b) for a, b in zip(want, got, strict=True)):
                 return "gradient errors"
     # every float32 exponent, both signs, mantissas at and beside the types' rounding points

@@ -25,6 +25,7 @@ from functools import partial
 
 import numpy as np
 
+from .accel import accelerator
 from .core import CrossEntropyResult, reference_of, run_method
 from .diagnosis import OVERFLOW_CAUSES, overflow_causes, underflow_margin
 from .executor import can_fork, ordered_map
@@ -602,6 +603,8 @@ def run(
     release_pages(logits)  # pages a loader touched (e.g. scanning for inf) need not stay mapped
     starts = list(range(0, n, step)) or [0]
     fork = can_fork(cfg.methods) if processes is None else processes
+    if len(starts) > 1:
+        accelerator()  # loaded and self-checked once here, not again in every worker
     task = partial(_task, logits, labels, cfg, step)  # a forked worker inherits it, unpickled
     total: ChunkStats | None = None
     for start, (st, rows) in zip(
