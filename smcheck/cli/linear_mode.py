@@ -13,10 +13,7 @@ from typing import Any, NoReturn
 import click
 
 from ..errors import UsageError
-from ..linear import GRAD_ACCUMS
-from ..linear_eval import compare_linear, evaluate_linear
 from ..loading import load_values
-from ..render.linear import render, to_dict
 from .options import parse_csv_choices
 from .tail import Tail, finish
 
@@ -100,6 +97,11 @@ def run_linear(
     """Evaluate a chunked fused linear cross-entropy of the files named, and exit.
 
     ``variant``: z_loss, softcap, logit_scale, smoothing_convention as given."""
+    # the linear modules load when this mode runs, not with every eval's start-up
+    from ..linear import GRAD_ACCUMS
+    from ..linear_eval import evaluate_linear
+    from ..render.linear import render, to_dict
+
     if weight is None or labels is None:
         raise UsageError("--hidden needs --weight and --labels (and takes no LOGITS)")
     if baseline or write_baseline:
@@ -154,6 +156,9 @@ def run_compare_linear(
     """``smcheck compare --hidden --linear-weight --labels --loss [--grad-*]``: a linear
     kernel's dumped outputs against the reference, and exit. ``variant``: z_loss, softcap,
     logit_scale, smoothing_convention as their kernel computed them."""
+    from ..linear_eval import compare_linear
+    from ..render.linear import render, to_dict
+
     refuse_given(COMPARE_NOT_LINEAR, "does not apply to the linear mode (--hidden): see "
                  "docs/linear.md for its options")  # fmt: skip
     files = (hidden, weight, bias, labels, loss, grad_hidden, grad_weight, grad_bias)

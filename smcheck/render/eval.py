@@ -9,9 +9,17 @@ from __future__ import annotations
 from ..evaluate import EvalReport
 from .common import Renderer
 from .eval_formats import render_github, render_json, render_junit, render_markdown, to_dict
-from .eval_table import render_table
 
 __all__ = ["RENDERERS", "render", "to_dict"]
+
+
+def render_table(report: EvalReport, *, color: bool = False, width: int | None = None) -> str:
+    """:func:`smcheck.render.eval_table.render_table`, imported when a table is drawn: rich
+    (~30 ms) is not part of a JSON run's start-up."""
+    from .eval_table import render_table as table
+
+    return table(report, color=color, width=width)
+
 
 #: ``--format`` -> renderer ``(report, *, color, width) -> str``.
 RENDERERS: dict[str, Renderer[EvalReport]] = {
