@@ -1,7 +1,13 @@
 /*
- * smcheck._accel: an optional compiled kernel for the gradient-error pass of eval.
+ * smcheck._accel: optional compiled kernels of eval's heaviest plain-arithmetic passes (loaded
+ * and self-checked by smcheck/accel.py; the numpy code beside each call is the reference):
  *
- * grad_errors(grads, ref, ref_lo, ref_sq, sq, top) computes, per row i and method m,
+ * - grad_errors: the gradient-error sums (smcheck.gradient_errors._numpy_sums), below;
+ * - round_grid: float32 rounded to a 16/8-bit type's grid, in float32
+ *   (smcheck.precisions._round_block), further down;
+ * - round_bf16: float32 rounded to bfloat16, in float32 (_round_f32_bf16_numpy).
+ *
+ * grad_errors(grads, n, c, ref, ref_lo, ref_sq, sq, top) computes, per row i and method m,
  *
  *     d_j     = (double) g_m[i, j] - ref[i, j]   (- ref_lo[i, j])
  *     sq[m,i] = sum_j d_j * d_j                  numpy's pairwise summation order
@@ -23,8 +29,8 @@
  * same operations on the same bits give the same result), as the numpy path does by blocks.
  *
  * Only the CPython buffer protocol is used (no numpy headers at build time). Arrays must be
- * C-contiguous; the Python caller checks dtypes, shapes and contiguity and falls back to numpy
- * otherwise.
+ * C-contiguous (and aligned: the Python callers check dtypes, shapes, contiguity and alignment
+ * and fall back to numpy otherwise); wrong buffers raise ValueError, never crash.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -38,8 +44,8 @@
  * A leaf of the pairwise sum (at most PW_BLOCKSIZE terms) in vectors of 4 doubles (GCC/clang
  * vector extensions; the compiler maps them to the machine's vectors, or to scalars). The 8
  * running sums r[k] of numpy are the lanes of two vectors, so each lane does exactly numpy's
- * additions. The max is kept per lane too, by compare-and-select, NaN aside (row_sum restores
- * it). On x86-64 each leaf is also compiled for AVX2 and picked at load time (target_clones);
+ * additions. The max is kept per lane too, by compare-and-select, NaN aside (a NaN term makes
+ * the sum NaN, and the caller sets the max to NaN then). On x86-64 each leaf is also compiled for AVX2 and picked at load time (target_clones);
  * the operations and their order are the same either way.
  */
 typedef double v4d __attribute__((vector_size(32)));
@@ -59,10 +65,11 @@ typedef float v4f_u __attribute__((vector_size(16), aligned(4), may_alias));
 /* lane-wise max by compare-and-select: s where s > m, else m */
 #define VMAX(s, m) ((v4d)(((v4l)(s) & ((s) > (m))) | ((v4l)(m) & ~((s) > (m)))))
 
-/* Two vectors of 4 terms at index j, by kind of term; TERM1: one term's difference. */
-#define TERMS_F32(t0, t1, j)                                                            \
+/* Two vectors of 4 terms at index j, by kind of term (LDG loads 4 gradient values as doubles);
+ * TERM1: one term's difference. */
+#define TERMS_G(LDG, t0, t1, j)                                                         \
     do {                                                                                \
-        v4d d0 = LD_F32(g + (j)) - LD(r + (j)), d1 = LD_F32(g + (j) + 4) - LD(r + (j) + 4); \
+        v4d d0 = LDG(g + (j)) - LD(r + (j)), d1 = LDG(g + (j) + 4) - LD(r + (j) + 4);   \
         if (lo) {                                                                       \
             d0 -= LD(lo + (j));                                                         \
             d1 -= LD(lo + (j) + 4);                                                     \
@@ -70,16 +77,8 @@ typedef float v4f_u __attribute__((vector_size(16), aligned(4), may_alias));
         t0 = d0 * d0;                                                                   \
         t1 = d1 * d1;                                                                   \
     } while (0)
-#define TERMS_F64(t0, t1, j)                                                            \
-    do {                                                                                \
-        v4d d0 = LD(g + (j)) - LD(r + (j)), d1 = LD(g + (j) + 4) - LD(r + (j) + 4);     \
-        if (lo) {                                                                       \
-            d0 -= LD(lo + (j));                                                         \
-            d1 -= LD(lo + (j) + 4);                                                     \
-        }                                                                               \
-        t0 = d0 * d0;                                                                   \
-        t1 = d1 * d1;                                                                   \
-    } while (0)
+#define TERMS_F32(t0, t1, j) TERMS_G(LD_F32, t0, t1, j)
+#define TERMS_F64(t0, t1, j) TERMS_G(LD, t0, t1, j)
 #define TERMS_REF(t0, t1, j)                                                            \
     do {                                                                                \
         v4d d0 = LD(r + (j)), d1 = LD(r + (j) + 4);                                     \
@@ -95,6 +94,8 @@ typedef float v4f_u __attribute__((vector_size(16), aligned(4), may_alias));
                               const double *restrict lo, Py_ssize_t n, double *mx)      \
     {                                                                                   \
         double m = *mx, res;                                                            \
+        (void)g;                                                                        \
+        (void)lo;                                                                       \
         Py_ssize_t j = 0;                                                               \
         if (n < 8) {                                                                    \
             res = -0.0;                                                                 \
@@ -222,6 +223,7 @@ static Py_buffer *get_view(Views *v, PyObject *obj, char kind, Py_ssize_t len, i
 
 static PyObject *grad_errors(PyObject *self, PyObject *args)
 {
+    (void)self;
     PyObject *grads, *ref_obj, *lo_obj, *ref_sq_obj, *sq_obj, *top_obj;
     Py_ssize_t n, c;
     if (!PyArg_ParseTuple(args, "OnnOOOOO", &grads, &n, &c, &ref_obj, &lo_obj, &ref_sq_obj,
@@ -378,14 +380,22 @@ static inline float u2f(uint32_t u)
     return x;
 }
 
-/* mode 0: any sign, may overflow; 1: x >= 0 (or NaN/+inf), may overflow; 2: a unit value
- * (x >= 0 far below the max): no sign or overflow handling. */
-static void round_grid_loop(const float *x, float *out, Py_ssize_t n, int f, int emin, int emax,
-                            int mode, float maxval, int has_inf)
+/* The parameters of a rounding to a grid: fraction bits f, the exponents of the smallest normal
+ * and of the largest power of two below the max, the mode (0: any sign, may overflow; 1: x >= 0
+ * (or NaN/+inf), may overflow; 2: a unit value, x >= 0 far below the max: no sign or overflow
+ * handling), the type's max and whether it has inf. */
+typedef struct {
+    int f, emin, emax, mode, has_inf;
+    float maxval;
+} Grid;
+
+static void round_grid_loop(const float *x, float *out, Py_ssize_t n, const Grid *p)
 {
-    const uint32_t lo = (uint32_t)(127 + emin) << 23, hi = (uint32_t)(128 + emax) << 23;
-    const uint32_t big_at = (uint32_t)(127 + emax) << 23, shift = (uint32_t)(23 - f) << 23;
-    const float over = has_inf ? u2f(0x7F800000u) : u2f(0x7FC00000u);
+    const uint32_t lo = (uint32_t)(127 + p->emin) << 23, hi = (uint32_t)(128 + p->emax) << 23;
+    const uint32_t big_at = (uint32_t)(127 + p->emax) << 23, shift = (uint32_t)(23 - p->f) << 23;
+    const float over = p->has_inf ? u2f(0x7F800000u) : u2f(0x7FC00000u);
+    const int mode = p->mode;
+    const float maxval = p->maxval;
     for (Py_ssize_t i = 0; i < n; i++) {
         float xi = x[i];
         uint32_t u = f2u(xi);
@@ -408,72 +418,11 @@ static void round_grid_loop(const float *x, float *out, Py_ssize_t n, int f, int
     }
 }
 
-static int float_pair(Views *v, PyObject *xo, PyObject *oo, const float **x, float **out,
-                      Py_ssize_t *n)
-{
-    Py_buffer probe;
-    if (PyObject_GetBuffer(xo, &probe, PyBUF_ND) < 0) {
-        return -1;
-    }
-    *n = probe.len / 4;
-    PyBuffer_Release(&probe);
-    Py_buffer *bx = get_view(v, xo, 'f', *n, 0, "x");
-    Py_buffer *bo = bx ? get_view(v, oo, 'f', *n, 1, "out") : NULL;
-    if (!bo) {
-        return -1;
-    }
-    *x = bx->buf;
-    *out = bo->buf;
-    return 0;
-}
-
-static PyObject *round_grid(PyObject *self, PyObject *args)
-{
-    PyObject *xo, *oo;
-    int f, emin, emax, mode, has_inf;
-    float maxval;
-    if (!PyArg_ParseTuple(args, "OOiiiifp", &xo, &oo, &f, &emin, &emax, &mode, &maxval,
-                          &has_inf)) {
-        return NULL;
-    }
-    if (f < 1 || f > 22 || emin < -126 || emax > 126 || emin > emax || mode < 0 || mode > 2) {
-        PyErr_SetString(PyExc_ValueError, "round_grid: parameters out of range");
-        return NULL;
-    }
-    Views v;
-    v.count = 0;
-    const float *x;
-    float *out;
-    Py_ssize_t n;
-    if (float_pair(&v, xo, oo, &x, &out, &n) < 0) {
-        release_all(&v);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    round_grid_loop(x, out, n, f, emin, emax, mode, maxval, has_inf);
-    Py_END_ALLOW_THREADS
-    release_all(&v);
-    Py_RETURN_NONE;
-}
-
 /* float32 -> bfloat16 -> float32, round to nearest even; NaN becomes ml_dtypes' quiet NaN with
  * the input's sign. */
-static PyObject *round_bf16(PyObject *self, PyObject *args)
+static void round_bf16_loop(const float *x, float *out, Py_ssize_t n, const Grid *unused)
 {
-    PyObject *xo, *oo;
-    if (!PyArg_ParseTuple(args, "OO", &xo, &oo)) {
-        return NULL;
-    }
-    Views v;
-    v.count = 0;
-    const float *x;
-    float *out;
-    Py_ssize_t n;
-    if (float_pair(&v, xo, oo, &x, &out, &n) < 0) {
-        release_all(&v);
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
+    (void)unused;
     for (Py_ssize_t i = 0; i < n; i++) {
         float xi = x[i];
         uint32_t u = f2u(xi);
@@ -481,9 +430,61 @@ static PyObject *round_bf16(PyObject *self, PyObject *args)
                               : (u + ((u >> 16) & 1u) + 0x7FFFu) & 0xFFFF0000u;
         out[i] = u2f(o);
     }
+}
+
+/* loop(x, out) over two float32 buffers of one length (out writable; it may be x itself). */
+static PyObject *on_pair(PyObject *xo, PyObject *oo,
+                         void (*loop)(const float *, float *, Py_ssize_t, const Grid *),
+                         const Grid *p)
+{
+    Views v;
+    v.count = 0;
+    Py_buffer probe;
+    if (PyObject_GetBuffer(xo, &probe, PyBUF_ND) < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = probe.len / 4;
+    PyBuffer_Release(&probe);
+    Py_buffer *bx = get_view(&v, xo, 'f', n, 0, "x");
+    Py_buffer *bo = bx ? get_view(&v, oo, 'f', n, 1, "out") : NULL;
+    if (!bo) {
+        release_all(&v);
+        return NULL;
+    }
+    const float *x = bx->buf;
+    float *out = bo->buf;
+    Py_BEGIN_ALLOW_THREADS
+    loop(x, out, n, p);
     Py_END_ALLOW_THREADS
     release_all(&v);
     Py_RETURN_NONE;
+}
+
+static PyObject *round_grid(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *oo;
+    Grid p;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOiiiifp", &xo, &oo, &p.f, &p.emin, &p.emax, &p.mode,
+                          &p.maxval, &p.has_inf)) {
+        return NULL;
+    }
+    if (p.f < 1 || p.f > 22 || p.emin < -126 || p.emax > 126 || p.emin > p.emax || p.mode < 0
+        || p.mode > 2) {
+        PyErr_SetString(PyExc_ValueError, "round_grid: parameters out of range");
+        return NULL;
+    }
+    return on_pair(xo, oo, round_grid_loop, &p);
+}
+
+static PyObject *round_bf16(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *oo;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &xo, &oo)) {
+        return NULL;
+    }
+    return on_pair(xo, oo, round_bf16_loop, NULL);
 }
 
 static PyMethodDef methods[] = {
@@ -497,7 +498,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "smcheck._accel",
-    "Optional compiled kernel of smcheck's gradient-error pass (see _accel.c).", -1, methods,
+    "Optional compiled kernels of smcheck (see _accel.c).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__accel(void) { return PyModule_Create(&module); }
