@@ -297,18 +297,22 @@ REFERENCE_BLOCK_ELEMENTS = 1 << 22
 def reference_of(prep: Prepared, block_elements: int = REFERENCE_BLOCK_ELEMENTS) -> ReferenceOutput:
     """Reference on prepared input, block of rows by block of rows (ignored rows are computed
     with label 0; callers mask them). Only one block is ever held in high precision."""
-    n, c = prep.x.shape
+    # the values in their carrier (float32 for 16/8-bit types: no ml_dtypes conversion)
+    x = prep.xk
+    carrier = prep.working.bits < 32
+    n, c = x.shape
     step = max(1, block_elements // max(c, 1))
     if n <= step:
         return reference_block(
-            prep.x, prep.safe_labels, prep.working, prep.coeff, variant=prep.variant
+            x, prep.safe_labels, prep.working, prep.coeff, carrier=carrier, variant=prep.variant
         )
     parts = [
         reference_block(
-            prep.x[i : i + step],
+            x[i : i + step],
             None if prep.safe_labels is None else prep.safe_labels[i : i + step],
             prep.working,
             None if prep.coeff is None else prep.coeff[i : i + step],
+            carrier=carrier,
             variant=prep.variant,
         )
         for i in range(0, n, step)

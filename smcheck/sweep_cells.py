@@ -158,14 +158,14 @@ def measure(
         )  # fmt: skip
         finite = prep.finite_input.reshape(s, r)
         n_fin = finite.sum(axis=1)
-        geo = _geometry(prep.x, labels, s, r)
+        geo = _geometry(prep.xk, labels, s, r)  # the carrier: the same values, in float32
         ref = core.reference_of(prep) if with_ref else None
         # the condition number is the problem's (reference only): once for every method
         kappa = None
         if ref is not None and ref.grad is not None:
-            kappa = metrics.condition_number(prep.x, ref.grad, ref.loss)
+            kappa = metrics.condition_number(prep.xk, ref.grad, ref.loss)
         for m in methods:
-            res = core.run_method(m, prep, prob.accum)
+            res = core.run_method(m, prep, prob.accum, carrier=True)  # values of T, in float32
             assert res.grad is not None
             nl = res.nonfinite_loss.reshape(s, r)
             ng = res.nonfinite_grad.reshape(s, r)

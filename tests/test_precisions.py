@@ -275,3 +275,57 @@ def test_bfloat16_rounding_in_bit_operations_matches_ml_dtypes_at_every_boundary
     scratch = x.copy()
     got = round_in(scratch, p, overwrite=True)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_float64_grid_rounding_is_the_cast_to_the_type(name: str) -> None:
+    """_round_f64_grid (float64 input, 16/8-bit work, no ml_dtypes) gives the numbers of the
+    independent cast (numpy's float16, ml_dtypes' others), one rounding from float64: ties and
+    values a hair beside them (where rounding through float32 first would differ), the type's
+    subnormals and their ties, the overflow boundary, specials, and random bit patterns."""
+    import ml_dtypes
+
+    from smcheck.precisions import _round_f64_grid
+
+    t = get_precision(name)
+    typ = np.float16 if name == "float16" else getattr(ml_dtypes, name)
+    f = t.mantissa_bits - 1
+    rng = np.random.default_rng(7)
+    n = 50_000
+    e = rng.integers(-30, 20, n)
+    tie = (1 + rng.integers(0, 2**f, n) / 2**f) * 2.0**e + 2.0 ** (e - f - 1)
+    sub = (rng.integers(0, 2**f, n) + 0.5) * t.smallest_subnormal
+    edge = t.max * (1 + np.linspace(-(2.0**-f), 2.0**-f, 2001))
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, 5e-324, t.smallest_subnormal])
+    rnd = rng.integers(0, 2**64, 200_000, dtype=np.uint64).view(np.float64)
+    x = np.concatenate([tie, tie * (1 + 2.0**-45), tie * (1 - 2.0**-45), sub, edge, specials, rnd])
+    x = np.concatenate([x, -x])
+    with np.errstate(all="ignore"):
+        want = x.astype(typ).astype(np.float64)
+        via32 = x.astype(np.float32).astype(typ).astype(np.float64)
+    before = x.copy()
+    got = _round_f64_grid(x, t)
+    assert np.array_equal(x.view(np.uint64), before.view(np.uint64))  # the input is kept
+    same = (want.view(np.uint64) == got.view(np.uint64)) | (np.isnan(want) & np.isnan(got))
+    assert same.all(), x[~same][:5]
+    # the test can tell one rounding from two: through float32 some ties go the other way
+    assert not np.array_equal(want, via32, equal_nan=True)
+
+
+def test_a_float64_input_audited_in_bfloat16_does_not_import_ml_dtypes() -> None:
+    """The default sweep (float64 logits, bfloat16 among its dtypes) and eval of a float64 file
+    in bfloat16 round in float64 arithmetic: ml_dtypes (~0.6 s a process) is not imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from smcheck.prepare import prepare_input\n"
+        "from smcheck import core\n"
+        "x = np.linspace(-40, 40, 60).reshape(6, 10)\n"
+        "p = prepare_input(x, np.arange(6), dtype='bfloat16')\n"
+        "core.reference_of(p); core.run_method('fused', p, p.accum, carrier=True)\n"
+        "print('ml_dtypes' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
