@@ -8,7 +8,7 @@ their max) and the roundings of float32 values to a 16/8-bit grid
 (:func:`smcheck.precisions._round_f32_bf16`). The numpy code is the reference implementation;
 the compiled one is used only where it is built (``pip install`` compiles it when a C compiler
 is found), not turned off with ``SMCHECK_ACCEL=0``, and gives the numpy path's bits on a small
-input of every kind when first asked for (~1 ms, once per process). Every number smcheck
+input of every kind when first asked for (~10 ms, once per process). Every number smcheck
 reports is the same either way (tested on whole eval runs).
 """
 
@@ -48,8 +48,8 @@ def _load() -> ModuleType | None:
         problem = _self_check(mod)
     if problem:
         warnings.warn(
-            f"smcheck._accel differs from the numpy path ({problem}; a build with unsafe "
-            "compiler flags?): using numpy",
+            f"smcheck._accel differs from the numpy path ({problem}: a build with unsafe "
+            "compiler flags, or a numpy that sums in another order?): using numpy",
             RuntimeWarning,
             stacklevel=3,
         )

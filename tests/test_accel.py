@@ -27,6 +27,8 @@ from smcheck.cli import cli
 @pytest.fixture
 def accel() -> types.ModuleType:
     mod = ac.accelerator()
+    if mod is None and os.environ.get(ac.ACCEL_ENV, "1").strip() == "0":
+        pytest.skip("the compiled kernels are turned off (SMCHECK_ACCEL=0)")
     if mod is None:
         if os.environ.get("SMCHECK_REQUIRE_ACCEL") == "1":
             pytest.fail("smcheck._accel is not built (SMCHECK_REQUIRE_ACCEL=1)")
@@ -143,6 +145,7 @@ def test_a_module_that_disagrees_with_numpy_is_not_used(monkeypatch: pytest.Monk
     def numpy_sums(grads, n, c, ref, lo, ref_sq, sq, top):  # type: ignore[no-untyped-def]
         ge._numpy_sums(grads, ref, lo, ref_sq, sq, top)
 
+    real = ac.accelerator()  # before sys.modules holds the fake (None where not built)
     fake = types.ModuleType("smcheck._accel")
     fake.grad_errors = grad_errors  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "smcheck._accel", fake)
@@ -150,7 +153,6 @@ def test_a_module_that_disagrees_with_numpy_is_not_used(monkeypatch: pytest.Monk
     with np.errstate(all="ignore"), warns:
         assert ac._load() is None
     fake.grad_errors = numpy_sums  # type: ignore[attr-defined]
-    real = ac.accelerator()
     if real is None:
         return
     fake.round_grid = real.round_grid  # type: ignore[attr-defined]
@@ -278,3 +280,37 @@ def test_sizes_that_would_wrap_around_are_refused(accel: types.ModuleType) -> No
     z = np.zeros(0)
     with pytest.raises(ValueError, match="too large"):
         accel.grad_errors([z], 2**61, 8, z, None, None, [z], [z])
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_both_rounding_paths_equal_the_independent_cast(name: str) -> None:
+    """The numpy rounding (what runs without a C compiler) and, where built, the compiled one,
+    each against the cast by numpy (float16) or ml_dtypes on the probe - not only against each
+    other. NaN lanes: NaN either way."""
+    import ml_dtypes
+
+    x = _float32_probe()
+    t = pr.get_precision(name)
+    typ = np.float16 if name == "float16" else getattr(ml_dtypes, name)
+    with np.errstate(all="ignore"):
+        want = x.astype(typ).astype(np.float32)
+        numpy_path = np.empty_like(x)
+        if name == "bfloat16":
+            pr._round_f32_bf16_numpy(x, numpy_path)
+        else:
+            for i in range(0, x.size, 1 << 16):
+                sl = slice(i, i + (1 << 16))
+                pr._round_block(x[sl], numpy_path[sl], t, unit=False)
+    paths = {"numpy": numpy_path}
+    mod = ac.accelerator()
+    if mod is not None:
+        compiled = np.empty_like(x)
+        if name == "bfloat16":
+            mod.round_bf16(x, compiled)
+        else:
+            f, emin, emax = pr._round_grid_params(t)
+            mod.round_grid(x, compiled, f, emin, emax, 0, float(t.max), t.has_inf)
+        paths["compiled"] = compiled
+    for path, got in paths.items():
+        same = (want.view(np.uint32) == got.view(np.uint32)) | (np.isnan(want) & np.isnan(got))
+        assert same.all(), (path, x[~same][:5])

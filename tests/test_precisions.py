@@ -329,3 +329,33 @@ def test_a_float64_input_audited_in_bfloat16_does_not_import_ml_dtypes() -> None
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["ieee", "saturate"])
+@pytest.mark.parametrize("name", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_carrier_only_cast_reports_what_the_cast_to_the_type_reports(name: str, mode: str) -> None:
+    """cast_carrier(working_copy=False) of non-float32 input (and of float32 in saturate mode)
+    rounds in float64 arithmetic without the type: the same carrier values and the same
+    CastReport as the cast to the type, for float64, float16, int64 and float32 input."""
+    from smcheck.precisions import _cast_wide, cast_carrier
+
+    p = get_precision(name)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(40_000) * np.exp(rng.uniform(-40, 14, 40_000))
+    x[:8] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 5e-324, p.max * 1.5, -p.max * 1.02]
+    x[8:11] = [p.max, p.smallest_subnormal / 2, p.smallest_subnormal * 0.75]
+    big_ints = np.array([2**62, -(2**62), 65519, 65521, 449, 465, 0, -1], np.int64)
+    with np.errstate(over="ignore"):
+        inputs = [x, x.astype(np.float16), x.astype(np.float32), big_ints]
+    for sample in inputs:
+        if sample.dtype == np.float32 and mode == "ieee":
+            continue  # the float32 route, tested above
+        out, rep, carrier = cast_carrier(sample, p, mode, working_copy=False)
+        want, want_rep = _cast_wide(sample, p, mode)
+        assert out is None or out is sample  # input already in the type: kept as it is
+        assert rep == want_rep, sample.dtype
+        expect = want.astype(np.float32)
+        same = (carrier.view(np.uint32) == expect.view(np.uint32)) | (
+            np.isnan(carrier) & np.isnan(expect)
+        )
+        assert carrier.dtype == np.float32 and same.all(), sample.dtype
