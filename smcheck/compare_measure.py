@@ -19,6 +19,7 @@ from .compare_report import (
 )
 from .core import reference_of
 from .errors import InputError
+from .exact_products import two_prod
 from .loading.common import dims
 from .metrics import (
     bits_of_error,
@@ -40,16 +41,9 @@ _CELLS_PER_BLOCK = 1 << 20
 
 
 def _two_prod(a: np.ndarray, b: float) -> tuple[np.ndarray, np.ndarray]:
-    """p, e with p = fl(a * b) and a * b = p + e exactly (Dekker's product; finite values)."""
-    split = 134217729.0  # 2**27 + 1: splits a float64 into two 26-bit halves
-    p = a * b
-    c = split * a
-    a_hi = c - (c - a)
-    a_lo = a - a_hi
-    d = split * b
-    b_hi = d - (d - b)
-    b_lo = b - b_hi
-    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    """p, e with p = fl(a * b) and a * b = p + e exactly (:func:`~smcheck.exact_products.two_prod`
+    on finite values; e = 0 where a is not finite or the product overflows)."""
+    p, e = two_prod(a, b)
     return p, np.where(np.isfinite(e), e, 0.0)
 
 

@@ -13,12 +13,12 @@ import numpy as np
 
 from .precisions import Precision
 
-__all__ = ["matmul_dd"]
+__all__ = ["matmul_dd", "two_prod", "two_sum"]
 
 _U = 2.0**-53  # unit roundoff of float64
 
 
-def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """s + e == a + b exactly (Knuth's TwoSum, no ordering needed)."""
     s = a + b
     bb = s - a
@@ -30,7 +30,7 @@ def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _SPLITTER = 134217729.0
 
 
-def _two_prod(a: Any, b: Any) -> tuple[Any, Any]:
+def two_prod(a: Any, b: Any) -> tuple[Any, Any]:
     """p + e == a * b exactly (Dekker's TwoProduct, |a|, |b| < 2**996; numpy has no fma)."""
     p = a * b
     t = _SPLITTER * a
@@ -47,7 +47,7 @@ def _dd_add(
     ah: np.ndarray, al: np.ndarray, bh: np.ndarray, bl: np.ndarray | float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ah + al) + (bh + bl) in double-double, renormalized (relative error ~2**-104)."""
-    s, e = _two_sum(ah, bh)
+    s, e = two_sum(ah, bh)
     e = e + (al + bl)
     hi = s + e
     return hi, e - (hi - s)
@@ -185,7 +185,7 @@ def _matmul_dd(
     lo = np.zeros_like(hi)
     for s, t in pairs:  # small pairs first
         p = sa[s] @ sb[t].T  # exact: integers below 2**53 times one unit
-        hi, e = _two_sum(hi, p)
+        hi, e = two_sum(hi, p)
         lo += e
     hi, lo = _dd_add(hi, lo, np.zeros_like(hi), 0.0)
     return hi, lo, True

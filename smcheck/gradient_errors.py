@@ -1,4 +1,4 @@
-"""Gradient errors of several methods against one reference, row-blocked for the cache.
+"""Gradient errors of several methods against one reference.
 
 :func:`grad_errors_many` gives, per row and method, max |g - g*| and ||g - g*||_2 / ||g*||_2
 (the same values as :func:`smcheck.metrics.grad_abs_err` and
@@ -43,10 +43,10 @@ def grad_errors_many(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """:func:`grad_errors` of several methods' gradients against one reference.
 
-    The work runs in row blocks of about 2**16 values: each block of the reference is read
-    from memory once for all methods, and each difference with its ~5 passes stays in the
-    core's cache instead of streaming an (N, C) float64 array five times per method. Per row
-    the operations are the same for any block size, so the values are too.
+    The sums of squares and maxima come from :mod:`smcheck._accel` where it is built (one pass
+    over each row for all methods), else from :func:`_numpy_sums` (row blocks of about 2**16
+    values, so each difference's ~5 passes stay in the core's cache): the same values bit for
+    bit either way, and for any block size.
     """
     ref = np.asarray(ref)
     n, c = ref.shape

@@ -160,14 +160,14 @@ class RowMath:
         """d + r = s ((hi - m) + lo) to ~2**-104 |d| (float64 rows): TwoSum for hi - m and for
         + lo, TwoProduct for s. Plain s ((hi - m) + lo) rounds three times, 3 2**-53 |d| with
         |d| up to 745, and a confident row's loss s_excl / e_y carries d's whole error."""
-        from .exact_products import _two_prod, _two_sum
+        from .exact_products import two_prod, two_sum
 
-        a, r1 = _two_sum(hi, -m)
-        d, r2 = _two_sum(a, lo)
+        a, r1 = two_sum(hi, -m)
+        d, r2 = two_sum(a, lo)
         r = r1 + r2
         s = self.variant.logit_scale
         if s != 1.0:
-            d, e = _two_prod(d, s)
+            d, e = two_prod(d, s)
             r = e + r * s
         return d, r
 
@@ -280,16 +280,16 @@ class RowStats:
             # of k (m - mean z), the smoothing term itself; summing z directly would be off by
             # 2**-53 sum |z|, which a common offset of the logits (a bias of 1e6) makes 1e6 times
             # the term (F3). k m_new is exact as TwoProduct, the rest double-double.
-            from .exact_products import _two_prod
+            from .exact_products import two_prod
 
             dsum = ((hi - m_new[:, None]) + lo).sum(axis=1)
-            ph, pl = _two_prod(m_new, float(hi.shape[1]))
+            ph, pl = two_prod(m_new, float(hi.shape[1]))
             bh, bl = _dd_add(ph, pl, dsum, 0.0)
             self.sz_hi[rows], self.sz_lo[rows] = _dd_add(self.sz_hi[rows], self.sz_lo[rows], bh, bl)
 
     def finish(self, ignored: np.ndarray) -> None:
         """Loss per row (0 on ignored rows), lse, the z-loss term and S = sum exp(d)."""
-        from .exact_products import _dd_add, _two_prod
+        from .exact_products import _dd_add, two_prod
 
         rm = self.rm
         v, eps, var = rm.vocab, rm.label_smoothing, rm.variant
@@ -331,7 +331,7 @@ class RowStats:
                 k = v - 1 if megatron else v
                 # k m - sum z exactly to 2**-106 of k |m| (TwoProduct, double-double), then one
                 # quotient: (m - sh / k) - sl / k rounded sh / k at 2**-53 |mean z| (F3)
-                ph, pl = _two_prod(self.m, float(k))
+                ph, pl = two_prod(self.m, float(k))
                 gh, _ = _dd_add(ph, pl, -sh, -sl)
                 gap = gh / k
                 if var.logit_scale != 1.0:

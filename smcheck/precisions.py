@@ -284,28 +284,13 @@ def _round_f64_grid(x: np.ndarray, working: Precision) -> np.ndarray:
     """float64 ``x`` rounded once to a 16- or 8-bit type (to nearest even; overflow to inf, or
     NaN in a type without inf), in float64: the same numbers as ``x.astype(type)`` through
     numpy (float16) or ml_dtypes (tested, ties and random bit patterns included), without
-    importing ml_dtypes. :func:`_round_block`'s method in float64: adding M = +-2**(e' + 52 - f)
-    (e' the exponent of x clamped to [emin, emax + 1]) puts x where float64's own spacing is the
-    type's, so the addition rounds x to the type's grid and subtracting M is exact. float64
-    holds every value of these types; one rounding, never two.
+    importing ml_dtypes. :func:`_round_block` in float64, where adding M = +-2**(e' + 52 - f)
+    puts x where float64's own spacing is the type's: float64 holds every value of these
+    types, so this is one rounding, never two. ``x`` is kept.
     """
-    f, emin, emax = _round_grid_params(working)
-    x = np.array(x, dtype=np.float64, order="C")  # a copy: the caller's array is kept
-    u = x.view(np.uint64)
-    ex = u & np.uint64(0x7FF0000000000000)
-    big = ex >= np.uint64((1023 + emax) << 52)
-    np.clip(ex, np.uint64((1023 + emin) << 52), np.uint64((1024 + emax) << 52), out=ex)
-    ex += np.uint64((52 - f) << 52)
-    sign = u & np.uint64(0x8000000000000000)
-    ex |= sign
-    m = ex.view(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
-        out = np.add(x, m)
-        out -= m
-    bits = out.view(np.uint64)
-    bits |= sign  # a value rounded to 0 keeps its sign, as IEEE does
-    over = big & (np.abs(out) > working.max)  # NaN compares False: stays NaN
-    out[over] = np.copysign(np.inf if working.has_inf else np.nan, out[over])
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    _round_block(x, out, working, unit=False)
     return out
 
 
@@ -490,39 +475,53 @@ def _round_grid_params(working: Precision) -> tuple[int, int, int]:
     return f, emin, emax
 
 
+#: float dtype -> (its unsigned integer view, fraction bits, exponent bias)
+_LAYOUTS: dict[np.dtype, tuple[type[np.unsignedinteger], int, int]] = {
+    np.dtype(np.float32): (np.uint32, 23, 127),
+    np.dtype(np.float64): (np.uint64, 52, 1023),
+}
+
+
 def _round_block(
     x: np.ndarray, out: np.ndarray, working: Precision, unit: bool, nonneg: bool = False
 ) -> None:
     """:func:`_round_f32_grid` of one block, into ``out`` (which may be ``x`` itself): the
-    numpy implementation (the reference of :mod:`smcheck._accel`'s ``round_grid``)."""
+    numpy implementation (the reference of :mod:`smcheck._accel`'s ``round_grid``). ``x`` is
+    float32 or float64 (:func:`_round_f64_grid`); ``out`` has its dtype. For |x| in
+    [2**e, 2**(e+1)), M = +-2**(e' + p - f) with e' = e clamped to [emin, emax + 1] and p the
+    fraction bits of x's dtype."""
     f, emin, emax = _round_grid_params(working)
-    u = x.view(np.uint32)
-    ex = u & np.uint32(0x7F800000)  # the exponent field of x: 2**e
+    ut, p, bias = _LAYOUTS[x.dtype]
+    ft = x.dtype.type
+    u = x.view(ut)
+    ex = u & ut((2 * bias + 1) << p)  # the exponent field of x: 2**e
+    lo, hi = ut((bias + emin) << p), ut((bias + 1 + emax) << p)
+    shift = ut((p - f) << p)
     with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN lanes pass through
         if unit:
             # below 2**emin: fixed spacing (np.clip: several times faster than np.maximum
             # with a scalar in numpy 2.x)
-            np.clip(ex, np.uint32((127 + emin) << 23), np.uint32((128 + emax) << 23), out=ex)
-            ex += np.uint32((23 - f) << 23)
-            m = ex.view(np.float32)
+            np.clip(ex, lo, hi, out=ex)
+            ex += shift
+            m = ex.view(x.dtype)
             np.add(x, m, out=out)
             out -= m
             return
-        big = ex >= np.uint32((127 + emax) << 23)
-        np.clip(ex, np.uint32((127 + emin) << 23), np.uint32((128 + emax) << 23), out=ex)
-        ex += np.uint32((23 - f) << 23)
+        big = ex >= ut((bias + emax) << p)
+        np.clip(ex, lo, hi, out=ex)
+        ex += shift
         if not nonneg:
-            sign = u & np.uint32(0x80000000)
+            sign = u & ut(1 << (8 * x.itemsize - 1))
             ex |= sign  # M with the sign of x (integer ops: faster than np.copysign)
-        m = ex.view(np.float32)
+        m = ex.view(x.dtype)
         np.add(x, m, out=out)
         out -= m
     if not nonneg:
-        bits = out.view(np.uint32)
+        bits = out.view(ut)
         np.bitwise_or(bits, sign, out=bits)  # a value rounded to 0 keeps its sign, as IEEE does
     if big.any():
-        over = big & (np.abs(out) > np.float32(working.max))  # NaN compares False: stays NaN
-        out[over] = np.copysign(np.float32(np.inf if working.has_inf else np.nan), out[over])
+        over = big & (np.abs(out) > ft(working.max))  # NaN compares False: stays NaN
+        out[over] = np.copysign(ft(np.inf if working.has_inf else np.nan), out[over])
 
 
 _BF16_NAN = np.uint32(0x7FC00000)  # ml_dtypes' NaN: quiet, the input's sign kept

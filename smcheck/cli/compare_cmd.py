@@ -26,6 +26,7 @@ from .options import (
     dtype_options,
     exit_zero_option,
     format_option,
+    label_smoothing_option,
     output_option,
     parse_csv_choices,
     variant_options,
@@ -77,14 +78,7 @@ def _fail_on(value: str) -> tuple[str, ...]:
     help="Class weights their loss used, as PyTorch's weight= (C values: .npy, .npz, text one "
     "per line; finite, >= 0). The mean then divides by the summed weight of the counted labels.",
 )
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    metavar="EPS",
-    help="PyTorch's label_smoothing their loss used.",
-)
+@label_smoothing_option("PyTorch's label_smoothing their loss used.")
 @click.option(
     "--convention",
     type=click.Choice(list(CONVENTIONS)),

@@ -25,6 +25,7 @@ from .options import (
     dtype_options,
     format_option,
     gate_options,
+    label_smoothing_option,
     load_logits,
     methods_option,
     output_option,
@@ -66,13 +67,8 @@ from .tail import Tail, finish
     show_default=True,
     help="Linear mode: dtypes the kernel sums dW, dh, db in across chunks (comma list).",
 )
-@click.option(
-    "--label-smoothing",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    metavar="EPS",
-    help="Linear mode: PyTorch's label_smoothing (spread as --smoothing-convention says).",
+@label_smoothing_option(
+    "Linear mode: PyTorch's label_smoothing (spread as --smoothing-convention says)."
 )
 @click.option(
     "--reduction",

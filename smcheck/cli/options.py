@@ -251,6 +251,18 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
+def label_smoothing_option(help: str) -> Callable[[F], F]:
+    """``--label-smoothing EPS`` in [0, 1] (PyTorch's label_smoothing), with the command's help."""
+    return click.option(
+        "--label-smoothing",
+        type=click.FloatRange(0, 1),
+        default=0.0,
+        show_default=True,
+        metavar="EPS",
+        help=help,
+    )
+
+
 def variant_options(smoothing: bool = True) -> Callable[[F], F]:
     """``--z-loss``, ``--softcap``, ``--logit-scale``, ``--smoothing-convention``: the loss
     variant checked (:mod:`smcheck.variants`; the library validates the values). Commands
